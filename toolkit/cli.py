@@ -1,0 +1,185 @@
+"""The slmkit command line: parse, call one function, turn SlmkitError into a clean error."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import SlmkitError
+
+
+def _friendly(fn):
+    """SlmkitError -> 'Error: <message>' and exit 1; Ctrl-C -> exit 130 with no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SlmkitError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("\nInterrupted: nothing was written at the output path.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slmkit", prog_name="slmkit")
+def main() -> None:
+    """Build verified on-device bundles of small language models (Phi-3, Phi-3.5, SmolLM2)."""
+
+
+@main.command()
+@click.option("--model", "-m", required=True, help="Local Hugging Face folder, or a Hub id (org/name).")
+@click.option("--target", "-t", help="cpu, android, ios, windows-dml or linux-cuda (see `slmkit ls`).")
+@click.option("--recipe", "-r", help="Recipe name (phi-3.5-mini/android) or path of a .toml file.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Bundle folder [default: <model>-<target>].")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a plan value, e.g. --set quantize.block_size=64 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print the resolved plan and build nothing.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (unpickled with weights_only=True).")
+@click.option("--skip-memory-check", is_flag=True, help="Build even if the builder's estimated peak memory exceeds RAM.")
+@_friendly
+def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check):
+    """Build, verify and publish one bundle."""
+    from .build import build as run_build
+    from .build import plan_build
+    from .config import to_toml
+    from .source import open_source
+
+    src = open_source(model, allow_pickle=allow_pickle)
+    plan = plan_build(src, recipe, target, tuple(overrides))
+    out = output or Path(f"{src.path.name}-{plan.target}")
+    if dry_run:
+        click.echo(f"# source: {src.origin} ({src.architecture}, rope {src.rope_scaling}, "
+                   f"{src.num_params / 1e6:.1f} M parameters)\n# output: {out}")
+        click.echo(to_toml(plan.to_dict()), nl=False)
+        return
+    click.echo(f"Building {plan.recipe} from {src.origin} into {out}")
+    manifest = run_build(src, plan, out, force=force, skip_memory_check=skip_memory_check, log=click.echo)
+    _print_result(out, manifest)
+
+
+def _print_result(out: Path, manifest: dict) -> None:
+    host = manifest["verification"]["host"]
+    size = sum(f["size"] for f in manifest["files"].values())
+    click.echo(f"Bundle written: {out} ({size / 1e6:.1f} MB, {len(manifest['files'])} files)")
+    click.echo(f"Verified on this machine ({host['provider']} provider): {host['passed']} checks passed, "
+               f"top-1 agreement with the reference {host['top1_agreement']:.3f}")
+    for item in manifest["verification"]["pending_on_device"]:
+        click.echo(f"Needs the device: {item}")
+
+
+@main.command(name="ls")
+@_friendly
+def list_catalog():
+    """List targets and recipes."""
+    from .catalog import load_recipe, load_target, recipe_names, target_names
+
+    click.echo("Targets:")
+    for name in target_names():
+        click.echo(f"  {name:<13} {load_target(name).description}")
+    click.echo("Recipes:")
+    for name in recipe_names():
+        click.echo(f"  {name:<28} {load_recipe(name).description}")
+
+
+@main.command()
+@click.argument("name")
+@_friendly
+def show(name):
+    """Print a recipe (with its resolved plan) or a target."""
+    from .catalog import load_recipe, load_target
+    from .config import read_toml, resolve, to_toml
+
+    if name.endswith(".toml"):
+        is_recipe = "recipe" in read_toml(Path(name))
+    else:
+        is_recipe = "/" in name
+    if not is_recipe:
+        target = load_target(name)
+        click.echo(f"# {target.path}")
+        click.echo(target.path.read_text(encoding="utf-8"), nl=False)
+        return
+    recipe = load_recipe(name)
+    click.echo(f"# {recipe.path}")
+    click.echo(recipe.path.read_text(encoding="utf-8").rstrip())
+    click.echo("\n# resolved plan (target defaults + this recipe):")
+    click.echo(to_toml(resolve(recipe, load_target(recipe.target)).to_dict()), nl=False)
+
+
+@main.command()
+@click.argument("recipe")
+@click.argument("dest", type=click.Path(path_type=Path))
+@_friendly
+def cp(recipe, dest):
+    """Copy a recipe to DEST to start a custom one (then: build --recipe DEST)."""
+    from .catalog import load_recipe
+    from .errors import OutputError
+
+    src = load_recipe(recipe)
+    if dest.exists():
+        raise OutputError(f"'{dest}' already exists; choose another path.")
+    if dest.suffix != ".toml":
+        raise OutputError(f"'{dest}' must end in .toml so that --recipe reads it as a file.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src.path, dest)
+    click.echo(f"Copied {src.name} to {dest}. Edit it, then: slmkit build --model PATH --recipe {dest}")
+
+
+@main.command()
+@click.option("--model", "-m", help="Also check this checkpoint: readable, supported, room to build it.")
+@click.option("--target", "-t", default="cpu", show_default=True, help="Target used for the size estimate.")
+@_friendly
+def doctor(model, target):
+    """Check the toolchain (and, with --model, the checkpoint, disk and memory)."""
+    from . import doctor as doc
+
+    checks = doc.package_checks()
+    if model:
+        from .build import plan_build
+        from .source import open_source
+
+        src = open_source(model)
+        plan = plan_build(src, None, target, ())
+        checks.append(doc.Check("model", True, f"{src.architecture}, rope {src.rope_scaling}, "
+                                f"{src.num_params / 1e9:.2f} B parameters -> recipe {plan.recipe}"))
+        need = doc.estimate_bundle_bytes(src.num_params, plan.export.precision,
+                                         src.config["vocab_size"], src.config["hidden_size"])
+        checks += [doc.disk_check(Path.cwd(), 2 * need), doc.memory_check(src.num_params)]
+    for c in checks:
+        click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<18} {c.detail}")
+    doc.require(checks)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--provider", type=click.Choice(["bundle", "cpu", "cuda", "dml"]),
+              help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU].")
+@_friendly
+def verify(bundle, provider):
+    """Re-check a bundle: settings read back from the graph, file hashes, tokens vs the reference."""
+    from .verify import verify_bundle
+
+    summary, output = verify_bundle(bundle, provider)
+    click.echo(output.rstrip())
+    for item in summary["pending_on_device"]:
+        click.echo(f"Needs the device: {item}")
+    click.echo(f"Bundle {bundle} verified.")
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=Path("slmkit-demo"), show_default=True)
+@click.option("--force", is_flag=True, help="Replace an earlier demo folder.")
+@_friendly
+def demo(output, force):
+    """Make a tiny Phi-3.5-shaped model, build a cpu bundle from it, and chat with it."""
+    from .demo import run_demo
+
+    run_demo(output, force=force, log=click.echo)

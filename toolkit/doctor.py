@@ -1,0 +1,90 @@
+"""Is the toolchain here, and is there room? Run by `slmkit doctor` and at the start of every build."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ToolchainError
+
+# (import name, distribution, minimum version, what it is for)
+REQUIRED = (
+    ("onnxruntime_genai", "onnxruntime-genai", "0.18", "model builder and runtime"),
+    ("onnxruntime", "onnxruntime", "1.22", "graph checks and quantization"),
+    ("onnx", "onnx", "1.17", "reading the built graph"),
+    ("transformers", "transformers", "5.0", "reading checkpoints, the reference model"),
+    ("torch", "torch", "2.4", "the reference model"),
+    ("safetensors", "safetensors", "0.4", "reading weights"),
+    ("numpy", "numpy", "1.26", "everything"),
+)
+# Peak resident memory of the onnxruntime-genai builder, measured: 8.8 GB for 1.1 B parameters,
+# 15.1 GB for 2.0 B (shared/ANCHORS.md), i.e. about 8 bytes per parameter.
+BUILDER_BYTES_PER_PARAM = 8.0
+BYTES_PER_PARAM = {"int4": 0.6, "int8": 1.1, "fp16": 2.0, "fp32": 4.0}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def package_checks() -> list[Check]:
+    checks = []
+    for module, dist, minimum, purpose in REQUIRED:
+        if importlib.util.find_spec(module) is None:
+            checks.append(Check(dist, False, f"not installed ({purpose}): pip install '{dist}>={minimum}'"))
+            continue
+        version = importlib.metadata.version(dist)
+        ok = _version_tuple(version) >= _version_tuple(minimum)
+        detail = version if ok else f"{version} is older than {minimum}: pip install -U '{dist}>={minimum}'"
+        checks.append(Check(dist, ok, detail))
+    return checks
+
+
+def estimate_bundle_bytes(num_params: int, precision: str, vocab: int, hidden: int) -> int:
+    # int4/int8 graphs keep the embedding table in float32 next to the quantized weights.
+    extra = vocab * hidden * 4 if precision in ("int4", "int8") else 0
+    return int(num_params * BYTES_PER_PARAM[precision]) + extra
+
+
+def total_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def disk_check(out: Path, need: int) -> Check:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    detail = f"{free / 1e9:.1f} GB free at {probe}, the build needs about {need / 1e9:.2f} GB"
+    return Check("disk", free >= need, detail)
+
+
+def memory_check(num_params: int) -> Check:
+    need = int(num_params * BUILDER_BYTES_PER_PARAM)
+    have = total_memory_bytes()
+    detail = f"builder peak about {need / 1e9:.1f} GB for {num_params / 1e9:.2f} B parameters, machine has {have / 1e9:.1f} GB"
+    return Check("memory", need < have, detail)
+
+
+def require(checks: list[Check]) -> None:
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        lines = "\n".join(f"  - {c.name}: {c.detail}" for c in bad)
+        raise ToolchainError(f"The toolchain check failed:\n{lines}\nRun `slmkit doctor` after fixing it.")

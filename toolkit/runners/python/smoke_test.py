@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Self-check of this bundle, needing only onnxruntime-genai and numpy (not slmkit).
+
+1. Every file against manifest.json (size, then sha256): a truncated download is named as such.
+2. The model loads, and the tokenizer encodes each golden prompt to the reference's ids.
+3. Teacher-forced top-1 agreement: fed the reference's greedy continuation, the bundle's argmax
+   must equal the reference token at >= min_top1_agreement of the positions (tests/golden.json).
+4. Greedy generation, reported as the number of leading tokens equal to the reference's.
+
+Prints one line per check and a final 'N passed, M failed' line; exits 1 when anything failed.
+    python tests/smoke_test.py [--provider cpu] [--json result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+BUNDLE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BUNDLE / "runner"))
+
+
+class Report:
+    def __init__(self) -> None:
+        self.checks: list[dict] = []
+
+    def add(self, name: str, ok: bool, detail: str) -> bool:
+        self.checks.append({"name": name, "ok": ok, "detail": detail})
+        print(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}", flush=True)
+        return ok
+
+    @property
+    def failed(self) -> int:
+        return sum(not c["ok"] for c in self.checks)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_files(bundle: Path, report: Report) -> bool:
+    try:
+        files = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return report.add("manifest", False, f"cannot read manifest.json ({e})")
+    bad = 0
+    for rel, want in sorted(files.items()):
+        path = bundle / rel
+        if not path.is_file():
+            problem = "missing"
+        elif path.stat().st_size < want["size"]:
+            problem = f"truncated: {path.stat().st_size} of {want['size']} bytes (incomplete copy or download)"
+        elif path.stat().st_size != want["size"]:
+            problem = f"size {path.stat().st_size}, manifest says {want['size']}"
+        elif sha256(path) != want["sha256"]:
+            problem = "sha256 differs from manifest.json (the file was changed or corrupted)"
+        else:
+            continue
+        bad += 1
+        report.add(f"file {rel}", False, problem)
+    return report.add("files", bad == 0, f"{len(files) - bad} of {len(files)} files match manifest.json")
+
+
+def teacher_forced(model, prompt_ids: list[int], expected: list[int]) -> list[int]:
+    """The bundle's argmax at each position of the reference continuation, in one forward pass."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids) + len(expected), do_sample=False)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.asarray(prompt_ids + expected[:-1], dtype=np.int32))
+    logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+    start = len(prompt_ids) - 1
+    return [int(t) for t in logits[start : start + len(expected)].argmax(axis=-1)]
+
+
+def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> dict:
+    import onnxruntime_genai as og
+    from run import eos_ids, generate, genai_config, load_model
+
+    model_dir = bundle / "model"
+    try:
+        model = load_model(model_dir, provider)
+        tokenizer = og.Tokenizer(model)
+    except Exception as e:  # a broken graph or missing provider: report it, do not crash
+        report.add("load", False, f"{type(e).__name__}: {e}")
+        return {}
+    report.add("load", True, f"model loaded ({provider} provider)")
+    cap = genai_config(model_dir)["search"]["max_length"]
+    stops = eos_ids(model_dir)
+    agree = total = 0
+    cases = []
+    for i, case in enumerate(golden["cases"], 1):
+        ids = [int(t) for t in tokenizer.encode(case["prompt"])]
+        report.add(f"tokenizer {i}", ids == case["prompt_ids"],
+                   "prompt encodes as the reference did" if ids == case["prompt_ids"]
+                   else f"got {ids[:12]}..., reference {case['prompt_ids'][:12]}...")
+        expected = case["expected_ids"]
+        top1 = teacher_forced(model, case["prompt_ids"], expected)
+        hits = sum(a == b for a, b in zip(top1, expected))
+        agree, total = agree + hits, total + len(expected)
+        greedy = generate(model, tokenizer, case["prompt_ids"], cap, [], max_new_tokens=len(expected))
+        prefix = next((k for k, (a, b) in enumerate(zip(greedy, expected)) if a != b), min(len(greedy), len(expected)))
+        stopped = any(t in stops for t in greedy)
+        cases.append({"prompt": case["prompt"], "top1_agreement": hits / len(expected),
+                      "greedy_prefix": prefix, "greedy_ids": greedy, "hit_eos": stopped})
+        print(f"      case {i}: top-1 {hits}/{len(expected)}, greedy matches the first {prefix}"
+              f"/{len(expected)} reference tokens", flush=True)
+    rate = agree / total if total else 0.0
+    need = golden["min_top1_agreement"]
+    report.add("agreement", rate >= need, f"top-1 agreement {rate:.3f} (need >= {need}) over {total} tokens")
+    return {"top1_agreement": rate, "min_top1_agreement": need, "cases": cases}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bundle", type=Path, default=BUNDLE)
+    p.add_argument("--provider", default="bundle", choices=["bundle", "cpu", "cuda", "dml"],
+                   help="execution provider (default: the one the bundle was built for)")
+    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+    report = Report()
+    result: dict = {}
+    if check_files(args.bundle, report):
+        golden = json.loads((args.bundle / "tests" / "golden.json").read_text(encoding="utf-8"))
+        result = check_model(args.bundle, golden, args.provider, report)
+    else:
+        report.add("model", False, "skipped: fix the damaged files above first")
+    passed = len(report.checks) - report.failed
+    print(f"{passed} passed, {report.failed} failed")
+    if args.json:
+        args.json.write_text(json.dumps({"checks": report.checks, "passed": passed,
+                                         "failed": report.failed, "provider": args.provider, **result}, indent=2))
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""Tiny Phi-3 / Phi-3.5-shaped checkpoints made locally in seconds, for `slmkit demo` and the tests.
+
+The layout mirrors the real Hugging Face folders (config.json with the old-style `rope_scaling`
+block, generation_config.json with Phi-3.5's three EOS ids, a Llama-style byte-fallback BPE
+tokenizer with Phi-3's special tokens, bf16 safetensors). The weights are trained for a few
+seconds on a short embedded text, so greedy outputs are confident and readable, which makes
+int4-vs-reference checks meaningful (a purely random model flips its argmax at any noise).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# Phi-3's added tokens, in Phi-3's order (32000 <|endoftext|> ... 32010 <|user|>).
+PHI3_SPECIALS = [
+    "<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+    "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>",
+]
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' and message['content'] %}"
+    "{{'<|system|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'user' %}{{'<|user|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\n' + message['content'] + '<|end|>\n'}}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}"
+)
+VARIANTS = ("phi-3.5", "phi-3-4k")
+BPE_VOCAB = 600  # before the added tokens; the model's vocab is padded to 640 like Phi-3's 32064
+
+
+def _data(name: str) -> str:
+    return resources.files("toolkit.data").joinpath(name).read_text(encoding="utf-8")
+
+
+def corpus() -> str:
+    return _data("tiny_corpus.txt")
+
+
+def chat_pairs() -> list[tuple[str, str]]:
+    return [tuple(p) for p in json.loads(_data("tiny_chat.json"))]
+
+
+def make_tokenizer(out: Path) -> int:
+    """Write tokenizer.json + tokenizer_config.json; return the number of tokens."""
+    from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    # Merges never cross punctuation or digits: onnxruntime-genai's tokenizer and HF's then agree.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True),
+        pre_tokenizers.Punctuation(),
+        pre_tokenizers.Digits(individual_digits=True),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=BPE_VOCAB, special_tokens=["<unk>", "<s>", "</s>", *bytes_], show_progress=False
+    )
+    lines = corpus().splitlines() + [q for pair in chat_pairs() for q in pair]
+    tok.train_from_iterator(lines, trainer)
+    # Turn the trained tokenizer into the layout of Llama/Phi-3's tokenizer.json: byte tokens are
+    # plain vocabulary, spaces become U+2581 in a normalizer, no pre-tokenizer.
+    data = json.loads(tok.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in ("<unk>", "<s>", "</s>")]
+    data["pre_tokenizer"] = None
+    data["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+    ]}
+    data["decoder"] = {"type": "Sequence", "decoders": [
+        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+        {"type": "ByteFallback"}, {"type": "Fuse"},
+        {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+    ]}
+    tok = Tokenizer.from_str(json.dumps(data))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PHI3_SPECIALS])
+    tok.save(str(out / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "bos_token": "<s>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<unk>",
+        "legacy": False,
+        "model_max_length": 131072,
+        "chat_template": PHI3_CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    return tok.get_vocab_size()
+
+
+def _config(variant: str, n_tokens: int, layers: int) -> dict[str, Any]:
+    hidden, heads = 64, 4
+    head_dim = hidden // heads
+    base = n_tokens - len(PHI3_SPECIALS)
+    cfg: dict[str, Any] = {
+        "architectures": ["Phi3ForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 1,
+        "embd_pdrop": 0.0,
+        "eos_token_id": base,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": 2 * hidden,
+        "max_position_embeddings": 4096,
+        "model_type": "phi3",
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "num_key_value_heads": heads,
+        "original_max_position_embeddings": 4096,
+        "pad_token_id": base,
+        "resid_pdrop": 0.0,
+        "rms_norm_eps": 1e-05,
+        "rope_scaling": None,
+        "rope_theta": 10000.0,
+        "sliding_window": 2047,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.3",
+        "use_cache": True,
+        "vocab_size": 640,
+    }
+    if variant == "phi-3.5":
+        # Same shape of factors as Phi-3.5-mini's config.json (head_dim / 2 numbers each).
+        cfg["max_position_embeddings"] = 131072
+        cfg["sliding_window"] = 262144
+        cfg["rope_scaling"] = {
+            "type": "longrope",
+            "short_factor": [round(1.0 + 0.02 * i, 4) for i in range(head_dim // 2)],
+            "long_factor": [round(1.0 + 1.5 * i, 4) for i in range(head_dim // 2)],
+        }
+    return cfg
+
+
+def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps: int = 600, seed: int = 0) -> Path:
+    """Write a tiny trained checkpoint folder at `out` (replaced if present) and return it."""
+    import torch
+    from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
+
+    from .hf import quiet
+
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    quiet()
+    n_tokens = make_tokenizer(out)
+    cfg = _config(variant, n_tokens, layers)
+    base = cfg["eos_token_id"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    generation = {"bos_token_id": 1, "eos_token_id": [base + 7, base + 1, base], "pad_token_id": base}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    stream = tokenizer(corpus()).input_ids
+    for question, answer in chat_pairs():
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        stream += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
+    data = torch.tensor(stream)
+
+    torch.manual_seed(seed)
+    model = Phi3ForCausalLM(Phi3Config.from_pretrained(out))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    seq, batch = 64, 16
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - seq - 1, (batch,))
+        x = torch.stack([data[s : s + seq] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.to(torch.bfloat16).save_pretrained(out)
+    # save_pretrained rewrites config.json in transformers' newest layout; keep the real one.
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
+    return out

@@ -1,0 +1,137 @@
+"""Golden tokens from the PyTorch reference, and the bundle's own smoke test run on this machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import VerifyConfig
+
+# What a host check on the CPU provider cannot tell about a GPU bundle.
+DEVICE_ONLY = {
+    "cuda": "greedy tokens and speed with the CUDA provider's fp16/int4 kernels (onnxruntime-genai-cuda on an NVIDIA GPU)",
+    "dml": "greedy tokens and speed with the DirectML provider (onnxruntime-genai-directml on Windows)",
+}
+ARM_NOTE = "the ARM64 int4 kernels of the device (this host ran the same graph on x86-64 CPU kernels)"
+
+
+def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int]) -> list[dict[str, Any]]:
+    """Greedy continuations of the recipe's prompts by the float32 PyTorch model."""
+    import torch
+
+    from .hf import load_reference
+
+    tokenizer, model = load_reference(source)
+    cases = []
+    with torch.no_grad():
+        for prompt in cfg.prompts:
+            ids = tokenizer(prompt).input_ids
+            out = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=cfg.new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos[0] if eos else None,
+            )
+            cont = [int(t) for t in out[0, len(ids):]]
+            # generate() pads after the first EOS; keep the continuation up to and including it.
+            stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
+            cases.append({"prompt": prompt, "prompt_ids": [int(t) for t in ids], "expected_ids": cont[: stop + 1]})
+    del model
+    return cases
+
+
+def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -> None:
+    golden = {
+        "schema_version": 1,
+        "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": "float32"},
+        "min_top1_agreement": cfg.min_top1_agreement,
+        "cases": cases,
+    }
+    (bundle / "tests" / "golden.json").write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
+
+
+def host_provider(execution_provider: str) -> str:
+    """The provider this machine runs the bundle with: its own when it is the CPU, else the CPU."""
+    return "bundle" if execution_provider == "cpu" else "cpu"
+
+
+def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
+    """Run the bundle's own tests/smoke_test.py in a child process; return (results, its output)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        proc = subprocess.run(
+            [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--json", str(result_path)],
+            capture_output=True,
+            text=True,
+        )
+        output = proc.stdout + proc.stderr
+        if not result_path.is_file():
+            return {"passed": 0, "failed": 1, "checks": [], "error": f"smoke test crashed (exit {proc.returncode})"}, output
+        return json.loads(result_path.read_text(encoding="utf-8")), output
+
+
+def pending_on_device(execution_provider: str, runner: str) -> list[str]:
+    pending = []
+    if execution_provider in DEVICE_ONLY:
+        pending.append(DEVICE_ONLY[execution_provider])
+    if runner in ("android", "ios"):
+        pending.append(ARM_NOTE)
+        pending.append(f"the {runner} runner and its instrumented smoke test on a device")
+    return pending
+
+
+def summarize(result: dict[str, Any], provider: str, execution_provider: str, runner: str) -> dict[str, Any]:
+    """The verification section of manifest.json."""
+    ran_on = "cpu" if provider == "cpu" or execution_provider == "cpu" else execution_provider
+    return {
+        "host": {
+            "provider": ran_on,
+            "passed": result.get("passed", 0),
+            "failed": result.get("failed", 1),
+            "top1_agreement": result.get("top1_agreement"),
+            "min_top1_agreement": result.get("min_top1_agreement"),
+            "cases": [
+                {k: c[k] for k in ("prompt", "top1_agreement", "greedy_prefix")} for c in result.get("cases", [])
+            ],
+        },
+        "pending_on_device": pending_on_device(execution_provider, runner),
+    }
+
+
+def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, Any], str]:
+    """`slmkit verify`: the plan's settings read back from the graph, then the bundle's smoke test.
+    Returns (summary, smoke test output); raises VerificationError naming what failed."""
+    from .bundle import read_manifest
+    from .config import plan_from_dict
+    from .errors import VerificationError
+    from .optimize import setting_mismatches
+
+    if not (path / "manifest.json").is_file():
+        raise VerificationError(f"'{path}' is not an slmkit bundle: it has no manifest.json.")
+    try:
+        manifest = read_manifest(path)
+        plan = plan_from_dict(manifest["plan"], f"{path}/manifest.json")
+    except (ValueError, KeyError) as e:
+        raise VerificationError(f"{path}/manifest.json is damaged ({type(e).__name__}: {e}).") from None
+    ep = plan.export.execution_provider
+    provider = provider or host_provider(ep)
+    result, output = run_smoke_test(path, provider)
+    problems = []
+    if result.get("failed", 1) == 0:
+        problems = setting_mismatches(path / "model", plan)
+    summary = summarize(result, provider, ep, plan.runtime.runner)
+    summary["host"]["settings_mismatches"] = problems
+    if result.get("failed", 1) or problems:
+        failed = [c for c in result.get("checks", []) if not c["ok"]]
+        lines = [f"{c['name']}: {c['detail']}" for c in failed] + problems
+        if not lines:
+            lines = [result.get("error", "the smoke test failed") + "\n" + output.strip()]
+        raise VerificationError(f"Bundle '{path}' failed verification:\n  - " + "\n  - ".join(lines))
+    return summary, output
