@@ -66,11 +66,18 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class VerifyConfig:
-    prompts: tuple[str, ...] = ("The capital of France is", "def fibonacci(n):")
+    # Completed as plain text, and sent through the model's chat template, respectively.
+    prompts: tuple[str, ...] = field(
+        default=("The capital of France is", "def fibonacci(n):"), metadata={"nonempty": True}
+    )
+    chat_prompts: tuple[str, ...] = ("What is the capital of France?",)
     new_tokens: int = _range(1, 512, default=16)
     # Share of positions where the bundle's top-1 token, fed the reference's own greedy continuation,
     # equals the reference's token. 1.0 demands an exact match.
     min_top1_agreement: float = _range(0.0, 1.0, default=0.9)
+    # On a device, greedy tokens must equal the ones the build host recorded for at least this
+    # many leading tokens (other CPUs run other int4 kernels, so late flips are tolerated).
+    min_greedy_prefix: int = _range(1, 512, default=8)
 
 
 SECTIONS: dict[str, type] = {
@@ -132,7 +139,7 @@ def _check_value(where: str, key: str, f: dataclasses.Field, tp: Any, value: Any
     if typing.get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: '{key}' must be a list of strings, got {value!r}.")
-        if not value:
+        if not value and f.metadata.get("nonempty"):
             raise ConfigError(f"{where}: '{key}' must not be empty.")
         return tuple(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):

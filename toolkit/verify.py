@@ -20,17 +20,35 @@ DEVICE_ONLY = {
 ARM_NOTE = "the ARM64 int4 kernels of the device (this host ran the same graph on x86-64 CPU kernels)"
 
 
-def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int]) -> list[dict[str, Any]]:
-    """Greedy continuations of the recipe's prompts by the float32 PyTorch model."""
+CONTENT = "{content}"
+
+
+def prompt_format(tokenizer) -> str | None:
+    """The chat template rendered for one user turn, with '{content}' where the message goes,
+    for runners without a template engine (Kotlin, Objective-C). None without a template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": CONTENT}], add_generation_prompt=True, tokenize=False
+    )
+    return text if text.count(CONTENT) == 1 else None
+
+
+def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int]) -> tuple[list[dict[str, Any]], str | None]:
+    """Greedy continuations of the recipe's prompts by the float32 PyTorch model, and the
+    single-turn prompt format. Chat prompts go through the checkpoint's chat template."""
     import torch
 
     from .hf import load_reference
 
     tokenizer, model = load_reference(source)
+    fmt = prompt_format(tokenizer)
+    texts = [(p, False) for p in cfg.prompts] + [(fmt.replace(CONTENT, p), True) for p in cfg.chat_prompts if fmt]
     cases = []
     with torch.no_grad():
-        for prompt in cfg.prompts:
-            ids = tokenizer(prompt).input_ids
+        for text, chat in texts:
+            # The template already holds any BOS text; the runtime's tokenizer adds none to it either.
+            ids = tokenizer(text, add_special_tokens=not chat).input_ids
             out = model.generate(
                 torch.tensor([ids]),
                 attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -42,9 +60,10 @@ def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int]) -> list[dic
             cont = [int(t) for t in out[0, len(ids):]]
             # generate() pads after the first EOS; keep the continuation up to and including it.
             stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
-            cases.append({"prompt": prompt, "prompt_ids": [int(t) for t in ids], "expected_ids": cont[: stop + 1]})
+            cases.append({"prompt": text, "chat": chat, "prompt_ids": [int(t) for t in ids],
+                          "expected_ids": cont[: stop + 1]})
     del model
-    return cases
+    return cases, fmt
 
 
 def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -> None:
@@ -52,9 +71,26 @@ def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -
         "schema_version": 1,
         "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": "float32"},
         "min_top1_agreement": cfg.min_top1_agreement,
+        "min_greedy_prefix": cfg.min_greedy_prefix,
         "cases": cases,
     }
     (bundle / "tests" / "golden.json").write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
+
+
+def write_prompt_format(bundle: Path, fmt: str | None) -> None:
+    if fmt is not None:
+        data = {"single_turn": fmt, "placeholder": CONTENT}
+        (bundle / "model" / "prompt_format.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
+    """Let the bundle's smoke test record its own greedy tokens into golden.json (the values a
+    device run is compared with). Returns the failure output, or None."""
+    proc = subprocess.run(
+        [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
+        capture_output=True, text=True,
+    )
+    return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
 
 
 def host_provider(execution_provider: str) -> str:

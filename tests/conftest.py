@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny checkpoints (trained locally in seconds) and bundles built from them once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from toolkit.build import build, plan_build
+from toolkit.source import open_source
+from toolkit.tiny import make_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny35(tmp_path_factory) -> Path:
+    """Phi-3.5-shaped: longrope, 131072 context, three EOS ids."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-phi-3.5", "phi-3.5")
+
+
+@pytest.fixture(scope="session")
+def tiny3(tmp_path_factory) -> Path:
+    """Phi-3-mini-4k-shaped: no rope scaling, 4096 context."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-phi-3-4k", "phi-3-4k")
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory, tiny35):
+    """target name -> bundle folder built from tiny35, built on first use."""
+    root = tmp_path_factory.mktemp("bundles")
+    cache: dict[str, Path] = {}
+
+    def get(target: str) -> Path:
+        if target not in cache:
+            src = open_source(str(tiny35))
+            out = root / target
+            build(src, plan_build(src, None, target, ()), out, log=lambda _: None)
+            cache[target] = out
+        return cache[target]
+
+    return get
+
+
+@pytest.fixture
+def copy_bundle(tmp_path, bundles):
+    """A private copy of a built bundle, for tests that damage it."""
+
+    def get(target: str) -> Path:
+        dest = tmp_path / f"copy-{target}"
+        shutil.copytree(bundles(target), dest)
+        return dest
+
+    return get
+
+
+@pytest.fixture
+def model_copy(tmp_path, tiny35):
+    """A private copy of the tiny Phi-3.5 checkpoint, for tests that break it."""
+    dest = tmp_path / "model"
+    shutil.copytree(tiny35, dest)
+    return dest
+

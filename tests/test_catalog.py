@@ -1,0 +1,73 @@
+"""The whole catalog is consistent, and the catalog commands work as a user types them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from toolkit.catalog import load_recipe, load_target, recipe_names, target_names
+from toolkit.cli import main
+from toolkit.config import resolve
+from toolkit.errors import UnknownNameError
+
+RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "runners"
+TARGETS = ["android", "cpu", "ios", "linux-cuda", "windows-dml"]
+FAMILIES = ["phi-3-mini-4k", "phi-3.5-mini", "smollm2"]
+
+
+def test_every_target_has_a_recipe_per_family_and_a_runner():
+    assert target_names() == TARGETS
+    assert recipe_names() == [f"{f}/{t}" for f in FAMILIES for t in TARGETS]
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        assert recipe.target == name.split("/")[1], name
+        plan = resolve(recipe, load_target(recipe.target))
+        runner = plan.runtime.runner
+        assert (RUNNERS / "python" / "run.py").is_file()
+        if runner != "python":
+            assert (RUNNERS / runner).is_dir(), f"{name}: no runner template for {runner}"
+
+
+def test_mobile_targets_cap_the_context():
+    for t in ("android", "ios"):
+        assert resolve(load_recipe(f"phi-3.5-mini/{t}"), load_target(t)).optimize.context_cap == 4096
+
+
+def test_unknown_names_suggest_the_closest():
+    with pytest.raises(UnknownNameError) as e:
+        load_target("andriod")
+    assert str(e.value) == (
+        "Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. Did you mean 'android'?"
+    )
+    with pytest.raises(UnknownNameError, match=r"Unknown recipe 'phi-3.5-mini/andriod'\..*Did you mean 'phi-3.5-mini/android'\?"):
+        load_recipe("phi-3.5-mini/andriod")
+
+
+def test_cli_ls_show_cp(tmp_path: Path):
+    runner = CliRunner()
+    out = runner.invoke(main, ["ls"]).output
+    assert "  android       Android phone (arm64-v8a)" in out
+    assert "  phi-3.5-mini/android" in out
+    shown = runner.invoke(main, ["show", "phi-3.5-mini/ios"])
+    assert shown.exit_code == 0
+    assert 'runner = "ios"' in shown.output and "context_cap = 4096" in shown.output
+    assert 'execution_provider = "cuda"' in runner.invoke(main, ["show", "linux-cuda"]).output
+    dest = tmp_path / "mine.toml"
+    copied = runner.invoke(main, ["cp", "phi-3.5-mini/android", str(dest)])
+    assert copied.exit_code == 0 and dest.read_text() == load_recipe("phi-3.5-mini/android").path.read_text()
+    again = runner.invoke(main, ["cp", "phi-3.5-mini/android", str(dest)])
+    assert again.exit_code == 1
+    assert again.output == f"Error: '{dest}' already exists; choose another path.\n"
+    shown = runner.invoke(main, ["show", str(dest)])
+    assert shown.exit_code == 0 and "# resolved plan" in shown.output
+
+
+def test_cli_unknown_target_message():
+    result = CliRunner().invoke(main, ["show", "andriod"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. "
+        "Did you mean 'android'?\n"
+    )
