@@ -88,7 +88,7 @@ _DEVICE = {
     "android": "On the phone: see runner/android/README.md (Gradle dependency, `adb push` of model/, "
     "the Kotlin runner and its instrumented smoke test).",
     "ios": "On the iPhone/iPad: see runner/ios/README.md (CocoaPods dependency, adding model/ to the "
-    "app, the Swift runner and its XCTest smoke test).",
+    "app, the Objective-C runner (callable from Swift) and its XCTest smoke test).",
 }
 
 

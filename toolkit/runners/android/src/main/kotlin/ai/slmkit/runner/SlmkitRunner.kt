@@ -1,0 +1,118 @@
+// Minimal streaming generator for an slmkit bundle on Android (onnxruntime-genai Java API).
+// Copy this file into your app; see runner/android/README.md for the Gradle dependency.
+package ai.slmkit.runner
+
+import ai.onnxruntime.genai.Config
+import ai.onnxruntime.genai.Generator
+import ai.onnxruntime.genai.GeneratorParams
+import ai.onnxruntime.genai.Model
+import ai.onnxruntime.genai.Sequences
+import ai.onnxruntime.genai.Tokenizer
+import ai.onnxruntime.genai.TokenizerStream
+import org.json.JSONArray
+import org.json.JSONObject
+import java.io.File
+
+/**
+ * Loads `<bundle>/model` once; [ask] streams an answer, [generate] works on token ids.
+ * Greedy by default; stops at every EOS id of the model and never exceeds the bundle's
+ * context cap (search.max_length in genai_config.json). Not thread-safe: one generation at a time.
+ */
+class SlmkitRunner(val modelDir: File) : AutoCloseable {
+    private val config: Config = Config(modelDir.path)
+    val model: Model = Model(config)
+    val tokenizer: Tokenizer = Tokenizer(model)
+    val eosIds: Set<Int>
+    val maxLength: Int
+    private val promptFormat: String?
+
+    init {
+        val genai = JSONObject(File(modelDir, "genai_config.json").readText())
+        val eos: Any = genai.getJSONObject("model").get("eos_token_id")
+        eosIds = if (eos is JSONArray) (0 until eos.length()).map { eos.getInt(it) }.toSet() else setOf(eos as Int)
+        maxLength = genai.getJSONObject("search").getInt("max_length")
+        // The model's chat template rendered for one user turn by slmkit at build time.
+        val formatFile = File(modelDir, "prompt_format.json")
+        promptFormat = if (formatFile.exists()) JSONObject(formatFile.readText()).getString("single_turn") else null
+    }
+
+    /** The user message in the model's chat format (Phi-3 format when the model has no template). */
+    fun formatChat(message: String): String =
+        promptFormat?.replace(PLACEHOLDER, message) ?: "<|user|>\n$message<|end|>\n<|assistant|>\n"
+
+    fun encode(text: String): IntArray {
+        val sequences: Sequences = tokenizer.encode(text)
+        try {
+            return sequences.getSequence(0)
+        } finally {
+            sequences.close()
+        }
+    }
+
+    fun decode(ids: IntArray): String = tokenizer.decode(ids)
+
+    /**
+     * Generates after [promptIds]; [onText] receives each piece of text as soon as it is decoded.
+     * temperature 0 = greedy; otherwise sampling with topP / topK (0 = off) and a fixed seed.
+     */
+    fun generate(
+        promptIds: IntArray,
+        maxNewTokens: Int = 256,
+        temperature: Double = 0.0,
+        topP: Double = 1.0,
+        topK: Int = 0,
+        seed: Int = 0,
+        onText: (String) -> Unit = {},
+    ): IntArray {
+        require(promptIds.size < maxLength) {
+            "The prompt has ${promptIds.size} tokens; this bundle's context cap is $maxLength. Shorten the prompt."
+        }
+        val params: GeneratorParams = GeneratorParams(model)
+        val stream: TokenizerStream = tokenizer.createStream()
+        val out = ArrayList<Int>()
+        try {
+            params.setSearchOption("max_length", minOf(maxLength, promptIds.size + maxNewTokens).toDouble())
+            params.setSearchOption("batch_size", 1.0)
+            if (temperature > 0.0) {
+                params.setSearchOption("do_sample", true)
+                params.setSearchOption("temperature", temperature)
+                params.setSearchOption("top_p", topP)
+                if (topK > 0) params.setSearchOption("top_k", topK.toDouble())
+                params.setSearchOption("random_seed", seed.toDouble())
+            } else {
+                params.setSearchOption("do_sample", false)
+            }
+            val generator: Generator = Generator(model, params)
+            try {
+                generator.appendTokens(promptIds)
+                while (!generator.isDone()) {
+                    generator.generateNextToken()
+                    val token: Int = generator.getLastTokenInSequence(0)
+                    if (token in eosIds) break
+                    out.add(token)
+                    onText(stream.decode(token))
+                }
+            } finally {
+                generator.close()
+            }
+        } finally {
+            stream.close()
+            params.close()
+        }
+        return out.toIntArray()
+    }
+
+    /** One chat turn: formats [message], streams the answer to [onText], returns the whole answer. */
+    fun ask(message: String, maxNewTokens: Int = 256, onText: (String) -> Unit = {}): String =
+        decode(generate(encode(formatChat(message)), maxNewTokens, onText = onText))
+
+    override fun close() {
+        tokenizer.close()
+        model.close()
+        config.close()
+    }
+
+    companion object {
+        const val PLACEHOLDER = "{content}"
+    }
+}
