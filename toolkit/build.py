@@ -67,12 +67,13 @@ def staging(out: Path, force: bool) -> Iterator[Staging]:
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise
-    old = root / "replaced"
-    if out.exists():
-        check_output(out, force)  # the folder may have changed while we built
-        out.rename(old)
-    stage.bundle.rename(out)
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        if out.exists():
+            check_output(out, force)  # the folder may have appeared or changed while we built
+            out.rename(root / "replaced")
+        stage.bundle.rename(out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: bool) -> None:
