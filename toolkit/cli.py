@@ -45,14 +45,19 @@ def main() -> None:
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (unpickled with weights_only=True).")
 @click.option("--skip-memory-check", is_flag=True, help="Build even if the builder's estimated peak memory exceeds RAM.")
+@click.option("--quality-budget", metavar="PCT",
+              help="Smallest quantization within this perplexity increase over float32, e.g. 5%.")
 @_friendly
-def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check):
+def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget):
     """Build, verify and publish one bundle."""
     from .build import build as run_build
     from .build import plan_build
     from .config import to_toml
     from .source import open_source
 
+    from .budget import parse_budget
+
+    budget = parse_budget(quality_budget) if quality_budget else None
     src = open_source(model, allow_pickle=allow_pickle)
     plan = plan_build(src, recipe, target, tuple(overrides))
     out = output or Path(f"{src.path.name}-{plan.target}")
@@ -62,7 +67,8 @@ def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle
         click.echo(to_toml(plan.to_dict()), nl=False)
         return
     click.echo(f"Building {plan.recipe} from {src.origin} into {out}")
-    manifest = run_build(src, plan, out, force=force, skip_memory_check=skip_memory_check, log=click.echo)
+    manifest = run_build(src, plan, out, force=force, skip_memory_check=skip_memory_check,
+                         quality_budget=budget, log=click.echo)
     _print_result(out, manifest)
 
 
@@ -172,6 +178,81 @@ def verify(bundle, provider):
     for item in summary["pending_on_device"]:
         click.echo(f"Needs the device: {item}")
     click.echo(f"Bundle {bundle} verified.")
+
+
+@main.command(name="eval")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--reference", "-r", required=True, type=click.Path(path_type=Path),
+              help="The Hugging Face folder the bundle was built from (run in float32 as the reference).")
+@click.option("--text", type=click.Path(path_type=Path), help="UTF-8 text file [default: the text shipped with slmkit].")
+@click.option("--window", default=512, show_default=True, help="Tokens per scored window.")
+@click.option("--max-tokens", default=8192, show_default=True, help="Score at most this many tokens of the text.")
+@_friendly
+def evaluate(bundle, reference, text, window, max_tokens):
+    """Perplexity, top-1 agreement and KL of BUNDLE vs its float32 reference; saved in the manifest."""
+    from .quality import evaluate_bundle
+
+    click.echo(evaluate_bundle(bundle, reference, text, window, max_tokens))
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--prompt-tokens", default=128, show_default=True)
+@click.option("--new-tokens", default=128, show_default=True)
+@click.option("--runs", default=5, show_default=True, help="Timed runs (after one warm-up run).")
+@click.option("--provider", type=click.Choice(["bundle", "cpu", "cuda", "dml"]), default="bundle", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_friendly
+def bench(bundle, prompt_tokens, new_tokens, runs, provider, as_json):
+    """Time to first token, prefill/decode tok/s, peak RSS, and decode vs the memory roofline."""
+    from .bench import run, to_json
+
+    result = run(bundle, prompt_tokens, new_tokens, runs, provider)
+    click.echo(to_json(result) if as_json else result.table())
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Archive path [default: BUNDLE.tar.gz].")
+@_friendly
+def pack(bundle, output):
+    """Archive BUNDLE reproducibly (same bundle, same bytes) as a .tar.gz."""
+    from .pack import pack as run_pack
+
+    archive = run_pack(bundle, output or bundle.with_name(bundle.name + ".tar.gz"))
+    click.echo(f"Packed {bundle} into {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+
+
+@main.command()
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True, help="Folder to create.")
+@_friendly
+def unpack(archive, output):
+    """Extract a bundle archive (refuses paths outside the folder, links and special files)."""
+    from .pack import unpack as run_unpack
+
+    bundle = run_unpack(archive, output)
+    click.echo(f"Unpacked {archive} into {bundle}. Check it: slmkit verify {bundle}")
+
+
+@main.group()
+def ci() -> None:
+    """Continuous-integration helpers."""
+
+
+@ci.command(name="init")
+@click.option("--model", "-m", required=True, help="Hub id (or path in the repository) the workflow builds.")
+@click.option("--targets", default="cpu,android,ios,windows-dml,linux-cuda", show_default=True,
+              help="Comma-separated targets, one matrix job each.")
+@click.option("--install", default="pip install slmkit", show_default=True, help="The step that installs slmkit.")
+@click.option("--force", is_flag=True, help="Overwrite an existing workflow.")
+@_friendly
+def ci_init(model, targets, install, force):
+    """Write .github/workflows/slmkit.yml: build, smoke-test and upload one bundle per target."""
+    from .ci import write_workflow
+
+    path = write_workflow(Path.cwd(), model, [t.strip() for t in targets.split(",") if t.strip()], install, force)
+    click.echo(f"Wrote {path}. Commit it; each run uploads bundle-<target>.tar.gz artifacts.")
 
 
 @main.command()

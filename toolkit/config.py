@@ -43,8 +43,11 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    # The builder's algo_config: "default" and "rtn" are round-to-nearest, "k_quant" searches scales.
-    method: str = _choice("default", "rtn", "k_quant", default="default")
+    # The builder's algo_config: "default" and "rtn" are round-to-nearest, "k_quant" searches scales,
+    # "k_quant_last" / "k_quant_mixed" keep the lm_head / some layers in int8. "mse" is slmkit's own
+    # (toolkit/int4.py): asymmetric blocks whose scale and zero point minimise the error weighted by
+    # calibration activations, applied to a float32 export; the embedding shares the lm_head's codes.
+    method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", default="default")
     block_size: int = _choice(*BLOCK_SIZES, default=32)
     # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
     accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
@@ -78,6 +81,9 @@ class VerifyConfig:
     # On a device, greedy tokens must equal the ones the build host recorded for at least this
     # many leading tokens (other CPUs run other int4 kernels, so late flips are tolerated).
     min_greedy_prefix: int = _range(1, 512, default=8)
+    # The perplexity increase over float32 this recipe promises on slmkit's evaluation text
+    # (`slmkit eval` reports against it).
+    max_ppl_increase: float = _range(0.0, 10.0, default=0.5)
 
 
 SECTIONS: dict[str, type] = {
@@ -247,6 +253,13 @@ def _check_combination(plan: BuildPlan) -> None:
         raise ConfigError(
             f"Precision '{precision}' is not available for execution provider '{ep}'. "
             f"Valid for {ep}: {', '.join(PRECISIONS_BY_PROVIDER[ep])}."
+        )
+    q = plan.quantize
+    if q.method == "mse" and (precision == "int8" or q.lm_head != "int4"):
+        raise ConfigError(
+            f"quantize.method 'mse' makes int4 weights only (precision = {precision!r}, lm_head = "
+            f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "
+            "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(

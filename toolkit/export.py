@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
@@ -76,6 +77,11 @@ def run_builder(source: Path, cfg: ExportConfig, options: dict[str, Any], work: 
             builder.create_model(
                 None, str(source), str(out), cfg.precision, cfg.execution_provider, str(cache), **kv
             )
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise  # a full disk is the output's problem, not the builder's: build() reports it
+        raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
+                         f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
     except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
         tail = log_tail(log_path)
         raise StageError(

@@ -50,14 +50,17 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan) -> list[str]:
             problems.append(f"precision {precision}: the graph has no MatMulNBits node")
         for node in nbits:
             attrs = _attributes(node)
-            want = {
-                "bits": expected_bits(plan.quantize, precision, "lm_head" in node.name),
-                "block_size": plan.quantize.block_size,
-                "accuracy_level": plan.quantize.accuracy_level,
-            }
+            bits = expected_bits(plan.quantize, precision, "lm_head" in node.name)
+            if attrs.get("bits") not in bits:
+                problems.append(f"{node.name}: bits = {attrs.get('bits')}, requested {' or '.join(map(str, sorted(bits)))}")
+            want = {"block_size": plan.quantize.block_size, "accuracy_level": plan.quantize.accuracy_level}
             for key, value in want.items():
                 if attrs.get(key, 0) != value:
                     problems.append(f"{node.name}: {key} = {attrs.get(key)}, requested {value}")
+            has_zp = len(node.input) > 3 and node.input[3] != ""
+            if has_zp == plan.quantize.symmetric:
+                problems.append(f"{node.name}: {'has' if has_zp else 'no'} zero points, requested "
+                                f"{'symmetric' if plan.quantize.symmetric else 'asymmetric'} quantization")
         weights = {i.name for i in graph.initializer}
         dense = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
         if dense:

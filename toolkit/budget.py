@@ -1,0 +1,79 @@
+"""--quality-budget: try quantization settings from the smallest bundle to the largest and keep
+the first whose perplexity stays within the budget of the float32 reference."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import BuildPlan, ConfigError, _check_combination
+from .errors import StageError
+from .source import SourceModel
+
+# (label, quantize changes, precision), in order of bundle size (measured on SmolLM2-135M:
+# 86.5, 88.6, ~112 and ~259 MB of weights).
+CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
+    ("int4 builder RTN, symmetric", {"method": "default", "symmetric": True, "lm_head": "int4"}, "int4"),
+    ("int4 slmkit mse, asymmetric", {"method": "mse", "symmetric": False, "lm_head": "int4"}, "int4"),
+    ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4"}, "int4"),
+    ("int8 builder", {"method": "default", "symmetric": True, "lm_head": "int4"}, "int8"),
+]
+
+
+def parse_budget(text: str) -> float:
+    """'5%' or '0.05' -> 0.05."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10:
+        raise ConfigError(f"--quality-budget '{text}': expected a perplexity increase such as 5% or 0.05.")
+    return value
+
+
+def candidate_plans(plan: BuildPlan) -> list[tuple[str, BuildPlan]]:
+    """The candidates the target's provider can run, with the plan's other settings kept."""
+    out = []
+    for label, changes, precision in CANDIDATES:
+        candidate = replace(plan, export=replace(plan.export, precision=precision),
+                            quantize=replace(plan.quantize, **changes))
+        try:
+            _check_combination(candidate)
+        except ConfigError:
+            continue
+        out.append((label, candidate))
+    return out
+
+
+def choose(src: SourceModel, plan: BuildPlan, budget: float, work: Path,
+           export_model: Callable[[BuildPlan, Path], Path], log: Callable[[str], None]):
+    """Returns (chosen plan, its exported model folder, quality section for the manifest)."""
+    from .quality import Reference, evaluate, model_bytes, selection_text, table
+
+    name, text = selection_text()
+    log(f"      reference perplexity on the {name}")
+    ref = Reference(src.path, text, name)
+    rows: list[tuple[str, int | None, Any, str]] = []
+    records = []
+    for i, (label, candidate) in enumerate(candidate_plans(plan)):
+        model_dir = export_model(candidate, work / f"candidate-{i}")
+        quality = evaluate(model_dir, ref)
+        size = model_bytes(model_dir)
+        ok = quality.ppl_increase <= budget
+        rows.append((label, size, quality, "chosen" if ok else "over budget"))
+        records.append({"variant": label, "model_bytes": size, **quality.to_dict(), "within_budget": ok})
+        log(f"      {label}: {size / 1e6:.1f} MB, perplexity {quality.ppl_increase:+.1%} vs fp32")
+        if ok:
+            log(table([("fp32 reference", None, None, f"perplexity {ref.ppl:.2f}"), *rows]))
+            section = {"budget": budget, "text": name, "reference_ppl": ref.ppl, "chosen": label,
+                       "candidates": records}
+            return candidate, model_dir, section
+    raise StageError(
+        "quantize",
+        f"no candidate is within the quality budget of +{budget:.1%} perplexity over float32 "
+        f"({ref.tokens} tokens of the {name}):\n"
+        + table([("fp32 reference", None, None, f"perplexity {ref.ppl:.2f}"), *rows])
+        + "\nRaise --quality-budget, or build without it to take the target's default.",
+    )

@@ -1,0 +1,422 @@
+"""slmkit's own 4-bit weight quantizer, applied to the builder's float32 export.
+
+Asymmetric blocks (4-bit codes with a 4-bit zero point and a float scale per block, the
+MatMulNBits / GatherBlockQuantized layout), with the scale and zero point of every block chosen
+to minimise the (optionally activation-weighted) squared error instead of min/max rounding.
+Tied embeddings stay shared: GatherBlockQuantized reads the lm_head's quantized weight, as the
+builder does, so the bundle does not carry a float32 embedding table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Candidate shrinkage of the block range [min, max]; each candidate's scale is then refined by
+# weighted least squares with its codes fixed.
+SHRINK = np.linspace(0.7, 1.0, 13)
+
+
+@dataclass
+class Packed:
+    """MatMulNBits layout of a weight W[K, N]: rows are the N output features."""
+
+    codes: np.ndarray  # uint8 [N, n_blocks, block // 2], element 2i in the low nibble
+    scales: np.ndarray  # float32 [N, n_blocks]
+    # uint8 [N, ceil(n_blocks / 2)], block 2j in the low nibble; or float32 [N, n_blocks]
+    # (a fractional zero point: MatMulNBits only, GatherBlockQuantized needs the uint8 form)
+    zero_points: np.ndarray | None
+    k: int
+    block: int
+
+    def dequantize(self) -> np.ndarray:
+        """W[K, N] as the runtime sees it."""
+        n, nb, _ = self.codes.shape
+        q = np.empty((n, nb, self.block), dtype=np.float32)
+        q[..., 0::2] = self.codes & 0x0F
+        q[..., 1::2] = self.codes >> 4
+        if self.zero_points is None:
+            zp = np.full((n, nb), 8.0, dtype=np.float32)
+        elif self.zero_points.dtype != np.uint8:
+            zp = self.zero_points.astype(np.float32)
+        else:
+            zp = np.empty((n, self.zero_points.shape[1] * 2), dtype=np.float32)
+            zp[:, 0::2] = self.zero_points & 0x0F
+            zp[:, 1::2] = self.zero_points >> 4
+            zp = zp[:, :nb]
+        w = (q - zp[..., None]) * self.scales[..., None]
+        return w.reshape(n, nb * self.block)[:, : self.k].T
+
+
+def _blocks(w_kn: np.ndarray, block: int) -> np.ndarray:
+    """[N, n_blocks, block] view of W^T, zero-padded along K."""
+    k, n = w_kn.shape
+    nb = -(-k // block)
+    wt = np.zeros((n, nb * block), dtype=np.float32)
+    wt[:, :k] = w_kn.T
+    return wt.reshape(n, nb, block)
+
+
+def _pack_nibbles(values: np.ndarray) -> np.ndarray:
+    """uint8 codes 0..15 along the last axis (padded to even length) -> packed pairs."""
+    if values.shape[-1] % 2:
+        values = np.concatenate([values, np.zeros(values.shape[:-1] + (1,), dtype=values.dtype)], axis=-1)
+    return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
+
+
+def quantize(w_kn: np.ndarray, block: int, importance: np.ndarray | None = None,
+             symmetric: bool = False, float_zero_points: bool = False, chunk_rows: int = 4096) -> Packed:
+    """Quantize W[K, N] (MatMul weight) to 4 bits per element. `importance` [K] weights each input
+    feature's error (mean squared activation from calibration); None weighs all equally."""
+    k, n = w_kn.shape
+    nb = -(-k // block)
+    h_row = np.ones(nb * block, dtype=np.float32)
+    if importance is not None:
+        h_row[:k] = np.maximum(importance.astype(np.float32), 1e-8)
+    h_row[k:] = 0.0  # padding never counts
+    h = h_row.reshape(1, nb, block)
+    codes = np.empty((n, nb, block), dtype=np.uint8)
+    scales = np.empty((n, nb), dtype=np.float32)
+    zps = np.empty((n, nb), dtype=np.float32 if float_zero_points else np.uint8)
+    search = _search_symmetric if symmetric else (_search_float_zp if float_zero_points else _search_asymmetric)
+    for r0 in range(0, n, chunk_rows):
+        x = _blocks(w_kn[:, r0 : r0 + chunk_rows], block)
+        q, s, z = search(x, h)
+        codes[r0 : r0 + len(x)], scales[r0 : r0 + len(x)], zps[r0 : r0 + len(x)] = q, s, z
+    if symmetric:
+        zero_points = None
+    else:
+        zero_points = zps if float_zero_points else _pack_nibbles(zps)
+    return Packed(_pack_nibbles(codes), scales, zero_points, k, block)
+
+
+def _refine(x, h, q, zp):
+    """Least-squares scale for fixed codes: argmin_s sum h (x - s (q - zp))^2."""
+    d = q - zp
+    num = (h * x * d).sum(-1)
+    den = (h * d * d).sum(-1)
+    return np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)
+
+
+def _search_asymmetric(x: np.ndarray, h: np.ndarray):
+    lo, hi = x.min(-1), x.max(-1)
+    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # the range holds 0, so the zero point fits 0..15
+    best_err = np.full(lo.shape, np.inf, dtype=np.float32)
+    best_q = np.zeros(x.shape, dtype=np.uint8)
+    best_s = np.zeros(lo.shape, dtype=np.float32)
+    best_z = np.zeros(lo.shape, dtype=np.uint8)
+    for f in SHRINK:
+        s = (hi - lo) * f / 15.0
+        s = np.where(s > 0, s, 1.0)
+        zp = np.clip(np.round(-lo * f / s), 0, 15)
+        q = np.clip(np.round(x / s[..., None]) + zp[..., None], 0, 15)
+        s = _refine(x, h, q, zp[..., None])
+        s = np.where(s > 0, s, 1.0)
+        q = np.clip(np.round(x / s[..., None]) + zp[..., None], 0, 15)
+        err = (h * (x - s[..., None] * (q - zp[..., None])) ** 2).sum(-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_q = np.where(better[..., None], q, best_q).astype(np.uint8)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, zp, best_z).astype(np.uint8)
+    return best_q, best_s.astype(np.float32), best_z
+
+
+def _search_float_zp(x: np.ndarray, h: np.ndarray):
+    """value = (q - zp) * s with a fractional zp: the grid spans [lo, hi] exactly (min/max, as
+    GGUF Q4_1), then shrunk candidates with a least-squares refit of scale and offset."""
+    lo, hi = x.min(-1), x.max(-1)
+    best_err = np.full(lo.shape, np.inf, dtype=np.float32)
+    best_q = np.zeros(x.shape, dtype=np.uint8)
+    best_s = np.zeros(lo.shape, dtype=np.float32)
+    best_z = np.zeros(lo.shape, dtype=np.float32)
+    mid = (hi + lo) / 2
+    for f in SHRINK[::-1]:  # 1.0 first: ties keep the plain min/max grid
+        a, b = mid - (mid - lo) * f, mid + (hi - mid) * f
+        s = np.where(b > a, (b - a) / 15.0, 1.0)
+        q = np.clip(np.round((x - a[..., None]) / s[..., None]), 0, 15)
+        # weighted least squares for value = s * q + m with the codes fixed
+        sw = h.sum(-1)
+        sq, sx = (h * q).sum(-1), (h * x).sum(-1)
+        sqq, sqx = (h * q * q).sum(-1), (h * q * x).sum(-1)
+        det = sw * sqq - sq * sq
+        ok = det > 1e-20
+        s2 = np.where(ok, (sw * sqx - sq * sx) / np.where(ok, det, 1.0), s)
+        m2 = np.where(ok, (sx - s2 * sq) / np.where(sw > 0, sw, 1.0), a)
+        s2 = np.where(s2 > 0, s2, s)
+        err = (h * (x - (s2[..., None] * q + m2[..., None])) ** 2).sum(-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_q = np.where(better[..., None], q, best_q).astype(np.uint8)
+        best_s = np.where(better, s2, best_s)
+        best_z = np.where(better, -m2 / s2, best_z)
+    return best_q, best_s.astype(np.float32), best_z.astype(np.float32)
+
+
+def _search_symmetric(x: np.ndarray, h: np.ndarray):
+    amax = np.abs(x).max(-1)
+    best_err = np.full(amax.shape, np.inf, dtype=np.float32)
+    best_q = np.zeros(x.shape, dtype=np.uint8)
+    best_s = np.zeros(amax.shape, dtype=np.float32)
+    for f in SHRINK:
+        s = np.where(amax > 0, amax * f / 8.0, 1.0)
+        q = np.clip(np.round(x / s[..., None]) + 8, 0, 15)
+        s = _refine(x, h, q, 8.0)
+        s = np.where(s > 0, s, 1.0)
+        q = np.clip(np.round(x / s[..., None]) + 8, 0, 15)
+        err = (h * (x - s[..., None] * (q - 8)) ** 2).sum(-1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_q = np.where(better[..., None], q, best_q).astype(np.uint8)
+        best_s = np.where(better, s, best_s)
+    return best_q, best_s.astype(np.float32), np.full(amax.shape, 8, dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- graph rewrite
+
+def _int64(name: str, values: list[int]):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: bool = False,
+                   importance: dict[str, np.ndarray] | None = None, float_zero_points: bool = False,
+                   calibrate=None, log=lambda _: None) -> dict[str, int]:
+    """Rewrite model_dir/model.onnx (a float32 builder export) in place: every MatMul with a
+    weight initializer becomes MatMulNBits, the token embedding becomes GatherBlockQuantized
+    (sharing the lm_head's codes when the embeddings are tied). Returns counts for the log."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = model_dir / "model.onnx"
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    matmul_weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    importance = calibrate(matmul_weights) if calibrate is not None else (importance or {})
+    log(f"activation statistics for {len(importance)} of {len(set(matmul_weights))} weights")
+    packed: dict[str, Packed] = {}
+    new_nodes, new_inits, dropped = [], [], set()
+    counts = {"matmul": 0, "embedding": 0}
+
+    def add_packed(weight: str, p: Packed) -> tuple[str, str, str | None]:
+        names = (f"{weight}_Q4", f"{weight}_scales", f"{weight}_zp" if p.zero_points is not None else None)
+        new_inits.append(numpy_helper.from_array(p.codes, names[0]))
+        new_inits.append(numpy_helper.from_array(p.scales, names[1]))
+        if p.zero_points is not None:
+            new_inits.append(numpy_helper.from_array(p.zero_points, names[2]))
+        return names
+
+    # The lm_head / MatMul weights first, so a tied embedding can reuse them.
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
+               and len(inits[n.input[1]].dims) == 2]
+    for node in matmuls:
+        weight = node.input[1]
+        if weight not in packed:
+            w = numpy_helper.to_array(inits[weight]).astype(np.float32)
+            stats = importance.get(weight)
+            if stats is not None and stats.ndim == 2:
+                packed[weight] = gptq(w, stats, block, symmetric)
+            else:
+                packed[weight] = quantize(w, block, stats, symmetric, float_zero_points)
+    names = {w: add_packed(w, p) for w, p in packed.items()}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    skip: set[int] = set()
+    for node in graph.node:
+        if id(node) in skip:
+            continue
+        if node.op_type == "MatMul" and node.input[1] in packed:
+            p, (q, s, z) = packed[node.input[1]], names[node.input[1]]
+            inputs = [node.input[0], q, s] + ([z] if z else [])
+            new_nodes.append(helper.make_node(
+                "MatMulNBits", inputs, list(node.output), name=f"{node.name}_Q4", domain="com.microsoft",
+                K=p.k, N=p.scales.shape[0], bits=4, block_size=block, accuracy_level=accuracy_level))
+            dropped.add(node.input[1])
+            counts["matmul"] += 1
+            continue
+        if node.op_type == "Transpose" and node.input[0] in packed:
+            # Tied embeddings: Transpose(lm_head weight) -> Gather(ids). Read the lm_head's codes instead.
+            gathers = consumers.get(node.output[0], [])
+            if len(gathers) == 1 and gathers[0].op_type == "Gather":
+                p, n_ = packed[node.input[0]], names[node.input[0]]
+                if float_zero_points:
+                    # GatherBlockQuantized takes 4-bit zero points only: the same codes and scales
+                    # with each block's zero point rounded to the nearest integer.
+                    zp = np.clip(np.round(p.zero_points), 0, 15).astype(np.uint8)
+                    p = Packed(p.codes, p.scales, _pack_nibbles(zp), p.k, p.block)
+                    zp_name = f"{node.input[0]}_zp_rounded"
+                    new_inits.append(numpy_helper.from_array(p.zero_points, zp_name))
+                    n_ = (n_[0], n_[1], zp_name)
+                new_nodes += _embedding_nodes(gathers[0], p, n_, new_inits)
+                skip.add(id(gathers[0]))
+                dropped.add(node.input[0])
+                counts["embedding"] += 1
+                continue
+        if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2 \
+                and "embed" in node.name:
+            table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+            p = quantize(table.T, block, None, symmetric)
+            new_nodes += _embedding_nodes(node, p, add_packed(node.input[0], p), new_inits)
+            dropped.add(node.input[0])
+            counts["embedding"] += 1
+            continue
+        new_nodes.append(node)
+    still_used = {i for n in new_nodes for i in n.input}
+    kept = [i for i in graph.initializer if not (i.name in dropped and i.name not in still_used)]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_inits)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    data = model_dir / "model.onnx.data"
+    data.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    log(f"quantized {counts['matmul']} MatMul weights and {counts['embedding']} embedding table(s) to int4")
+    return counts
+
+
+def _embedding_nodes(gather, p: Packed, names: tuple[str, str, str | None], new_inits: list) -> list:
+    """Gather(table, ids) -> Reshape(codes) + GatherBlockQuantized [+ Slice of the block padding]."""
+    from onnx import helper
+
+    n, nb, half = p.codes.shape
+    base = gather.name.rsplit("/", 1)[0]
+    shape_name = f"{base}/quantized_shape"
+    new_inits.append(_int64(shape_name, [n, nb * half]))
+    nodes = [helper.make_node("Reshape", [names[0], shape_name], [f"{base}/Reshape/output_0"], name=f"{base}/Reshape")]
+    inputs = [f"{base}/Reshape/output_0", gather.input[1], names[1]] + ([names[2]] if names[2] else [])
+    padded = nb * p.block != p.k
+    out = f"{base}/GatherBlockQuantized/output_0" if padded else gather.output[0]
+    nodes.append(helper.make_node(
+        "GatherBlockQuantized", inputs, [out], name=f"{base}/GatherBlockQuantized", domain="com.microsoft",
+        bits=4, block_size=p.block, gather_axis=0, quantize_axis=1))
+    if padded:
+        for name, value in (("starts", 0), ("ends", p.k), ("axes", -1)):
+            new_inits.append(_int64(f"{base}/slice_{name}", [value]))
+        nodes.append(helper.make_node("Slice", [out, f"{base}/slice_starts", f"{base}/slice_ends", f"{base}/slice_axes"],
+                                      [gather.output[0]], name=f"{base}/Slice"))
+    return nodes
+
+
+# ---------------------------------------------------------------- calibration
+
+# ONNX weight role (builder naming) -> the Hugging Face Linear modules that read the same input.
+_ROLES = {
+    "attn.qkv_proj": ("self_attn.qkv_proj", "self_attn.q_proj"),
+    "attn.q_proj": ("self_attn.q_proj",), "attn.k_proj": ("self_attn.k_proj",), "attn.v_proj": ("self_attn.v_proj",),
+    "attn.o_proj": ("self_attn.o_proj",),
+    "mlp.gate_up_proj": ("mlp.gate_up_proj", "mlp.gate_proj"),
+    "mlp.gate_proj": ("mlp.gate_proj", "mlp.gate_up_proj"), "mlp.up_proj": ("mlp.up_proj", "mlp.gate_up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+
+
+def activation_importance(source: Path, texts: list[str], onnx_weights: list[str], max_tokens: int = 2048,
+                          hessian: bool = False) -> dict[str, np.ndarray]:
+    """Mean squared input activation per feature of every Linear of the PyTorch model on the
+    calibration texts (or, with hessian=True, the mean of x x^T: [K, K]), keyed by the ONNX
+    weight names (builder naming) that read those inputs."""
+    import re
+
+    import torch
+
+    from .hf import load_reference
+
+    tokenizer, model = load_reference(source)
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name):
+        def record(_module, inputs, _output):
+            x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])
+            sums[name] = sums.get(name, 0) + (x.T @ x if hessian else (x * x).sum(0))
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    used = 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text).input_ids[: max(0, max_tokens - used)]
+            for start in range(0, len(ids), 512):
+                if len(ids[start : start + 512]) > 1:
+                    model(torch.tensor([ids[start : start + 512]]))
+            used += len(ids)
+    for h in handles:
+        h.remove()
+    mean = {n: (sums[n] / counts[n]).float().numpy() for n in sums}
+    out = {}
+    for weight in onnx_weights:
+        if weight.startswith("lm_head"):
+            if "lm_head" in mean:
+                out[weight] = mean["lm_head"]
+            continue
+        m = re.match(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$", weight)
+        if not m:
+            continue
+        for hf in _ROLES.get(f"{m.group(2)}.{m.group(3)}", ()):
+            key = f"model.layers.{m.group(1)}.{hf}"
+            if key in mean:
+                out[weight] = mean[key]
+                break
+    return out
+
+
+# ---------------------------------------------------------------- GPTQ
+
+def gptq(w_kn: np.ndarray, hessian: np.ndarray, block: int, symmetric: bool = False,
+         damp: float = 0.01) -> Packed:
+    """GPTQ (Frantar et al., 2022): quantize the input features one at a time and spread each
+    one's error over the not-yet-quantized features through the inverse Hessian of the layer's
+    calibration inputs (H = X^T X). Block scales/zero points come from the error-updated weights,
+    weighted by diag(H)."""
+    import torch
+
+    k, n = w_kn.shape
+    nb = -(-k // block)
+    kp = nb * block
+    column_batch = block * max(1, 128 // block)  # whole blocks per lazy batch update
+    W = torch.zeros((n, kp), dtype=torch.float32)
+    W[:, :k] = torch.from_numpy(np.ascontiguousarray(w_kn.T, dtype=np.float32))
+    H = torch.zeros((kp, kp), dtype=torch.float64)
+    H[:k, :k] = torch.from_numpy(hessian.astype(np.float64))
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H += torch.eye(kp, dtype=torch.float64) * damp * torch.mean(torch.diag(H))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    diag_h = torch.diag(H).float().numpy()
+    search = _search_symmetric if symmetric else _search_asymmetric
+    codes = np.empty((n, nb, block), dtype=np.uint8)
+    scales = np.empty((n, nb), dtype=np.float32)
+    zps = np.empty((n, nb), dtype=np.uint8)
+    for b0 in range(0, kp, column_batch):
+        b1 = min(b0 + column_batch, kp)
+        W1 = W[:, b0:b1].clone()
+        Err = torch.zeros_like(W1)
+        for j in range(b1 - b0):
+            col = b0 + j
+            if col % block == 0:
+                g = col // block
+                x = W[:, col : col + block].clone()
+                x[:, : min(block, b1 - col)] = W1[:, j : j + block]
+                q, s, z = search(x.numpy()[:, None, :], diag_h[col : col + block][None, None, :])
+                scales[:, g], zps[:, g] = s[:, 0], z[:, 0]
+                s_t, z_t = torch.from_numpy(s[:, 0]), torch.from_numpy(z[:, 0].astype(np.float32))
+            w = W1[:, j]
+            q = torch.clamp(torch.round(w / s_t) + z_t, 0, 15)
+            codes[:, col // block, col % block] = q.numpy().astype(np.uint8)
+            err = (w - (q - z_t) * s_t) / Hinv[col, col]
+            W1[:, j:] -= err[:, None] * Hinv[col, col:b1][None, :]
+            Err[:, j] = err
+        W[:, b0:b1] = W1
+        W[:, b1:] -= Err @ Hinv[b0:b1, b1:]
+    return Packed(_pack_nibbles(codes), scales, None if symmetric else _pack_nibbles(zps), k, block)
