@@ -22,9 +22,10 @@ from toolkit.source import open_source
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
 VARIANTS = [
     ("fp32 (builder)", ("export.precision=fp32",)),
-    ("int4 builder default (RTN, sym)", ("quantize.method=default", "quantize.symmetric=true")),
-    ("int4 builder k_quant_mixed", ("quantize.method=k_quant_mixed", "quantize.symmetric=true")),
-    ("int4 slmkit default (mse)", ()),
+    ("int4 builder default (RTN, sym)", ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")),
+    ("int4 builder k_quant_mixed", ("quantize.method=k_quant_mixed", "quantize.symmetric=true", "quantize.block_size=32")),
+    ("int4 slmkit default (mse, block 64)", ()),
+    ("int4 slmkit mse, block 32", ("quantize.block_size=32",)),
 ]
 
 
@@ -48,11 +49,12 @@ def main() -> None:
             print(f"measured {label}", flush=True)
     print()
     print(table(rows))
-    base = rows[2][2]
-    ours = rows[4][2]
-    print(f"\nslmkit default vs builder default: perplexity increase {ours.ppl_increase:+.1%} vs "
-          f"{base.ppl_increase:+.1%} ({ours.ppl_increase / base.ppl_increase:.2f}x the loss), "
-          f"size {rows[4][1] / rows[2][1]:.3f}x")
+    base = rows[2]
+    for row in rows[4:]:
+        print(f"\n{row[0]} vs builder default: perplexity increase {row[2].ppl_increase:+.1%} vs "
+              f"{base[2].ppl_increase:+.1%} ({row[2].ppl_increase / base[2].ppl_increase:.2f}x the loss), "
+              f"size {row[1] / base[1]:.3f}x", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ from .config import BuildPlan, ConfigError, _check_combination
 from .errors import StageError
 from .source import SourceModel
 
-# (label, quantize changes, precision), in order of bundle size (measured on SmolLM2-135M:
-# 86.5, 88.6, ~112 and ~259 MB of weights).
+# (label, quantize changes, precision), in order of bundle size. Measured on SmolLM2-135M
+# (benchmarks/quality.py): 79, 89, 114 and 259 MB of weights. The builder's default RTN int4
+# (86.5 MB) is not a candidate: mse at block 64 is smaller and closer to float32.
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
-    ("int4 builder RTN, symmetric", {"method": "default", "symmetric": True, "lm_head": "int4"}, "int4"),
-    ("int4 slmkit mse, asymmetric", {"method": "mse", "symmetric": False, "lm_head": "int4"}, "int4"),
-    ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4"}, "int4"),
-    ("int8 builder", {"method": "default", "symmetric": True, "lm_head": "int4"}, "int8"),
+    ("int4 slmkit mse, block 64", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit mse, block 32", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
+    ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4",
+                                    "block_size": 32}, "int4"),
+    ("int8 builder", {"method": "default", "symmetric": True, "lm_head": "int4", "block_size": 32}, "int8"),
 ]
 
 

@@ -117,6 +117,8 @@ def staging(out: Path, force: bool) -> Iterator[Staging]:
 def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: bool) -> None:
     cfg = src.config
     need = doctor.estimate_bundle_bytes(src.num_params, plan.export.precision, cfg["vocab_size"], cfg["hidden_size"])
+    if quantize.builder_precision(plan.quantize, plan.export.precision) != plan.export.precision:
+        need += doctor.estimate_bundle_bytes(src.num_params, "fp32", cfg["vocab_size"], cfg["hidden_size"])
     checks = doctor.package_checks() + [doctor.disk_check(out.parent, 2 * need)]
     if not skip_memory_check:
         mem = doctor.memory_check(src.num_params)
@@ -126,14 +128,14 @@ def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: b
     doctor.require(checks)
 
 
-def export_model(src: SourceModel, plan: BuildPlan, work: Path, log: Log) -> Path:
+def export_model(src: SourceModel, plan: BuildPlan, work: Path, log: Log, step: str = "[2/5] ") -> Path:
     """Export and quantize per the plan; return the folder with model.onnx and genai_config.json."""
     work.mkdir(parents=True, exist_ok=True)
     precision = quantize.builder_precision(plan.quantize, plan.export.precision)
     if precision == plan.export.precision:
-        log(f"[2/5] export + {precision} quantization with the onnxruntime-genai builder")
+        log(f"{step}export + {precision} quantization with the onnxruntime-genai builder")
     else:
-        log(f"[2/5] {precision} export with the onnxruntime-genai builder, then slmkit's "
+        log(f"{step}{precision} export with the onnxruntime-genai builder, then slmkit's "
             f"{plan.quantize.method} {plan.export.precision} quantization")
     options = quantize.builder_options(plan.quantize, plan.export.precision)
     model_dir = export.run_builder(src.path, replace(plan.export, precision=precision), options, work)
@@ -161,7 +163,7 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
                 "candidates from the smallest bundle up")
             plan, model_dir, quality = budget.choose(
                 src, plan, quality_budget, stage.work,
-                lambda p, work: export_model(src, p, work, lambda m: log(f"      {m}")), log)
+                lambda p, work: export_model(src, p, work, lambda m: log(f"      {m}"), step=""), log)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
         optimize.apply_context_cap(model_dir, plan.optimize)
         optimize.check_settings(model_dir, plan, src.config, eos)
