@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import ConfigError
-from toolkit.int4 import gptq, quantize
+from toolkit.int4 import quantize
 from toolkit.source import open_source
 
 
@@ -78,18 +78,6 @@ def test_search_beats_round_to_nearest_on_weighted_error():
     rtn_err = float((importance[:, None] * (rtn - w) ** 2).sum())
     assert weighted(quantize(w, 32, importance)) < 0.95 * rtn_err  # measured: 0.91
     assert weighted(quantize(w, 32, importance)) < weighted(quantize(w, 32, None))
-
-
-def test_gptq_reduces_output_error_on_correlated_inputs():
-    rng = np.random.default_rng(3)
-    k, n = 64, 32
-    mix = rng.standard_normal((k, k)).astype(np.float32)
-    x = rng.standard_normal((2048, k)).astype(np.float32) @ mix  # correlated features
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    h = (x.T @ x / len(x)).astype(np.float64)
-    plain, compensated = quantize(w, 32, np.diag(h)), gptq(w, h, 32)
-    err = lambda p: float(((x @ p.dequantize() - x @ w) ** 2).mean())  # noqa: E731
-    assert err(compensated) < err(plain)
 
 
 def test_mse_build_of_the_tiny_model_verifies_and_is_smaller(tmp_path, tiny35, bundles):

@@ -25,9 +25,7 @@ class Packed:
 
     codes: np.ndarray  # uint8 [N, n_blocks, block // 2], element 2i in the low nibble
     scales: np.ndarray  # float32 [N, n_blocks]
-    # uint8 [N, ceil(n_blocks / 2)], block 2j in the low nibble; or float32 [N, n_blocks]
-    # (a fractional zero point: MatMulNBits only, GatherBlockQuantized needs the uint8 form)
-    zero_points: np.ndarray | None
+    zero_points: np.ndarray | None  # uint8 [N, ceil(n_blocks / 2)], block 2j in the low nibble
     k: int
     block: int
 
@@ -39,8 +37,6 @@ class Packed:
         q[..., 1::2] = self.codes >> 4
         if self.zero_points is None:
             zp = np.full((n, nb), 8.0, dtype=np.float32)
-        elif self.zero_points.dtype != np.uint8:
-            zp = self.zero_points.astype(np.float32)
         else:
             zp = np.empty((n, self.zero_points.shape[1] * 2), dtype=np.float32)
             zp[:, 0::2] = self.zero_points & 0x0F
@@ -67,7 +63,7 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
 
 
 def quantize(w_kn: np.ndarray, block: int, importance: np.ndarray | None = None,
-             symmetric: bool = False, float_zero_points: bool = False, chunk_rows: int = 4096) -> Packed:
+             symmetric: bool = False, chunk_rows: int = 4096) -> Packed:
     """Quantize W[K, N] (MatMul weight) to 4 bits per element. `importance` [K] weights each input
     feature's error (mean squared activation from calibration); None weighs all equally."""
     k, n = w_kn.shape
@@ -79,17 +75,13 @@ def quantize(w_kn: np.ndarray, block: int, importance: np.ndarray | None = None,
     h = h_row.reshape(1, nb, block)
     codes = np.empty((n, nb, block), dtype=np.uint8)
     scales = np.empty((n, nb), dtype=np.float32)
-    zps = np.empty((n, nb), dtype=np.float32 if float_zero_points else np.uint8)
-    search = _search_symmetric if symmetric else (_search_float_zp if float_zero_points else _search_asymmetric)
+    zps = np.empty((n, nb), dtype=np.uint8)
+    search = _search_symmetric if symmetric else _search_asymmetric
     for r0 in range(0, n, chunk_rows):
         x = _blocks(w_kn[:, r0 : r0 + chunk_rows], block)
         q, s, z = search(x, h)
         codes[r0 : r0 + len(x)], scales[r0 : r0 + len(x)], zps[r0 : r0 + len(x)] = q, s, z
-    if symmetric:
-        zero_points = None
-    else:
-        zero_points = zps if float_zero_points else _pack_nibbles(zps)
-    return Packed(_pack_nibbles(codes), scales, zero_points, k, block)
+    return Packed(_pack_nibbles(codes), scales, None if symmetric else _pack_nibbles(zps), k, block)
 
 
 def _refine(x, h, q, zp):
@@ -124,37 +116,6 @@ def _search_asymmetric(x: np.ndarray, h: np.ndarray):
     return best_q, best_s.astype(np.float32), best_z
 
 
-def _search_float_zp(x: np.ndarray, h: np.ndarray):
-    """value = (q - zp) * s with a fractional zp: the grid spans [lo, hi] exactly (min/max, as
-    GGUF Q4_1), then shrunk candidates with a least-squares refit of scale and offset."""
-    lo, hi = x.min(-1), x.max(-1)
-    best_err = np.full(lo.shape, np.inf, dtype=np.float32)
-    best_q = np.zeros(x.shape, dtype=np.uint8)
-    best_s = np.zeros(lo.shape, dtype=np.float32)
-    best_z = np.zeros(lo.shape, dtype=np.float32)
-    mid = (hi + lo) / 2
-    for f in SHRINK[::-1]:  # 1.0 first: ties keep the plain min/max grid
-        a, b = mid - (mid - lo) * f, mid + (hi - mid) * f
-        s = np.where(b > a, (b - a) / 15.0, 1.0)
-        q = np.clip(np.round((x - a[..., None]) / s[..., None]), 0, 15)
-        # weighted least squares for value = s * q + m with the codes fixed
-        sw = h.sum(-1)
-        sq, sx = (h * q).sum(-1), (h * x).sum(-1)
-        sqq, sqx = (h * q * q).sum(-1), (h * q * x).sum(-1)
-        det = sw * sqq - sq * sq
-        ok = det > 1e-20
-        s2 = np.where(ok, (sw * sqx - sq * sx) / np.where(ok, det, 1.0), s)
-        m2 = np.where(ok, (sx - s2 * sq) / np.where(sw > 0, sw, 1.0), a)
-        s2 = np.where(s2 > 0, s2, s)
-        err = (h * (x - (s2[..., None] * q + m2[..., None])) ** 2).sum(-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_q = np.where(better[..., None], q, best_q).astype(np.uint8)
-        best_s = np.where(better, s2, best_s)
-        best_z = np.where(better, -m2 / s2, best_z)
-    return best_q, best_s.astype(np.float32), best_z.astype(np.float32)
-
-
 def _search_symmetric(x: np.ndarray, h: np.ndarray):
     amax = np.abs(x).max(-1)
     best_err = np.full(amax.shape, np.inf, dtype=np.float32)
@@ -183,11 +144,11 @@ def _int64(name: str, values: list[int]):
 
 
 def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: bool = False,
-                   importance: dict[str, np.ndarray] | None = None, float_zero_points: bool = False,
                    calibrate=None, log=lambda _: None) -> dict[str, int]:
     """Rewrite model_dir/model.onnx (a float32 builder export) in place: every MatMul with a
     weight initializer becomes MatMulNBits, the token embedding becomes GatherBlockQuantized
-    (sharing the lm_head's codes when the embeddings are tied). Returns counts for the log."""
+    (sharing the lm_head's codes when the embeddings are tied). `calibrate(weight names)` returns
+    per-input-feature importance for the weights it knows. Returns counts for the log."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -196,7 +157,7 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     matmul_weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
-    importance = calibrate(matmul_weights) if calibrate is not None else (importance or {})
+    importance = calibrate(matmul_weights) if calibrate is not None else {}
     log(f"activation statistics for {len(importance)} of {len(set(matmul_weights))} weights")
     packed: dict[str, Packed] = {}
     new_nodes, new_inits, dropped = [], [], set()
@@ -217,11 +178,7 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
         weight = node.input[1]
         if weight not in packed:
             w = numpy_helper.to_array(inits[weight]).astype(np.float32)
-            stats = importance.get(weight)
-            if stats is not None and stats.ndim == 2:
-                packed[weight] = gptq(w, stats, block, symmetric)
-            else:
-                packed[weight] = quantize(w, block, stats, symmetric, float_zero_points)
+            packed[weight] = quantize(w, block, importance.get(weight), symmetric)
     names = {w: add_packed(w, p) for w, p in packed.items()}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -244,16 +201,7 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
             # Tied embeddings: Transpose(lm_head weight) -> Gather(ids). Read the lm_head's codes instead.
             gathers = consumers.get(node.output[0], [])
             if len(gathers) == 1 and gathers[0].op_type == "Gather":
-                p, n_ = packed[node.input[0]], names[node.input[0]]
-                if float_zero_points:
-                    # GatherBlockQuantized takes 4-bit zero points only: the same codes and scales
-                    # with each block's zero point rounded to the nearest integer.
-                    zp = np.clip(np.round(p.zero_points), 0, 15).astype(np.uint8)
-                    p = Packed(p.codes, p.scales, _pack_nibbles(zp), p.k, p.block)
-                    zp_name = f"{node.input[0]}_zp_rounded"
-                    new_inits.append(numpy_helper.from_array(p.zero_points, zp_name))
-                    n_ = (n_[0], n_[1], zp_name)
-                new_nodes += _embedding_nodes(gathers[0], p, n_, new_inits)
+                new_nodes += _embedding_nodes(gathers[0], packed[node.input[0]], names[node.input[0]], new_inits)
                 skip.add(id(gathers[0]))
                 dropped.add(node.input[0])
                 counts["embedding"] += 1
@@ -319,11 +267,10 @@ _ROLES = {
 }
 
 
-def activation_importance(source: Path, texts: list[str], onnx_weights: list[str], max_tokens: int = 2048,
-                          hessian: bool = False) -> dict[str, np.ndarray]:
+def activation_importance(source: Path, texts: list[str], onnx_weights: list[str],
+                          max_tokens: int = 2048) -> dict[str, np.ndarray]:
     """Mean squared input activation per feature of every Linear of the PyTorch model on the
-    calibration texts (or, with hessian=True, the mean of x x^T: [K, K]), keyed by the ONNX
-    weight names (builder naming) that read those inputs."""
+    calibration texts, keyed by the ONNX weight names (builder naming) that read those inputs."""
     import re
 
     import torch
@@ -337,7 +284,7 @@ def activation_importance(source: Path, texts: list[str], onnx_weights: list[str
     def hook(name):
         def record(_module, inputs, _output):
             x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])
-            sums[name] = sums.get(name, 0) + (x.T @ x if hessian else (x * x).sum(0))
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
             counts[name] = counts.get(name, 0) + x.shape[0]
         return record
 
@@ -368,55 +315,3 @@ def activation_importance(source: Path, texts: list[str], onnx_weights: list[str
                 out[weight] = mean[key]
                 break
     return out
-
-
-# ---------------------------------------------------------------- GPTQ
-
-def gptq(w_kn: np.ndarray, hessian: np.ndarray, block: int, symmetric: bool = False,
-         damp: float = 0.01) -> Packed:
-    """GPTQ (Frantar et al., 2022): quantize the input features one at a time and spread each
-    one's error over the not-yet-quantized features through the inverse Hessian of the layer's
-    calibration inputs (H = X^T X). Block scales/zero points come from the error-updated weights,
-    weighted by diag(H)."""
-    import torch
-
-    k, n = w_kn.shape
-    nb = -(-k // block)
-    kp = nb * block
-    column_batch = block * max(1, 128 // block)  # whole blocks per lazy batch update
-    W = torch.zeros((n, kp), dtype=torch.float32)
-    W[:, :k] = torch.from_numpy(np.ascontiguousarray(w_kn.T, dtype=np.float32))
-    H = torch.zeros((kp, kp), dtype=torch.float64)
-    H[:k, :k] = torch.from_numpy(hessian.astype(np.float64))
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H += torch.eye(kp, dtype=torch.float64) * damp * torch.mean(torch.diag(H))
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
-    diag_h = torch.diag(H).float().numpy()
-    search = _search_symmetric if symmetric else _search_asymmetric
-    codes = np.empty((n, nb, block), dtype=np.uint8)
-    scales = np.empty((n, nb), dtype=np.float32)
-    zps = np.empty((n, nb), dtype=np.uint8)
-    for b0 in range(0, kp, column_batch):
-        b1 = min(b0 + column_batch, kp)
-        W1 = W[:, b0:b1].clone()
-        Err = torch.zeros_like(W1)
-        for j in range(b1 - b0):
-            col = b0 + j
-            if col % block == 0:
-                g = col // block
-                x = W[:, col : col + block].clone()
-                x[:, : min(block, b1 - col)] = W1[:, j : j + block]
-                q, s, z = search(x.numpy()[:, None, :], diag_h[col : col + block][None, None, :])
-                scales[:, g], zps[:, g] = s[:, 0], z[:, 0]
-                s_t, z_t = torch.from_numpy(s[:, 0]), torch.from_numpy(z[:, 0].astype(np.float32))
-            w = W1[:, j]
-            q = torch.clamp(torch.round(w / s_t) + z_t, 0, 15)
-            codes[:, col // block, col % block] = q.numpy().astype(np.uint8)
-            err = (w - (q - z_t) * s_t) / Hinv[col, col]
-            W1[:, j:] -= err[:, None] * Hinv[col, col:b1][None, :]
-            Err[:, j] = err
-        W[:, b0:b1] = W1
-        W[:, b1:] -= Err @ Hinv[b0:b1, b1:]
-    return Packed(_pack_nibbles(codes), scales, None if symmetric else _pack_nibbles(zps), k, block)
