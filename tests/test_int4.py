@@ -96,6 +96,16 @@ def test_mse_build_of_the_tiny_model_verifies_and_is_smaller(tmp_path, tiny35, b
     assert ours < builder  # the builder keeps this untied model's embedding table in float32
 
 
+def test_mse_with_blocks_larger_than_the_hidden_size(tmp_path, tiny35):
+    """hidden 64 < block 128: every row is one padded block, and the embedding output is sliced."""
+    src = open_source(str(tiny35))
+    plan = plan_build(src, None, "cpu", ("quantize.method=mse", "quantize.symmetric=false", "quantize.block_size=128"))
+    manifest = build(src, plan, tmp_path / "b", log=lambda _: None)
+    assert manifest["verification"]["host"]["failed"] == 0
+    graph = onnx.load(str(tmp_path / "b/model/model.onnx"), load_external_data=False).graph
+    assert "Slice" in {n.op_type for n in graph.node if n.name.startswith("/model/embed_tokens/")}
+
+
 def test_mse_refuses_int8_layers(tiny35):
     src = open_source(str(tiny35))
     with pytest.raises(ConfigError) as e:

@@ -170,7 +170,7 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         log("[4/5] bundle: model, runner, tests, manifest")
         bundle.assemble(model_dir, stage.bundle, plan)
         bundle.write_readme(stage.bundle, plan, src.origin if src.revision else src.path.name)
-        log(f"[5/5] verify: PyTorch reference tokens, then the bundle's own smoke test on this machine")
+        log("[5/5] verify: PyTorch reference tokens, then the bundle's own smoke test on this machine")
         cases, prompt_format = verify.reference_cases(src.path, plan.verify, eos)
         verify.write_prompt_format(stage.bundle, prompt_format)
         verify.write_golden(stage.bundle, cases, plan.verify)

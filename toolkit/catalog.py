@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import Recipe, Target, check_sections, read_toml, strict_section
+from .config import Recipe, Target, check_sections, read_toml
 from .errors import ConfigError, UnknownNameError, did_you_mean
 
 _HERE = Path(__file__).resolve().parent
