@@ -92,17 +92,16 @@ def _refine(x, h, q, zp):
     return np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)
 
 
-def _search_asymmetric(x: np.ndarray, h: np.ndarray):
-    lo, hi = x.min(-1), x.max(-1)
-    lo, hi = np.minimum(lo, 0.0), np.maximum(hi, 0.0)  # the range holds 0, so the zero point fits 0..15
-    best_err = np.full(lo.shape, np.inf, dtype=np.float32)
+def _search(x: np.ndarray, h: np.ndarray, grid):
+    """For each block, the (codes, scale, zero point) of least weighted error among the shrink
+    candidates. `grid(f)` gives the starting scale and the zero point of candidate f; the scale is
+    then refit by least squares with the codes fixed, and the codes recomputed."""
+    best_err = np.full(x.shape[:-1], np.inf, dtype=np.float32)
     best_q = np.zeros(x.shape, dtype=np.uint8)
-    best_s = np.zeros(lo.shape, dtype=np.float32)
-    best_z = np.zeros(lo.shape, dtype=np.uint8)
+    best_s = np.zeros(x.shape[:-1], dtype=np.float32)
+    best_z = np.zeros(x.shape[:-1], dtype=np.uint8)
     for f in SHRINK:
-        s = (hi - lo) * f / 15.0
-        s = np.where(s > 0, s, 1.0)
-        zp = np.clip(np.round(-lo * f / s), 0, 15)
+        s, zp = grid(f)
         q = np.clip(np.round(x / s[..., None]) + zp[..., None], 0, 15)
         s = _refine(x, h, q, zp[..., None])
         s = np.where(s > 0, s, 1.0)
@@ -116,23 +115,22 @@ def _search_asymmetric(x: np.ndarray, h: np.ndarray):
     return best_q, best_s.astype(np.float32), best_z
 
 
+def _search_asymmetric(x: np.ndarray, h: np.ndarray):
+    # The range holds 0, so the zero point fits 0..15.
+    lo, hi = np.minimum(x.min(-1), 0.0), np.maximum(x.max(-1), 0.0)
+
+    def grid(f):
+        s = (hi - lo) * f / 15.0
+        s = np.where(s > 0, s, 1.0)
+        return s, np.clip(np.round(-lo * f / s), 0, 15)
+
+    return _search(x, h, grid)
+
+
 def _search_symmetric(x: np.ndarray, h: np.ndarray):
     amax = np.abs(x).max(-1)
-    best_err = np.full(amax.shape, np.inf, dtype=np.float32)
-    best_q = np.zeros(x.shape, dtype=np.uint8)
-    best_s = np.zeros(amax.shape, dtype=np.float32)
-    for f in SHRINK:
-        s = np.where(amax > 0, amax * f / 8.0, 1.0)
-        q = np.clip(np.round(x / s[..., None]) + 8, 0, 15)
-        s = _refine(x, h, q, 8.0)
-        s = np.where(s > 0, s, 1.0)
-        q = np.clip(np.round(x / s[..., None]) + 8, 0, 15)
-        err = (h * (x - s[..., None] * (q - 8)) ** 2).sum(-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_q = np.where(better[..., None], q, best_q).astype(np.uint8)
-        best_s = np.where(better, s, best_s)
-    return best_q, best_s.astype(np.float32), np.full(amax.shape, 8, dtype=np.uint8)
+    eight = np.full(amax.shape, 8.0)
+    return _search(x, h, lambda f: (np.where(amax > 0, amax * f / 8.0, 1.0), eight))
 
 
 # ---------------------------------------------------------------- graph rewrite
@@ -156,9 +154,11 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    matmul_weights = [n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
+               and len(inits[n.input[1]].dims) == 2]
+    matmul_weights = list(dict.fromkeys(n.input[1] for n in matmuls))  # graph order, once each
     importance = calibrate(matmul_weights) if calibrate is not None else {}
-    log(f"activation statistics for {len(importance)} of {len(set(matmul_weights))} weights")
+    log(f"activation statistics for {len(importance)} of {len(matmul_weights)} weights")
     packed: dict[str, Packed] = {}
     new_nodes, new_inits, dropped = [], [], set()
     counts = {"matmul": 0, "embedding": 0}
@@ -172,13 +172,9 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
         return names
 
     # The lm_head / MatMul weights first, so a tied embedding can reuse them.
-    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and len(inits[n.input[1]].dims) == 2]
-    for node in matmuls:
-        weight = node.input[1]
-        if weight not in packed:
-            w = numpy_helper.to_array(inits[weight]).astype(np.float32)
-            packed[weight] = quantize(w, block, importance.get(weight), symmetric)
+    for weight in matmul_weights:
+        w = numpy_helper.to_array(inits[weight]).astype(np.float32)
+        packed[weight] = quantize(w, block, importance.get(weight), symmetric)
     names = {w: add_packed(w, p) for w, p in packed.items()}
     consumers: dict[str, list] = {}
     for n in graph.node:
