@@ -10,7 +10,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import InputModelError, VerificationError
+from .errors import InputModelError
+from .quality import model_bytes
 
 
 @dataclass(frozen=True)
@@ -68,20 +69,16 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
-def weight_bytes(model_dir: Path) -> int:
-    return sum(p.stat().st_size for p in model_dir.iterdir() if p.name.startswith("model.onnx"))
-
-
 def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int = 5,
         provider: str = "bundle") -> BenchResult:
     import numpy as np
     import onnxruntime_genai as og
 
-    from .quality import _runner, default_text
+    from .bundle import require_bundle
+    from .quality import bundle_runner, default_text
 
-    if not (bundle / "manifest.json").is_file():
-        raise VerificationError(f"'{bundle}' is not an slmkit bundle: it has no manifest.json.")
-    runner = _runner()
+    require_bundle(bundle)
+    runner = bundle_runner()
     cap = runner.genai_config(bundle / "model")["search"]["max_length"]
     if prompt_tokens + new_tokens > cap or prompt_tokens < 1 or new_tokens < 2 or runs < 1:
         raise InputModelError(
@@ -117,7 +114,7 @@ def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int
         ttft_s=ttft, prefill_tok_s=prompt_tokens / ttft, decode_tok_s=statistics.median(decodes),
         decode_tok_s_min=min(decodes), decode_tok_s_max=max(decodes),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        weight_bytes=weight_bytes(bundle / "model"), bandwidth_gb_s=copy_bandwidth(),
+        weight_bytes=model_bytes(bundle / "model"), bandwidth_gb_s=copy_bandwidth(),
     )
 
 

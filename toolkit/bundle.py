@@ -10,6 +10,7 @@ from typing import Any
 
 from . import __version__
 from .config import BuildPlan
+from .errors import VerificationError
 from .source import SourceModel, sha256_file
 
 SCHEMA_VERSION = 1
@@ -72,9 +73,18 @@ def write_manifest(
         "quality": quality,
     }
     manifest["source"].pop("path")  # machine-specific; `origin` says what was built
-    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    (bundle / "manifest.json").write_text(text, encoding="utf-8")
+    save_manifest(bundle, manifest)
     return manifest
+
+
+def save_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def require_bundle(path: Path) -> None:
+    """Commands that take a bundle refuse any other folder the same way."""
+    if not (path / "manifest.json").is_file():
+        raise VerificationError(f"'{path}' is not an slmkit bundle: it has no manifest.json.")
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:

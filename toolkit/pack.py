@@ -9,6 +9,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
+from .bundle import require_bundle
 from .errors import InputModelError, OutputError, VerificationError
 
 # Fixed metadata: the archive depends on the bundle's bytes only.
@@ -17,15 +18,15 @@ CHUNK = 1 << 20
 
 
 def pack(bundle: Path, archive: Path) -> Path:
-    if not (bundle / "manifest.json").is_file():
-        raise VerificationError(f"'{bundle}' is not an slmkit bundle: it has no manifest.json.")
+    require_bundle(bundle)
     if archive.exists():
         raise OutputError(f"'{archive}' already exists; remove it or choose another -o.")
     root = PurePosixPath(bundle.resolve().name)
-    files = sorted(p for p in bundle.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    links = [p for p in bundle.rglob("*") if p.is_symlink()]
+    entries = list(bundle.rglob("*"))
+    links = [p for p in entries if p.is_symlink()]
     if links:
         raise VerificationError(f"'{bundle}' contains symbolic links ({links[0]}); a bundle holds plain files only.")
+    files = sorted(p for p in entries if p.is_file() and "__pycache__" not in p.parts)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkstemp(prefix=f".{archive.name}-", dir=archive.parent)[1])
     try:

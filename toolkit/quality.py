@@ -6,6 +6,7 @@ the first. Both models see exactly the same token ids (the reference tokenizer's
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -103,7 +104,7 @@ def evaluate(bundle_model_dir: Path, ref: Reference, provider: str = "cpu") -> Q
     """Perplexity, top-1 agreement and mean KL(reference || bundle) of the bundle's model."""
     import numpy as np
 
-    model = _runner().load_model(bundle_model_dir, provider)
+    model = bundle_runner().load_model(bundle_model_dir, provider)
     nll = kl = 0.0
     agree = 0
     for win, lr16 in zip(ref.windows, ref.logprobs):
@@ -149,14 +150,11 @@ def table(rows: list[tuple[str, int | None, Quality | None, str]]) -> str:
 def evaluate_bundle(bundle: Path, reference: Path, text_file: Path | None, window: int = DEFAULT_WINDOW,
                     max_tokens: int = 8192) -> str:
     """`slmkit eval`: measure, store the result in manifest.json ("quality" -> "eval"), return the table."""
-    import json
-
-    from .bundle import read_manifest
-    from .errors import InputModelError, VerificationError
+    from .bundle import read_manifest, require_bundle, save_manifest
+    from .errors import InputModelError
     from .source import open_source
 
-    if not (bundle / "manifest.json").is_file():
-        raise VerificationError(f"'{bundle}' is not an slmkit bundle: it has no manifest.json.")
+    require_bundle(bundle)
     open_source(str(reference))  # the same checks as a build: readable, supported, no remote code
     if text_file is None:
         name, text = default_text()
@@ -177,7 +175,7 @@ def evaluate_bundle(bundle: Path, reference: Path, text_file: Path | None, windo
     promised = manifest.get("plan", {}).get("verify", {}).get("max_ppl_increase")
     section["eval"] = quality.to_dict() | {"window": window, "max_ppl_increase": promised}
     manifest["quality"] = section
-    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    save_manifest(bundle, manifest)
     text = table([("fp32 reference (PyTorch)", None, None, f"perplexity {ref.ppl:.2f}"),
                   (bundle.name, model_bytes(bundle / "model"), quality, f"{ref.tokens} tokens of {name}")])
     if promised is not None:
@@ -186,7 +184,8 @@ def evaluate_bundle(bundle: Path, reference: Path, text_file: Path | None, windo
     return text
 
 
-def _runner():
+@functools.cache
+def bundle_runner():
     """The bundles' own runner module (runner/run.py), for load_model with a provider override."""
     import importlib.util
 

@@ -144,13 +144,12 @@ def summarize(result: dict[str, Any], provider: str, execution_provider: str, ru
 def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, Any], str]:
     """`slmkit verify`: the plan's settings read back from the graph, then the bundle's smoke test.
     Returns (summary, smoke test output); raises VerificationError naming what failed."""
-    from .bundle import read_manifest
+    from .bundle import read_manifest, require_bundle
     from .config import plan_from_dict
     from .errors import VerificationError
     from .optimize import setting_mismatches
 
-    if not (path / "manifest.json").is_file():
-        raise VerificationError(f"'{path}' is not an slmkit bundle: it has no manifest.json.")
+    require_bundle(path)
     try:
         manifest = read_manifest(path)
         plan = plan_from_dict(manifest["plan"], f"{path}/manifest.json")
