@@ -106,7 +106,7 @@ def test_a_setting_the_builder_ignores_fails_the_build_naming_it(tmp_path, tiny3
     src = open_source(str(tiny35))
     out = tmp_path / "b"
     with pytest.raises(StageError) as e:
-        build(src, plan_build(src, None, "cpu", ("quantize.block_size=64",)), out, log=lambda _: None)
+        build(src, plan_build(src, None, "cpu", ("quantize.block_size=64", "export.engine=ort-genai")), out, log=lambda _: None)
     assert "Stage 'optimize' failed: the built model does not match the plan:" in str(e.value)
     assert "block_size = 32, requested 64" in str(e.value)
     assert not out.exists()

@@ -35,8 +35,11 @@ def parse_budget(text: str) -> float:
     return value
 
 
-def candidate_plans(plan: BuildPlan) -> list[tuple[str, BuildPlan]]:
-    """The candidates the target's provider can run, with the plan's other settings kept."""
+def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildPlan]]:
+    """The candidates the target's provider can run, with the plan's other settings kept. A
+    candidate the streamed engine cannot write (the builder's k_quant_mixed) uses the builder."""
+    from .stream import problems
+
     out = []
     for label, changes, precision in CANDIDATES:
         candidate = replace(plan, export=replace(plan.export, precision=precision),
@@ -45,6 +48,9 @@ def candidate_plans(plan: BuildPlan) -> list[tuple[str, BuildPlan]]:
             _check_combination(candidate)
         except ConfigError:
             continue
+        if candidate.export.engine == "stream" and problems(src.architecture, src.rope_scaling,
+                                                            candidate.export, candidate.quantize):
+            candidate = replace(candidate, export=replace(candidate.export, engine="ort-genai"))
         out.append((label, candidate))
     return out
 
@@ -59,7 +65,7 @@ def choose(src: SourceModel, plan: BuildPlan, budget: float, work: Path,
     ref = Reference(src.path, text, name)
     rows: list[tuple[str, int | None, Any, str]] = []
     records = []
-    for i, (label, candidate) in enumerate(candidate_plans(plan)):
+    for i, (label, candidate) in enumerate(candidate_plans(plan, src)):
         model_dir = export_model(candidate, work / f"candidate-{i}")
         quality = evaluate(model_dir, ref)
         size = model_bytes(model_dir)

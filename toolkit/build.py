@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import budget, bundle, doctor, export, optimize, quantize, source, verify
+from . import budget, bundle, doctor, export, optimize, quantize, source, stream, verify
 from .catalog import choose_recipe
 from .config import BuildPlan, resolve
 from .errors import ConfigError, OutputError, StageError
@@ -36,6 +36,8 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"optimize.context_cap = {plan.optimize.context_cap} exceeds the model's context "
             f"({limit} tokens, max_position_embeddings). Use --set optimize.context_cap={min(limit, 4096)}."
         )
+    if plan.export.engine == "stream":
+        stream.check_supported(src.architecture, src.rope_scaling, plan.export, plan.quantize)
     return plan
 
 
@@ -121,7 +123,7 @@ def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: b
         need += doctor.estimate_bundle_bytes(src.num_params, "fp32", cfg["vocab_size"], cfg["hidden_size"])
     checks = doctor.package_checks() + [doctor.disk_check(out.parent, 2 * need)]
     if not skip_memory_check:
-        mem = doctor.memory_check(src.num_params)
+        mem = doctor.memory_check(src.num_params, src.config, plan.export.engine)
         if not mem.ok:
             mem = doctor.Check(mem.name, False, mem.detail + " (pass --skip-memory-check to try anyway)")
         checks.append(mem)
@@ -132,13 +134,19 @@ def export_model(src: SourceModel, plan: BuildPlan, work: Path, log: Log, step: 
     """Export and quantize per the plan; return the folder with model.onnx and genai_config.json."""
     work.mkdir(parents=True, exist_ok=True)
     precision = quantize.builder_precision(plan.quantize, plan.export.precision)
+    engine = ("slmkit's streamed writer (one tensor in memory at a time)" if plan.export.engine == "stream"
+              else "the onnxruntime-genai builder")
     if precision == plan.export.precision:
-        log(f"{step}export + {precision} quantization with the onnxruntime-genai builder")
+        log(f"{step}export + {precision} quantization with {engine}")
     else:
-        log(f"{step}{precision} export with the onnxruntime-genai builder, then slmkit's "
-            f"{plan.quantize.method} {plan.export.precision} quantization")
-    options = quantize.builder_options(plan.quantize, plan.export.precision)
-    model_dir = export.run_builder(src.path, replace(plan.export, precision=precision), options, work)
+        log(f"{step}{precision} export with {engine}, then slmkit's {plan.quantize.method} "
+            f"{plan.export.precision} quantization")
+    exported = replace(plan.export, precision=precision)
+    if plan.export.engine == "stream":
+        model_dir = stream.export_stream(src.path, src.weight_files, src.config, exported, plan.quantize, work)
+    else:
+        options = quantize.builder_options(plan.quantize, plan.export.precision)
+        model_dir = export.run_builder(src.path, exported, options, work)
     if precision != plan.export.precision:
         quantize.apply_own_method(model_dir, plan.quantize, src.path, log=lambda m: log(f"      {m}"))
     return model_dir
@@ -170,10 +178,11 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         log("[4/5] bundle: model, runner, tests, manifest")
         bundle.assemble(model_dir, stage.bundle, plan)
         bundle.write_readme(stage.bundle, plan, src.origin if src.revision else src.path.name)
-        log("[5/5] verify: PyTorch reference tokens, then the bundle's own smoke test on this machine")
-        cases, prompt_format = verify.reference_cases(src.path, plan.verify, eos)
+        dtype = doctor.reference_dtype(src.num_params)
+        log(f"[5/5] verify: PyTorch reference tokens ({dtype}), then the bundle's own smoke test on this machine")
+        cases, prompt_format = verify.reference_cases(src.path, plan.verify, eos, dtype)
         verify.write_prompt_format(stage.bundle, prompt_format)
-        verify.write_golden(stage.bundle, cases, plan.verify)
+        verify.write_golden(stage.bundle, cases, plan.verify, dtype)
         provider = verify.host_provider(plan.export.execution_provider)
         failure = verify.record_bundle_tokens(stage.bundle, provider)
         if failure:

@@ -36,7 +36,10 @@ def _range(lo: float, hi: float, **kw: Any) -> Any:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    engine: str = _choice("ort-genai", default="ort-genai")
+    # "ort-genai": onnxruntime-genai's model builder (every architecture and provider it knows;
+    # holds the whole model in memory, ~7-8 bytes per parameter). "stream": slmkit's streamed
+    # writer of the same CPU graph (toolkit/stream.py), one tensor in memory at a time.
+    engine: str = _choice("ort-genai", "stream", default="ort-genai")
     execution_provider: str = _choice(*PRECISIONS_BY_PROVIDER, default="cpu")
     precision: str = _choice("int4", "int8", "fp16", "fp32", default="int4")
 

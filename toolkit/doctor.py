@@ -24,6 +24,12 @@ REQUIRED = (
 # Peak resident memory of the onnxruntime-genai builder, measured: 8.8 GB for 1.1 B parameters,
 # 15.1 GB for 2.0 B (shared/ANCHORS.md), i.e. about 8 bytes per parameter.
 BUILDER_BYTES_PER_PARAM = 8.0
+# The streamed engine (toolkit/stream.py): Python with torch and onnxruntime loaded, plus a few
+# copies of the largest tensor. Calibrated with benchmarks/build_memory.py.
+STREAM_BASE_BYTES = 1.0e9
+STREAM_BYTES_PER_LARGEST_PARAM = 16
+# Python with torch and transformers loaded, and generation's working memory, around the weights.
+REFERENCE_BASE_BYTES = 1.0e9
 BYTES_PER_PARAM = {"int4": 0.6, "int8": 1.1, "fp16": 2.0, "fp32": 4.0}
 
 
@@ -76,10 +82,38 @@ def disk_check(out: Path, need: int) -> Check:
     return Check("disk", free >= need, detail)
 
 
-def memory_check(num_params: int) -> Check:
-    need = int(num_params * BUILDER_BYTES_PER_PARAM)
+def export_memory_bytes(num_params: int, config: dict, engine: str) -> int:
+    """Peak resident memory of the export stage. The builder holds the whole model; the streamed
+    engine holds the largest tensor a few times over (read, widened, transposed, packed)."""
+    if engine != "stream":
+        return int(num_params * BUILDER_BYTES_PER_PARAM)
+    hidden = config["hidden_size"]
+    largest = max(config["vocab_size"] * hidden, 2 * config["intermediate_size"] * hidden)
+    return int(STREAM_BASE_BYTES + STREAM_BYTES_PER_LARGEST_PARAM * largest)
+
+
+def reference_dtype(num_params: int) -> str:
+    """The PyTorch reference that verification runs: float32 where it fits with room to spare,
+    else bfloat16 (half the memory; Phi-3 and Phi-3.5 ship bfloat16 weights)."""
+    fits = REFERENCE_BASE_BYTES + 4 * num_params < 0.8 * total_memory_bytes()
+    return "float32" if fits else "bfloat16"
+
+
+def reference_memory_bytes(num_params: int) -> int:
+    per_param = 4 if reference_dtype(num_params) == "float32" else 2
+    return int(REFERENCE_BASE_BYTES + per_param * num_params)
+
+
+def memory_check(num_params: int, config: dict, engine: str) -> Check:
+    """The build's peak: the export stage, or the PyTorch reference of the verify stage."""
+    export = export_memory_bytes(num_params, config, engine)
+    reference = reference_memory_bytes(num_params)
+    need = max(export, reference)
     have = total_memory_bytes()
-    detail = f"builder peak about {need / 1e9:.1f} GB for {num_params / 1e9:.2f} B parameters, machine has {have / 1e9:.1f} GB"
+    who = "streamed export" if engine == "stream" else "builder"
+    detail = (f"{who} peak about {export / 1e9:.1f} GB, {reference_dtype(num_params)} reference for "
+              f"verification {reference / 1e9:.1f} GB, for {num_params / 1e9:.2f} B parameters; "
+              f"machine has {have / 1e9:.1f} GB")
     return Check("memory", need < have, detail)
 
 

@@ -58,37 +58,42 @@ def log_tail(log_path: Path, lines: int = 15) -> str:
     return "\n".join(kept)
 
 
+@contextlib.contextmanager
+def builder_call(log_path: Path, work: Path) -> Iterator[None]:
+    """Run the builder offline with its output in the log; its exceptions become one StageError
+    that quotes the log's last lines (a full disk is re-raised: build() reports it)."""
+    try:
+        with offline_env(), captured_output(log_path):
+            yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise
+        raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
+                         f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
+    except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
+        raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
+                         f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
+
+
+def create_model(source: Path, out: Path, precision: str, provider: str, argv: list[str]) -> None:
+    """The builder's own entry point, as `python -m onnxruntime_genai.models.builder` calls it."""
+    from onnxruntime_genai.models import builder
+
+    cache = str(out.parent / "builder-cache")
+    kv = builder.parse_extra_options(None, str(source), str(out), precision, provider, cache, argv)
+    builder.create_model(None, str(source), str(out), precision, provider, cache, **kv)
+
+
 def run_builder(source: Path, cfg: ExportConfig, options: dict[str, Any], work: Path) -> Path:
     """Run the builder for one precision/provider; return the folder with model.onnx and
     genai_config.json. `options` are builder extra options (current names only)."""
     out = work / "export"
-    cache = work / "builder-cache"
     log_path = work / "export.log"
     extra = {"hf_token": "false", "hf_remote": "false", **options}
     argv = [f"{k}={v}" for k, v in sorted(extra.items())]
-    try:
-        with offline_env(), captured_output(log_path):
-            print(f"slmkit: builder precision={cfg.precision} ep={cfg.execution_provider} {argv}")
-            from onnxruntime_genai.models import builder
-
-            kv = builder.parse_extra_options(
-                None, str(source), str(out), cfg.precision, cfg.execution_provider, str(cache), argv
-            )
-            builder.create_model(
-                None, str(source), str(out), cfg.precision, cfg.execution_provider, str(cache), **kv
-            )
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise  # a full disk is the output's problem, not the builder's: build() reports it
-        raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
-                         f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
-    except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
-        tail = log_tail(log_path)
-        raise StageError(
-            "export",
-            f"onnxruntime-genai builder raised {type(e).__name__}: {e}\nLast lines of {log_path}:\n{tail}",
-            work,
-        ) from e
+    with builder_call(log_path, work):
+        print(f"slmkit: builder precision={cfg.precision} ep={cfg.execution_provider} {argv}")
+        create_model(source, out, cfg.precision, cfg.execution_provider, argv)
     for name in ("model.onnx", "genai_config.json"):
         if not (out / name).is_file():
             raise StageError("export", f"the builder wrote no {name} (see {log_path}).", work)

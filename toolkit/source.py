@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from dataclasses import dataclass
@@ -187,8 +188,9 @@ def rope_kind(config: dict[str, Any], cfg_path: Path) -> str:
     return kind
 
 
-def _safetensors_params(path: Path) -> int:
-    """Parameter count from the header; refuses a truncated or foreign file without loading it."""
+def safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The tensor table of a safetensors file and the byte offset where its data starts; refuses a
+    truncated or foreign file without reading any tensor."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -198,21 +200,19 @@ def _safetensors_params(path: Path) -> int:
             header = json.loads(f.read(n))
     except (struct.error, ValueError, UnicodeDecodeError) as e:
         raise InputModelError(f"{path} is not a valid safetensors file ({e}). Re-download it.") from None
-    params, end = 0, 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for d in info["shape"]:
-            count *= d
-        params += count
-        end = max(end, info["data_offsets"][1])
+    header.pop("__metadata__", None)
+    end = max((info["data_offsets"][1] for info in header.values()), default=0)
     if size < 8 + n + end:
         raise InputModelError(
             f"{path} is truncated: {size} bytes on disk, its header needs {8 + n + end}. "
             "Re-download it (an interrupted download leaves such files)."
         )
-    return params
+    return header, 8 + n
+
+
+def _safetensors_params(path: Path) -> int:
+    header, _ = safetensors_header(path)
+    return sum(math.prod(info["shape"]) for info in header.values())
 
 
 def _weight_files(path: Path, allow_pickle: bool) -> tuple[str, ...]:

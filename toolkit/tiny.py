@@ -183,3 +183,48 @@ def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps:
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     return out
+
+
+def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32, intermediate: int = 8192,
+                     vocab: int = 32064, seed: int = 0) -> int:
+    """A Phi-3.5-shaped folder (longrope, 131072 context) with random bf16 weights, written one
+    tensor at a time so that even the 3.8 B size never sits in memory. The defaults are
+    Phi-3.5-mini's dimensions. Returns the parameter count."""
+    import numpy as np
+
+    out.mkdir(parents=True)
+    n_tokens = make_tokenizer(out)
+    cfg = _config("phi-3.5", n_tokens, layers)
+    half = hidden // heads // 2
+    cfg.update(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads,
+               intermediate_size=intermediate, vocab_size=vocab)
+    cfg["rope_scaling"].update(short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
+                               long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)])
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        shapes.update({
+            f"{p}.input_layernorm.weight": (hidden,), f"{p}.post_attention_layernorm.weight": (hidden,),
+            f"{p}.self_attn.qkv_proj.weight": (3 * hidden, hidden), f"{p}.self_attn.o_proj.weight": (hidden, hidden),
+            f"{p}.mlp.gate_up_proj.weight": (2 * intermediate, hidden),
+            f"{p}.mlp.down_proj.weight": (hidden, intermediate),
+        })
+    shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = 2 * int(np.prod(shape))
+        header[name] = {"dtype": "BF16", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(seed)
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for shape in shapes.values():
+            if len(shape) == 1:
+                values = 1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32)
+            else:
+                values = rng.standard_normal(shape, dtype=np.float32) * np.float32(1 / np.sqrt(shape[1]))
+            f.write((values.view(np.uint32) >> 16).astype(np.uint16).tobytes())
+    return sum(int(np.prod(s)) for s in shapes.values())

@@ -34,14 +34,15 @@ def prompt_format(tokenizer) -> str | None:
     return text if text.count(CONTENT) == 1 else None
 
 
-def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int]) -> tuple[list[dict[str, Any]], str | None]:
-    """Greedy continuations of the recipe's prompts by the float32 PyTorch model, and the
-    single-turn prompt format. Chat prompts go through the checkpoint's chat template."""
+def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int],
+                    dtype: str = "float32") -> tuple[list[dict[str, Any]], str | None]:
+    """Greedy continuations of the recipe's prompts by the PyTorch model, and the single-turn
+    prompt format. Chat prompts go through the checkpoint's chat template."""
     import torch
 
     from .hf import load_reference
 
-    tokenizer, model = load_reference(source)
+    tokenizer, model = load_reference(source, dtype)
     fmt = prompt_format(tokenizer)
     texts = [(p, False) for p in cfg.prompts] + [(fmt.replace(CONTENT, p), True) for p in cfg.chat_prompts if fmt]
     cases = []
@@ -66,10 +67,10 @@ def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int]) -> tuple[li
     return cases, fmt
 
 
-def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -> None:
+def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig, dtype: str = "float32") -> None:
     golden = {
         "schema_version": 1,
-        "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": "float32"},
+        "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": dtype},
         "min_top1_agreement": cfg.min_top1_agreement,
         "min_greedy_prefix": cfg.min_greedy_prefix,
         "cases": cases,

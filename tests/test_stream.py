@@ -1,0 +1,171 @@
+"""The streamed export engine against the onnxruntime-genai builder: same graph, same bytes, same
+tokens; refusals before anything is written; memory that does not grow with the layers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from toolkit.build import build, plan_build
+from toolkit.cli import main
+from toolkit.config import ExportConfig, QuantizeConfig
+from toolkit.errors import ConfigError, InputModelError
+from toolkit.export import run_builder
+from toolkit.quantize import builder_options
+from toolkit.source import open_source
+from toolkit.stream import export_stream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def both_engines(model: Path, tmp: Path, precision: str, q: QuantizeConfig) -> tuple[Path, Path]:
+    src = open_source(str(model))
+    (tmp / "b").mkdir()
+    (tmp / "s").mkdir()
+    built = run_builder(src.path, ExportConfig(precision=precision), builder_options(q, precision), tmp / "b")
+    streamed = export_stream(src.path, src.weight_files, src.config, ExportConfig(precision=precision), q, tmp / "s")
+    return built, streamed
+
+
+def initializers(folder: Path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(folder / "model.onnx"))  # external data loaded
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def nodes(folder: Path) -> dict[str, str]:
+    """Every node, printed with its attributes; an If node's branches as their constant values."""
+    model = onnx.load(str(folder / "model.onnx"))
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "If":
+            for attr in node.attribute:
+                for inner in attr.g.node:
+                    value = numpy_helper.to_array(inner.attribute[0].t)
+                    out[f"{attr.name}:{inner.name}"] = f"{list(inner.output)} {value.shape} {value.tobytes().hex()}"
+        else:
+            out[node.name] = onnx.helper.printable_node(node)
+    return out
+
+
+def logits(folder: Path, ids: list[int]) -> np.ndarray:
+    import onnxruntime as ort
+
+    config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
+    empty = np.zeros((1, config["num_key_value_heads"], 0, config["head_size"]), dtype=np.float32)
+    for i in range(config["num_hidden_layers"]):
+        feeds[f"past_key_values.{i}.key"] = feeds[f"past_key_values.{i}.value"] = empty
+    return session.run(["logits"], feeds)[0]
+
+
+@pytest.mark.parametrize("precision", ["int4", "fp32"])
+@pytest.mark.parametrize("variant", ["tiny35", "tiny3"])
+def test_stream_writes_the_builders_model(request, tmp_path, variant, precision):
+    built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig())
+    expected, got = initializers(built), initializers(streamed)
+    assert sorted(got) == sorted(expected)
+    for name, array in expected.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape, name
+        assert got[name].tobytes() == array.tobytes(), f"{name} differs"
+    assert nodes(streamed) == nodes(built)
+    for name in ("genai_config.json", "tokenizer.json", "chat_template.jinja"):
+        assert (streamed / name).read_bytes() == (built / name).read_bytes(), name
+    ids = [1, 50, 60, 70, 80, 90, 100, 5, 7, 300, 310]
+    assert np.array_equal(logits(streamed, ids), logits(built, ids))
+
+
+@pytest.mark.parametrize("precision, q", [
+    ("int8", QuantizeConfig()),
+    ("int4", QuantizeConfig(symmetric=False)),
+    ("int4", QuantizeConfig(lm_head="int8")),
+    ("int4", QuantizeConfig(block_size=64, accuracy_level=0)),
+], ids=["int8", "asymmetric", "lm_head-int8", "block64-acc0"])
+def test_stream_quantizes_like_the_builder(tiny35, tmp_path, precision, q):
+    built, streamed = both_engines(tiny35, tmp_path, precision, q)
+    expected, got = initializers(built), initializers(streamed)
+    assert sorted(got) == sorted(expected)
+    assert all(got[n].tobytes() == a.tobytes() for n, a in expected.items())
+    assert nodes(streamed) == nodes(built)
+
+
+def test_stream_bundle_gives_the_builders_tokens(tiny35, bundles, tmp_path):
+    src = open_source(str(tiny35))
+    streamed = bundles("cpu")
+    assert json.loads((streamed / "manifest.json").read_text())["plan"]["export"]["engine"] == "stream"
+    out = tmp_path / "builder-bundle"
+    build(src, plan_build(src, None, "cpu", ("export.engine=ort-genai",)), out, log=lambda _: None)
+    golden = [json.loads((b / "tests" / "golden.json").read_text()) for b in (streamed, out)]
+    assert [c["bundle_ids"] for c in golden[0]["cases"]] == [c["bundle_ids"] for c in golden[1]["cases"]]
+    assert (streamed / "model" / "genai_config.json").read_bytes() == (out / "model" / "genai_config.json").read_bytes()
+
+
+@pytest.mark.parametrize("setting, message", [
+    (("--target", "linux-cuda", "--set", "export.engine=stream"), "execution provider 'cuda' (it writes cpu graphs)"),
+    (("--target", "cpu", "--set", "quantize.method=k_quant"), "quantize.method 'k_quant' (it quantizes with default"),
+])
+def test_stream_refuses_what_it_does_not_write(tiny35, tmp_path, setting, message):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["build", "--model", str(tiny35), *setting, "-o", str(out)])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Add --set export.engine=ort-genai to use the onnxruntime-genai builder." in result.output
+    assert not out.exists()
+
+
+def test_stream_refuses_llama(model_copy):
+    config = json.loads((model_copy / "config.json").read_text())
+    config.update(architectures=["LlamaForCausalLM"], model_type="llama", rope_scaling=None)
+    (model_copy / "config.json").write_text(json.dumps(config))
+    src = open_source(str(model_copy))
+    with pytest.raises(ConfigError, match="architecture LlamaForCausalLM \\(it writes Phi3ForCausalLM\\)"):
+        plan_build(src, None, "cpu", ("export.engine=stream",))
+
+
+def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(model_copy / "model.safetensors"))
+    weights["model.layers.0.self_attn.o_proj.bias"] = np.zeros(64, dtype=np.float32)
+    save_file(weights, str(model_copy / "model.safetensors"))
+    src = open_source(str(model_copy))
+    out = tmp_path / "out"
+    with pytest.raises(InputModelError, match="tensors a Phi-3 graph does not use \\(model.layers.0.self_attn.o_proj.bias\\)"):
+        build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
+    assert not out.exists()
+
+
+PEAK = """
+import resource, sys
+from pathlib import Path
+from toolkit.config import ExportConfig, QuantizeConfig
+from toolkit.source import open_source
+from toolkit.stream import export_stream
+src = open_source(sys.argv[1])
+export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), Path(sys.argv[2]))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_stream_memory_does_not_grow_with_layers(tmp_path):
+    from toolkit.tiny import make_random_phi3
+
+    peaks, layer_bytes = {}, 4 * 512 * (3 * 512 + 512 + 3 * 2048)  # one layer's weights in float32
+    for layers in (2, 10):
+        model = tmp_path / f"m{layers}"
+        make_random_phi3(model, layers, hidden=512, heads=8, intermediate=2048, vocab=4096)
+        done = subprocess.run([sys.executable, "-c", PEAK, str(model), str(tmp_path / f"w{layers}")],
+                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert done.returncode == 0, done.stderr[-2000:]
+        peaks[layers] = int(done.stdout.split()[-1])
+    # Eight more layers are 8 x 16.8 MB of float32 weights; the peak may move by less than one.
+    assert peaks[10] - peaks[2] < layer_bytes, peaks

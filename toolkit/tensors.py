@@ -1,0 +1,94 @@
+"""One tensor at a time: read checkpoint tensors with plain file reads (no memory map, so pages
+already used do not stay resident) and append ONNX initializers to an external data file. Peak
+memory is then set by the largest tensor, not by the size of the model."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InputModelError
+from .source import safetensors_header
+
+ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+class CheckpointTensors:
+    """The tensors of a safetensors checkpoint (one file or shards), read on demand as float32."""
+
+    def __init__(self, folder: Path, files: tuple[str, ...]):
+        self.entries: dict[str, _Entry] = {}
+        for name in files:
+            header, base = safetensors_header(folder / name)
+            for key, info in header.items():
+                if info["dtype"] not in ITEM_BYTES:
+                    raise InputModelError(
+                        f"{folder / name}: tensor '{key}' is {info['dtype']}; the streamed export reads "
+                        f"{', '.join(ITEM_BYTES)} checkpoints. Use --set export.engine=ort-genai."
+                    )
+                start, end = info["data_offsets"]
+                self.entries[key] = _Entry(folder / name, info["dtype"], tuple(info["shape"]), base + start, base + end)
+        self.unread = set(self.entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def float32(self, name: str) -> np.ndarray:
+        """The tensor as a new float32 array (bf16 and fp16 widen exactly)."""
+        if name not in self.entries:
+            raise InputModelError(f"The checkpoint has no tensor '{name}', which a Phi-3 model needs. "
+                                  "Re-download the checkpoint.")
+        e = self.entries[name]
+        count = math.prod(e.shape)
+        if e.end - e.start != count * ITEM_BYTES[e.dtype]:
+            raise InputModelError(f"{e.file}: tensor '{name}' spans {e.end - e.start} bytes, its shape "
+                                  f"{list(e.shape)} of {e.dtype} needs {count * ITEM_BYTES[e.dtype]}.")
+        raw = np.empty(count, dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
+        with open(e.file, "rb") as f:
+            f.seek(e.start)
+            f.readinto(memoryview(raw).cast("B"))
+        self.unread.discard(name)
+        if e.dtype == "BF16":  # bfloat16 is the top half of a float32
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
+        return raw.astype(np.float32, copy=False).reshape(e.shape)
+
+
+class ExternalData:
+    """Initializers whose bytes go to one external data file as they are made."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "wb")
+        self.offset = 0
+
+    def __enter__(self) -> "ExternalData":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
+
+    def tensor(self, name: str, array: np.ndarray) -> Any:
+        import onnx
+
+        array = np.ascontiguousarray(array)
+        t = onnx.TensorProto(name=name, dims=array.shape,
+                             data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
+                             data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", self.offset), ("length", array.nbytes)):
+            t.external_data.add(key=key, value=str(value))
+        self.file.write(memoryview(array).cast("B"))
+        self.offset += array.nbytes
+        return t
