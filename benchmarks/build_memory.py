@@ -1,0 +1,148 @@
+"""Peak memory and wall time of the int4 cpu export, onnxruntime-genai builder vs slmkit's streamed
+engine, on Phi-3.5-mini-shaped checkpoints with random bf16 weights (hidden 3072, 32 heads,
+intermediate 8192, vocab 32064, longrope; 32 layers is the real 3.8 B size). Each export runs in a
+child process; its peak RSS comes from the kernel (wait4). The builder child runs under an
+address-space limit a little below this machine's memory, so that where it needs more it fails
+with an out-of-memory error (a table row) instead of waking the OOM killer. For each model both
+engines built, decode speed of both outputs is measured too (same prompt, greedy).
+
+    python benchmarks/build_memory.py [--layers 8,32] [--work DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from toolkit.tiny import make_random_phi3  # noqa: E402
+
+CHILD = """
+import sys, time
+from pathlib import Path
+from toolkit.config import ExportConfig, QuantizeConfig
+from toolkit.source import open_source
+src, work, engine = open_source(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+start = time.perf_counter()
+if engine == "stream":
+    from toolkit.stream import export_stream
+    export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), work)
+else:
+    from toolkit.export import run_builder
+    from toolkit.quantize import builder_options
+    run_builder(src.path, ExportConfig(precision="int4"), builder_options(QuantizeConfig(), "int4"), work)
+print("WALL", time.perf_counter() - start)
+"""
+
+DECODE = """
+import sys, time, statistics
+import onnxruntime_genai as og
+models = [og.Model(path) for path in sys.argv[1:]]
+prompt = [100 + i % 500 for i in range(32)]
+speeds = [[] for _ in models]
+for run in range(6):  # alternate the models, so that any drift of the machine hits both alike
+    for model, out in zip(models, speeds):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=32 + 64, do_sample=False)
+        gen = og.Generator(model, params)
+        gen.append_tokens(prompt)
+        start, n = time.perf_counter(), 0
+        while not gen.is_done() and n < 64:
+            gen.generate_next_token(); n += 1
+        out.append(n / (time.perf_counter() - start))
+for out in speeds:
+    print("TOKS", statistics.median(out[1:]))
+"""
+
+
+def run_child(code: str, args: list[str], limit_bytes: int | None) -> tuple[int, float, str]:
+    """(exit status, peak RSS in bytes, output) of one child process."""
+    def limit() -> None:
+        if limit_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=limit, env=env, text=True)
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss * 1024, output
+
+
+def value(output: str, key: str) -> float | None:
+    for line in output.splitlines():
+        if line.startswith(key + " "):
+            return float(line.split()[1])
+    return None
+
+
+def reason(output: str) -> str:
+    text = output.replace("\r", "\n")
+    for needle in ("MemoryError", "Unable to allocate", "bad_alloc", "Cannot allocate memory", "out of memory"):
+        if needle in text:
+            return "out of memory"
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1][:80] if lines else "no output"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="8,32", help="comma-separated layer counts [8,32]")
+    ap.add_argument("--work", type=Path, default=ROOT / ".slmkit-cache" / "build-memory")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints and exports")
+    args = ap.parse_args()
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    builder_limit = int(total * 0.9)
+    rows = []
+    for layers in [int(x) for x in args.layers.split(",")]:
+        model = args.work / f"phi35-shaped-{layers}L"
+        shutil.rmtree(args.work / f"phi35-shaped-{layers}L", ignore_errors=True)
+        t0 = time.perf_counter()
+        params = make_random_phi3(model, layers)
+        print(f"{layers} layers: {params / 1e9:.2f} B parameters written in {time.perf_counter() - t0:.0f} s", flush=True)
+        built = {}
+        for engine in ("ort-genai", "stream"):
+            work = args.work / f"out-{layers}L-{engine}"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            t0 = time.perf_counter()
+            code, peak, output = run_child(CHILD, [str(model), str(work), engine],
+                                           builder_limit if engine == "ort-genai" else None)
+            wall = value(output, "WALL") or time.perf_counter() - t0
+            status = "ok" if code == 0 else f"failed: {reason(output)}"
+            if code == 0:
+                built[engine] = work / "export"
+            rows.append([layers, params, engine, status, peak, wall, None])
+            print(f"  {engine}: {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s", flush=True)
+        if built:
+            code, _, output = run_child(DECODE, [str(p) for p in built.values()], None)
+            speeds = [float(line.split()[1]) for line in output.splitlines() if line.startswith("TOKS ")]
+            for engine, speed in zip(built, speeds if code == 0 else []):
+                next(r for r in rows if r[0] == layers and r[2] == engine)[6] = speed
+        if not args.keep:
+            shutil.rmtree(model, ignore_errors=True)
+            for engine in ("ort-genai", "stream"):
+                shutil.rmtree(args.work / f"out-{layers}L-{engine}", ignore_errors=True)
+    print(f"\nint4 cpu export (block 32, symmetric, accuracy level 4); {os.cpu_count()} cores, "
+          f"{total / 1e9:.1f} GB memory; builder under a {builder_limit / 1e9:.1f} GB address-space limit\n")
+    print("| layers | params | engine | result | peak RSS GB | wall s | decode tok/s | peak vs builder "
+          "| wall vs builder | decode vs builder |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for layers, params, engine, status, peak, wall, speed in rows:
+        anchor = next(r for r in rows if r[0] == layers and r[2] == "ort-genai")
+        ok = anchor[3] == "ok" and status == "ok"
+        print(f"| {layers} | {params / 1e9:.2f} B | {engine} | {status} | {peak / 1e9:.2f} | {wall:.0f} | "
+              f"{f'{speed:.2f}' if speed else '-'} | {f'{peak / anchor[4]:.2f}' if ok else '-'} | "
+              f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | {f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |")
+
+
+if __name__ == "__main__":
+    main()
