@@ -82,3 +82,21 @@ def test_quality_budget_picks_the_smallest_within_budget(smollm2, tmp_path):
     assert manifest["quality"]["chosen"] == "int4 slmkit mse, block 32"
     assert [c["within_budget"] for c in manifest["quality"]["candidates"]] == [False, True]
     assert manifest["plan"]["quantize"]["block_size"] == 32  # the bundle is the chosen candidate
+
+
+def test_streamed_engine_writes_the_builders_model(smol_bundles, smollm2, tmp_path):
+    """The default SmolLM2 bundle comes from the streamed engine; the builder's float32 export
+    quantized the same way gives the same bytes in every initializer."""
+    import onnx
+    from onnx import numpy_helper
+
+    manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
+    assert manifest["plan"]["export"]["engine"] == "stream"
+    src = open_source(str(smollm2))
+    build(src, plan_build(src, None, "cpu", ("export.engine=ort-genai",)), tmp_path / "b", log=lambda _: None)
+    arrays = []
+    for bundle in (smol_bundles["default"], tmp_path / "b"):
+        model = onnx.load(str(bundle / "model" / "model.onnx"))
+        arrays.append({t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer})
+    assert arrays[0].keys() == arrays[1].keys()
+    assert [n for n in arrays[1] if arrays[0][n] != arrays[1][n]] == []

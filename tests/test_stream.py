@@ -27,6 +27,13 @@ from toolkit.stream import export_stream
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    from toolkit.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
 def both_engines(model: Path, tmp: Path, precision: str, q: QuantizeConfig) -> tuple[Path, Path]:
     src = open_source(str(model))
     (tmp / "b").mkdir()
@@ -69,7 +76,7 @@ def logits(folder: Path, ids: list[int]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("precision", ["int4", "fp32"])
-@pytest.mark.parametrize("variant", ["tiny35", "tiny3"])
+@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
 def test_stream_writes_the_builders_model(request, tmp_path, variant, precision):
     built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig())
     expected, got = initializers(built), initializers(streamed)
@@ -122,12 +129,14 @@ def test_stream_refuses_what_it_does_not_write(tiny35, tmp_path, setting, messag
     assert not out.exists()
 
 
-def test_stream_refuses_llama(model_copy):
+def test_stream_refuses_rope_scaling_it_does_not_write(model_copy):
     config = json.loads((model_copy / "config.json").read_text())
-    config.update(architectures=["LlamaForCausalLM"], model_type="llama", rope_scaling=None)
+    config.update(architectures=["LlamaForCausalLM"], model_type="llama",
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     (model_copy / "config.json").write_text(json.dumps(config))
     src = open_source(str(model_copy))
-    with pytest.raises(ConfigError, match="architecture LlamaForCausalLM \\(it writes Phi3ForCausalLM\\)"):
+    with pytest.raises(ConfigError, match="rope scaling 'llama3' \\(it writes longrope or none\\)"):
         plan_build(src, None, "cpu", ("export.engine=stream",))
 
 
@@ -139,7 +148,7 @@ def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
     save_file(weights, str(model_copy / "model.safetensors"))
     src = open_source(str(model_copy))
     out = tmp_path / "out"
-    with pytest.raises(InputModelError, match="tensors a Phi-3 graph does not use \\(model.layers.0.self_attn.o_proj.bias\\)"):
+    with pytest.raises(InputModelError, match="tensors the decoder graph does not use \\(model.layers.0.self_attn.o_proj.bias\\)"):
         build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
     assert not out.exists()
 
@@ -169,3 +178,12 @@ def test_stream_memory_does_not_grow_with_layers(tmp_path):
         peaks[layers] = int(done.stdout.split()[-1])
     # Eight more layers are 8 x 16.8 MB of float32 weights; the peak may move by less than one.
     assert peaks[10] - peaks[2] < layer_bytes, peaks
+
+
+def test_stream_refuses_tied_int8_embeddings(tiny_llama):
+    src = open_source(str(tiny_llama))
+    cap = "optimize.context_cap=2048"
+    with pytest.raises(ConfigError, match="tied embeddings with int8 or asymmetric weights"):
+        plan_build(src, None, "cpu", ("export.precision=int8", "quantize.method=default", cap))
+    # SmolLM2's recipe (mse on a float32 export) streams.
+    assert plan_build(src, None, "cpu", (cap,)).export.engine == "stream"

@@ -1,5 +1,5 @@
-"""The streamed export engine (`export.engine = "stream"`): writes the Phi-3 / Phi-3.5 decoder graph
-that the onnxruntime-genai builder writes for the CPU provider (same ops, names and settings), but
+"""The streamed export engine (`export.engine = "stream"`): writes the Phi-3 / Phi-3.5 (and Llama,
+e.g. SmolLM2) decoder graph that the onnxruntime-genai builder writes for the CPU provider (same ops, names and settings), but
 reads one checkpoint tensor at a time, quantizes it with the same onnxruntime kernel the builder's
 default quantizer calls, and appends it to model.onnx.data. Peak memory is set by the largest
 tensor, not by the number of layers. genai_config.json and the tokenizer files come from the
@@ -21,7 +21,9 @@ from .export import builder_call, create_model
 from .quantize import builder_precision
 from .tensors import CheckpointTensors, ExternalData
 
-ARCHITECTURES = ("Phi3ForCausalLM",)
+# Phi-3 checkpoints store q/k/v and gate/up fused; Llama ones separate. The builder packs Llama's
+# q, k, v into one qkv_proj MatMul and splits Phi-3's gate_up, so both give the same graph.
+ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM")
 ROPE_KINDS = ("longrope", "none")
 PRECISIONS = ("int4", "int8", "fp32")
 METHODS = ("default",)
@@ -29,7 +31,8 @@ MS = "com.microsoft"
 FLOAT, INT64 = 1, 7
 
 
-def problems(architecture: str, rope_scaling: str, export: ExportConfig, q: QuantizeConfig) -> list[str]:
+def problems(architecture: str, rope_scaling: str, export: ExportConfig, q: QuantizeConfig,
+             tied: bool = False) -> list[str]:
     """What in a plan the streamed engine does not write (empty when it can build it). slmkit's
     own int4 method quantizes a float32 export, which this engine writes."""
     precision = builder_precision(q, export.precision)
@@ -45,12 +48,16 @@ def problems(architecture: str, rope_scaling: str, export: ExportConfig, q: Quan
     elif precision != "fp32" and q.method not in METHODS:
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
                      "writes the float32 export that slmkit's own 'mse' method quantizes)")
+    elif tied and precision != "fp32" and (precision != "int4" or not q.symmetric or q.lm_head != "int4"):
+        found.append("tied embeddings with int8 or asymmetric weights (it shares float32 or symmetric "
+                     "int4 lm_head weights with the embedding)")
     return found
 
 
-def check_supported(architecture: str, rope_scaling: str, export: ExportConfig, q: QuantizeConfig) -> None:
+def check_supported(architecture: str, rope_scaling: str, export: ExportConfig, q: QuantizeConfig,
+                    tied: bool = False) -> None:
     """Refuse, before anything is written, what the streamed engine does not write."""
-    found = problems(architecture, rope_scaling, export, q)
+    found = problems(architecture, rope_scaling, export, q, tied)
     if found:
         raise ConfigError("export.engine 'stream' cannot build " + "; ".join(found)
                           + ". Add --set export.engine=ort-genai to use the onnxruntime-genai builder.")
@@ -144,11 +151,12 @@ class GraphWriter:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
         return outputs[0]
 
-    def constant(self, value: int, as_list: bool = False) -> str:
+    def constant(self, value: int | list[int]) -> str:
+        """An INT64 Constant named as the builder names it: "1" for a scalar, "[1]" for a list."""
         from onnx import numpy_helper
 
-        label = f"[{value}]" if as_list else str(value)
-        tensor = numpy_helper.from_array(np.array([value] if as_list else value, dtype=np.int64), "")
+        label = str(value)
+        tensor = numpy_helper.from_array(np.array(value, dtype=np.int64), "")
         return self.node("Constant", f"/model/constant_nodes/INT64/{label}", [],
                          [f"/model/constants/INT64/{label}"], value=tensor)
 
@@ -156,32 +164,59 @@ class GraphWriter:
         self.initializers.append(self.data.tensor(name, array))
         return name
 
-    def matmul(self, base: str, x: str, w_out_in: np.ndarray, lm_head: bool = False, output: str = "") -> str:
-        """x @ W.T for an HF Linear weight [out, in], as MatMul (fp32) or MatMulNBits."""
+    def linear(self, base: str, w_out_in: np.ndarray, lm_head: bool = False) -> tuple[list[str], dict[str, Any]]:
+        """Write the initializers of an HF Linear weight [out, in]: (their names, MatMulNBits
+        attributes; empty for a float32 MatMul)."""
         import torch
 
-        output = output or f"{base}/MatMul/output_0"
         stem = base.lstrip("/").replace("/", ".") + ".MatMul.weight"
         w_kn = torch.from_numpy(w_out_in).T.contiguous().numpy()  # 3x numpy's transpose copy, 2 cores
         if self.precision == "fp32":
-            w = self.weight(stem, w_kn)
-            return self.node("MatMul", f"{base}/MatMul", [x, w], [output])
+            return [self.weight(stem, w_kn)], {}
         bits = 8 if self.precision == "int8" or (lm_head and self.q.lm_head == "int8") else 4
         packed, scales, zero_points = blockwise(w_kn, bits, self.q.block_size, self.q.symmetric)
-        inputs = [x, self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
+        names = [self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
         if not self.q.symmetric:
-            inputs.append(self.weight(f"{stem}_zero_points", zero_points))
+            names.append(self.weight(f"{stem}_zero_points", zero_points))
         attrs = {"K": w_out_in.shape[1], "N": w_out_in.shape[0], "bits": bits, "block_size": self.q.block_size}
         if self.q.accuracy_level:
             attrs["accuracy_level"] = self.q.accuracy_level
-        return self.node("MatMulNBits", f"{base}/MatMul_Q{bits}", inputs, [output], MS, **attrs)
+        return names, attrs
+
+    def matmul(self, base: str, x: str, w_out_in: np.ndarray | None = None, lm_head: bool = False,
+               output: str = "", written: tuple[list[str], dict[str, Any]] | None = None) -> str:
+        """x @ W.T as MatMul (fp32) or MatMulNBits, from a weight or from initializers `written`."""
+        names, attrs = written or self.linear(base, w_out_in, lm_head)
+        output = output or f"{base}/MatMul/output_0"
+        if not attrs:
+            return self.node("MatMul", f"{base}/MatMul", [x, *names], [output])
+        return self.node("MatMulNBits", f"{base}/MatMul_Q{attrs['bits']}", [x, *names], [output], MS, **attrs)
+
+
+def _tied_embedding(g: GraphWriter, shape: Shape, weight: np.ndarray) -> tuple[str, tuple[list[str], dict[str, Any]]]:
+    """Tied embeddings, as the builder shares them: the lm_head's initializers are written first and
+    the embedding reads them (float32: Transpose + Gather; int4: GatherBlockQuantized on the
+    lm_head's codes, sliced back to the hidden size when the blocks pad it)."""
+    base = "/model/embed_tokens"
+    names, attrs = written = g.linear("/lm_head", weight, lm_head=True)
+    if not attrs:
+        table = g.node("Transpose", f"{base}/Transpose", names, perm=[1, 0])
+        return g.node("Gather", f"{base}/Gather", [table, "input_ids"]), written
+    block = attrs["block_size"]
+    padded = -(-shape.hidden // block) * block
+    codes = g.node("Reshape", f"{base}/Reshape", [names[0], g.constant([shape.vocab, padded * attrs["bits"] // 8])])
+    out = g.node("GatherBlockQuantized", f"{base}/GatherBlockQuantized", [codes, "input_ids", *names[1:]], None, MS,
+                 bits=attrs["bits"], block_size=block, gather_axis=0, quantize_axis=1)
+    if padded != shape.hidden:
+        out = g.node("Slice", f"{base}/Slice", [out, g.constant([0]), g.constant([shape.hidden]), g.constant([-1])])
+    return out, written
 
 
 def _attention_inputs(g: GraphWriter, shape: Shape, config: dict[str, Any]) -> tuple[str, str, str, str]:
     """seqlens_k and total_sequence_length from the attention mask, and the cos/sin caches (for
     longrope an If node picks the long pair once the sequence passes the original context)."""
     sub = "/model/attn_mask_reformat/attn_mask_subgraph"
-    one = g.constant(1, as_list=True)
+    one = g.constant([1])
     total = g.node("Gather", f"{sub}/Gather", [g.node("Shape", f"{sub}/Shape", ["attention_mask"]), g.constant(1)], axis=0)
     reduced = g.node("ReduceSum", f"{sub}/ReduceSum", ["attention_mask", one], keepdims=0)
     seqlens = g.node("Cast", f"{sub}/Sub/Cast", [g.node("Sub", f"{sub}/Sub", [reduced, one])], to=6)
@@ -217,18 +252,37 @@ def _skip_norm(g: GraphWriter, layer: str, stem: str, skip: str, x: str, weight:
     return outputs[0], outputs[-1]
 
 
-def expected_tensors(shape: Shape) -> set[str]:
-    per_layer = ("input_layernorm", "post_attention_layernorm", "self_attn.qkv_proj", "self_attn.o_proj",
-                 "mlp.gate_up_proj", "mlp.down_proj")
+def expected_tensors(shape: Shape, fused: bool) -> set[str]:
+    per_layer = ["input_layernorm", "post_attention_layernorm", "self_attn.o_proj", "mlp.down_proj"]
+    per_layer += (["self_attn.qkv_proj", "mlp.gate_up_proj"] if fused else
+                  ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"])
     names = {f"model.layers.{i}.{p}.weight" for i in range(shape.layers) for p in per_layer}
     return names | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
 
 
+def _qkv(weights: CheckpointTensors, hf: str) -> np.ndarray:
+    if f"{hf}.self_attn.qkv_proj.weight" in weights:
+        return weights.float32(f"{hf}.self_attn.qkv_proj.weight")
+    return np.concatenate([weights.float32(f"{hf}.self_attn.{p}_proj.weight") for p in "qkv"])
+
+
+def _gate_up(weights: CheckpointTensors, hf: str, intermediate: int) -> tuple[np.ndarray, np.ndarray]:
+    if f"{hf}.mlp.gate_up_proj.weight" in weights:
+        gate_up = weights.float32(f"{hf}.mlp.gate_up_proj.weight")
+        return gate_up[:intermediate], gate_up[intermediate:]
+    return weights.float32(f"{hf}.mlp.gate_proj.weight"), weights.float32(f"{hf}.mlp.up_proj.weight")
+
+
 def write_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, config: dict[str, Any]) -> None:
-    """The Phi-3 decoder, layer by layer: each weight is read, converted and written, then freed."""
+    """The decoder, layer by layer: each weight is read, converted and written, then freed."""
     seqlens, total_len, cos, sin = _attention_inputs(g, shape, config)
-    embed = g.weight("model.embed_tokens.weight", weights.float32("model.embed_tokens.weight"))
-    hidden = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
+    head = None
+    if config.get("tie_word_embeddings"):
+        tied = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
+        hidden, head = _tied_embedding(g, shape, weights.float32(tied))
+    else:
+        embed = g.weight("model.embed_tokens.weight", weights.float32("model.embed_tokens.weight"))
+        hidden = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
     skip, x = hidden, ""
     for i in range(shape.layers):
         hf, onnx_layer = f"model.layers.{i}", f"/model/layers.{i}"
@@ -239,7 +293,7 @@ def write_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, conf
                        [f"{onnx_layer}/input_layernorm/output_0"], epsilon=shape.eps, axis=-1, stash_type=1)
         else:
             h, skip = _skip_norm(g, f"layers.{i}", "input_layernorm", skip, x, norm, shape.eps)
-        qkv = g.matmul(f"{onnx_layer}/attn/qkv_proj", h, weights.float32(f"{hf}.self_attn.qkv_proj.weight"))
+        qkv = g.matmul(f"{onnx_layer}/attn/qkv_proj", h, _qkv(weights, hf))
         attn = g.node("GroupQueryAttention", f"{onnx_layer}/attn/GroupQueryAttention",
                       [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens, total_len,
                        cos, sin, "", "", ""],
@@ -249,17 +303,19 @@ def write_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, conf
         o = g.matmul(f"{onnx_layer}/attn/o_proj", attn, weights.float32(f"{hf}.self_attn.o_proj.weight"))
         h, skip = _skip_norm(g, f"layers.{i}", "post_attention_layernorm", skip, o,
                              weights.float32(f"{hf}.post_attention_layernorm.weight"), shape.eps)
-        gate_up = weights.float32(f"{hf}.mlp.gate_up_proj.weight")
-        gate = g.matmul(f"{onnx_layer}/mlp/gate_proj", h, gate_up[: shape.intermediate])
-        up = g.matmul(f"{onnx_layer}/mlp/up_proj", h, gate_up[shape.intermediate:])
-        del gate_up
+        gate_w, up_w = _gate_up(weights, hf, shape.intermediate)
+        gate = g.matmul(f"{onnx_layer}/mlp/gate_proj", h, gate_w)
+        up = g.matmul(f"{onnx_layer}/mlp/up_proj", h, up_w)
+        del gate_w, up_w
         act = g.node("Mul", f"{onnx_layer}/mlp/act_fn/Mul", [gate, g.node("Sigmoid", f"{onnx_layer}/mlp/act_fn/Sigmoid", [gate])])
         x = g.matmul(f"{onnx_layer}/mlp/down_proj", g.node("Mul", f"{onnx_layer}/mlp/Mul", [act, up]),
                      weights.float32(f"{hf}.mlp.down_proj.weight"))
     h, _ = _skip_norm(g, f"layers.{shape.layers}", "final_norm_layernorm", skip, x,
                       weights.float32("model.norm.weight"), shape.eps, last=True)
-    head = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
-    g.matmul("/lm_head", h, weights.float32(head), lm_head=True, output="logits")
+    if head is None:
+        g.matmul("/lm_head", h, weights.float32("lm_head.weight"), lm_head=True, output="logits")
+    else:
+        g.matmul("/lm_head", h, output="logits", written=head)
 
 
 def _io(shape: Shape) -> tuple[list[Any], list[Any]]:
@@ -302,10 +358,12 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     write_config_files(source, export, out, work)
     shape = Shape.of(config)
     weights = CheckpointTensors(source, weight_files)
-    unused = sorted(n for n in set(weights.entries) - expected_tensors(shape) if not n.endswith("rotary_emb.inv_freq"))
+    fused = "model.layers.0.self_attn.qkv_proj.weight" in weights
+    unused = sorted(n for n in set(weights.entries) - expected_tensors(shape, fused)
+                    if not n.endswith("rotary_emb.inv_freq"))
     if unused:
         raise InputModelError(
-            f"The checkpoint has tensors a Phi-3 graph does not use ({', '.join(unused[:4])}"
+            f"The checkpoint has tensors the decoder graph does not use ({', '.join(unused[:4])}"
             f"{', ...' if len(unused) > 4 else ''}): the streamed engine would drop them. "
             "Use --set export.engine=ort-genai.")
     with ExternalData(out / "model.onnx.data") as data:

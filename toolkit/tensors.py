@@ -49,7 +49,7 @@ class CheckpointTensors:
     def float32(self, name: str) -> np.ndarray:
         """The tensor as a new float32 array (bf16 and fp16 widen exactly)."""
         if name not in self.entries:
-            raise InputModelError(f"The checkpoint has no tensor '{name}', which a Phi-3 model needs. "
+            raise InputModelError(f"The checkpoint has no tensor '{name}', which the decoder graph needs. "
                                   "Re-download the checkpoint.")
         e = self.entries[name]
         count = math.prod(e.shape)

@@ -228,3 +228,23 @@ def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32
                 values = rng.standard_normal(shape, dtype=np.float32) * np.float32(1 / np.sqrt(shape[1]))
             f.write((values.view(np.uint32) >> 16).astype(np.uint16).tobytes())
     return sum(int(np.prod(s)) for s in shapes.values())
+
+
+def make_tiny_llama(out: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama checkpoint shaped like SmolLM2 (grouped-query attention, tied embeddings,
+    separate q/k/v and gate/up weights, rope_parameters without scaling), random fp32 weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .hf import quiet
+
+    out.mkdir(parents=True)
+    quiet()
+    n_tokens = make_tokenizer(out)
+    config = LlamaConfig(vocab_size=n_tokens, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=n_tokens - len(PHI3_SPECIALS))
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(out)
+    return out
