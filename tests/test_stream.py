@@ -187,3 +187,16 @@ def test_stream_refuses_tied_int8_embeddings(tiny_llama):
         plan_build(src, None, "cpu", ("export.precision=int8", "quantize.method=default", cap))
     # SmolLM2's recipe (mse on a float32 export) streams.
     assert plan_build(src, None, "cpu", (cap,)).export.engine == "stream"
+
+
+def test_stream_refuses_tensor_types_it_does_not_read(model_copy, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(model_copy / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"].view(np.int16).astype(np.int8)
+    save_file(weights, str(model_copy / "model.safetensors"))
+    src = open_source(str(model_copy))
+    out = tmp_path / "out"
+    with pytest.raises(InputModelError, match="tensor 'model.norm.weight' is I8; the streamed export reads BF16, F16, F32"):
+        build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
+    assert not out.exists()
