@@ -48,8 +48,7 @@ def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildP
             _check_combination(candidate)
         except ConfigError:
             continue
-        if candidate.export.engine == "stream" and problems(src.architecture, src.rope_scaling, candidate.export,
-                                                            candidate.quantize, bool(src.config.get("tie_word_embeddings"))):
+        if candidate.export.engine == "stream" and problems(src, candidate.export, candidate.quantize):
             candidate = replace(candidate, export=replace(candidate.export, engine="ort-genai"))
         out.append((label, candidate))
     return out

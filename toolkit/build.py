@@ -37,8 +37,7 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"({limit} tokens, max_position_embeddings). Use --set optimize.context_cap={min(limit, 4096)}."
         )
     if plan.export.engine == "stream":
-        stream.check_supported(src.architecture, src.rope_scaling, plan.export, plan.quantize,
-                               bool(src.config.get("tie_word_embeddings")))
+        stream.check_supported(src, plan.export, plan.quantize)
     return plan
 
 

@@ -65,12 +65,9 @@ def builder_call(log_path: Path, work: Path) -> Iterator[None]:
     try:
         with offline_env(), captured_output(log_path):
             yield
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            raise
-        raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
-                         f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
     except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise
         raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
                          f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
 

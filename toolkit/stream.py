@@ -18,6 +18,7 @@ from .errors import ConfigError, InputModelError
 from .export import builder_call, create_model
 from .decoder import MS, GraphWriter, Shape, expected_tensors, graph_io, write_decoder
 from .quantize import builder_precision
+from .source import SourceModel
 from .tensors import CheckpointTensors, ExternalData
 
 # Phi-3 checkpoints store q/k/v and gate/up fused; Llama ones separate. The builder packs Llama's
@@ -28,16 +29,16 @@ PRECISIONS = ("int4", "int8", "fp32")
 METHODS = ("default",)
 
 
-def problems(architecture: str, rope_scaling: str, export: ExportConfig, q: QuantizeConfig,
-             tied: bool = False) -> list[str]:
-    """What in a plan the streamed engine does not write (empty when it can build it). slmkit's
-    own int4 method quantizes a float32 export, which this engine writes."""
+def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[str]:
+    """What in a plan the streamed engine does not write for this checkpoint (empty when it can
+    build it). slmkit's own int4 method quantizes a float32 export, which this engine writes."""
     precision = builder_precision(q, export.precision)
+    tied = bool(src.config.get("tie_word_embeddings"))
     found = []
-    if architecture not in ARCHITECTURES:
-        found.append(f"architecture {architecture} (it writes {', '.join(ARCHITECTURES)})")
-    if rope_scaling not in ROPE_KINDS:
-        found.append(f"rope scaling '{rope_scaling}' (it writes {' or '.join(ROPE_KINDS)})")
+    if src.architecture not in ARCHITECTURES:
+        found.append(f"architecture {src.architecture} (it writes {', '.join(ARCHITECTURES)})")
+    if src.rope_scaling not in ROPE_KINDS:
+        found.append(f"rope scaling '{src.rope_scaling}' (it writes {' or '.join(ROPE_KINDS)})")
     if export.execution_provider != "cpu":
         found.append(f"execution provider '{export.execution_provider}' (it writes cpu graphs)")
     if precision not in PRECISIONS:
@@ -51,10 +52,9 @@ def problems(architecture: str, rope_scaling: str, export: ExportConfig, q: Quan
     return found
 
 
-def check_supported(architecture: str, rope_scaling: str, export: ExportConfig, q: QuantizeConfig,
-                    tied: bool = False) -> None:
+def check_supported(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> None:
     """Refuse, before anything is written, what the streamed engine does not write."""
-    found = problems(architecture, rope_scaling, export, q, tied)
+    found = problems(src, export, q)
     if found:
         raise ConfigError("export.engine 'stream' cannot build " + "; ".join(found)
                           + ". Add --set export.engine=ort-genai to use the onnxruntime-genai builder.")

@@ -41,7 +41,6 @@ class CheckpointTensors:
                     )
                 start, end = info["data_offsets"]
                 self.entries[key] = _Entry(folder / name, info["dtype"], tuple(info["shape"]), base + start, base + end)
-        self.unread = set(self.entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
@@ -60,7 +59,6 @@ class CheckpointTensors:
         with open(e.file, "rb") as f:
             f.seek(e.start)
             f.readinto(memoryview(raw).cast("B"))
-        self.unread.discard(name)
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
         return raw.astype(np.float32, copy=False).reshape(e.shape)
