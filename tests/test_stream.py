@@ -140,17 +140,23 @@ def test_stream_refuses_rope_scaling_it_does_not_write(model_copy):
         plan_build(src, None, "cpu", ("export.engine=stream",))
 
 
-def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
+def refuses_checkpoint(model: Path, out: Path, change, message: str) -> None:
+    """`change` edits the checkpoint's tensors; the build must refuse with `message`, writing nothing."""
     from safetensors.numpy import load_file, save_file
 
-    weights = load_file(str(model_copy / "model.safetensors"))
-    weights["model.layers.0.self_attn.o_proj.bias"] = np.zeros(64, dtype=np.float32)
-    save_file(weights, str(model_copy / "model.safetensors"))
-    src = open_source(str(model_copy))
-    out = tmp_path / "out"
-    with pytest.raises(InputModelError, match="tensors the decoder graph does not use \\(model.layers.0.self_attn.o_proj.bias\\)"):
+    weights = load_file(str(model / "model.safetensors"))
+    change(weights)
+    save_file(weights, str(model / "model.safetensors"))
+    src = open_source(str(model))
+    with pytest.raises(InputModelError, match=message):
         build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
     assert not out.exists()
+
+
+def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
+    refuses_checkpoint(model_copy, tmp_path / "out",
+                       lambda w: w.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(64, dtype=np.float32)}),
+                       "tensors the decoder graph does not use \\(model.layers.0.self_attn.o_proj.bias\\)")
 
 
 PEAK = """
@@ -190,13 +196,6 @@ def test_stream_refuses_tied_int8_embeddings(tiny_llama):
 
 
 def test_stream_refuses_tensor_types_it_does_not_read(model_copy, tmp_path):
-    from safetensors.numpy import load_file, save_file
-
-    weights = load_file(str(model_copy / "model.safetensors"))
-    weights["model.norm.weight"] = weights["model.norm.weight"].view(np.int16).astype(np.int8)
-    save_file(weights, str(model_copy / "model.safetensors"))
-    src = open_source(str(model_copy))
-    out = tmp_path / "out"
-    with pytest.raises(InputModelError, match="tensor 'model.norm.weight' is I8; the streamed export reads BF16, F16, F32"):
-        build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
-    assert not out.exists()
+    refuses_checkpoint(model_copy, tmp_path / "out",
+                       lambda w: w.update({"model.norm.weight": w["model.norm.weight"].view(np.int16).astype(np.int8)}),
+                       "tensor 'model.norm.weight' is I8; the streamed export reads BF16, F16, F32")
