@@ -100,19 +100,19 @@ def reference_dtype(num_params: int) -> str:
     return "float32" if fits else "bfloat16"
 
 
-def reference_memory_bytes(num_params: int) -> int:
-    per_param = 4 if reference_dtype(num_params) == "float32" else 2
-    return int(REFERENCE_BASE_BYTES + per_param * num_params)
+def reference_memory_bytes(num_params: int, dtype: str) -> int:
+    return int(REFERENCE_BASE_BYTES + (4 if dtype == "float32" else 2) * num_params)
 
 
 def memory_check(num_params: int, config: dict, engine: str) -> Check:
     """The build's peak: the export stage, or the PyTorch reference of the verify stage."""
     export = export_memory_bytes(num_params, config, engine)
-    reference = reference_memory_bytes(num_params)
+    dtype = reference_dtype(num_params)
+    reference = reference_memory_bytes(num_params, dtype)
     need = max(export, reference)
     have = total_memory_bytes()
     who = "streamed export" if engine == "stream" else "builder"
-    detail = (f"{who} peak about {export / 1e9:.1f} GB, {reference_dtype(num_params)} reference for "
+    detail = (f"{who} peak about {export / 1e9:.1f} GB, {dtype} reference for "
               f"verification {reference / 1e9:.1f} GB, for {num_params / 1e9:.2f} B parameters; "
               f"machine has {have / 1e9:.1f} GB")
     return Check("memory", need < have, detail)

@@ -35,7 +35,7 @@ def prompt_format(tokenizer) -> str | None:
 
 
 def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int],
-                    dtype: str = "float32") -> tuple[list[dict[str, Any]], str | None]:
+                    dtype: str) -> tuple[list[dict[str, Any]], str | None]:
     """Greedy continuations of the recipe's prompts by the PyTorch model, and the single-turn
     prompt format. Chat prompts go through the checkpoint's chat template."""
     import torch
@@ -67,7 +67,7 @@ def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int],
     return cases, fmt
 
 
-def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig, dtype: str = "float32") -> None:
+def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig, dtype: str) -> None:
     golden = {
         "schema_version": 1,
         "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": dtype},
