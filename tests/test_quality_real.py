@@ -73,14 +73,28 @@ def test_eval_cli_writes_the_manifest(smol_bundles, smollm2, tmp_path):
 
 
 def test_quality_budget_picks_the_smallest_within_budget(smollm2, tmp_path):
-    # On the selection text, mse loses 18.8% at block 64 and 15.6% at block 32 (measured once).
+    """Behaviour, not one machine's figures: candidates are tried smallest first, each is logged
+    with the figures the manifest records, the over-budget one is marked, the first within the
+    budget is built. On the selection text mse lost +18.5% / +18.8% at block 64 and +15.5% /
+    +15.6% at block 32 on two machines of this kind (other CPUs run other int4 kernels): a 17%
+    budget sits 1.5 points from each, five times the spread measured between the machines."""
+    budget = 0.17
     result = CliRunner().invoke(main, ["build", "-m", str(smollm2), "-t", "cpu", "-o", str(tmp_path / "b"),
-                                       "--quality-budget", "17%"])
+                                       "--quality-budget", f"{budget:.0%}"])
     assert result.exit_code == 0, result.output
-    assert "int4 slmkit mse, block 64: 79.2 MB, perplexity +18.8% vs fp32" in result.output  # tried first
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    tried = manifest["quality"]["candidates"]
+    assert [c["variant"] for c in tried] == ["int4 slmkit mse, block 64", "int4 slmkit mse, block 32"], result.output
+    assert tried[0]["model_bytes"] < tried[1]["model_bytes"]  # smallest first
+    for c in tried:
+        line = f"{c['variant']}: {c['model_bytes'] / 1e6:.1f} MB, perplexity {c['ppl_increase']:+.1%} vs fp32"
+        assert line in result.output
+        assert c["within_budget"] == (c["ppl_increase"] <= budget)
+    assert 0.15 < tried[0]["ppl_increase"] < 0.22 and not tried[0]["within_budget"], tried[0]
+    assert 0.12 < tried[1]["ppl_increase"] <= budget and tried[1]["within_budget"], tried[1]
+    rows = [line for line in result.output.splitlines() if line.startswith("int4 slmkit mse")]
+    assert rows[0].endswith("over budget") and rows[1].endswith("chosen"), result.output
     assert manifest["quality"]["chosen"] == "int4 slmkit mse, block 32"
-    assert [c["within_budget"] for c in manifest["quality"]["candidates"]] == [False, True]
     assert manifest["plan"]["quantize"]["block_size"] == 32  # the bundle is the chosen candidate
 
 
