@@ -28,6 +28,10 @@ def _friendly(fn):
     return wrapper
 
 
+QUIET = click.option("--quiet", "-q", is_flag=True,
+                     help="No progress lines: only each stage's line and the result.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="slmkit", prog_name="slmkit")
 def main() -> None:
@@ -47,15 +51,19 @@ def main() -> None:
 @click.option("--skip-memory-check", is_flag=True, help="Build even if the builder's estimated peak memory exceeds RAM.")
 @click.option("--quality-budget", metavar="PCT",
               help="Smallest quantization within this perplexity increase over float32, e.g. 5%.")
+@QUIET
 @_friendly
-def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget):
+def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget,
+          quiet):
     """Build, verify and publish one bundle."""
+    from .budget import parse_budget
     from .build import build as run_build
     from .build import plan_build
     from .config import to_toml
+    from .progress import configure
     from .source import open_source
 
-    from .budget import parse_budget
+    configure(quiet=quiet)
 
     budget = parse_budget(quality_budget) if quality_budget else None
     src = open_source(model, allow_pickle=allow_pickle)
@@ -187,11 +195,14 @@ def verify(bundle, provider):
 @click.option("--text", type=click.Path(path_type=Path), help="UTF-8 text file [default: the text shipped with slmkit].")
 @click.option("--window", default=512, show_default=True, help="Tokens per scored window.")
 @click.option("--max-tokens", default=8192, show_default=True, help="Score at most this many tokens of the text.")
+@QUIET
 @_friendly
-def evaluate(bundle, reference, text, window, max_tokens):
+def evaluate(bundle, reference, text, window, max_tokens, quiet):
     """Perplexity, top-1 agreement and KL of BUNDLE vs its float32 reference; saved in the manifest."""
+    from .progress import configure
     from .quality import evaluate_bundle
 
+    configure(quiet=quiet)
     click.echo(evaluate_bundle(bundle, reference, text, window, max_tokens))
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from .config import ExportConfig
 from .errors import StageError
+from .progress import waiting
 
 
 @contextlib.contextmanager
@@ -88,7 +89,7 @@ def run_builder(source: Path, cfg: ExportConfig, options: dict[str, Any], work: 
     log_path = work / "export.log"
     extra = {"hf_token": "false", "hf_remote": "false", **options}
     argv = [f"{k}={v}" for k, v in sorted(extra.items())]
-    with builder_call(log_path, work):
+    with waiting(f"export with the builder (its log: {log_path.name})"), builder_call(log_path, work):
         print(f"slmkit: builder precision={cfg.precision} ep={cfg.execution_provider} {argv}")
         create_model(source, out, cfg.precision, cfg.execution_provider, argv)
     for name in ("model.onnx", "genai_config.json"):

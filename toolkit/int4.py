@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .progress import bar, waiting
+
 # Candidate shrinkage of the block range [min, max]; each candidate's scale is then refined by
 # weighted least squares with its codes fixed.
 SHRINK = np.linspace(0.7, 1.0, 13)
@@ -172,9 +174,11 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
         return names
 
     # The lm_head / MatMul weights first, so a tied embedding can reuse them.
-    for weight in matmul_weights:
-        w = numpy_helper.to_array(inits[weight]).astype(np.float32)
-        packed[weight] = quantize(w, block, importance.get(weight), symmetric)
+    with bar("int4 search", len(matmul_weights), "matrices") as progress:
+        for weight in matmul_weights:
+            w = numpy_helper.to_array(inits[weight]).astype(np.float32)
+            packed[weight] = quantize(w, block, importance.get(weight), symmetric)
+            progress.advance()
     names = {w: add_packed(w, p) for w, p in packed.items()}
     consumers: dict[str, list] = {}
     for n in graph.node:
@@ -273,7 +277,8 @@ def activation_importance(source: Path, texts: list[str], onnx_weights: list[str
 
     from .hf import load_reference
 
-    tokenizer, model = load_reference(source)
+    with waiting("calibration: loading the PyTorch model"):
+        tokenizer, model = load_reference(source)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -286,13 +291,14 @@ def activation_importance(source: Path, texts: list[str], onnx_weights: list[str
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     used = 0
-    with torch.no_grad():
+    with torch.no_grad(), bar("calibration", len(texts), "texts") as progress:
         for text in texts:
             ids = tokenizer(text).input_ids[: max(0, max_tokens - used)]
             for start in range(0, len(ids), 512):
                 if len(ids[start : start + 512]) > 1:
                     model(torch.tensor([ids[start : start + 512]]))
             used += len(ids)
+            progress.advance()
     for h in handles:
         h.remove()
     mean = {n: (sums[n] / counts[n]).float().numpy() for n in sums}

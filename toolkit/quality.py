@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
+from .progress import bar, waiting
+
 DEFAULT_WINDOW = 512
 
 
@@ -82,7 +84,8 @@ class Reference:
 
         from .hf import load_reference
 
-        tokenizer, model = load_reference(source)
+        with waiting("reference: loading the PyTorch model"):
+            tokenizer, model = load_reference(source)
         ids = tokenizer(text, add_special_tokens=False).input_ids[:max_tokens]
         bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
         self.text_name = text_name
@@ -91,11 +94,12 @@ class Reference:
             raise ValueError(f"the evaluation text '{text_name}' is shorter than two tokens")
         self.logprobs = []
         nll = 0.0
-        with torch.no_grad():
+        with torch.no_grad(), bar("reference", len(self.windows), "windows") as progress:
             for win in self.windows:
                 lr = _log_softmax(model(torch.tensor([win])).logits[0, :-1].float().numpy())
                 nll -= float(lr[np.arange(len(win) - 1), win[1:]].sum())
                 self.logprobs.append(lr.astype(np.float16))
+                progress.advance()
         self.tokens = sum(len(w) - 1 for w in self.windows)
         self.ppl = math.exp(nll / self.tokens)
 
@@ -107,13 +111,15 @@ def evaluate(bundle_model_dir: Path, ref: Reference, provider: str = "cpu") -> Q
     model = bundle_runner().load_model(bundle_model_dir, provider)
     nll = kl = 0.0
     agree = 0
-    for win, lr16 in zip(ref.windows, ref.logprobs):
-        lb = _log_softmax(bundle_logits(model, win)[:-1])
-        lr = lr16.astype(np.float32)
-        rows, targets = np.arange(len(win) - 1), np.asarray(win[1:])
-        nll -= float(lb[rows, targets].sum())
-        kl += float((np.exp(lr) * (lr - lb)).sum())
-        agree += int((lr.argmax(-1) == lb.argmax(-1)).sum())
+    with bar("bundle", len(ref.windows), "windows") as progress:
+        for win, lr16 in zip(ref.windows, ref.logprobs):
+            lb = _log_softmax(bundle_logits(model, win)[:-1])
+            lr = lr16.astype(np.float32)
+            rows, targets = np.arange(len(win) - 1), np.asarray(win[1:])
+            nll -= float(lb[rows, targets].sum())
+            kl += float((np.exp(lr) * (lr - lb)).sum())
+            agree += int((lr.argmax(-1) == lb.argmax(-1)).sum())
+            progress.advance()
     del model
     return Quality(
         tokens=ref.tokens, windows=len(ref.windows), ppl_reference=ref.ppl,

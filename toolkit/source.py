@@ -10,7 +10,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InputModelError
 
@@ -20,8 +20,6 @@ SUPPORTED = {
     "LlamaForCausalLM": ("SmolLM2 and other Llama-architecture models", "llama"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-# Files a build reads; everything else in a Hub repo (pickles, ONNX exports, images) is skipped.
-HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 # Bounds far beyond any small model, checked before anything is allocated.
 LIMITS = {
     "hidden_size": 32768,
@@ -48,11 +46,14 @@ class SourceModel:
 
     def file_hashes(self) -> dict[str, dict[str, Any]]:
         """sha256 and size of every file the build reads from the source folder."""
-        out = {}
-        for p in sorted(self.path.iterdir()):
-            if p.is_file() and not p.name.startswith("."):
-                out[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-        return out
+        from .progress import bar, byte_format
+
+        files = [p for p in sorted(self.path.iterdir()) if p.is_file() and not p.name.startswith(".")]
+        total = sum(p.stat().st_size for p in files)
+        fmt, unit = byte_format(total)
+        with bar("hashing", total, f"{unit} hashed", fmt) as progress:
+            return {p.name: {"sha256": sha256_file(p, on_read=progress.advance), "size": p.stat().st_size}
+                    for p in files}
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -65,11 +66,13 @@ class SourceModel:
         }
 
 
-def sha256_file(path: Path, chunk: int = 1 << 24) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 24, on_read: Callable[[int], None] | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
+            if on_read:
+                on_read(len(block))
     return h.hexdigest()
 
 
@@ -90,25 +93,9 @@ def locate(model: str, cache_dir: Path | None = None) -> tuple[Path, str | None]
             "(config.json, *.safetensors, tokenizer files) or a Hub id such as "
             "microsoft/Phi-3.5-mini-instruct."
         )
-    return _download(model, cache_dir)
+    from .hub import download
 
-
-def _download(repo_id: str, cache_dir: Path | None) -> tuple[Path, str]:
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    try:
-        revision = HfApi().model_info(repo_id).sha
-        folder = snapshot_download(
-            repo_id, revision=revision, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir
-        )
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-        raise InputModelError(
-            f"Could not download '{repo_id}' from the Hugging Face Hub ({type(e).__name__}: {e}). "
-            "Check the id and your network (and `huggingface-cli login` for gated models), "
-            "or pass a local folder."
-        ) from None
-    return Path(folder), revision
+    return download(model, cache_dir)
 
 
 def _load_config(path: Path) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class CheckpointTensors:
 
     def __init__(self, folder: Path, files: tuple[str, ...]):
         self.entries: dict[str, _Entry] = {}
+        self.on_read: Callable[[int], None] = lambda nbytes: None  # progress: bytes of each tensor read
         for name in files:
             header, base = safetensors_header(folder / name)
             for key, info in header.items():
@@ -44,6 +45,9 @@ class CheckpointTensors:
 
     def __contains__(self, name: str) -> bool:
         return name in self.entries
+
+    def nbytes(self, names: Iterable[str]) -> int:
+        return sum(self.entries[n].end - self.entries[n].start for n in names if n in self.entries)
 
     def float32(self, name: str) -> np.ndarray:
         """The tensor as a new float32 array (bf16 and fp16 widen exactly)."""
@@ -59,6 +63,7 @@ class CheckpointTensors:
         with open(e.file, "rb") as f:
             f.seek(e.start)
             f.readinto(memoryview(raw).cast("B"))
+        self.on_read(e.end - e.start)
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
         return raw.astype(np.float32, copy=False).reshape(e.shape)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import VerifyConfig
+from .progress import bar, waiting
 
 # What a host check on the CPU provider cannot tell about a GPU bundle.
 DEVICE_ONLY = {
@@ -42,11 +43,12 @@ def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int],
 
     from .hf import load_reference
 
-    tokenizer, model = load_reference(source, dtype)
+    with waiting("reference: loading the PyTorch model"):
+        tokenizer, model = load_reference(source, dtype)
     fmt = prompt_format(tokenizer)
     texts = [(p, False) for p in cfg.prompts] + [(fmt.replace(CONTENT, p), True) for p in cfg.chat_prompts if fmt]
     cases = []
-    with torch.no_grad():
+    with torch.no_grad(), bar("reference", len(texts), "prompts") as progress:
         for text, chat in texts:
             # The template already holds any BOS text; the runtime's tokenizer adds none to it either.
             ids = tokenizer(text, add_special_tokens=not chat).input_ids
@@ -63,6 +65,7 @@ def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int],
             stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
             cases.append({"prompt": text, "chat": chat, "prompt_ids": [int(t) for t in ids],
                           "expected_ids": cont[: stop + 1]})
+            progress.advance()
     del model
     return cases, fmt
 
@@ -87,10 +90,11 @@ def write_prompt_format(bundle: Path, fmt: str | None) -> None:
 def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
     """Let the bundle's smoke test record its own greedy tokens into golden.json (the values a
     device run is compared with). Returns the failure output, or None."""
-    proc = subprocess.run(
-        [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
-        capture_output=True, text=True,
-    )
+    with waiting("the bundle's greedy tokens (child process)"):
+        proc = subprocess.run(
+            [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
+            capture_output=True, text=True,
+        )
     return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
 
 
@@ -103,11 +107,12 @@ def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
     """Run the bundle's own tests/smoke_test.py in a child process; return (results, its output)."""
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        proc = subprocess.run(
-            [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--json", str(result_path)],
-            capture_output=True,
-            text=True,
-        )
+        with waiting("smoke test (child process)"):
+            proc = subprocess.run(
+                [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--json",
+                 str(result_path)],
+                capture_output=True, text=True,
+            )
         output = proc.stdout + proc.stderr
         if not result_path.is_file():
             return {"passed": 0, "failed": 1, "checks": [], "error": f"smoke test crashed (exit {proc.returncode})"}, output

@@ -1,21 +1,15 @@
-"""`slmkit doctor`, and Hub ids: downloaded with huggingface_hub (mocked here: tests never touch the
-network), only the files a build reads, with the resolved revision recorded."""
+"""`slmkit doctor`: packages, disk and memory for a model (Hub downloads: tests/test_hub.py)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
-import huggingface_hub
 from click.testing import CliRunner
 
 from toolkit import doctor
 from toolkit.cli import main
-from toolkit.source import HUB_PATTERNS, open_source
-
-REVISION = "0123456789abcdef0123456789abcdef01234567"
+from toolkit.source import open_source
 
 
 def test_doctor_reports_packages_and_model_needs(tiny35):
@@ -64,45 +58,3 @@ def test_a_build_short_of_memory_verifies_against_a_bfloat16_reference(tiny35, t
     golden = json.loads((tmp_path / "b" / "tests" / "golden.json").read_text())
     assert golden["reference"]["dtype"] == "bfloat16"
     assert manifest["verification"]["host"]["failed"] == 0
-
-
-def test_hub_id_downloads_only_build_files_and_records_the_revision(tmp_path, tiny35, monkeypatch):
-    calls = {}
-
-    def snapshot_download(repo_id, revision, allow_patterns, cache_dir):
-        calls.update(repo_id=repo_id, revision=revision, allow_patterns=allow_patterns)
-        dest = tmp_path / "hub" / revision
-        shutil.copytree(tiny35, dest, dirs_exist_ok=True)  # a second call finds the cached snapshot
-        return str(dest)
-
-    class Api:
-        def model_info(self, repo_id):
-            return SimpleNamespace(sha=REVISION)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
-    src = open_source("microsoft/Phi-3.5-mini-instruct")
-    assert calls == {"repo_id": "microsoft/Phi-3.5-mini-instruct", "revision": REVISION, "allow_patterns": HUB_PATTERNS}
-    assert not any("bin" in p or "pt" in p.split(".")[-1] for p in HUB_PATTERNS)  # never pickles
-    assert (src.origin, src.revision) == ("microsoft/Phi-3.5-mini-instruct", REVISION)
-    result = CliRunner().invoke(main, ["build", "-m", "microsoft/Phi-3.5-mini-instruct", "-t", "cpu",
-                                       "-o", str(tmp_path / "b")])
-    assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["source"]["origin"] == "microsoft/Phi-3.5-mini-instruct"
-    assert manifest["source"]["revision"] == REVISION
-
-
-def test_hub_failure_is_a_clear_error(monkeypatch):
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    class Api:
-        def model_info(self, repo_id):
-            raise LocalEntryNotFoundError("offline")
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
-    result = CliRunner().invoke(main, ["build", "-m", "someone/some-model", "-t", "cpu"])
-    assert result.exit_code == 1
-    assert result.output.startswith("Error: Could not download 'someone/some-model' from the Hugging Face Hub (")
-    assert "Check the id and your network (and `huggingface-cli login` for gated models), or pass a local folder." in result.output
-    assert not Path("some-model-cpu").exists()
