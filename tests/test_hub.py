@@ -120,3 +120,28 @@ def test_a_cut_download_resumes_from_the_cache(served, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     fetched = {p.rsplit("/", 1)[1] for p in server.requests if "/resolve/" in p}
     assert "config.json" not in fetched  # kept from the first try
+
+
+def test_download_progress_counts_the_bytes_written(served, tmp_path, monkeypatch):
+    import fnmatch
+    import io
+    import re
+
+    from huggingface_hub import snapshot_download
+
+    from toolkit import hub as downloads
+    from toolkit import progress
+
+    monkeypatch.setattr(progress, "LOG_AFTER_S", 0.0)
+    stream = io.StringIO()
+    progress.configure(stream=stream)
+    try:
+        with hub(served, REPO) as server, downloads._progress() as tqdm_class:
+            snapshot_download(REPO, allow_patterns=downloads.HUB_PATTERNS, cache_dir=tmp_path / "cache",
+                              endpoint=server.url, tqdm_class=tqdm_class)
+    finally:
+        progress.configure()
+    wanted = sum(p.stat().st_size for p in served.iterdir()
+                 if any(fnmatch.fnmatch(p.name, pattern) for pattern in downloads.HUB_PATTERNS))
+    lines = stream.getvalue().splitlines()
+    assert re.fullmatch(rf"      download: {wanted / 1e6:.1f} MB in 0:0\d", lines[-1]), lines

@@ -131,8 +131,8 @@ def test_eval_and_bench_cli_on_a_tiny_bundle(copy_bundle, tiny35):
     assert bench["weight_bytes"] == sum(p.stat().st_size for p in (bundle / "model").glob("model.onnx*"))
     bad = CliRunner().invoke(main, ["bench", str(bundle), "--prompt-tokens", "5000"])
     assert bad.exit_code == 1
-    assert bad.output == ("Error: --prompt-tokens 5000 + --new-tokens 128 must be positive and fit the bundle's "
-                          "context cap of 4096 tokens (new tokens >= 2, runs >= 1).\n")
+    assert bad.output == ("Error: --prompt-tokens 5000 + --new-tokens 128 must fit the bundle's context cap of "
+                          "4096 tokens, with at least 1 prompt token and 2 new tokens.\n")
 
 
 def test_quality_budget_argument_errors(tiny35):

@@ -80,10 +80,12 @@ def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int
     require_bundle(bundle)
     runner = bundle_runner()
     cap = runner.genai_config(bundle / "model")["search"]["max_length"]
-    if prompt_tokens + new_tokens > cap or prompt_tokens < 1 or new_tokens < 2 or runs < 1:
+    if runs < 1:
+        raise InputModelError(f"--runs {runs}: expected at least 1 timed run.")
+    if prompt_tokens + new_tokens > cap or prompt_tokens < 1 or new_tokens < 2:
         raise InputModelError(
-            f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} must be positive and fit the "
-            f"bundle's context cap of {cap} tokens (new tokens >= 2, runs >= 1)."
+            f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} must fit the bundle's context cap "
+            f"of {cap} tokens, with at least 1 prompt token and 2 new tokens."
         )
     model = runner.load_model(bundle / "model", provider)
     tokenizer = og.Tokenizer(model)

@@ -21,6 +21,8 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except SlmkitError as e:
             raise click.ClickException(str(e)) from None
+        except ImportError as e:  # a dependency removed or broken after install
+            raise click.ClickException(_missing_package(e)) from None
         except KeyboardInterrupt:
             click.echo("\nInterrupted: nothing was written at the output path.", err=True)
             sys.exit(130)
@@ -30,6 +32,17 @@ def _friendly(fn):
 
 QUIET = click.option("--quiet", "-q", is_flag=True,
                      help="No progress lines: only each stage's line and the result.")
+
+
+def _missing_package(e: ImportError) -> str:
+    from .doctor import REQUIRED
+
+    top = (e.name or "").split(".")[0]
+    for module, dist, minimum, purpose in REQUIRED:
+        if module == top:
+            return (f"The package {dist} ({purpose}) cannot be imported: {e}. Install it: "
+                    f"pip install '{dist}>={minimum}' (`slmkit doctor` checks every dependency).")
+    return f"A package slmkit needs cannot be imported: {e}. Reinstall slmkit with its dependencies."
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

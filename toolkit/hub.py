@@ -106,7 +106,7 @@ def _progress() -> Iterator[type]:
 
     from tqdm.auto import tqdm
 
-    from .progress import bar, gigabytes
+    from .progress import bar
 
     shown: list[Any] = []
 
@@ -116,7 +116,7 @@ def _progress() -> Iterator[type]:
             super().__init__(*args, **kwargs)
             self._slmkit = None
             if kwargs.get("unit") == "B" and str(kwargs.get("desc", "")).startswith("Reconstructing"):
-                cm = bar("download", self.total or 0, "GB", gigabytes)
+                cm = bar("download", self.total or 0, "bytes")
                 self._slmkit = cm.__enter__()
                 shown.append(cm)
 

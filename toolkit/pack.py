@@ -72,8 +72,11 @@ def unpack(archive: Path, dest: Path) -> Path:
         raise OutputError(f"'{dest}' already exists; choose another -o.")
     try:
         tar = tarfile.open(archive, mode="r:*")
-    except (OSError, tarfile.TarError) as e:
-        raise InputModelError(f"{archive} is not a readable .tar.gz archive ({e}).") from None
+    except OSError as e:
+        raise InputModelError(f"Cannot open {archive} ({e.strerror or e}).") from None
+    except tarfile.TarError:
+        raise InputModelError(f"{archive} is not a .tar.gz archive (nor any tar format). Pass a file "
+                              "written by `slmkit pack`.") from None
     with tar:
         members = tar.getmembers()
         names = [_check_member(m, archive) for m in members]

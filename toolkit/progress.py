@@ -3,7 +3,7 @@ of total, rate-based ETA). In a log (no terminal): nothing for work done within 
 plain line at every 10% and at least every 30 s. A closing line follows whatever was shown.
 `configure(quiet=True)` (the CLI's --quiet) silences it.
 
-    with bar("export", total_bytes, "GB read", fmt=gigabytes) as b:
+    with bar("export", total_bytes, "bytes of weights") as b:       # shown in MB or GB
         for tensor in ...: b.advance(tensor.nbytes)
     with waiting("verify: loading the PyTorch reference"):   # work with no count: elapsed time
         load()
@@ -41,17 +41,14 @@ def count(n: float) -> str:
     return str(int(n))
 
 
-def gigabytes(n: float) -> str:
-    return f"{n / 1e9:.2f}"
-
-
-def megabytes(n: float) -> str:
-    return f"{n / 1e6:.1f}"
-
-
-def byte_format(total: int) -> tuple[Callable[[float], str], str]:
-    """(formatter, unit) that suits a byte total."""
-    return (gigabytes, "GB") if total >= 1e9 else (megabytes, "MB")
+def _units(unit: str, total: float, fmt: Callable[[float], str]) -> tuple[Callable[[float], str], str]:
+    """A unit starting with "bytes" is shown in MB or GB, whichever suits the total (which may
+    grow while a download learns its files' sizes)."""
+    if not unit.startswith("bytes"):
+        return fmt, unit
+    if total >= 1e9:
+        return (lambda n: f"{n / 1e9:.2f}"), "GB" + unit[5:]
+    return (lambda n: f"{n / 1e6:.1f}"), "MB" + unit[5:]
 
 
 class Bar:
@@ -69,7 +66,8 @@ class Bar:
     def text(self, now: float) -> str:
         elapsed = now - self.start
         frac = min(self.done / self.total, 1.0) if self.total else 0.0
-        parts = [f"{self.fmt(self.done)}/{self.fmt(self.total)} {self.unit}", f"{frac:.0%}", f"{clock(elapsed)} elapsed"]
+        fmt, unit = _units(self.unit, self.total, self.fmt)
+        parts = [f"{fmt(self.done)}/{fmt(self.total)} {unit}", f"{frac:.0%}", f"{clock(elapsed)} elapsed"]
         if 0 < frac < 1 and elapsed >= 1:
             parts.append(f"ETA {clock(elapsed * (1 - frac) / frac)}")
         return f"{INDENT}{self.label}: " + ", ".join(parts)
@@ -108,7 +106,8 @@ class Bar:
             self.stream.write("\r\x1b[K")
         if ok:
             took = clock(time.monotonic() - self.start)
-            self.stream.write(f"{INDENT}{self.label}: {self.fmt(self.done)} {self.unit} in {took}\n")
+            fmt, unit = _units(self.unit, self.done, self.fmt)
+            self.stream.write(f"{INDENT}{self.label}: {fmt(self.done)} {unit} in {took}\n")
         self.stream.flush()
 
 

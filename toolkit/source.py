@@ -46,12 +46,11 @@ class SourceModel:
 
     def file_hashes(self) -> dict[str, dict[str, Any]]:
         """sha256 and size of every file the build reads from the source folder."""
-        from .progress import bar, byte_format
+        from .progress import bar
 
         files = [p for p in sorted(self.path.iterdir()) if p.is_file() and not p.name.startswith(".")]
         total = sum(p.stat().st_size for p in files)
-        fmt, unit = byte_format(total)
-        with bar("hashing", total, f"{unit} hashed", fmt) as progress:
+        with bar("hashing", total, "bytes hashed") as progress:
             return {p.name: {"sha256": sha256_file(p, on_read=progress.advance), "size": p.stat().st_size}
                     for p in files}
 

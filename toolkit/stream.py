@@ -17,7 +17,7 @@ from .config import ExportConfig, QuantizeConfig
 from .errors import ConfigError, InputModelError
 from .export import builder_call, create_model
 from .decoder import MS, GraphWriter, Shape, expected_tensors, graph_io, write_decoder
-from .progress import bar, byte_format
+from .progress import bar
 from .quantize import builder_precision
 from .source import SourceModel
 from .tensors import CheckpointTensors, ExternalData
@@ -94,8 +94,7 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     out.mkdir(parents=True)
     write_config_files(source, export, out, work)
     total = weights.nbytes(expected_tensors(shape, fused))
-    fmt, unit = byte_format(total)
-    with ExternalData(out / "model.onnx.data") as data, bar("export", total, f"{unit} of weights", fmt) as progress:
+    with ExternalData(out / "model.onnx.data") as data, bar("export", total, "bytes of weights") as progress:
         weights.on_read = progress.advance
         g = GraphWriter(data, export.precision, q)
         write_decoder(g, weights, shape, config)
