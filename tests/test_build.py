@@ -220,3 +220,20 @@ def test_allow_pickle_converts_without_unpickling_code(tmp_path, model_copy):
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert "pytorch_model.bin" in manifest["source"]["files"]
     assert not (model_copy / "model.safetensors").exists()  # the source folder is left as it was
+
+
+def test_eos_ids_of_config_and_generation_config_that_disagree_are_all_stop_ids(model_copy, tmp_path):
+    """config.json names <|end|> (607), generation_config.json two other ids (as a fine-tune that
+    re-saved only one file would); the builder's genai_config.json takes the latter and the
+    tokenizer's <|endoftext|> (600). The bundle stops on every one of them, and the manifest says
+    where each came from."""
+    for name, value in (("config.json", 607), ("generation_config.json", [5, 3])):
+        path = model_copy / name
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"eos_token_id": value}))
+    src = open_source(str(model_copy))
+    manifest = build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
+    genai = json.loads((tmp_path / "b" / "model" / "genai_config.json").read_text())
+    assert genai["model"]["eos_token_id"] == [600, 5, 3, 607]
+    assert manifest["source"]["eos_token_id"] == {"generation_config.json": [5, 3], "config.json": [607],
+                                                  "stops_on": [600, 5, 3, 607]}
+    assert manifest["verification"]["host"]["failed"] == 0

@@ -174,6 +174,7 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
                 lambda p, work: export_model(src, p, work, lambda m: log(f"      {m}"), step=""), log)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
         optimize.apply_context_cap(model_dir, plan.optimize)
+        eos = optimize.add_stop_ids(model_dir, eos)
         optimize.check_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")
         bundle.assemble(model_dir, stage.bundle, plan)

@@ -11,7 +11,7 @@ from typing import Any
 from . import __version__
 from .config import BuildPlan
 from .errors import VerificationError
-from .source import SourceModel, sha256_file
+from .source import SourceModel, eos_sources, sha256_file
 
 SCHEMA_VERSION = 1
 RUNNERS = Path(__file__).resolve().parent / "runners"
@@ -73,6 +73,8 @@ def write_manifest(
         "quality": quality,
     }
     manifest["source"].pop("path")  # machine-specific; `origin` says what was built
+    stops = json.loads((bundle / "model" / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
+    manifest["source"]["eos_token_id"] = {**eos_sources(source.path), "stops_on": stops}
     save_manifest(bundle, manifest)
     return manifest
 

@@ -31,6 +31,20 @@ def apply_context_cap(model_dir: Path, cfg: OptimizeConfig) -> None:
     write_genai_config(model_dir, config)
 
 
+def add_stop_ids(model_dir: Path, eos_ids: list[int]) -> list[int]:
+    """Stop on every id the checkpoint names: the builder takes generation_config.json's ids and
+    the tokenizer's end-of-turn token, not config.json's when the files disagree. Returns the
+    bundle's stop ids (the builder's order, then the ones added)."""
+    config = read_genai_config(model_dir)
+    have = config["model"]["eos_token_id"]
+    have = have if isinstance(have, list) else [have]
+    stops = list(dict.fromkeys([*have, *eos_ids]))
+    if stops != have:
+        config["model"]["eos_token_id"] = stops
+        write_genai_config(model_dir, config)
+    return stops
+
+
 def _attributes(node: Any) -> dict[str, Any]:
     import onnx
 

@@ -264,10 +264,10 @@ def open_source(model: str, allow_pickle: bool = False, cache_dir: Path | None =
     return inspect_folder(path, model, revision, allow_pickle)
 
 
-def eos_ids(path: Path) -> list[int]:
-    """Every id the checkpoint stops on: generation_config.json's list (Phi-3.5 has three) plus
-    config.json's single id."""
-    ids: list[int] = []
+def eos_sources(path: Path) -> dict[str, list[int]]:
+    """The stop ids each file names: generation_config.json's list (Phi-3.5 has three) and
+    config.json's id. A fine-tune may have re-saved one of them only, so they can disagree."""
+    out: dict[str, list[int]] = {}
     for name in ("generation_config.json", "config.json"):
         file = path / name
         if not file.is_file():
@@ -276,10 +276,13 @@ def eos_ids(path: Path) -> list[int]:
             value = json.loads(file.read_text(encoding="utf-8")).get("eos_token_id")
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
             raise InputModelError(f"{file} is not valid JSON. Re-download the checkpoint.") from None
-        for v in value if isinstance(value, list) else [value]:
-            if isinstance(v, int) and v not in ids:
-                ids.append(v)
-    return ids
+        out[name] = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int)]
+    return out
+
+
+def eos_ids(path: Path) -> list[int]:
+    """Every id the checkpoint stops on: the union of what its files name."""
+    return list(dict.fromkeys(v for ids in eos_sources(path).values() for v in ids))
 
 
 def convert_pickle_weights(source: SourceModel, dest: Path) -> Path:
