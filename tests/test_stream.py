@@ -34,12 +34,13 @@ def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
-def both_engines(model: Path, tmp: Path, precision: str, q: QuantizeConfig) -> tuple[Path, Path]:
+def both_engines(model: Path, tmp: Path, precision: str, q: QuantizeConfig, ep: str = "cpu") -> tuple[Path, Path]:
     src = open_source(str(model))
     (tmp / "b").mkdir()
     (tmp / "s").mkdir()
-    built = run_builder(src.path, ExportConfig(precision=precision), builder_options(q, precision), tmp / "b")
-    streamed = export_stream(src.path, src.weight_files, src.config, ExportConfig(precision=precision), q, tmp / "s")
+    export = ExportConfig(precision=precision, execution_provider=ep)
+    built = run_builder(src.path, export, builder_options(q, precision), tmp / "b")
+    streamed = export_stream(src.path, src.weight_files, src.config, export, q, tmp / "s")
     return built, streamed
 
 
@@ -64,21 +65,27 @@ def nodes(folder: Path) -> dict[str, str]:
 
 
 def logits(folder: Path, ids: list[int]) -> np.ndarray:
+    """Logits of one prefill on the CPU provider (GPU graphs too: the same ops in float16)."""
     import onnxruntime as ort
 
     config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    float16 = session.get_outputs()[0].type == "tensor(float16)"
     feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-    empty = np.zeros((1, config["num_key_value_heads"], 0, config["head_size"]), dtype=np.float32)
+    if "position_ids" in [i.name for i in session.get_inputs()]:  # DirectML's graph
+        feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+    empty = np.zeros((1, config["num_key_value_heads"], 0, config["head_size"]),
+                     dtype=np.float16 if float16 else np.float32)
     for i in range(config["num_hidden_layers"]):
         feeds[f"past_key_values.{i}.key"] = feeds[f"past_key_values.{i}.value"] = empty
     return session.run(["logits"], feeds)[0]
 
 
-@pytest.mark.parametrize("precision", ["int4", "fp32"])
+@pytest.mark.parametrize("ep, precision", [("cpu", "int4"), ("cpu", "fp32"), ("cuda", "int4"), ("cuda", "fp16"),
+                                           ("dml", "int4"), ("dml", "fp16")])
 @pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
-def test_stream_writes_the_builders_model(request, tmp_path, variant, precision):
-    built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig())
+def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precision):
+    built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig(), ep)
     expected, got = initializers(built), initializers(streamed)
     assert sorted(got) == sorted(expected)
     for name, array in expected.items():
@@ -91,14 +98,17 @@ def test_stream_writes_the_builders_model(request, tmp_path, variant, precision)
     assert np.array_equal(logits(streamed, ids), logits(built, ids))
 
 
-@pytest.mark.parametrize("precision, q", [
-    ("int8", QuantizeConfig()),
-    ("int4", QuantizeConfig(symmetric=False)),
-    ("int4", QuantizeConfig(lm_head="int8")),
-    ("int4", QuantizeConfig(block_size=64, accuracy_level=0)),
-], ids=["int8", "asymmetric", "lm_head-int8", "block64-acc0"])
-def test_stream_quantizes_like_the_builder(tiny35, tmp_path, precision, q):
-    built, streamed = both_engines(tiny35, tmp_path, precision, q)
+@pytest.mark.parametrize("ep, precision, q", [
+    ("cpu", "int8", QuantizeConfig()),
+    ("cpu", "int4", QuantizeConfig(symmetric=False)),
+    ("cpu", "int4", QuantizeConfig(lm_head="int8")),
+    ("cpu", "int4", QuantizeConfig(block_size=64, accuracy_level=0)),
+    ("cuda", "int8", QuantizeConfig()),
+    ("cuda", "int4", QuantizeConfig(symmetric=False, block_size=128)),
+    ("dml", "int4", QuantizeConfig(symmetric=False, block_size=64, lm_head="int8")),
+], ids=["int8", "asymmetric", "lm_head-int8", "block64-acc0", "cuda-int8", "cuda-asym-block128", "dml-asym-block64"])
+def test_stream_quantizes_like_the_builder(tiny35, tmp_path, ep, precision, q):
+    built, streamed = both_engines(tiny35, tmp_path, precision, q, ep)
     expected, got = initializers(built), initializers(streamed)
     assert sorted(got) == sorted(expected)
     assert all(got[n].tobytes() == a.tobytes() for n, a in expected.items())
@@ -117,7 +127,8 @@ def test_stream_bundle_gives_the_builders_tokens(tiny35, bundles, tmp_path):
 
 
 @pytest.mark.parametrize("setting, message", [
-    (("--target", "linux-cuda", "--set", "export.engine=stream"), "execution provider 'cuda' (it writes cpu graphs)"),
+    (("--target", "linux-cuda", "--set", "export.engine=stream", "--set", "export.precision=fp32"),
+     "precision 'fp32' for cuda (it writes int4, int8, fp16)"),
     (("--target", "cpu", "--set", "quantize.method=k_quant"), "quantize.method 'k_quant' (it quantizes with default"),
 ])
 def test_stream_refuses_what_it_does_not_write(tiny35, tmp_path, setting, message):

@@ -1,6 +1,6 @@
 """The streamed export engine (`export.engine = "stream"`): the decoder graph that the
-onnxruntime-genai builder writes for the CPU provider (Phi-3, Phi-3.5, Llama such as SmolLM2; same
-ops, names and settings; toolkit/decoder.py), but made one checkpoint tensor at a time: read,
+onnxruntime-genai builder writes for the CPU and CUDA providers (Phi-3, Phi-3.5, Llama such as SmolLM2; same
+ops, names and settings; toolkit/graphs/), but made one checkpoint tensor at a time: read,
 quantized with the onnxruntime kernel the builder's default quantizer calls, appended to
 model.onnx.data. Peak memory is set by the largest tensor, not by the number of layers.
 genai_config.json and the tokenizer files come from the builder's own `config_only` mode, so they
@@ -13,10 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import ExportConfig, QuantizeConfig
 from .errors import ConfigError, InputModelError
 from .export import builder_call, create_model
-from .decoder import MS, GraphWriter, Shape, expected_tensors, graph_io, write_decoder
+from .graphs.decoder import expected_tensors, graph_io, write_decoder
+from .graphs.ops import MS, GraphWriter, Shape
 from .progress import bar
 from .quantize import builder_precision
 from .source import SourceModel
@@ -26,7 +29,8 @@ from .tensors import CheckpointTensors, ExternalData
 # q, k, v into one qkv_proj MatMul and splits Phi-3's gate_up, so both give the same graph.
 ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM")
 ROPE_KINDS = ("longrope", "none")
-PRECISIONS = ("int4", "int8", "fp32")
+# The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
+PRECISIONS = {"cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"), "dml": ("int4", "fp16")}
 METHODS = ("default",)
 
 
@@ -40,14 +44,15 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
         found.append(f"architecture {src.architecture} (it writes {', '.join(ARCHITECTURES)})")
     if src.rope_scaling not in ROPE_KINDS:
         found.append(f"rope scaling '{src.rope_scaling}' (it writes {' or '.join(ROPE_KINDS)})")
-    if export.execution_provider != "cpu":
-        found.append(f"execution provider '{export.execution_provider}' (it writes cpu graphs)")
-    if precision not in PRECISIONS:
-        found.append(f"precision '{precision}' (it writes {', '.join(PRECISIONS)})")
-    elif precision != "fp32" and q.method not in METHODS:
+    ep = export.execution_provider
+    if ep not in PRECISIONS:
+        found.append(f"execution provider '{ep}' (it writes {' and '.join(PRECISIONS)} graphs)")
+    elif precision not in PRECISIONS[ep]:
+        found.append(f"precision '{precision}' for {ep} (it writes {', '.join(PRECISIONS[ep])})")
+    elif precision not in ("fp32", "fp16") and q.method not in METHODS:
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
                      "writes the float32 export that slmkit's own 'mse' method quantizes)")
-    elif tied and precision != "fp32" and (precision != "int4" or not q.symmetric or q.lm_head != "int4"):
+    elif tied and precision not in ("fp32", "fp16") and (precision != "int4" or not q.symmetric or q.lm_head != "int4"):
         found.append("tied embeddings with int8 or asymmetric weights (it shares float32 or symmetric "
                      "int4 lm_head weights with the embedding)")
     return found
@@ -64,10 +69,11 @@ def check_supported(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -
 def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path) -> None:
     """genai_config.json, tokenizer and chat template from the builder's config_only mode (it
     reads config.json and the tokenizer, no weights). That mode leaves past_present_share_buffer
-    false; a full builder export for the CPU provider sets it true (GroupQueryAttention shares the
-    KV buffers), and so does this graph."""
+    false; a full builder export sets it true (GroupQueryAttention shares the KV buffers), and so
+    does this graph."""
     with builder_call(work / "export.log", work):
-        create_model(source, out, export.precision, "cpu", ["config_only=true", "hf_remote=false", "hf_token=false"])
+        create_model(source, out, export.precision, export.execution_provider,
+                     ["config_only=true", "hf_remote=false", "hf_token=false"])
     path = out / "genai_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["search"]["past_present_share_buffer"] = True
@@ -81,6 +87,8 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     from onnx import helper
 
     shape = Shape.of(config)
+    # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
+    dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
     fused = "model.layers.0.self_attn.qkv_proj.weight" in weights
     unused = sorted(n for n in set(weights.entries) - expected_tensors(shape, fused)
@@ -96,9 +104,9 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     total = weights.nbytes(expected_tensors(shape, fused))
     with ExternalData(out / "model.onnx.data") as data, bar("export", total, "bytes of weights") as progress:
         weights.on_read = progress.advance
-        g = GraphWriter(data, export.precision, q)
-        write_decoder(g, weights, shape, config)
-    inputs, outputs = graph_io(shape)
+        g = GraphWriter(data, export.precision, q, dtype)
+        write_decoder(g, weights, shape, config, export.execution_provider)
+    inputs, outputs = graph_io(shape, dtype, export.execution_provider)
     graph = helper.make_graph(g.nodes, "main_graph", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],
                               ir_version=10, producer_name="slmkit stream engine")

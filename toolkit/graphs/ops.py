@@ -1,0 +1,152 @@
+"""What every graph writer shares: the model's shape, rope caches, the MatMulNBits quantizer the
+builder uses, and GraphWriter, which makes nodes in order and appends each initializer to the
+external data file as it is made (nothing of the model stays in memory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..config import QuantizeConfig
+from ..tensors import ExternalData
+
+MS = "com.microsoft"
+FLOAT, INT64, FLOAT16 = 1, 7, 10
+ELEM = {np.dtype(np.float32): FLOAT, np.dtype(np.float16): FLOAT16}
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    heads: int
+    kv_heads: int
+    head: int
+    intermediate: int
+    vocab: int
+    layers: int
+    eps: float
+    context: int
+    original_context: int
+
+    @staticmethod
+    def of(config: dict[str, Any]) -> "Shape":
+        heads = config["num_attention_heads"]
+        return Shape(
+            hidden=config["hidden_size"], heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
+            head=config.get("head_dim") or config["hidden_size"] // heads,
+            intermediate=config["intermediate_size"], vocab=config["vocab_size"],
+            layers=config["num_hidden_layers"], eps=config.get("rms_norm_eps", 1e-5),
+            context=config["max_position_embeddings"],
+            original_context=config.get("original_max_position_embeddings") or config["max_position_embeddings"],
+        )
+
+
+def rope_caches(config: dict[str, Any], shape: Shape) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """cos/sin caches [positions, head/2], computed as the builder computes them (torch, float32):
+    one pair, or for longrope a short pair (up to the original context) and a long pair, each
+    scaled by sqrt(1 + ln(context / original) / ln(original))."""
+    import torch
+
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    theta = config.get("rope_theta") or scaling.get("rope_theta") or 10000.0
+
+    def caches(factors: Any, length: int, mscale: Any) -> tuple[np.ndarray, np.ndarray]:
+        dim = shape.head
+        inv_freq = 1.0 / (factors * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
+        t = torch.arange(length, dtype=torch.int64).type_as(inv_freq)
+        emb = torch.cat((torch.outer(t, inv_freq),) * 2, dim=-1)
+        cos, sin = emb.cos() * mscale, emb.sin() * mscale
+        return cos[:, : dim // 2].to(torch.float32).numpy(), sin[:, : dim // 2].to(torch.float32).numpy()
+
+    if (scaling.get("type") or scaling.get("rope_type")) not in ("longrope", "su"):
+        return {"": caches(1, shape.context, 1)}
+    ratio = shape.context / shape.original_context
+    default = np.sqrt(1 + np.log(ratio) / np.log(shape.original_context)) if ratio > 1.0 else 1.0
+    mscale = {k: scaling.get(f"{k}_mscale") or default for k in ("short", "long")}
+    return {
+        "large": caches(torch.tensor(scaling["long_factor"], dtype=torch.float32), shape.context, mscale["long"]),
+        "small": caches(torch.tensor(scaling["short_factor"], dtype=torch.float32), shape.original_context, mscale["short"]),
+    }
+
+
+def blockwise(w_kn: np.ndarray, bits: int, block: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MatMulNBits blobs of a [K, N] float32 weight, from onnxruntime's own kernel (the one its
+    default MatMulNBits quantizer calls, so the codes equal the builder's bit for bit)."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    rows, cols = w_kn.shape
+    k_blocks = -(-rows // block)
+    per_byte = 8 // bits
+    if k_blocks * block != rows:
+        w_kn = np.pad(w_kn, ((0, k_blocks * block - rows), (0, 0)))
+    packed = np.zeros((cols, k_blocks, block // per_byte), dtype=np.uint8)
+    zero_points = np.zeros((cols, -(-k_blocks // per_byte)), dtype=np.uint8)
+    scales = np.zeros((cols, k_blocks), dtype=np.float32)
+    kernel = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    scales = scales.astype(w_kn.dtype)  # float16 weights get float16 scales, as in the builder
+    kernel(packed, w_kn, scales, zero_points, block, cols, rows, symmetric)
+    return packed, scales, zero_points
+
+
+class GraphWriter:
+    """Nodes in order, with initializers appended to the external data file as they are made."""
+
+    def __init__(self, data: ExternalData, precision: str, q: QuantizeConfig, dtype: type = np.float32):
+        self.data, self.precision, self.q, self.dtype = data, precision, q, np.dtype(dtype)
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+
+    def node(self, op: str, name: str, inputs: list[str], outputs: list[str] | None = None,
+             domain: str = "", **attrs: Any) -> str:
+        from onnx import helper
+
+        outputs = outputs or [f"{name}/output_0"]
+        self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain or None, **attrs))
+        return outputs[0]
+
+    def constant(self, value: int | list[int]) -> str:
+        """An INT64 Constant named as the builder names it: "1" for a scalar, "[1]" for a list."""
+        from onnx import numpy_helper
+
+        label = str(value)
+        tensor = numpy_helper.from_array(np.array(value, dtype=np.int64), "")
+        return self.node("Constant", f"/model/constant_nodes/INT64/{label}", [],
+                         [f"/model/constants/INT64/{label}"], value=tensor)
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """An initializer; float32 values are stored in the graph's float type."""
+        if array.dtype == np.float32:
+            array = array.astype(self.dtype, copy=False)
+        self.initializers.append(self.data.tensor(name, array))
+        return name
+
+    def linear(self, base: str, w_out_in: np.ndarray, lm_head: bool = False) -> tuple[list[str], dict[str, Any]]:
+        """Write the initializers of an HF Linear weight [out, in]: (their names, MatMulNBits
+        attributes; empty for a float32 MatMul)."""
+        import torch
+
+        stem = base.lstrip("/").replace("/", ".") + ".MatMul.weight"
+        w_kn = torch.from_numpy(w_out_in).T.contiguous().numpy()  # 3x numpy's transpose copy, 2 cores
+        if self.precision in ("fp32", "fp16"):
+            return [self.weight(stem, w_kn)], {}
+        w_kn = w_kn.astype(self.dtype, copy=False)
+        bits = 8 if self.precision == "int8" or (lm_head and self.q.lm_head == "int8") else 4
+        packed, scales, zero_points = blockwise(w_kn, bits, self.q.block_size, self.q.symmetric)
+        names = [self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
+        if not self.q.symmetric:
+            names.append(self.weight(f"{stem}_zero_points", zero_points))
+        attrs = {"K": w_out_in.shape[1], "N": w_out_in.shape[0], "bits": bits, "block_size": self.q.block_size}
+        if self.q.accuracy_level:
+            attrs["accuracy_level"] = self.q.accuracy_level
+        return names, attrs
+
+    def matmul(self, base: str, x: str, w_out_in: np.ndarray | None = None, lm_head: bool = False,
+               output: str = "", written: tuple[list[str], dict[str, Any]] | None = None) -> str:
+        """x @ W.T as MatMul (fp32) or MatMulNBits, from a weight or from initializers `written`."""
+        names, attrs = written or self.linear(base, w_out_in, lm_head)
+        output = output or f"{base}/MatMul/output_0"
+        if not attrs:
+            return self.node("MatMul", f"{base}/MatMul", [x, *names], [output])
+        return self.node("MatMulNBits", f"{base}/MatMul_Q{attrs['bits']}", [x, *names], [output], MS, **attrs)
