@@ -132,8 +132,12 @@ def test_download_progress_counts_the_bytes_written(served, tmp_path, monkeypatc
     from toolkit import hub as downloads
     from toolkit import progress
 
-    monkeypatch.setattr(progress, "LOG_AFTER_S", 0.0)
-    stream = io.StringIO()
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(progress, "TTY_EVERY_S", 0.0)  # draw at every update
+    stream = Terminal()
     progress.configure(stream=stream)
     try:
         with hub(served, REPO) as server, downloads._progress() as tqdm_class:
@@ -143,5 +147,5 @@ def test_download_progress_counts_the_bytes_written(served, tmp_path, monkeypatc
         progress.configure()
     wanted = sum(p.stat().st_size for p in served.iterdir()
                  if any(fnmatch.fnmatch(p.name, pattern) for pattern in downloads.HUB_PATTERNS))
-    lines = stream.getvalue().splitlines()
-    assert re.fullmatch(rf"      download: {wanted / 1e6:.1f} MB in 0:0\d", lines[-1]), lines
+    last = stream.getvalue().split("\r\x1b[K")[-1]
+    assert re.fullmatch(rf"      download: {wanted / 1e6:.1f} MB in 0:0\d\n", last), last

@@ -104,6 +104,7 @@ def _progress() -> Iterator[type]:
     closes that bar; leaving this block does."""
     import io
 
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     from tqdm.auto import tqdm
 
     from .progress import bar
@@ -126,10 +127,16 @@ def _progress() -> Iterator[type]:
                 self._slmkit.advance(n or 0)
             return super().update(n)
 
+    # While huggingface_hub's own bars are disabled (slmkit's quiet() does it) it feeds no bar at
+    # all, this one included; this class draws nothing of theirs, so enable them meanwhile.
+    was_disabled = are_progress_bars_disabled()
+    enable_progress_bars()
     failed = True
     try:
         yield HubProgress
         failed = False
     finally:
+        if was_disabled:
+            disable_progress_bars()
         for cm in shown:
             cm.__exit__(*((RuntimeError, RuntimeError("download failed"), None) if failed else (None, None, None)))
