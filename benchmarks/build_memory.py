@@ -6,7 +6,12 @@ address-space limit a little below this machine's memory, so that where it needs
 with an out-of-memory error (a table row) instead of waking the OOM killer. For each model both
 engines built, decode speed of both outputs is measured too (same prompt, greedy).
 
-    python benchmarks/build_memory.py [--layers 8,32] [--work DIR] [--keep]
+Then the whole `slmkit build` (hashing, export, the layer-by-layer float32 reference, bundle, and
+the smoke test's child process) for each of --targets, its peak the largest sum of the RSS of the
+build process and its children, sampled every 0.1 s. Random weights: the verify thresholds are
+set to 0 agreement and a 1-token greedy prefix (the tokens of a random model are noise).
+
+    python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--work DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -77,6 +82,47 @@ def run_child(code: str, args: list[str], limit_bytes: int | None) -> tuple[int,
     return proc.returncode, usage.ru_maxrss * 1024, output
 
 
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            pages = int(Path(f"/proc/{p}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        total += pages * os.sysconf("SC_PAGE_SIZE")
+    return total
+
+
+def whole_build(model: Path, target: str, out: Path) -> tuple[str, float, float]:
+    """(result, peak RSS of the build's process tree, wall s) of one `slmkit build`."""
+    args = ["build", "-m", str(model), "-t", target, "-o", str(out), "--quiet",
+            "--set", "verify.min_top1_agreement=0", "--set", "verify.min_greedy_prefix=1"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    start, peak = time.perf_counter(), 0
+    proc = subprocess.Popen([sys.executable, "-c", "from toolkit.cli import main; main()", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    while proc.poll() is None:
+        peak = max(peak, tree_rss(proc.pid))
+        time.sleep(0.1)
+    wall = time.perf_counter() - start
+    output = proc.stdout.read()
+    if proc.returncode == 0:
+        return "ok", peak, wall
+    stage = next((line for line in output.splitlines() if line.startswith("Error: ")), reason(output))
+    return f"failed: {stage[:70]}", peak, wall
+
+
 def value(output: str, key: str) -> float | None:
     for line in output.splitlines():
         if line.startswith(key + " "):
@@ -96,12 +142,13 @@ def reason(output: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="8,32", help="comma-separated layer counts [8,32]")
+    ap.add_argument("--targets", default="cpu,linux-cuda", help="whole builds: comma-separated targets ('' for none)")
     ap.add_argument("--work", type=Path, default=ROOT / ".slmkit-cache" / "build-memory")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and exports")
     args = ap.parse_args()
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     builder_limit = int(total * 0.9)
-    rows = []
+    rows, whole = [], []
     for layers in [int(x) for x in args.layers.split(",")]:
         model = args.work / f"phi35-shaped-{layers}L"
         shutil.rmtree(args.work / f"phi35-shaped-{layers}L", ignore_errors=True)
@@ -127,6 +174,14 @@ def main() -> None:
             speeds = [float(line.split()[1]) for line in output.splitlines() if line.startswith("TOKS ")]
             for engine, speed in zip(built, speeds if code == 0 else []):
                 next(r for r in rows if r[0] == layers and r[2] == engine)[6] = speed
+        for target in [t for t in args.targets.split(",") if t]:
+            out = args.work / f"bundle-{layers}L-{target}"
+            shutil.rmtree(out, ignore_errors=True)
+            status, peak, wall = whole_build(model, target, out)
+            whole.append([layers, params, target, status, peak, wall])
+            print(f"  whole build {target}: {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s", flush=True)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(model, ignore_errors=True)
             for engine in ("ort-genai", "stream"):
@@ -142,6 +197,12 @@ def main() -> None:
         print(f"| {layers} | {params / 1e9:.2f} B | {engine} | {status} | {peak / 1e9:.2f} | {wall:.0f} | "
               f"{f'{speed:.2f}' if speed else '-'} | {f'{peak / anchor[4]:.2f}' if ok else '-'} | "
               f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | {f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |")
+    if whole:
+        print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process)\n")
+        print("| layers | params | target | result | peak RSS GB | wall s |")
+        print("|---|---|---|---|---|---|")
+        for layers, params, target, status, peak, wall in whole:
+            print(f"| {layers} | {params / 1e9:.2f} B | {target} | {status} | {peak / 1e9:.2f} | {wall:.0f} |")
 
 
 if __name__ == "__main__":

@@ -99,9 +99,9 @@ def test_a_build_shows_each_long_stage_and_quiet_hides_it(tiny35, tmp_path, monk
     monkeypatch.setattr(progress, "LOG_AFTER_S", 0.0)  # every stage counts as long here
     result = CliRunner().invoke(main, ["build", "-m", str(tiny35), "-t", "cpu", "-o", str(tmp_path / "a")])
     assert result.exit_code == 0, result.output
-    for label in ("hashing: ", "export: ", "reference: "):
+    for label in ("hashing: ", "export: ", "reference (4 prompts): "):
         assert any(line.startswith(f"      {label}") for line in result.output.splitlines()), label
-    assert "MB of weights in " in result.output and " prompts in " in result.output
+    assert "MB of weights in " in result.output and " layer passes in " in result.output
     quiet = CliRunner().invoke(main, ["build", "-m", str(tiny35), "-t", "cpu", "-o", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     assert [line[:5] for line in quiet.output.splitlines()] == [

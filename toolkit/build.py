@@ -123,7 +123,7 @@ def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: b
         need += doctor.estimate_bundle_bytes(src.num_params, "fp32", cfg["vocab_size"], cfg["hidden_size"])
     checks = doctor.package_checks() + [doctor.disk_check(out.parent, 2 * need)]
     if not skip_memory_check:
-        mem = doctor.memory_check(src.num_params, src.config, plan.export.engine)
+        mem = doctor.memory_check(src.num_params, src.config, plan.export.engine, plan.quantize.method)
         if not mem.ok:
             mem = doctor.Check(mem.name, False, mem.detail + " (pass --skip-memory-check to try anyway)")
         checks.append(mem)
@@ -179,11 +179,11 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         log("[4/5] bundle: model, runner, tests, manifest")
         bundle.assemble(model_dir, stage.bundle, plan)
         bundle.write_readme(stage.bundle, plan, src.origin if src.revision else src.path.name)
-        dtype = doctor.reference_dtype(src.num_params)
-        log(f"[5/5] verify: PyTorch reference tokens ({dtype}), then the bundle's own smoke test on this machine")
-        cases, prompt_format = verify.reference_cases(src.path, plan.verify, eos, dtype)
+        log("[5/5] verify: PyTorch reference tokens (float32, layer by layer), then the bundle's own smoke "
+            "test on this machine")
+        cases, prompt_format = verify.reference_cases(src.path, src.weight_files, plan.verify, eos)
         verify.write_prompt_format(stage.bundle, prompt_format)
-        verify.write_golden(stage.bundle, cases, plan.verify, dtype)
+        verify.write_golden(stage.bundle, cases, plan.verify)
         provider = verify.host_provider(plan.export.execution_provider)
         failure = verify.record_bundle_tokens(stage.bundle, provider)
         if failure:

@@ -93,29 +93,34 @@ def export_memory_bytes(num_params: int, config: dict, engine: str) -> int:
     return int(STREAM_BASE_BYTES + STREAM_BYTES_PER_LARGEST_PARAM * largest)
 
 
-def reference_dtype(num_params: int) -> str:
-    """The PyTorch reference that verification runs: float32 where it fits with room to spare,
-    else bfloat16 (half the memory; Phi-3 and Phi-3.5 ship bfloat16 weights)."""
-    fits = REFERENCE_BASE_BYTES + 4 * num_params < 0.8 * total_memory_bytes()
-    return "float32" if fits else "bfloat16"
+def layer_params(config: dict) -> int:
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    return hidden * (heads + 2 * kv) * head + heads * head * hidden + 3 * hidden * config["intermediate_size"]
 
 
-def reference_memory_bytes(num_params: int, dtype: str) -> int:
-    return int(REFERENCE_BASE_BYTES + (4 if dtype == "float32" else 2) * num_params)
+def reference_memory_bytes(config: dict) -> int:
+    """The float32 reference of the verify stage (toolkit/reference.py): embedding and lm_head
+    loaded, one decoder layer at a time (its tensors, and their copies while they are read)."""
+    table = config["vocab_size"] * config["hidden_size"]
+    return int(REFERENCE_BASE_BYTES + 4 * (2 * table + 2 * layer_params(config)))
 
 
-def memory_check(num_params: int, config: dict, engine: str) -> Check:
-    """The build's peak: the export stage, or the PyTorch reference of the verify stage."""
+def memory_check(num_params: int, config: dict, engine: str, method: str = "default") -> Check:
+    """The build's peak: the export stage (with slmkit's `mse` int4, its calibration run of the
+    whole float32 model), or the layer-by-layer reference of the verify stage."""
     export = export_memory_bytes(num_params, config, engine)
-    dtype = reference_dtype(num_params)
-    reference = reference_memory_bytes(num_params, dtype)
-    need = max(export, reference)
-    have = total_memory_bytes()
     who = "streamed export" if engine == "stream" else "builder"
-    detail = (f"{who} peak about {export / 1e9:.1f} GB, {dtype} reference for "
+    if method == "mse":
+        export = max(export, int(REFERENCE_BASE_BYTES + 4 * num_params))
+        who += " + mse calibration (whole float32 model)"
+    reference = reference_memory_bytes(config)
+    have = total_memory_bytes()
+    detail = (f"{who} peak about {export / 1e9:.1f} GB, float32 layer-by-layer reference for "
               f"verification {reference / 1e9:.1f} GB, for {num_params / 1e9:.2f} B parameters; "
               f"machine has {have / 1e9:.1f} GB")
-    return Check("memory", need < have, detail)
+    return Check("memory", max(export, reference) < have, detail)
 
 
 def require(checks: list[Check]) -> None:

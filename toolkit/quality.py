@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
-from .progress import bar, waiting
+from .progress import bar
 
 DEFAULT_WINDOW = 512
 
@@ -75,17 +75,20 @@ def bundle_logits(model, ids: list[int]):
 
 class Reference:
     """The float32 PyTorch model's log-probabilities on one text, computed once (kept as float16)
-    so that several bundles can be compared with it."""
+    so that several bundles can be compared with it. The model runs one decoder layer in memory at
+    a time (toolkit/reference.py), on BATCH windows per pass over the layers."""
+
+    BATCH = 4
 
     def __init__(self, source: Path, text: str, text_name: str, window: int = DEFAULT_WINDOW,
                  max_tokens: int | None = 8192):
         import numpy as np
         import torch
 
-        from .hf import load_reference
+        from .reference import layerwise_model
+        from .source import open_source
 
-        with waiting("reference: loading the PyTorch model"):
-            tokenizer, model = load_reference(source)
+        tokenizer, model = layerwise_model(source, open_source(str(source)).weight_files)
         ids = tokenizer(text, add_special_tokens=False).input_ids[:max_tokens]
         bos = tokenizer.bos_token_id if _adds_bos(tokenizer) else None
         self.text_name = text_name
@@ -94,12 +97,18 @@ class Reference:
             raise ValueError(f"the evaluation text '{text_name}' is shorter than two tokens")
         self.logprobs = []
         nll = 0.0
+        # Windows of one length go through together (only the last one is shorter): no padding.
+        groups = [self.windows[i : i + self.BATCH] for i in range(0, len(self.windows), self.BATCH)]
+        groups = [[w for w in g if len(w) == n] for g in groups for n in dict.fromkeys(len(w) for w in g)]
         with torch.no_grad(), bar("reference", len(self.windows), "windows") as progress:
-            for win in self.windows:
-                lr = _log_softmax(model(torch.tensor([win])).logits[0, :-1].float().numpy())
-                nll -= float(lr[np.arange(len(win) - 1), win[1:]].sum())
-                self.logprobs.append(lr.astype(np.float16))
-                progress.advance()
+            for group in groups:
+                logits = model(torch.tensor(group)).logits[:, :-1].float().numpy()
+                for win, row in zip(group, logits):
+                    lr = _log_softmax(row)
+                    nll -= float(lr[np.arange(len(win) - 1), win[1:]].sum())
+                    self.logprobs.append(lr.astype(np.float16))
+                del logits
+                progress.advance(len(group))
         self.tokens = sum(len(w) - 1 for w in self.windows)
         self.ppl = math.exp(nll / self.tokens)
 

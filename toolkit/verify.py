@@ -35,45 +35,54 @@ def prompt_format(tokenizer) -> str | None:
     return text if text.count(CONTENT) == 1 else None
 
 
-def reference_cases(source: Path, cfg: VerifyConfig, eos: list[int],
-                    dtype: str) -> tuple[list[dict[str, Any]], str | None]:
-    """Greedy continuations of the recipe's prompts by the PyTorch model, and the single-turn
-    prompt format. Chat prompts go through the checkpoint's chat template."""
+def reference_cases(source: Path, weight_files: tuple[str, ...], cfg: VerifyConfig,
+                    eos: list[int]) -> tuple[list[dict[str, Any]], str | None]:
+    """Greedy continuations of the recipe's prompts by the float32 PyTorch model, one decoder
+    layer in memory at a time (toolkit/reference.py), all prompts in one batch; and the
+    single-turn prompt format. Chat prompts go through the checkpoint's chat template."""
     import torch
 
-    from .hf import load_reference
+    from .reference import layerwise_model
 
-    with waiting("reference: loading the PyTorch model"):
-        tokenizer, model = load_reference(source, dtype)
+    passes = _Passes()
+    tokenizer, model = layerwise_model(source, weight_files, on_layer=passes)
     fmt = prompt_format(tokenizer)
     texts = [(p, False) for p in cfg.prompts] + [(fmt.replace(CONTENT, p), True) for p in cfg.chat_prompts if fmt]
+    # The template already holds any BOS text; the runtime's tokenizer adds none to it either.
+    prompts = [tokenizer(text, add_special_tokens=not chat).input_ids for text, chat in texts]
+    width = max(len(ids) for ids in prompts)
+    pad = eos[0] if eos else 0
+    batch = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts])  # left-padded
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
+    total = model.config.num_hidden_layers * cfg.new_tokens  # one pass over the layers per new token
+    with torch.no_grad(), bar(f"reference ({len(prompts)} prompts)", total, "layer passes") as passes.bar:
+        out = model.generate(batch, attention_mask=mask, max_new_tokens=cfg.new_tokens, do_sample=False,
+                             eos_token_id=eos, pad_token_id=pad)
     cases = []
-    with torch.no_grad(), bar("reference", len(texts), "prompts") as progress:
-        for text, chat in texts:
-            # The template already holds any BOS text; the runtime's tokenizer adds none to it either.
-            ids = tokenizer(text, add_special_tokens=not chat).input_ids
-            out = model.generate(
-                torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=cfg.new_tokens,
-                do_sample=False,
-                eos_token_id=eos,
-                pad_token_id=eos[0] if eos else None,
-            )
-            cont = [int(t) for t in out[0, len(ids):]]
-            # generate() pads after the first EOS; keep the continuation up to and including it.
-            stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
-            cases.append({"prompt": text, "chat": chat, "prompt_ids": [int(t) for t in ids],
-                          "expected_ids": cont[: stop + 1]})
-            progress.advance()
-    del model
+    for (text, chat), ids, row in zip(texts, prompts, out):
+        cont = [int(t) for t in row[width:]]
+        # generate() pads after the first EOS; keep the continuation up to and including it.
+        stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
+        cases.append({"prompt": text, "chat": chat, "prompt_ids": [int(t) for t in ids],
+                      "expected_ids": cont[: stop + 1]})
     return cases, fmt
 
 
-def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig, dtype: str) -> None:
+class _Passes:
+    """Progress of the layer-by-layer reference: called after each decoder layer ran."""
+
+    bar = None
+
+    def __call__(self) -> None:
+        if self.bar is not None:
+            self.bar.advance()
+
+
+def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -> None:
     golden = {
         "schema_version": 1,
-        "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": dtype},
+        "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": "float32",
+                      "weights": "one decoder layer at a time"},
         "min_top1_agreement": cfg.min_top1_agreement,
         "min_greedy_prefix": cfg.min_greedy_prefix,
         "cases": cases,

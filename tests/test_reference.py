@@ -1,0 +1,98 @@
+"""The layer-by-layer float32 reference (toolkit/reference.py) against the whole model loaded by
+transformers: the same logits and tokens, with the memory of one decoder layer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from toolkit.config import VerifyConfig
+from toolkit.hf import load_reference
+from toolkit.quality import Reference
+from toolkit.reference import layerwise_model
+from toolkit.source import eos_ids, open_source
+from toolkit.verify import reference_cases
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["The capital of France is", "Once upon a time there was", "def fibonacci(n):"]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    from toolkit.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
+def test_layerwise_logits_equal_the_whole_model(request, variant):
+    model_dir = request.getfixturevalue(variant)
+    src = open_source(str(model_dir))
+    tokenizer, whole = load_reference(src.path)
+    _, lazy = layerwise_model(src.path, src.weight_files)
+    with torch.no_grad():
+        for text in TEXTS:
+            ids = torch.tensor([tokenizer(text).input_ids])
+            assert torch.allclose(lazy(ids).logits, whole(ids).logits, atol=1e-5, rtol=0), text
+
+
+def test_golden_tokens_in_one_batch_equal_the_whole_model_one_prompt_at_a_time(tiny35):
+    src = open_source(str(tiny35))
+    eos = eos_ids(tiny35)
+    cfg = VerifyConfig(prompts=TEXTS, chat_prompts=["What is the capital of France?"], new_tokens=12)
+    cases, fmt = reference_cases(src.path, src.weight_files, cfg, eos)
+    tokenizer, whole = load_reference(src.path)
+    assert [c["prompt"] for c in cases] == TEXTS + [fmt.replace("{content}", "What is the capital of France?")]
+    for case in cases:
+        ids = torch.tensor([case["prompt_ids"]])
+        out = whole.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                             eos_token_id=eos, pad_token_id=eos[0])
+        expected = [int(t) for t in out[0, ids.shape[1]:]]
+        assert case["expected_ids"] == expected[: len(case["expected_ids"])], case["prompt"]
+        assert len(case["expected_ids"]) == 12 or case["expected_ids"][-1] in eos
+
+
+def test_eval_reference_windows_in_batches_equal_one_at_a_time(tiny35):
+    from toolkit.tiny import corpus
+
+    ref = Reference(tiny35, corpus(), "corpus", window=64, max_tokens=600)
+    assert len(ref.windows) >= 9 and len(ref.windows[-1]) < 64  # batches of 4 and a shorter last window
+    _, whole = load_reference(tiny35)
+    with torch.no_grad():
+        for win, logprobs in zip(ref.windows, ref.logprobs):
+            expected = torch.log_softmax(whole(torch.tensor([win])).logits[0, :-1], -1).numpy()
+            assert np.allclose(logprobs.astype(np.float32), expected, atol=2e-2), win[:4]  # stored as float16
+
+
+PEAK = """
+import resource, sys, torch
+from pathlib import Path
+from toolkit.reference import layerwise_model
+from toolkit.source import open_source
+src = open_source(sys.argv[1])
+tokenizer, model = layerwise_model(src.path, src.weight_files)
+with torch.no_grad():
+    model.generate(torch.tensor([[1, 5, 9, 30, 44]]), max_new_tokens=3, do_sample=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def test_reference_memory_does_not_grow_with_layers(tmp_path):
+    from toolkit.tiny import make_random_phi3
+
+    peaks, layer_bytes = {}, 4 * 512 * (3 * 512 + 512 + 3 * 2048)  # one layer's weights in float32
+    for layers in (2, 10):
+        model = tmp_path / f"m{layers}"
+        make_random_phi3(model, layers, hidden=512, heads=8, intermediate=2048, vocab=4096)
+        done = subprocess.run([sys.executable, "-c", PEAK, str(model)], capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert done.returncode == 0, done.stderr[-2000:]
+        peaks[layers] = int(done.stdout.split()[-1])
+    # The whole 10-layer model is 8 layers (134 MB of float32) more than the 2-layer one.
+    assert peaks[10] - peaks[2] < layer_bytes, peaks
