@@ -9,9 +9,12 @@ engines built, decode speed of both outputs is measured too (same prompt, greedy
 Then the whole `slmkit build` (hashing, export, the layer-by-layer float32 reference, bundle, and
 the smoke test's child process) for each of --targets, its peak the largest sum of the RSS of the
 build process and its children, sampled every 0.1 s. Random weights: the verify thresholds are
-set to 0 agreement and a 1-token greedy prefix (the tokens of a random model are noise).
+set to 0 agreement and a 1-token greedy prefix (the tokens of a random model are noise). With
+--baseline DIR (another slmkit checkout, e.g. `git worktree add DIR <commit>`) the same builds
+of that version run first, as the anchor of the ratio columns.
 
-    python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--work DIR] [--keep]
+    python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--baseline DIR]
+                                      [--work DIR] [--keep]
 """
 
 from __future__ import annotations
@@ -104,13 +107,14 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def whole_build(model: Path, target: str, out: Path) -> tuple[str, float, float]:
-    """(result, peak RSS of the build's process tree, wall s) of one `slmkit build`."""
-    args = ["build", "-m", str(model), "-t", target, "-o", str(out), "--quiet",
+def whole_build(model: Path, target: str, out: Path, root: Path = ROOT) -> tuple[str, float, float]:
+    """(result, peak RSS of the build's process tree, wall s) of one `slmkit build` of the slmkit
+    checkout at `root`."""
+    args = ["build", "-m", str(model), "-t", target, "-o", str(out),
             "--set", "verify.min_top1_agreement=0", "--set", "verify.min_greedy_prefix=1"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(root))
     start, peak = time.perf_counter(), 0
-    proc = subprocess.Popen([sys.executable, "-c", "from toolkit.cli import main; main()", *args],
+    proc = subprocess.Popen([sys.executable, "-c", "from toolkit.cli import main; main()", *args], cwd=root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
@@ -143,6 +147,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="8,32", help="comma-separated layer counts [8,32]")
     ap.add_argument("--targets", default="cpu,linux-cuda", help="whole builds: comma-separated targets ('' for none)")
+    ap.add_argument("--baseline", type=Path, help="another slmkit checkout whose whole builds are the anchor")
     ap.add_argument("--work", type=Path, default=ROOT / ".slmkit-cache" / "build-memory")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and exports")
     args = ap.parse_args()
@@ -174,14 +179,17 @@ def main() -> None:
             speeds = [float(line.split()[1]) for line in output.splitlines() if line.startswith("TOKS ")]
             for engine, speed in zip(built, speeds if code == 0 else []):
                 next(r for r in rows if r[0] == layers and r[2] == engine)[6] = speed
+        versions = ([("baseline", args.baseline)] if args.baseline else []) + [("this", ROOT)]
         for target in [t for t in args.targets.split(",") if t]:
-            out = args.work / f"bundle-{layers}L-{target}"
-            shutil.rmtree(out, ignore_errors=True)
-            status, peak, wall = whole_build(model, target, out)
-            whole.append([layers, params, target, status, peak, wall])
-            print(f"  whole build {target}: {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s", flush=True)
-            if not args.keep:
+            for version, root in versions:
+                out = args.work / f"bundle-{layers}L-{target}-{version}"
                 shutil.rmtree(out, ignore_errors=True)
+                status, peak, wall = whole_build(model, target, out, root)
+                whole.append([layers, params, target, version, status, peak, wall])
+                print(f"  whole build {target} ({version}): {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
+                      flush=True)
+                if not args.keep:
+                    shutil.rmtree(out, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(model, ignore_errors=True)
             for engine in ("ort-genai", "stream"):
@@ -199,10 +207,13 @@ def main() -> None:
               f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | {f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |")
     if whole:
         print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process)\n")
-        print("| layers | params | target | result | peak RSS GB | wall s |")
-        print("|---|---|---|---|---|---|")
-        for layers, params, target, status, peak, wall in whole:
-            print(f"| {layers} | {params / 1e9:.2f} B | {target} | {status} | {peak / 1e9:.2f} | {wall:.0f} |")
+        print("| layers | params | target | slmkit | result | peak RSS GB | wall s | peak vs baseline | wall vs baseline |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for layers, params, target, version, status, peak, wall in whole:
+            base = next((r for r in whole if r[:4] == [layers, params, target, "baseline"] and r[4] == "ok"), None)
+            ratio = (f"{peak / base[5]:.2f} | {wall / base[6]:.2f}" if base and version == "this" else "- | -")
+            print(f"| {layers} | {params / 1e9:.2f} B | {target} | {version} | {status} | {peak / 1e9:.2f} | "
+                  f"{wall:.0f} | {ratio} |")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,6 @@ transformers: the same logits and tokens, with the memory of one decoder layer."
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,8 @@ from toolkit.reference import layerwise_model
 from toolkit.source import eos_ids, open_source
 from toolkit.verify import reference_cases
 
-ROOT = Path(__file__).resolve().parent.parent
+from peak_memory import LAYER_BYTES, peak_growth
+
 TEXTS = ["The capital of France is", "Once upon a time there was", "def fibonacci(n):"]
 
 
@@ -84,15 +82,20 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def test_reference_memory_does_not_grow_with_layers(tmp_path):
-    from toolkit.tiny import make_random_phi3
+    growth, peaks = peak_growth(PEAK, tmp_path)
+    assert growth < LAYER_BYTES, peaks  # eight more layers (134 MB of float32) move the peak by less than one
 
-    peaks, layer_bytes = {}, 4 * 512 * (3 * 512 + 512 + 3 * 2048)  # one layer's weights in float32
-    for layers in (2, 10):
-        model = tmp_path / f"m{layers}"
-        make_random_phi3(model, layers, hidden=512, heads=8, intermediate=2048, vocab=4096)
-        done = subprocess.run([sys.executable, "-c", PEAK, str(model)], capture_output=True, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        assert done.returncode == 0, done.stderr[-2000:]
-        peaks[layers] = int(done.stdout.split()[-1])
-    # The whole 10-layer model is 8 layers (134 MB of float32) more than the 2-layer one.
-    assert peaks[10] - peaks[2] < layer_bytes, peaks
+
+def test_a_layer_tensor_of_the_wrong_shape_is_named(model_copy):
+    from safetensors.torch import load_file, save_file
+
+    from toolkit.errors import InputModelError
+
+    weights = load_file(str(model_copy / "model.safetensors"))
+    weights["model.layers.1.self_attn.o_proj.weight"] = weights["model.layers.1.self_attn.o_proj.weight"][:, :32].contiguous()
+    save_file(weights, str(model_copy / "model.safetensors"))
+    src = open_source(str(model_copy))
+    _, model = layerwise_model(src.path, src.weight_files)
+    with pytest.raises(InputModelError, match=r"tensor 'model.layers.1.self_attn.o_proj.weight' has shape \[64, 32\] "
+                                              r"\(BF16, 4096 bytes\); the model's config.json asks for \[64, 64\]"):
+        model(torch.tensor([[1, 2, 3]]))

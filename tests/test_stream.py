@@ -4,9 +4,6 @@ tokens; refusals before anything is written; memory that does not grow with the 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,8 @@ from toolkit.quantize import builder_options
 from toolkit.source import open_source
 from toolkit.stream import export_stream
 
-ROOT = Path(__file__).resolve().parent.parent
+from peak_memory import LAYER_BYTES, peak_growth
+
 
 
 @pytest.fixture(scope="module")
@@ -183,18 +181,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def test_stream_memory_does_not_grow_with_layers(tmp_path):
-    from toolkit.tiny import make_random_phi3
-
-    peaks, layer_bytes = {}, 4 * 512 * (3 * 512 + 512 + 3 * 2048)  # one layer's weights in float32
-    for layers in (2, 10):
-        model = tmp_path / f"m{layers}"
-        make_random_phi3(model, layers, hidden=512, heads=8, intermediate=2048, vocab=4096)
-        done = subprocess.run([sys.executable, "-c", PEAK, str(model), str(tmp_path / f"w{layers}")],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        assert done.returncode == 0, done.stderr[-2000:]
-        peaks[layers] = int(done.stdout.split()[-1])
-    # Eight more layers are 8 x 16.8 MB of float32 weights; the peak may move by less than one.
-    assert peaks[10] - peaks[2] < layer_bytes, peaks
+    growth, peaks = peak_growth(PEAK, tmp_path)
+    assert growth < LAYER_BYTES, peaks  # eight more layers (134 MB of float32) move the peak by less than one
 
 
 def test_stream_refuses_tied_int8_embeddings(tiny_llama):

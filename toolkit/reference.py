@@ -1,12 +1,13 @@
 """The PyTorch reference, one decoder layer in memory at a time, always in float32.
 
 transformers' own model class (never the checkpoint's code) is built on the meta device, so it
-holds no weights. Each decoder layer is a LazyLayer: when the forward pass reaches it, its tensors
-are read from the safetensors files (plain reads, as the streamed export reads them), widened to
-float32, used, and dropped. The embedding, final norm and lm_head stay loaded. transformers'
-generate() and forward() then run unchanged: the same code as the whole-model reference, so the
-same tokens and logits (to float32 rounding), at the memory of one layer whatever the model's size.
-Each forward pass reads every layer's weights again: batch the prompts (generate() left-pads them).
+holds no weights. Its decoder layers are replaced by LazyLayers that share one real layer: when
+the forward pass reaches layer i, layer i's tensors are read from the safetensors files (plain
+reads, as the streamed export reads them) into that layer's float32 parameters, which then runs
+as layer i (its layer_idx picks its KV cache). The embedding, final norm and lm_head stay loaded.
+transformers' generate() and forward() run unchanged: the same code as the whole-model reference,
+so the same tokens and logits, at the memory of one layer whatever the model's size. Every forward
+pass reads every layer again: batch the prompts (generate() left-pads them).
 """
 
 from __future__ import annotations
@@ -18,18 +19,38 @@ from .errors import InputModelError
 from .tensors import CheckpointTensors
 
 
-def _load(module: Any, prefix: str, weights: CheckpointTensors) -> None:
-    """Give a meta-device module real float32 tensors from the checkpoint (names under `prefix`)."""
-    import torch
+class _Reader:
+    """Reads checkpoint tensors into float32 parameters, widening on the way (torch converts
+    bf16/fp16 in one multithreaded copy); the raw buffers are reused from layer to layer."""
 
-    module.to_empty(device="cpu")
-    with torch.no_grad():
-        for name, param in module.named_parameters(recurse=True):
-            key = f"{prefix}{name}"
-            if key not in weights:
-                raise InputModelError(f"The checkpoint has no tensor '{key}', which the reference model needs. "
-                                      "Re-download the checkpoint.")
-            param.copy_(torch.from_numpy(weights.float32(key)))
+    def __init__(self, weights: CheckpointTensors):
+        self.weights = weights
+        self.buffers: dict[tuple[str, tuple[int, ...]], Any] = {}
+
+    def into(self, param: Any, key: str) -> None:
+        import torch
+
+        e = self.weights.entries.get(key)
+        if e is None:
+            raise InputModelError(f"The checkpoint has no tensor '{key}', which the reference model needs. "
+                                  "Re-download the checkpoint.")
+        dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[e.dtype]
+        if tuple(e.shape) != tuple(param.shape) or e.end - e.start != param.numel() * dtype.itemsize:
+            raise InputModelError(f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
+                                  f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}.")
+        raw = self.buffers.get((e.dtype, e.shape))
+        if raw is None:
+            raw = self.buffers[(e.dtype, e.shape)] = torch.empty(e.shape, dtype=dtype)
+        with open(e.file, "rb") as f:
+            f.seek(e.start)
+            f.readinto(raw.view(torch.uint8).numpy().reshape(-1))
+        with torch.no_grad():
+            param.copy_(raw)
+        self.weights.on_read(e.end - e.start)
+
+    def load(self, module: Any, prefix: str) -> None:
+        for name, param in module.named_parameters():
+            self.into(param, f"{prefix}{name}")
 
 
 def _lazy_layer_class():
@@ -37,18 +58,20 @@ def _lazy_layer_class():
     import torch
 
     class LazyLayer(torch.nn.Module):
-        def __init__(self, layer: Any, prefix: str, weights: CheckpointTensors, on_layer: Callable[[], None]):
+        def __init__(self, index: int, shared: Any, reader: _Reader, on_layer: Callable[[], None]):
             super().__init__()
-            self.inner = [layer]  # a list: not registered, so .to() and .parameters() never touch it
-            self.prefix, self.weights, self.on_layer = prefix, weights, on_layer
+            self.shared = [shared]  # a list: not registered, so .to() and .parameters() never touch it
+            self.index, self.reader, self.on_layer = index, reader, on_layer
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
-            layer = self.inner[0]
-            _load(layer, self.prefix, self.weights)
+            layer = self.shared[0]
+            self.reader.load(layer, f"model.layers.{self.index}.")
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    module.layer_idx = self.index
             try:
                 return layer(*args, **kwargs)
             finally:
-                layer.to("meta")  # frees this layer's float32 tensors
                 self.on_layer()
 
     return LazyLayer
@@ -68,16 +91,18 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
     config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
-    weights = CheckpointTensors(source, weight_files)
+    reader = _Reader(CheckpointTensors(source, weight_files))
     inner = model.model
-    _load(inner.embed_tokens, "model.embed_tokens.", weights)
-    _load(inner.norm, "model.norm.", weights)
-    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in weights:
+    for module, prefix in ((inner.embed_tokens, "model.embed_tokens."), (inner.norm, "model.norm."),
+                           (inner.layers[0], "model.layers.0.")):
+        module.to_empty(device="cpu")
+        reader.load(module, prefix)
+    if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in reader.weights:
         model.lm_head.weight = inner.embed_tokens.weight
     else:
-        _load(model.lm_head, "lm_head.", weights)
+        model.lm_head.to_empty(device="cpu")
+        reader.load(model.lm_head, "lm_head.")
     inner.rotary_emb = type(inner.rotary_emb)(config=model.config)  # its buffers, computed on the CPU
-    lazy = _lazy_layer_class()
-    inner.layers = torch.nn.ModuleList(lazy(layer, f"model.layers.{i}.", weights, on_layer)
-                                       for i, layer in enumerate(inner.layers))
+    shared, lazy = inner.layers[0], _lazy_layer_class()
+    inner.layers = torch.nn.ModuleList(lazy(i, shared, reader, on_layer) for i in range(len(inner.layers)))
     return tokenizer, model.eval()
