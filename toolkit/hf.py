@@ -16,12 +16,13 @@ def quiet() -> None:
     disable_progress_bars()
 
 
-def load_reference(source: Path, dtype: str = "float32") -> tuple[Any, Any]:
-    """(tokenizer, model) of the checkpoint, in eval mode. Never runs repository code."""
+def load_reference(source: Path) -> tuple[Any, Any]:
+    """(tokenizer, the whole float32 model) of the checkpoint, in eval mode, for slmkit's `mse`
+    calibration (verify and eval use toolkit/reference.py). Never runs repository code."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet()
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, trust_remote_code=False)
     return tokenizer, model.eval()
