@@ -84,6 +84,17 @@ def test_sampling_is_seeded_and_greedy_is_the_default(bundles):
     assert len({greedy, sampled[0], sampled[2]}) >= 2  # sampling does change the text
 
 
+def test_top_k_0_samples_from_the_whole_vocabulary(bundles):
+    """--top-k 0 is documented as no limit: the runtime's own default (50) must not apply."""
+    bundle = bundles("cpu")
+    vocab = json.loads((bundle / "model" / "genai_config.json").read_text())["model"]["vocab_size"]
+    args = ("--prompt", "The capital of France is", "--raw", "--max-new-tokens", "40", "--temperature", "1.5",
+            "--seed", "3")
+    no_limit, whole = (_run(bundle, *args, "--top-k", k) for k in ("0", str(vocab)))
+    assert no_limit.returncode == 0, no_limit.stderr
+    assert no_limit.stdout == whole.stdout
+
+
 def test_provider_override_for_gpu_bundles(bundles):
     proc = _run(bundles("linux-cuda"), "--prompt", "What is the capital of France?", "--provider", "cpu")
     assert proc.returncode == 0, proc.stderr

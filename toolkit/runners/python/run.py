@@ -64,9 +64,8 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
     params = og.GeneratorParams(model)
     options = {"max_length": min(cap, len(prompt_ids) + max_new_tokens), "batch_size": 1}
     if temperature > 0:
-        options.update(do_sample=True, temperature=temperature, top_p=top_p, random_seed=seed)
-        if top_k > 0:
-            options["top_k"] = top_k
+        # top_k always set: left unset, onnxruntime-genai samples from the top 50; 0 is no limit.
+        options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, random_seed=seed)
     else:
         options.update(do_sample=False)
     params.set_search_options(**options)

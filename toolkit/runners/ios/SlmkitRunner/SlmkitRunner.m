@@ -22,8 +22,8 @@ static NSString* const kErrorDomain = @"slmkit";
 
   NSDictionary* genai = [self readJSON:[modelPath stringByAppendingPathComponent:@"genai_config.json"] error:error];
   if (genai == nil) return nil;
-  id eos = genai[@"model"][@"eos_token_id"];
-  _eosIds = [NSSet setWithArray:([eos isKindOfClass:[NSArray class]] ? eos : @[ eos ])];
+  id eos = genai[@"model"][@"eos_token_id"];  // a list, one id, or absent (no array literal of nil)
+  _eosIds = [NSSet setWithArray:([eos isKindOfClass:[NSArray class]] ? eos : (eos != nil ? @[ eos ] : @[]))];
   _maxLength = [genai[@"search"][@"max_length"] integerValue];
   // The model's chat template rendered for one user turn by slmkit at build time.
   NSString* formatPath = [modelPath stringByAppendingPathComponent:@"prompt_format.json"];
@@ -91,7 +91,8 @@ static NSString* const kErrorDomain = @"slmkit";
   if (sample) {
     if (![params setSearchOption:@"temperature" doubleValue:temperature error:error]) return nil;
     if (![params setSearchOption:@"top_p" doubleValue:topP error:error]) return nil;
-    if (topK > 0 && ![params setSearchOption:@"top_k" doubleValue:(double)topK error:error]) return nil;
+    // Always set: left unset, onnxruntime-genai samples from the top 50; 0 is no limit.
+    if (![params setSearchOption:@"top_k" doubleValue:(double)topK error:error]) return nil;
     if (![params setSearchOption:@"random_seed" doubleValue:(double)seed error:error]) return nil;
   }
   OGAGenerator* generator = [[OGAGenerator alloc] initWithModel:_model params:params error:error];

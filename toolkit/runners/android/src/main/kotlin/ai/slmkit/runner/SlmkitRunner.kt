@@ -77,7 +77,8 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
                 params.setSearchOption("do_sample", true)
                 params.setSearchOption("temperature", temperature)
                 params.setSearchOption("top_p", topP)
-                if (topK > 0) params.setSearchOption("top_k", topK.toDouble())
+                // Always set: left unset, onnxruntime-genai samples from the top 50; 0 is no limit.
+                params.setSearchOption("top_k", topK.toDouble())
                 params.setSearchOption("random_seed", seed.toDouble())
             } else {
                 params.setSearchOption("do_sample", false)
