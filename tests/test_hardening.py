@@ -4,6 +4,7 @@ escape, and the CI workflow and archives users publish bundles with."""
 from __future__ import annotations
 
 import errno
+import json
 import io
 import os
 import signal
@@ -120,7 +121,9 @@ def test_unpack_refuses_escaping_entries_before_writing(tmp_path, entry, reason)
 
 def test_ci_init_writes_a_workflow_naming_every_target(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["ci", "init", "--model", "microsoft/Phi-3.5-mini-instruct"])
+    install = "pip install 'slmkit @ git+https://github.com/me/slmkit@abc123'"
+    result = CliRunner().invoke(main, ["ci", "init", "--model", "microsoft/Phi-3.5-mini-instruct",
+                                       "--install", install])
     assert result.exit_code == 0, result.output
     workflow = yaml.safe_load((tmp_path / ".github/workflows/slmkit.yml").read_text())
     job = workflow["jobs"]["bundle"]
@@ -131,8 +134,44 @@ def test_ci_init_writes_a_workflow_naming_every_target(tmp_path, monkeypatch):
     steps = {s.get("name", s.get("uses")): s for s in job["steps"]}
     assert "slmkit build --model \"$MODEL\" --target ${{ matrix.target }}" in steps["Build and verify"]["run"]
     assert steps["actions/upload-artifact@v4"]["with"]["path"] == "bundle-${{ matrix.target }}.tar.gz"
+    assert steps["Install slmkit"]["run"] == install  # quotes and all, as YAML reads it
     assert workflow["env"]["MODEL"] == "microsoft/Phi-3.5-mini-instruct"
     again = CliRunner().invoke(main, ["ci", "init", "--model", "x/y"])
     assert again.exit_code == 1 and "already exists. Pass --force to overwrite it." in again.output
     bad = CliRunner().invoke(main, ["ci", "init", "--model", "x/y", "--targets", "cpu,andriod", "--force"])
     assert bad.exit_code == 1 and "Did you mean 'android'?" in bad.output
+
+
+class _Dist:
+    version = "0.1.0"
+
+    def __init__(self, direct_url):
+        self.direct_url = direct_url
+
+    def read_text(self, name):
+        return None if self.direct_url is None else json.dumps(self.direct_url)
+
+
+@pytest.mark.parametrize("direct_url, expected", [
+    ({"url": "https://github.com/me/slmkit", "vcs_info": {"vcs": "git", "commit_id": "abc123"}},
+     "pip install 'slmkit @ git+https://github.com/me/slmkit@abc123'"),
+    (None, "pip install 'slmkit==0.1.0'"),
+])
+def test_ci_init_installs_the_slmkit_that_runs_it(tmp_path, monkeypatch, direct_url, expected):
+    from toolkit import ci
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ci.metadata, "distribution", lambda name: _Dist(direct_url))
+    result = CliRunner().invoke(main, ["ci", "init", "--model", "x/y"])
+    assert result.exit_code == 0, result.output
+    workflow = yaml.safe_load((tmp_path / ".github/workflows/slmkit.yml").read_text())
+    assert {s.get("name"): s for s in workflow["jobs"]["bundle"]["steps"]}["Install slmkit"]["run"] == expected
+
+
+def test_ci_init_from_a_local_install_asks_for_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # this test run's slmkit: installed from its folder (pip install -e .)
+    result = CliRunner().invoke(main, ["ci", "init", "--model", "x/y"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: slmkit here was installed from file://")
+    assert "which a CI runner cannot reach (slmkit is not on the public package index). Pass the command" in result.output
+    assert not (tmp_path / ".github").exists()

@@ -3,6 +3,8 @@ bundle's smoke test where a hosted runner can, and uploads `slmkit pack` archive
 
 from __future__ import annotations
 
+import json
+from importlib import metadata
 from pathlib import Path
 
 from .catalog import target_names
@@ -60,19 +62,39 @@ jobs:
 """
 
 
-def workflow(model: str, targets: list[str], install: str) -> str:
+def default_install() -> str:
+    """The pip command that installs this slmkit on a CI runner, from how it was installed here
+    (PEP 610's direct_url.json): the same git commit, or the same version from an index. slmkit
+    is not on the public index and a local folder is out of a runner's reach: then the user says."""
+    dist = metadata.distribution("slmkit")
+    direct = json.loads(dist.read_text("direct_url.json") or "null")
+    if direct is None:
+        return f"pip install 'slmkit=={dist.version}'"
+    vcs = direct.get("vcs_info")
+    if vcs and vcs.get("vcs") == "git":
+        return f"pip install 'slmkit @ git+{direct['url']}@{vcs['commit_id']}'"
+    raise ConfigError(
+        f"slmkit here was installed from {direct.get('url', 'a local file')}, which a CI runner cannot reach "
+        "(slmkit is not on the public package index). Pass the command that installs it on the runner, e.g. "
+        "--install \"pip install 'slmkit @ git+https://github.com/OWNER/slmkit@COMMIT'\", or "
+        "--install \"pip install ./slmkit\" when this repository holds a copy."
+    )
+
+
+def workflow(model: str, targets: list[str], install: str | None) -> str:
     known = target_names()
     for t in targets:
         if t not in known:
             raise ConfigError(f"Unknown target '{t}'. Available: {', '.join(known)}.{did_you_mean(t, known)}")
+    install = install or default_install()
     includes = "\n".join(
         f"          - target: {t}\n            smoke_provider: {SMOKE_PROVIDER[t]}" for t in targets
     )
-    return TEMPLATE.format(model=model, targets=", ".join(targets), includes=includes, install=install,
-                           recipe_glob="recipes/**")
+    return TEMPLATE.format(model=model, targets=", ".join(targets), includes=includes,
+                           install=json.dumps(install), recipe_glob="recipes/**")  # a JSON string is YAML
 
 
-def write_workflow(root: Path, model: str, targets: list[str], install: str, force: bool) -> Path:
+def write_workflow(root: Path, model: str, targets: list[str], install: str | None, force: bool) -> Path:
     path = root / ".github" / "workflows" / "slmkit.yml"
     if path.exists() and not force:
         raise OutputError(f"'{path}' already exists. Pass --force to overwrite it.")

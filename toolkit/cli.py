@@ -269,7 +269,8 @@ def ci() -> None:
 @click.option("--model", "-m", required=True, help="Hub id (or path in the repository) the workflow builds.")
 @click.option("--targets", default="cpu,android,ios,windows-dml,linux-cuda", show_default=True,
               help="Comma-separated targets, one matrix job each.")
-@click.option("--install", default="pip install slmkit", show_default=True, help="The step that installs slmkit.")
+@click.option("--install", help="The command that installs slmkit on the runner [default: the git commit or "
+                                 "index version this slmkit came from].")
 @click.option("--force", is_flag=True, help="Overwrite an existing workflow.")
 @_friendly
 def ci_init(model, targets, install, force):
