@@ -45,4 +45,4 @@ def test_memory_check_names_the_export_engine_and_the_reference(monkeypatch):
     assert streamed.detail.startswith("streamed export peak about 2.6 GB, float32 layer-by-layer reference for "
                                       "verification 2.7 GB")
     mse = doctor.memory_check(3_820_000_000, PHI35, "stream", "mse")
-    assert not mse.ok and "streamed export + mse calibration (whole float32 model) peak about 16.3 GB" in mse.detail
+    assert not mse.ok and "streamed export + mse int4 (the whole float32 export) peak about 16.3 GB" in mse.detail

@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from toolkit.config import VerifyConfig
-from toolkit.hf import load_reference
 from toolkit.quality import Reference
 from toolkit.reference import layerwise_model
 from toolkit.source import eos_ids, open_source
 from toolkit.verify import reference_cases
 
 from peak_memory import LAYER_BYTES, peak_growth
+
+def load_reference(path: Path):
+    """The whole float32 model, as transformers loads it: what the layer-by-layer one must equal."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=False)
+    return AutoTokenizer.from_pretrained(path), model.eval()
+
 
 TEXTS = ["The capital of France is", "Once upon a time there was", "def fibonacci(n):"]
 
@@ -99,3 +106,40 @@ def test_a_layer_tensor_of_the_wrong_shape_is_named(model_copy):
     with pytest.raises(InputModelError, match=r"tensor 'model.layers.1.self_attn.o_proj.weight' has shape \[64, 32\] "
                                               r"\(BF16, 4096 bytes\); the model's config.json asks for \[64, 64\]"):
         model(torch.tensor([[1, 2, 3]]))
+
+
+def test_calibration_statistics_equal_the_whole_models(tiny35):
+    """slmkit's mse calibration (mean squared input of every Linear) runs layer by layer too."""
+    from toolkit.int4 import activation_importance
+    from toolkit.quantize import calibration_texts
+
+    hf_name = {"attn.qkv_proj": "self_attn.qkv_proj", "attn.o_proj": "self_attn.o_proj",
+               "mlp.gate_proj": "mlp.gate_up_proj", "mlp.up_proj": "mlp.gate_up_proj", "mlp.down_proj": "mlp.down_proj"}
+    weights = {f"model.layers.{i}.{w}.MatMul.weight": f"model.layers.{i}.{h}" for i in range(2) for w, h in hf_name.items()}
+    weights["lm_head.MatMul.weight"] = "lm_head"
+    texts = calibration_texts()[:2]
+    got = activation_importance(tiny35, texts, list(weights), max_tokens=600)
+
+    tokenizer, whole = load_reference(tiny35)
+    sums, counts = {}, {}
+
+    def record(name):
+        def hook(_module, inputs, _output):
+            x = inputs[0].double().reshape(-1, inputs[0].shape[-1])
+            sums[name], counts[name] = sums.get(name, 0) + (x * x).sum(0), counts.get(name, 0) + x.shape[0]
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in whole.named_modules() if isinstance(m, torch.nn.Linear)]
+    used = 0
+    with torch.no_grad():
+        for text in texts:  # the same windows as activation_importance
+            ids = tokenizer(text).input_ids[: max(0, 600 - used)]
+            for start in range(0, len(ids), 512):
+                if len(ids[start : start + 512]) > 1:
+                    whole(torch.tensor([ids[start : start + 512]]))
+            used += len(ids)
+    for h in hooks:
+        h.remove()
+    assert sorted(got) == sorted(weights)
+    for weight, name in weights.items():
+        assert np.allclose(got[weight], (sums[name] / counts[name]).float().numpy(), rtol=1e-5, atol=1e-7), weight

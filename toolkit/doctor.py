@@ -108,13 +108,13 @@ def reference_memory_bytes(config: dict) -> int:
 
 
 def memory_check(num_params: int, config: dict, engine: str, method: str = "default") -> Check:
-    """The build's peak: the export stage (with slmkit's `mse` int4, its calibration run of the
-    whole float32 model), or the layer-by-layer reference of the verify stage."""
+    """The build's peak: the export stage (slmkit's `mse` int4 loads the whole float32 export to
+    quantize it), or the layer-by-layer reference (verify stage, mse calibration)."""
     export = export_memory_bytes(num_params, config, engine)
     who = "streamed export" if engine == "stream" else "builder"
     if method == "mse":
         export = max(export, int(REFERENCE_BASE_BYTES + 4 * num_params))
-        who += " + mse calibration (whole float32 model)"
+        who += " + mse int4 (the whole float32 export)"
     reference = reference_memory_bytes(config)
     have = total_memory_bytes()
     detail = (f"{who} peak about {export / 1e9:.1f} GB, float32 layer-by-layer reference for "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .progress import bar, waiting
+from .progress import bar
 
 # Candidate shrinkage of the block range [min, max]; each candidate's scale is then refined by
 # weighted least squares with its codes fixed.
@@ -269,27 +269,26 @@ _ROLES = {
 
 def activation_importance(source: Path, texts: list[str], onnx_weights: list[str],
                           max_tokens: int = 2048) -> dict[str, np.ndarray]:
-    """Mean squared input activation per feature of every Linear of the PyTorch model on the
-    calibration texts, keyed by the ONNX weight names (builder naming) that read those inputs."""
+    """Mean squared input activation per feature of every Linear of the float32 PyTorch model
+    (run one decoder layer at a time, toolkit/reference.py) on the calibration texts, keyed by the
+    ONNX weight names (builder naming) that read those inputs."""
     import re
 
     import torch
 
-    from .hf import load_reference
+    from .reference import layerwise_model, watch_linears
+    from .source import open_source
 
-    with waiting("calibration: loading the PyTorch model"):
-        tokenizer, model = load_reference(source)
+    tokenizer, model = layerwise_model(source, open_source(str(source)).weight_files)
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
-    def hook(name):
-        def record(_module, inputs, _output):
-            x = inputs[0].detach().double().reshape(-1, inputs[0].shape[-1])
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return record
+    def record(name: str, x: torch.Tensor) -> None:
+        x = x.detach().double().reshape(-1, x.shape[-1])
+        sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        counts[name] = counts.get(name, 0) + x.shape[0]
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    handles = watch_linears(model, record)
     used = 0
     with torch.no_grad(), bar("calibration", len(texts), "texts") as progress:
         for text in texts:

@@ -106,3 +106,27 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
     shared, lazy = inner.layers[0], _lazy_layer_class()
     inner.layers = torch.nn.ModuleList(lazy(i, shared, reader, on_layer) for i in range(len(inner.layers)))
     return tokenizer, model.eval()
+
+
+def watch_linears(model: Any, record: Callable[[str, Any], None]) -> list[Any]:
+    """Forward hooks on every Linear of a layerwise model, each called with the name the
+    checkpoint gives it (model.layers.N.self_attn.qkv_proj, lm_head) and its input. Returns the
+    hook handles (call .remove() on each)."""
+    import torch
+
+    layers = list(model.model.layers)
+    current = [""]
+
+    def enter(layer: Any, _args: Any) -> None:
+        current[0] = f"model.layers.{layer.index}."
+
+    def watch(name: str, in_layer: bool) -> Callable[..., None]:
+        return lambda _module, inputs, _output: record(current[0] + name if in_layer else name, inputs[0])
+
+    handles = [layer.register_forward_pre_hook(enter) for layer in layers]
+    handles += [m.register_forward_hook(watch(n, True)) for n, m in layers[0].shared[0].named_modules()
+                if isinstance(m, torch.nn.Linear)]
+    handles += [m.register_forward_hook(watch(n, False)) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear)]  # the lm_head: the layers' Linears are not registered
+    return handles
+
