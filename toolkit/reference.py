@@ -30,23 +30,17 @@ class _Reader:
     def into(self, param: Any, key: str) -> None:
         import torch
 
-        e = self.weights.entries.get(key)
-        if e is None:
-            raise InputModelError(f"The checkpoint has no tensor '{key}', which the reference model needs. "
-                                  "Re-download the checkpoint.")
-        dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[e.dtype]
-        if tuple(e.shape) != tuple(param.shape) or e.end - e.start != param.numel() * dtype.itemsize:
+        e = self.weights.entry(key, "the reference model")
+        if tuple(e.shape) != tuple(param.shape):
             raise InputModelError(f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
                                   f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}.")
         raw = self.buffers.get((e.dtype, e.shape))
         if raw is None:
+            dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[e.dtype]
             raw = self.buffers[(e.dtype, e.shape)] = torch.empty(e.shape, dtype=dtype)
-        with open(e.file, "rb") as f:
-            f.seek(e.start)
-            f.readinto(raw.view(torch.uint8).numpy().reshape(-1))
+        self.weights.read_into(e, memoryview(raw.view(torch.uint8).numpy().reshape(-1)))
         with torch.no_grad():
             param.copy_(raw)
-        self.weights.on_read(e.end - e.start)
 
     def load(self, module: Any, prefix: str) -> None:
         for name, param in module.named_parameters():

@@ -1,6 +1,6 @@
 """The streamed export engine (`export.engine = "stream"`): the decoder graph that the
-onnxruntime-genai builder writes for the CPU and CUDA providers (Phi-3, Phi-3.5, Llama such as SmolLM2; same
-ops, names and settings; toolkit/graphs/), but made one checkpoint tensor at a time: read,
+onnxruntime-genai builder writes for the CPU, CUDA and DirectML providers (Phi-3, Phi-3.5, Llama such
+as SmolLM2; same ops, names and settings; toolkit/graphs/), but made one checkpoint tensor at a time: read,
 quantized with the onnxruntime kernel the builder's default quantizer calls, appended to
 model.onnx.data. Peak memory is set by the largest tensor, not by the number of layers.
 genai_config.json and the tokenizer files come from the builder's own `config_only` mode, so they
@@ -91,7 +91,8 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
     fused = "model.layers.0.self_attn.qkv_proj.weight" in weights
-    unused = sorted(n for n in set(weights.entries) - expected_tensors(shape, fused)
+    expected = expected_tensors(shape, fused)
+    unused = sorted(n for n in set(weights.entries) - expected
                     if not n.endswith("rotary_emb.inv_freq"))
     if unused:
         raise InputModelError(
@@ -101,7 +102,7 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     out = work / "export"
     out.mkdir(parents=True)
     write_config_files(source, export, out, work)
-    total = weights.nbytes(expected_tensors(shape, fused))
+    total = weights.nbytes(expected)
     with ExternalData(out / "model.onnx.data") as data, bar("export", total, "bytes of weights") as progress:
         weights.on_read = progress.advance
         g = GraphWriter(data, export.precision, q, dtype)

@@ -49,21 +49,30 @@ class CheckpointTensors:
     def nbytes(self, names: Iterable[str]) -> int:
         return sum(self.entries[n].end - self.entries[n].start for n in names if n in self.entries)
 
-    def float32(self, name: str) -> np.ndarray:
-        """The tensor as a new float32 array (bf16 and fp16 widen exactly)."""
+    def entry(self, name: str, user: str = "the decoder graph") -> _Entry:
+        """A tensor's place in its file, checked: present, and its bytes what its shape needs."""
         if name not in self.entries:
-            raise InputModelError(f"The checkpoint has no tensor '{name}', which the decoder graph needs. "
+            raise InputModelError(f"The checkpoint has no tensor '{name}', which {user} needs. "
                                   "Re-download the checkpoint.")
         e = self.entries[name]
         count = math.prod(e.shape)
         if e.end - e.start != count * ITEM_BYTES[e.dtype]:
             raise InputModelError(f"{e.file}: tensor '{name}' spans {e.end - e.start} bytes, its shape "
                                   f"{list(e.shape)} of {e.dtype} needs {count * ITEM_BYTES[e.dtype]}.")
-        raw = np.empty(count, dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
+        return e
+
+    def read_into(self, e: _Entry, buffer: memoryview) -> None:
+        """The tensor's raw bytes into `buffer` (plain reads: no memory map stays resident)."""
         with open(e.file, "rb") as f:
             f.seek(e.start)
-            f.readinto(memoryview(raw).cast("B"))
+            f.readinto(buffer)
         self.on_read(e.end - e.start)
+
+    def float32(self, name: str) -> np.ndarray:
+        """The tensor as a new float32 array (bf16 and fp16 widen exactly)."""
+        e = self.entry(name)
+        raw = np.empty(math.prod(e.shape), dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
+        self.read_into(e, memoryview(raw).cast("B"))
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
         return raw.astype(np.float32, copy=False).reshape(e.shape)

@@ -26,6 +26,7 @@ class AttentionInputs:
     cos: str
     sin: str
     positions: str | None  # DirectML: the position ids the RotaryEmbedding nodes read
+    pending: tuple[np.ndarray, np.ndarray] | None = None  # DirectML: caches written at first use
 
 
 def _mask_inputs(g: GraphWriter) -> tuple[str, str, str]:
@@ -65,25 +66,24 @@ def attention_inputs(g: GraphWriter, shape: Shape, config: dict[str, Any], split
 
 
 def _split_inputs(g: GraphWriter, shape: Shape, caches: dict) -> AttentionInputs:
-    positions = "position_ids"
-    if "" not in caches:  # longrope: one table, short rows first; positions shift to the long rows
-        sub, orig = "/model/pos_ids_reformat", shape.original_context
-        cos = g.weight("cos_cache", np.concatenate([caches["small"][0], caches["large"][0]]))
-        sin = g.weight("sin_cache", np.concatenate([caches["small"][1], caches["large"][1]]))
-        top = g.node("ReduceMax", f"{sub}/ReduceMax", [positions], keepdims=0)
-        limit = g.constant(orig)
-        longer = g.node("GreaterOrEqual", f"{sub}/GreaterOrEqual", [top, limit])
-        shift = g.node("Mul", f"{sub}/Mul", [g.node("Cast", f"{sub}/Cast", [longer], to=7), limit])
-        positions = g.node("Add", f"{sub}/Add_1", [shift, "position_ids"])
+    if "" in caches:  # the builder writes this table when the first RotaryEmbedding needs it
         seqlens, total_len, _ = _mask_inputs(g)
-        return AttentionInputs(seqlens, total_len, cos, sin, positions)
+        return AttentionInputs(seqlens, total_len, "", "", "position_ids", pending=caches[""])
+    # longrope: one table, short rows first; positions shift to the long rows
+    sub, orig = "/model/pos_ids_reformat", shape.original_context
+    cos = g.weight("cos_cache", np.concatenate([caches["small"][0], caches["large"][0]]))
+    sin = g.weight("sin_cache", np.concatenate([caches["small"][1], caches["large"][1]]))
+    top = g.node("ReduceMax", f"{sub}/ReduceMax", ["position_ids"], keepdims=0)
+    limit = g.constant(orig)
+    longer = g.node("GreaterOrEqual", f"{sub}/GreaterOrEqual", [top, limit])
+    shift = g.node("Mul", f"{sub}/Mul", [g.node("Cast", f"{sub}/Cast", [longer], to=7), limit])
+    positions = g.node("Add", f"{sub}/Add_1", [shift, "position_ids"])
     seqlens, total_len, _ = _mask_inputs(g)
-    # The builder writes this table when the first RotaryEmbedding needs it: cos/sin named lazily.
-    return AttentionInputs(seqlens, total_len, "", "", positions)
+    return AttentionInputs(seqlens, total_len, cos, sin, positions)
 
 
-def attention(g: GraphWriter, a: AttentionInputs, shape: Shape, layer: int, h: str, qkv: np.ndarray,
-              config: dict[str, Any]) -> tuple[str, AttentionInputs]:
+def attention(g: GraphWriter, a: AttentionInputs, shape: Shape, layer: int, h: str,
+              qkv: np.ndarray) -> tuple[str, AttentionInputs]:
     """One layer's attention on the normalized input `h`, from the q/k/v weight rows [q; k; v].
     Returns its output (before o_proj) and the inputs (DirectML fills in the lazily written caches)."""
     base, i = f"/model/layers.{layer}/attn", layer
@@ -100,8 +100,8 @@ def attention(g: GraphWriter, a: AttentionInputs, shape: Shape, layer: int, h: s
     q_rows, kv_rows = shape.heads * shape.head, shape.kv_heads * shape.head
     parts = {"q": qkv[:q_rows], "k": qkv[q_rows:q_rows + kv_rows], "v": qkv[q_rows + kv_rows:]}
     q, k, v = (g.matmul(f"{base}/{p}_proj", h, w) for p, w in parts.items())
-    if not a.cos:
-        cos, sin = rope_caches(config, shape)[""]
+    if a.pending is not None:
+        cos, sin = a.pending
         a = AttentionInputs(a.seqlens, a.total_len, g.weight("cos_cache", cos), g.weight("sin_cache", sin), a.positions)
     q, k = (g.node("RotaryEmbedding", f"{base}/{p}_rotary/RotaryEmbedding", [x, a.positions, a.cos, a.sin], None, MS,
                    interleaved=0, num_heads=0, rotary_embedding_dim=0) for p, x in (("q", q), ("k", k)))

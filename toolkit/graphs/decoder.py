@@ -86,7 +86,7 @@ def write_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, conf
                        [f"{onnx_layer}/input_layernorm/output_0"], epsilon=shape.eps, axis=-1, stash_type=1)
         else:
             h, skip = _skip_norm(g, f"layers.{i}", "input_layernorm", skip, x, norm, shape.eps)
-        attn, a = attention(g, a, shape, i, h, _qkv(weights, hf), config)
+        attn, a = attention(g, a, shape, i, h, _qkv(weights, hf))
         o = g.matmul(f"{onnx_layer}/attn/o_proj", attn, weights.float32(f"{hf}.self_attn.o_proj.weight"))
         h, skip = _skip_norm(g, f"layers.{i}", "post_attention_layernorm", skip, o,
                              weights.float32(f"{hf}.post_attention_layernorm.weight"), shape.eps)
