@@ -40,6 +40,8 @@ def test_bench_names_the_bad_option(bundles):
     bundle = str(bundles("cpu"))
     assert refused(["bench", bundle, "--runs", "0"]) == "Error: --runs 0: expected at least 1 timed run.\n"
     assert refused(["bench", bundle, "--new-tokens", "1"]).startswith("Error: --prompt-tokens 128 + --new-tokens 1 must fit")
+    assert refused(["bench", bundle, "--emulate", "arm64"]).startswith(
+        "Error: slmkit bench does not time emulated CPUs: qemu translates every ARM instruction")
 
 
 def test_unpack_of_a_file_that_is_no_archive(tmp_path):

@@ -55,6 +55,14 @@ class BenchResult:
         return "\n".join(f"{k:<24} {v}" for k, v in rows)
 
 
+def refuse_emulated(bundle: Path) -> None:
+    raise InputModelError(
+        "slmkit bench does not time emulated CPUs: qemu translates every ARM instruction, so its tok/s "
+        "says nothing of a phone (the SmolLM2-135M smoke test ran about 30x slower emulated than on this "
+        f"host). `slmkit verify {bundle} --emulate arm64` checks the ARM kernels' tokens; measure speed on "
+        "the device (runner/README.md) or run `slmkit bench` on an ARM64 machine.")
+
+
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     """GB/s of a large memory copy (read + write counted once each, as a STREAM copy)."""
     import numpy as np

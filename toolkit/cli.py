@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from .emulate import DEFAULT_CPUS
 from .errors import SlmkitError
 
 
@@ -190,11 +191,25 @@ def doctor(model, target):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--provider", type=click.Choice(["bundle", "cpu", "cuda", "dml"]),
               help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU].")
+@click.option("--emulate", type=click.Choice(["arm64"]),
+              help="Run the smoke test on emulated phone CPUs (qemu user mode) instead of this machine's.")
+@click.option("--cpu", "cpus", default=",".join(DEFAULT_CPUS), show_default=True,
+              help="With --emulate: the CPUs, comma-separated (qemu -cpu names).")
 @_friendly
-def verify(bundle, provider):
+def verify(bundle, provider, emulate, cpus):
     """Re-check a bundle: settings read back from the graph, file hashes, tokens vs the reference."""
     from .verify import verify_bundle
 
+    if emulate:
+        from .emulate import verify_emulated
+
+        runs, output = verify_emulated(bundle, [c.strip() for c in cpus.split(",") if c.strip()])
+        click.echo(output)
+        for r in runs:
+            click.echo(f"Emulated {r['cpu']}: {r['passed']} checks passed, top-1 agreement {r['top1_agreement']:.3f}"
+                       f" ({r['emulated']}; not a device speed)")
+        click.echo(f"Bundle {bundle} verified on emulated ARM64 CPUs; results saved in its manifest.json.")
+        return
     summary, output = verify_bundle(bundle, provider)
     click.echo(output.rstrip())
     for item in summary["pending_on_device"]:
@@ -227,10 +242,14 @@ def evaluate(bundle, reference, text, window, max_tokens, quiet):
 @click.option("--runs", default=5, show_default=True, help="Timed runs (after one warm-up run).")
 @click.option("--provider", type=click.Choice(["bundle", "cpu", "cuda", "dml"]), default="bundle", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--emulate", type=click.Choice(["arm64"]), help="Refused: emulated speed is no device speed.")
 @_friendly
-def bench(bundle, prompt_tokens, new_tokens, runs, provider, as_json):
+def bench(bundle, prompt_tokens, new_tokens, runs, provider, as_json, emulate):
     """Time to first token, prefill/decode tok/s, peak RSS, and decode vs the memory roofline."""
-    from .bench import run, to_json
+    from .bench import refuse_emulated, run, to_json
+
+    if emulate:
+        refuse_emulated(bundle)
 
     result = run(bundle, prompt_tokens, new_tokens, runs, provider)
     click.echo(to_json(result) if as_json else result.table())

@@ -91,9 +91,15 @@ class SlmkitSmokeTest {
                     val out = runner.generate(promptIds, maxNewTokens = recorded.size + 1)
                     val prefix = commonPrefix(out, recorded)
                     val need = minOf(minPrefix, recorded.size)
-                    check("greedy ${i + 1}", prefix >= need,
-                        "first $prefix/${recorded.size} tokens as recorded at build (need $need); " +
-                            "reference greedy prefix ${commonPrefix(out, expected)}/${expected.size}")
+                    // An earlier difference passes only as a tie: this phone's token was within
+                    // tie_logit_margin logits of the recorded one on the build host (bundle_near).
+                    val near = case.optJSONArray("bundle_near")
+                    val tie = prefix < need && prefix < out.size && near != null && prefix < near.length() &&
+                        out[prefix] in ints(near.getJSONArray(prefix))
+                    check("greedy ${i + 1}", prefix >= need || tie,
+                        "first $prefix/${recorded.size} tokens as recorded at build (need $need)" +
+                            (if (tie) "; token ${prefix + 1} is a tie" else "") +
+                            "; reference greedy prefix ${commonPrefix(out, expected)}/${expected.size}")
                 }
             }
         }
