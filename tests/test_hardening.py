@@ -128,13 +128,25 @@ def test_ci_init_writes_a_workflow_naming_every_target(tmp_path, monkeypatch):
     workflow = yaml.safe_load((tmp_path / ".github/workflows/slmkit.yml").read_text())
     job = workflow["jobs"]["bundle"]
     targets = ["cpu", "android", "ios", "windows-dml", "linux-cuda"]
-    assert job["strategy"]["matrix"]["target"] == targets
-    assert {i["target"]: i["smoke_provider"] for i in job["strategy"]["matrix"]["include"]} == {
-        "cpu": "bundle", "android": "bundle", "ios": "bundle", "windows-dml": "cpu", "linux-cuda": "cpu"}
+    assert job["strategy"]["matrix"]["target"] == targets and job["runs-on"] == "ubuntu-latest"
     steps = {s.get("name", s.get("uses")): s for s in job["steps"]}
     assert "slmkit build --model \"$MODEL\" --target ${{ matrix.target }}" in steps["Build and verify"]["run"]
     assert steps["actions/upload-artifact@v4"]["with"]["path"] == "bundle-${{ matrix.target }}.tar.gz"
     assert steps["Install slmkit"]["run"] == install  # quotes and all, as YAML reads it
+    # The smoke tests: phone bundles on the hosted ARM64 runner (the phone's int4 kernels), GPU bundles'
+    # graphs on the CPU provider; with the runtime version of the manifest, and no slmkit.
+    smoke = workflow["jobs"]["smoke"]
+    assert smoke["needs"] == "bundle" and smoke["runs-on"] == "${{ matrix.runs_on }}"
+    assert {i["target"]: (i["runs_on"], i["smoke_provider"]) for i in smoke["strategy"]["matrix"]["include"]} == {
+        "cpu": ("ubuntu-latest", "bundle"), "android": ("ubuntu-24.04-arm", "bundle"),
+        "ios": ("ubuntu-24.04-arm", "bundle"), "windows-dml": ("ubuntu-latest", "cpu"),
+        "linux-cuda": ("ubuntu-latest", "cpu")}
+    steps = {s.get("name", s.get("uses")): s for s in smoke["steps"]}
+    unpack = steps["Unpack, and install the runtime version the manifest names"]["run"]
+    assert "tar -xzf bundle-${{ matrix.target }}.tar.gz" in unpack and "['dependencies']['onnxruntime-genai']" in unpack
+    assert "slmkit" not in unpack.replace("bundle-", "")
+    assert steps["Smoke test (the bundle's own, runtime package only)"]["run"] == (
+        "python bundle-${{ matrix.target }}/tests/smoke_test.py --provider ${{ matrix.smoke_provider }}")
     assert workflow["env"]["MODEL"] == "microsoft/Phi-3.5-mini-instruct"
     again = CliRunner().invoke(main, ["ci", "init", "--model", "x/y"])
     assert again.exit_code == 1 and "already exists. Pass --force to overwrite it." in again.output

@@ -10,11 +10,16 @@ from pathlib import Path
 from .catalog import target_names
 from .errors import ConfigError, OutputError, did_you_mean
 
-# Hosted runners have no GPU: GPU bundles run their graph on the CPU provider there.
+# Hosted runners have no GPU: GPU bundles run their graph on the CPU provider there. Phone bundles
+# run on the hosted ARM64 runner, whose int4 kernels are the phone's (KleidiAI), not x86's.
 SMOKE_PROVIDER = {"cpu": "bundle", "android": "bundle", "ios": "bundle", "windows-dml": "cpu", "linux-cuda": "cpu"}
+SMOKE_RUNNER = {"android": "ubuntu-24.04-arm", "ios": "ubuntu-24.04-arm"}
+X86_RUNNER = "ubuntu-latest"
 
 TEMPLATE = """\
-# Written by `slmkit ci init`. One job per target: build, smoke-test, upload the bundle archive.
+# Written by `slmkit ci init`. Per target: build and verify on x86, upload the bundle archive; then
+# the bundle's own smoke test, with the runtime package alone, on the CPU it is for (ARM64 for
+# android and ios: the phone's int4 kernels).
 name: slmkit bundles
 
 on:
@@ -28,13 +33,11 @@ env:
 
 jobs:
   bundle:
-    runs-on: ubuntu-latest
+    runs-on: {x86}
     strategy:
       fail-fast: false
       matrix:
         target: [{targets}]
-        include:
-{includes}
     steps:
       - uses: actions/checkout@v4
       - uses: actions/setup-python@v5
@@ -50,8 +53,6 @@ jobs:
         run: {install}
       - name: Build and verify
         run: slmkit build --model "$MODEL" --target ${{{{ matrix.target }}}} -o bundle-${{{{ matrix.target }}}}
-      - name: Smoke test (the bundle's own, runtime package only)
-        run: python bundle-${{{{ matrix.target }}}}/tests/smoke_test.py --provider ${{{{ matrix.smoke_provider }}}}
       - name: Pack
         run: slmkit pack bundle-${{{{ matrix.target }}}} -o bundle-${{{{ matrix.target }}}}.tar.gz
       - uses: actions/upload-artifact@v4
@@ -59,6 +60,28 @@ jobs:
           name: bundle-${{{{ matrix.target }}}}
           path: bundle-${{{{ matrix.target }}}}.tar.gz
           if-no-files-found: error
+
+  smoke:
+    needs: bundle
+    runs-on: ${{{{ matrix.runs_on }}}}
+    strategy:
+      fail-fast: false
+      matrix:
+        include:
+{includes}
+    steps:
+      - uses: actions/setup-python@v5
+        with:
+          python-version: "3.11"
+      - uses: actions/download-artifact@v4
+        with:
+          name: bundle-${{{{ matrix.target }}}}
+      - name: Unpack, and install the runtime version the manifest names
+        run: |
+          tar -xzf bundle-${{{{ matrix.target }}}}.tar.gz
+          pip install "onnxruntime-genai==$(python -c "import json; print(json.load(open('bundle-${{{{ matrix.target }}}}/manifest.json'))['dependencies']['onnxruntime-genai'])")" numpy
+      - name: Smoke test (the bundle's own, runtime package only)
+        run: python bundle-${{{{ matrix.target }}}}/tests/smoke_test.py --provider ${{{{ matrix.smoke_provider }}}}
 """
 
 
@@ -88,9 +111,10 @@ def workflow(model: str, targets: list[str], install: str | None) -> str:
             raise ConfigError(f"Unknown target '{t}'. Available: {', '.join(known)}.{did_you_mean(t, known)}")
     install = install or default_install()
     includes = "\n".join(
-        f"          - target: {t}\n            smoke_provider: {SMOKE_PROVIDER[t]}" for t in targets
+        f"          - target: {t}\n            runs_on: {SMOKE_RUNNER.get(t, X86_RUNNER)}\n"
+        f"            smoke_provider: {SMOKE_PROVIDER[t]}" for t in targets
     )
-    return TEMPLATE.format(model=model, targets=", ".join(targets), includes=includes,
+    return TEMPLATE.format(model=model, targets=", ".join(targets), includes=includes, x86=X86_RUNNER,
                            install=json.dumps(install), recipe_glob="recipes/**")  # a JSON string is YAML
 
 
