@@ -106,3 +106,21 @@ def test_provider_override_for_gpu_bundles(bundles):
 def test_runner_needs_a_prompt_or_chat(bundles):
     proc = _run(bundles("cpu"))
     assert proc.returncode == 2 and "give --prompt TEXT or --chat" in proc.stderr
+
+
+def test_mobile_packages_are_pinned_to_the_verified_runtime_and_the_ort_it_was_built_against():
+    """The AAR/pod versions equal the onnxruntime-genai the bundle was verified with; the Android ONNX
+    Runtime is the one that release was built against (the lower bound of its onnxruntime requirement),
+    not the desktop onnxruntime, which need not exist on Maven Central."""
+    import re
+    from importlib import metadata
+
+    runners = Path(__file__).resolve().parent.parent / "toolkit" / "runners"
+    genai = metadata.version("onnxruntime-genai")
+    built_against = next(re.search(r">=\s*([\d.]+)", r).group(1) for r in metadata.requires("onnxruntime-genai")
+                         if re.match(r"onnxruntime\b(?!-)", r))
+    gradle = (runners / "android" / "dependencies.gradle.kts").read_text()
+    assert f'files("libs/onnxruntime-genai-android-{genai}.aar")' in gradle
+    assert f'"com.microsoft.onnxruntime:onnxruntime-android:{built_against}"' in gradle
+    assert 'abiFilters += listOf("arm64-v8a", "x86_64")' in gradle  # the emulator CI runs the test on
+    assert f"pod 'onnxruntime-genai-objc', '{genai}'" in (runners / "ios" / "Podfile").read_text()

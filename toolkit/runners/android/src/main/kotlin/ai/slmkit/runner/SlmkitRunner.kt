@@ -19,22 +19,21 @@ import java.io.File
  * context cap (search.max_length in genai_config.json). Not thread-safe: one generation at a time.
  */
 class SlmkitRunner(val modelDir: File) : AutoCloseable {
-    private val config: Config = Config(modelDir.path)
-    val model: Model = Model(config)
-    val tokenizer: Tokenizer = Tokenizer(model)
-    val eosIds: Set<Int>
-    val maxLength: Int
-    private val promptFormat: String?
-
-    init {
-        val genai = JSONObject(File(modelDir, "genai_config.json").readText())
-        val eos: Any = genai.getJSONObject("model").get("eos_token_id")
-        eosIds = if (eos is JSONArray) (0 until eos.length()).map { eos.getInt(it) }.toSet() else setOf(eos as Int)
-        maxLength = genai.getJSONObject("search").getInt("max_length")
-        // The model's chat template rendered for one user turn by slmkit at build time.
-        val formatFile = File(modelDir, "prompt_format.json")
-        promptFormat = if (formatFile.exists()) JSONObject(formatFile.readText()).getString("single_turn") else null
+    // The JSON files are read before any native object exists: a malformed file leaks nothing.
+    private val genai = JSONObject(File(modelDir, "genai_config.json").readText())
+    val eosIds: Set<Int> = genai.getJSONObject("model").let { m ->
+        val eos = m.optJSONArray("eos_token_id")
+        if (eos != null) (0 until eos.length()).map { eos.getInt(it) }.toSet() else setOf(m.getInt("eos_token_id"))
     }
+    val maxLength: Int = genai.getJSONObject("search").getInt("max_length")
+    // The model's chat template rendered for one user turn by slmkit at build time.
+    private val promptFormat: String? = File(modelDir, "prompt_format.json").let { f ->
+        if (f.exists()) JSONObject(f.readText()).getString("single_turn") else null
+    }
+    private val config: Config = Config(modelDir.path)
+    // Each native object is closed again when the next one cannot be made (a broken model file).
+    val model: Model = try { Model(config) } catch (e: Throwable) { config.close(); throw e }
+    val tokenizer: Tokenizer = try { Tokenizer(model) } catch (e: Throwable) { model.close(); config.close(); throw e }
 
     /** The user message in the model's chat format (Phi-3 format when the model has no template). */
     fun formatChat(message: String): String =
