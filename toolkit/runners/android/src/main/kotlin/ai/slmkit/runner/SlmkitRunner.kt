@@ -61,7 +61,7 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
         topP: Double = 1.0,
         topK: Int = 0,
         seed: Int = 0,
-        onText: (String) -> Unit = {},
+        onText: (String) -> Unit = {}
     ): IntArray {
         require(promptIds.size < maxLength) {
             "The prompt has ${promptIds.size} tokens; this bundle's context cap is $maxLength. Shorten the prompt."

@@ -1,0 +1,32 @@
+/*
+ * Declaration-only stub for compiling against the onnxruntime-genai Java API; not the library.
+ * Generated from microsoft/onnxruntime-genai a0c04eb1313b886c963e415bbd974748cb89a4eb
+ * src/java/src/main/java/ai/onnxruntime/genai/GeneratorParams.java
+ * Public classes, constructors and methods with their exact types and checked exceptions; bodies
+ * only throw. Non-public constructors are kept so that no implicit public one appears.
+ * Original: Copyright (c) Microsoft Corporation. Licensed under the MIT License (tests/data/genai_api/SOURCE.md).
+ */
+package ai.onnxruntime.genai;
+
+public final class GeneratorParams implements AutoCloseable {
+  public GeneratorParams(Model model) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public void setSearchOption(String optionName, double value) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public void setSearchOption(String optionName, boolean value) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public double getSearchNumber(String optionName) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public boolean getSearchBool(String optionName) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public void setSpeculativeNumber(String optionName, double value) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public double getSpeculativeNumber(String optionName) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public void setSpeculativeBool(String optionName, boolean value) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  public boolean getSpeculativeBool(String optionName) throws GenAIException { throw new UnsupportedOperationException("declaration-only stub"); }
+
+  @Override
+  public void close() { throw new UnsupportedOperationException("declaration-only stub"); }
+}
