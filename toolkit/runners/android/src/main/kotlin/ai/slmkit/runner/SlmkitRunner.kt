@@ -67,9 +67,10 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
             "The prompt has ${promptIds.size} tokens; this bundle's context cap is $maxLength. Shorten the prompt."
         }
         val params: GeneratorParams = GeneratorParams(model)
-        val stream: TokenizerStream = tokenizer.createStream()
+        var stream: TokenizerStream? = null  // made inside the try: params is closed if it fails
         val out = ArrayList<Int>()
         try {
+            stream = tokenizer.createStream()
             params.setSearchOption("max_length", minOf(maxLength, promptIds.size + maxNewTokens).toDouble())
             params.setSearchOption("batch_size", 1.0)
             if (temperature > 0.0) {
@@ -96,7 +97,7 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
                 generator.close()
             }
         } finally {
-            stream.close()
+            stream?.close()
             params.close()
         }
         return out.toIntArray()
