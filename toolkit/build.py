@@ -27,7 +27,28 @@ class Staging:
     bundle: Path
 
 
+# Targets a mixture of experts is not built for, and why (the bundle size is added to the message).
+MOE_REFUSED = {
+    "android": "more than a phone's memory (every expert stays loaded: top-2 routing picks other experts at every token)",
+    "ios": "more than an iPhone's or iPad's memory (every expert stays loaded: top-2 routing picks other experts at every token)",
+    "windows-dml": "and onnxruntime has no DirectML kernel for QMoE, the mixture-of-experts operator",
+}
+
+
+def _refuse_moe(src: SourceModel, target: str | None) -> None:
+    from .doctor import estimate_bundle_bytes
+
+    if src.architecture not in stream.MOE or target not in MOE_REFUSED:
+        return
+    size = estimate_bundle_bytes(src.num_params, "int4", src.config["vocab_size"], src.config["hidden_size"])
+    raise ConfigError(
+        f"{src.architecture} ({src.num_params / 1e9:.3g} B parameters, a mixture of "
+        f"{src.config.get('num_local_experts')} experts) is not built for {target}: its int4 bundle would be about "
+        f"{size / 1e9:.3g} GB, {MOE_REFUSED[target]}. Build it with --target cpu or --target linux-cuda.")
+
+
 def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrides: tuple[str, ...]) -> BuildPlan:
+    _refuse_moe(src, target)
     chosen, tgt = choose_recipe(recipe, target, src.architecture, src.rope_scaling)
     plan = resolve(chosen, tgt, overrides)
     limit = src.config.get("max_position_embeddings", 0)

@@ -97,7 +97,9 @@ def layer_params(config: dict) -> int:
     hidden, heads = config["hidden_size"], config["num_attention_heads"]
     head = config.get("head_dim") or hidden // heads
     kv = config.get("num_key_value_heads") or heads
-    return hidden * (heads + 2 * kv) * head + heads * head * hidden + 3 * hidden * config["intermediate_size"]
+    experts = config.get("num_local_experts") or 1  # a mixture of experts: every expert, and the router
+    mlp = experts * 3 * hidden * config["intermediate_size"] + (hidden * experts if experts > 1 else 0)
+    return hidden * (heads + 2 * kv) * head + heads * head * hidden + mlp
 
 
 def reference_memory_bytes(config: dict) -> int:

@@ -75,8 +75,18 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan) -> list[str]:
             if has_zp == plan.quantize.symmetric:
                 problems.append(f"{node.name}: {'has' if has_zp else 'no'} zero points, requested "
                                 f"{'symmetric' if plan.quantize.symmetric else 'asymmetric'} quantization")
+        for node in (n for n in graph.node if n.op_type == "QMoE"):  # a mixture of experts' expert weights
+            attrs = _attributes(node)
+            if attrs.get("expert_weight_bits") not in expected_bits(plan.quantize, precision, False):
+                problems.append(f"{node.name}: expert_weight_bits = {attrs.get('expert_weight_bits')}, "
+                                f"requested {precision}")
+            if attrs.get("block_size") != plan.quantize.block_size:
+                problems.append(f"{node.name}: block_size = {attrs.get('block_size')}, "
+                                f"requested {plan.quantize.block_size}")
         weights = {i.name for i in graph.initializer}
-        dense = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+        # A mixture of experts' router stays float: it is small and picks the experts.
+        dense = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
+                 and "/moe/router/" not in n.name]
         if dense:
             problems.append(f"precision {precision}: MatMul nodes left unquantized: {', '.join(dense[:5])}")
     elif nbits:

@@ -28,6 +28,13 @@ class _Reader:
         self.buffers: dict[tuple[str, tuple[int, ...]], Any] = {}
 
     def into(self, param: Any, key: str) -> None:
+        if key not in self.weights and _published_moe(key):
+            for index, source in _published_moe(key)(param.shape):
+                self.into(param[index], source)
+            return
+        self._read(param, key)
+
+    def _read(self, param: Any, key: str) -> None:
         import torch
 
         e = self.weights.entry(key, "the reference model")
@@ -45,6 +52,25 @@ class _Reader:
     def load(self, module: Any, prefix: str) -> None:
         for name, param in module.named_parameters():
             self.into(param, f"{prefix}{name}")
+
+
+def _published_moe(key: str) -> Callable[[tuple[int, ...]], list[tuple[Any, str]]] | None:
+    """transformers 5 fuses PhiMoE's experts ([E, 2I, H] gate_up_proj, [E, H, I] down_proj) and
+    renames its router; Phi-3.5-MoE-instruct's checkpoint keeps one w1/w3/w2 per expert. For a
+    fused parameter name: the (slice of it, published tensor) pairs that fill it."""
+    stem, _, name = key.rpartition(".mlp.")
+    if not stem:
+        return None
+    moe = f"{stem}.block_sparse_moe"
+    if name == "router.weight":
+        return lambda shape: [(slice(None), f"{moe}.gate.weight")]
+    if name == "experts.gate_up_proj":
+        return lambda shape: [p for e in range(shape[0]) for p in (
+            ((e, slice(0, shape[1] // 2)), f"{moe}.experts.{e}.w1.weight"),
+            ((e, slice(shape[1] // 2, None)), f"{moe}.experts.{e}.w3.weight"))]
+    if name == "experts.down_proj":
+        return lambda shape: [(e, f"{moe}.experts.{e}.w2.weight") for e in range(shape[0])]
+    return None
 
 
 def _lazy_layer_class():
@@ -97,7 +123,9 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
         model.lm_head.to_empty(device="cpu")
         reader.load(model.lm_head, "lm_head.")
     inner.rotary_emb = type(inner.rotary_emb)(config=model.config)  # its buffers, computed on the CPU
-    shared, lazy = inner.layers[0], _lazy_layer_class()
+    # The shared layer is not registered, so model.eval() does not reach it: set it here (PhiMoE's
+    # router samples experts and jitters its input in training mode).
+    shared, lazy = inner.layers[0].eval(), _lazy_layer_class()
     inner.layers = torch.nn.ModuleList(lazy(i, shared, reader, on_layer) for i in range(len(inner.layers)))
     return tokenizer, model.eval()
 

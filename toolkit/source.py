@@ -18,6 +18,8 @@ from .errors import InputModelError
 SUPPORTED = {
     "Phi3ForCausalLM": ("Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini", "phi3"),
     "LlamaForCausalLM": ("SmolLM2 and other Llama-architecture models", "llama"),
+    "PhiMoEForCausalLM": ("Phi-3.5-MoE", "phimoe"),  # the published config's name
+    "PhimoeForCausalLM": ("Phi-3.5-MoE re-saved by transformers 5", "phimoe"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # Bounds far beyond any small model, checked before anything is allocated.

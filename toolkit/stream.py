@@ -18,6 +18,7 @@ import numpy as np
 from .config import ExportConfig, QuantizeConfig
 from .errors import ConfigError, InputModelError
 from .export import builder_call, create_model
+from .graphs import moe as moe_graph
 from .graphs.decoder import expected_tensors, graph_io, write_decoder
 from .graphs.ops import MS, GraphWriter, Shape
 from .progress import bar
@@ -27,7 +28,8 @@ from .tensors import CheckpointTensors, ExternalData
 
 # Phi-3 checkpoints store q/k/v and gate/up fused; Llama ones separate. The builder packs Llama's
 # q, k, v into one qkv_proj MatMul and splits Phi-3's gate_up, so both give the same graph.
-ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM")
+ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM", "PhiMoEForCausalLM", "PhimoeForCausalLM")
+MOE = ("PhiMoEForCausalLM", "PhimoeForCausalLM")  # experts in QMoE: int4 or int8 only, CPU or CUDA
 ROPE_KINDS = ("longrope", "none")
 # The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
 PRECISIONS = {"cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"), "dml": ("int4", "fp16")}
@@ -52,6 +54,9 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
     elif precision not in ("fp32", "fp16") and q.method not in METHODS:
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
                      "writes the float32 export that slmkit's own 'mse' method quantizes)")
+    elif src.architecture in MOE and (ep not in ("cpu", "cuda") or precision not in ("int4", "int8")):
+        found.append(f"{precision} {ep} graphs of a mixture of experts (its experts are written int4 or int8, "
+                     "as onnxruntime's QMoE, for the cpu and cuda providers)")
     elif tied and precision not in ("fp32", "fp16") and (precision != "int4" or not q.symmetric or q.lm_head != "int4"):
         found.append("tied embeddings with int8 or asymmetric weights (it shares float32 or symmetric "
                      "int4 lm_head weights with the embedding)")
@@ -80,6 +85,44 @@ def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path
     path.write_text(json.dumps(config, indent=4), encoding="utf-8")  # as the builder writes it
 
 
+def write_moe_config(source: Path, config: dict[str, Any], export: ExportConfig, out: Path) -> None:
+    """genai_config.json ("type": "phimoe") and the tokenizer files for a PhiMoE graph: the builder
+    cannot read transformers 5's PhiMoE, so slmkit writes what its config_only mode writes for Phi-3.5."""
+    from transformers import AutoTokenizer
+
+    from .hf import quiet
+    from .source import eos_ids
+
+    quiet()
+
+    shape = Shape.of(config)
+    provider = {"cuda": [{"cuda": {}}]}.get(export.execution_provider, [])
+    eos = eos_ids(source)
+    genai = {
+        "model": {
+            "bos_token_id": config.get("bos_token_id", 1), "context_length": shape.context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": provider},
+                "filename": "model.onnx", "head_size": shape.head, "hidden_size": shape.hidden,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": shape.heads, "num_hidden_layers": shape.layers,
+                "num_key_value_heads": shape.kv_heads,
+            },
+            "eos_token_id": eos, "pad_token_id": config.get("pad_token_id") or eos[0],
+            "type": "phimoe", "vocab_size": shape.vocab,
+        },
+        "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+                   "max_length": shape.context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": True, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 50, "top_p": 1.0},
+    }
+    (out / "genai_config.json").write_text(json.dumps(genai, indent=4), encoding="utf-8")
+    AutoTokenizer.from_pretrained(source, trust_remote_code=False).save_pretrained(out)
+
+
 def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str, Any], export: ExportConfig,
                   q: QuantizeConfig, work: Path) -> Path:
     """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export."""
@@ -90,8 +133,11 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
     dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
-    fused = "model.layers.0.self_attn.qkv_proj.weight" in weights
-    expected = expected_tensors(shape, fused)
+    moe = "num_local_experts" in config
+    if moe:
+        expected = moe_graph.expected_tensors(shape, config["num_local_experts"], moe_graph.published(weights))
+    else:
+        expected = expected_tensors(shape, "model.layers.0.self_attn.qkv_proj.weight" in weights)
     unused = sorted(n for n in set(weights.entries) - expected
                     if not n.endswith("rotary_emb.inv_freq"))
     if unused:
@@ -101,12 +147,18 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
             "Use --set export.engine=ort-genai.")
     out = work / "export"
     out.mkdir(parents=True)
-    write_config_files(source, export, out, work)
+    if moe:
+        write_moe_config(source, config, export, out)
+    else:
+        write_config_files(source, export, out, work)
     total = weights.nbytes(expected)
     with ExternalData(out / "model.onnx.data") as data, bar("export", total, "bytes of weights") as progress:
         weights.on_read = progress.advance
         g = GraphWriter(data, export.precision, q, dtype)
-        write_decoder(g, weights, shape, config, export.execution_provider)
+        if moe:
+            moe_graph.write_moe_decoder(g, weights, shape, config)
+        else:
+            write_decoder(g, weights, shape, config, export.execution_provider)
     inputs, outputs = graph_io(shape, dtype, export.execution_provider)
     graph = helper.make_graph(g.nodes, "main_graph", inputs, outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],

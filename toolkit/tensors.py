@@ -68,9 +68,13 @@ class CheckpointTensors:
             f.readinto(buffer)
         self.on_read(e.end - e.start)
 
-    def float32(self, name: str) -> np.ndarray:
-        """The tensor as a new float32 array (bf16 and fp16 widen exactly)."""
+    def float32(self, name: str, index: int | None = None) -> np.ndarray:
+        """The tensor as a new float32 array (bf16 and fp16 widen exactly); with `index`, only
+        tensor[index] is read (one expert of a stacked [experts, ...] tensor)."""
         e = self.entry(name)
+        if index is not None:
+            step = (e.end - e.start) // e.shape[0]
+            e = _Entry(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
         raw = np.empty(math.prod(e.shape), dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
         self.read_into(e, memoryview(raw).cast("B"))
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
@@ -93,14 +97,28 @@ class ExternalData:
         self.file.close()
 
     def tensor(self, name: str, array: np.ndarray) -> Any:
-        import onnx
-
         array = np.ascontiguousarray(array)
-        t = onnx.TensorProto(name=name, dims=array.shape,
-                             data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype),
-                             data_location=onnx.TensorProto.EXTERNAL)
-        for key, value in (("location", self.path.name), ("offset", self.offset), ("length", array.nbytes)):
-            t.external_data.add(key=key, value=str(value))
+        start = self.offset
         self.file.write(memoryview(array).cast("B"))
         self.offset += array.nbytes
+        return self._proto(name, list(array.shape), array.dtype, start)
+
+    def stacked(self, name: str, parts: Iterable[np.ndarray]) -> Any:
+        """One initializer [len(parts), *part.shape] written part by part as `parts` yields them
+        (each expert of a layer in turn, never all of them in memory at once)."""
+        start, shape, dtype = self.offset, None, None
+        for count, part in enumerate(parts, 1):
+            part = np.ascontiguousarray(part)
+            shape, dtype = [count, *part.shape], part.dtype
+            self.file.write(memoryview(part).cast("B"))
+            self.offset += part.nbytes
+        return self._proto(name, shape, dtype, start)
+
+    def _proto(self, name: str, shape: list[int], dtype: np.dtype, start: int) -> Any:
+        import onnx
+
+        t = onnx.TensorProto(name=name, dims=shape, data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
+                             data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", start), ("length", self.offset - start)):
+            t.external_data.add(key=key, value=str(value))
         return t

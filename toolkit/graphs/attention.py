@@ -83,9 +83,10 @@ def _split_inputs(g: GraphWriter, shape: Shape, caches: dict) -> AttentionInputs
 
 
 def attention(g: GraphWriter, a: AttentionInputs, shape: Shape, layer: int, h: str,
-              qkv: np.ndarray) -> tuple[str, AttentionInputs]:
-    """One layer's attention on the normalized input `h`, from the q/k/v weight rows [q; k; v].
-    Returns its output (before o_proj) and the inputs (DirectML fills in the lazily written caches)."""
+              qkv: np.ndarray, bias: np.ndarray | None = None) -> tuple[str, AttentionInputs]:
+    """One layer's attention on the normalized input `h`, from the q/k/v weight rows [q; k; v] (and
+    their biases: PhiMoE; packed flavour only). Returns its output (before o_proj) and the inputs
+    (DirectML fills in the lazily written caches)."""
     base, i = f"/model/layers.{layer}/attn", layer
     past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
     outputs = [f"{base}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
@@ -93,6 +94,8 @@ def attention(g: GraphWriter, a: AttentionInputs, shape: Shape, layer: int, h: s
                   local_window_size=-1, softcap=0.0, rotary_interleaved=0)
     if a.positions is None:
         packed = g.matmul(f"{base}/qkv_proj", h, qkv)
+        if bias is not None:
+            packed = g.node("Add", f"{base}/qkv_proj/Add", [packed, g.weight(f"model.layers.{i}.attn.qkv_proj.bias", bias)])
         g.node("GroupQueryAttention", f"{base}/GroupQueryAttention",
                [packed, "", "", *past, a.seqlens, a.total_len, a.cos, a.sin, "", "", ""], outputs, MS,
                do_rotary=1, **common)

@@ -39,7 +39,9 @@ class Shape:
             intermediate=config["intermediate_size"], vocab=config["vocab_size"],
             layers=config["num_hidden_layers"], eps=config.get("rms_norm_eps", 1e-5),
             context=config["max_position_embeddings"],
-            original_context=config.get("original_max_position_embeddings") or config["max_position_embeddings"],
+            original_context=(config.get("original_max_position_embeddings")
+                              or (config.get("rope_scaling") or {}).get("original_max_position_embeddings")
+                              or config["max_position_embeddings"]),
         )
 
 
@@ -97,6 +99,7 @@ class GraphWriter:
         self.data, self.precision, self.q, self.dtype = data, precision, q, np.dtype(dtype)
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
+        self.constants: set[str] = set()
 
     def node(self, op: str, name: str, inputs: list[str], outputs: list[str] | None = None,
              domain: str = "", **attrs: Any) -> str:
@@ -111,15 +114,27 @@ class GraphWriter:
         from onnx import numpy_helper
 
         label = str(value)
+        if label in self.constants:  # made once, read by every node that needs it
+            return f"/model/constants/INT64/{label}"
+        self.constants.add(label)
         tensor = numpy_helper.from_array(np.array(value, dtype=np.int64), "")
         return self.node("Constant", f"/model/constant_nodes/INT64/{label}", [],
                          [f"/model/constants/INT64/{label}"], value=tensor)
 
-    def weight(self, name: str, array: np.ndarray) -> str:
-        """An initializer; float32 values are stored in the graph's float type."""
-        if array.dtype == np.float32:
+    @property
+    def elem(self) -> int:
+        return ELEM[self.dtype]
+
+    def weight(self, name: str, array: np.ndarray, keep: bool = False) -> str:
+        """An initializer; float32 values are stored in the graph's float type (unless `keep`)."""
+        if array.dtype == np.float32 and not keep:
             array = array.astype(self.dtype, copy=False)
         self.initializers.append(self.data.tensor(name, array))
+        return name
+
+    def stacked(self, name: str, parts: Any) -> str:
+        """An initializer [n, ...] written from n equally shaped parts, one at a time."""
+        self.initializers.append(self.data.stacked(name, parts))
         return name
 
     def linear(self, base: str, w_out_in: np.ndarray, lm_head: bool = False) -> tuple[list[str], dict[str, Any]]:
@@ -143,8 +158,13 @@ class GraphWriter:
         return names, attrs
 
     def matmul(self, base: str, x: str, w_out_in: np.ndarray | None = None, lm_head: bool = False,
-               output: str = "", written: tuple[list[str], dict[str, Any]] | None = None) -> str:
-        """x @ W.T as MatMul (fp32) or MatMulNBits, from a weight or from initializers `written`."""
+               output: str = "", written: tuple[list[str], dict[str, Any]] | None = None,
+               float_weight: bool = False) -> str:
+        """x @ W.T as MatMul (float precisions, or `float_weight`) or MatMulNBits, from a weight or
+        from initializers `written`."""
+        if float_weight:
+            stem = base.lstrip("/").replace("/", ".") + ".MatMul.weight"
+            written = [self.weight(stem, np.ascontiguousarray(w_out_in.T))], {}
         names, attrs = written or self.linear(base, w_out_in, lm_head)
         output = output or f"{base}/MatMul/output_0"
         if not attrs:
