@@ -107,11 +107,12 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def whole_build(model: Path, target: str, out: Path, root: Path = ROOT) -> tuple[str, float, float]:
+def whole_build(model: Path, target: str, out: Path, root: Path = ROOT,
+                extra: tuple[str, ...] = ()) -> tuple[str, float, float]:
     """(result, peak RSS of the build's process tree, wall s) of one `slmkit build` of the slmkit
-    checkout at `root`."""
+    checkout at `root` (`extra`: more command-line arguments)."""
     args = ["build", "-m", str(model), "-t", target, "-o", str(out),
-            "--set", "verify.min_top1_agreement=0", "--set", "verify.min_greedy_prefix=1"]
+            "--set", "verify.min_top1_agreement=0", "--set", "verify.min_greedy_prefix=1", *extra]
     env = dict(os.environ, PYTHONPATH=str(root))
     start, peak = time.perf_counter(), 0
     proc = subprocess.Popen([sys.executable, "-c", "from toolkit.cli import main; main()", *args], cwd=root,

@@ -211,6 +211,14 @@ def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32
             f"{p}.mlp.down_proj.weight": (hidden, intermediate),
         })
     shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
+    return write_random_safetensors(out / "model.safetensors", shapes, seed)
+
+
+def write_random_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = 0) -> int:
+    """Random bf16 tensors of these shapes (norm weights near 1, matrices scaled by 1/sqrt(fan-in)),
+    written one at a time. Returns the parameter count."""
+    import numpy as np
+
     header, offset = {}, 0
     for name, shape in shapes.items():
         size = 2 * int(np.prod(shape))
@@ -219,7 +227,7 @@ def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
     rng = np.random.default_rng(seed)
-    with open(out / "model.safetensors", "wb") as f:
+    with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
         for shape in shapes.values():
             if len(shape) == 1:

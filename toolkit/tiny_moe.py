@@ -94,3 +94,35 @@ def make_tiny_phimoe(out: Path, layout: str = "published", layers: int = 2, expe
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
     return out
+
+
+def make_random_phimoe(out: Path, layers: int, hidden: int = 4096, heads: int = 32, kv_heads: int = 8,
+                       intermediate: int = 6400, experts: int = 16, vocab: int = 32064, seed: int = 0) -> int:
+    """A Phi-3.5-MoE-shaped folder (published layout, longrope, biases) with random bf16 weights,
+    written one tensor at a time; the defaults are Phi-3.5-MoE-instruct's dimensions (about 1.3 B
+    parameters a layer). Returns the parameter count."""
+    from .tiny import write_random_safetensors
+
+    out.mkdir(parents=True)
+    cfg = phimoe_config(make_tokenizer(out), layers, experts, hidden, heads, kv_heads, intermediate)
+    half = hidden // heads // 2
+    cfg["vocab_size"] = vocab
+    cfg["rope_scaling"].update(short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
+                               long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)])
+    (out / "config.json").write_text(json.dumps(cfg, indent=2))
+    head, shapes = hidden // heads, {"model.embed_tokens.weight": (vocab, hidden)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for norm in ("input_layernorm", "post_attention_layernorm"):
+            shapes.update({f"{p}.{norm}.weight": (hidden,), f"{p}.{norm}.bias": (hidden,)})
+        for proj, rows in (("q", heads * head), ("k", kv_heads * head), ("v", kv_heads * head), ("o", hidden)):
+            cols = heads * head if proj == "o" else hidden
+            shapes.update({f"{p}.self_attn.{proj}_proj.weight": (rows, cols), f"{p}.self_attn.{proj}_proj.bias": (rows,)})
+        shapes[f"{p}.block_sparse_moe.gate.weight"] = (experts, hidden)
+        for e in range(experts):
+            moe = f"{p}.block_sparse_moe.experts.{e}"
+            shapes.update({f"{moe}.w1.weight": (intermediate, hidden), f"{moe}.w3.weight": (intermediate, hidden),
+                           f"{moe}.w2.weight": (hidden, intermediate)})
+    shapes.update({"model.norm.weight": (hidden,), "model.norm.bias": (hidden,), "lm_head.weight": (vocab, hidden),
+                   "lm_head.bias": (vocab,)})
+    return write_random_safetensors(out / "model.safetensors", shapes, seed)
