@@ -60,7 +60,8 @@ def main() -> None:
         (args.work / "builder").mkdir()
         code, b_peak, b_out = run_child(CHILD, [str(model), str(args.work / "builder"), "builder"],
                                         int(total_memory_bytes() * 0.9))
-        builder = "ok" if code == 0 else f"failed: {reason(b_out)}"
+        raised = [line.split("builder raised ", 1)[1] for line in b_out.splitlines() if "builder raised " in line]
+        builder = "ok" if code == 0 else f"failed: {raised[-1] if raised else reason(b_out)}"
         rows.append((n, params, status, peak, wall, size, toks, builder, b_peak))
         print(f"{n} layers done: {status}, {peak / 1e9:.2f} GB, {wall:.0f} s; builder {builder}", flush=True)
         if not args.keep:
@@ -72,7 +73,7 @@ def main() -> None:
     for n, params, status, peak, wall, size, toks, builder, b_peak in rows:
         speed = f"{toks:.2f} tok/s" if toks else "-"
         print(f"| {n} | {params / 1e9:.2f} B | {status} | {peak / 1e9:.2f} GB | {wall:.0f} s | {size / 1e9:.2f} GB "
-              f"| {speed} | {builder[:90]} (peak {b_peak / 1e9:.2f} GB) |")
+              f"| {speed} | {builder[:110]} (peak {b_peak / 1e9:.2f} GB) |")
     ok = [r for r in rows if r[2] == "ok"]
     if len(ok) >= 2:
         (n0, _, _, _, w0, s0, *_), (n1, _, _, _, w1, s1, *_) = ok[0], ok[-1]

@@ -188,8 +188,9 @@ def test_float_experts_are_refused_before_anything_is_written(moe, tmp_path):
 
 @pytest.mark.parametrize("layout", ["published", "fused"])
 def test_layer_by_layer_reference_equals_the_whole_model(moe, layout):
-    """The reference reads published experts into transformers 5's fused parameters, and runs its
-    shared layer in eval mode (in training mode PhiMoE's router samples experts and jitters)."""
+    """The reference reads each expert when a token is routed to it (from either layout) and
+    computes it as transformers' eager loop does; its shared layer runs in eval mode (in training
+    mode PhiMoE's router samples experts and jitters). It never holds a layer's stacked experts."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -201,3 +202,7 @@ def test_layer_by_layer_reference_equals_the_whole_model(moe, layout):
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(layerwise(ids).logits, whole(ids).logits)
+    shared = layerwise.model.layers[0].shared[0]
+    assert not [n for n, _ in shared.named_parameters() if "experts" in n]
+    inter, hidden = src.config["intermediate_size"], src.config["hidden_size"]
+    assert tuple(shared.mlp.experts.gate_up.shape) == (2 * inter, hidden)  # one expert's buffer

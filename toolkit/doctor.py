@@ -106,7 +106,8 @@ def reference_memory_bytes(config: dict) -> int:
     """The float32 reference of the verify stage (toolkit/reference.py): embedding and lm_head
     loaded, one decoder layer at a time (its tensors, and their copies while they are read)."""
     table = config["vocab_size"] * config["hidden_size"]
-    return int(REFERENCE_BASE_BYTES + 4 * (2 * table + 2 * layer_params(config)))
+    one_expert = dict(config, num_local_experts=1)  # a mixture's experts are read one at a time
+    return int(REFERENCE_BASE_BYTES + 4 * (2 * table + 2 * layer_params(one_expert)))
 
 
 def memory_check(num_params: int, config: dict, engine: str, method: str = "default") -> Check:

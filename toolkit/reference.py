@@ -28,16 +28,16 @@ class _Reader:
         self.buffers: dict[tuple[str, tuple[int, ...]], Any] = {}
 
     def into(self, param: Any, key: str) -> None:
-        if key not in self.weights and _published_moe(key):
-            for index, source in _published_moe(key)(param.shape):
-                self.into(param[index], source)
-            return
-        self._read(param, key)
+        self._read(param, _PUBLISHED_ROUTER(key) if key not in self.weights else key)
 
-    def _read(self, param: Any, key: str) -> None:
+    def _read(self, param: Any, key: str, index: int | None = None) -> None:
+        """Read tensor `key` (or its [index] sub-tensor: one expert of a stacked tensor) into param."""
         import torch
 
         e = self.weights.entry(key, "the reference model")
+        if index is not None:
+            step = (e.end - e.start) // e.shape[0]
+            e = type(e)(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
         if tuple(e.shape) != tuple(param.shape):
             raise InputModelError(f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
                                   f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}.")
@@ -49,28 +49,61 @@ class _Reader:
         with torch.no_grad():
             param.copy_(raw)
 
+    def expert(self, prefix: str, e: int, gate_up: Any, down: Any) -> None:
+        """Expert e of layer `prefix` into gate_up [2I, H] (gate rows, then up) and down [H, I], from
+        the published layout (w1, w3, w2) or transformers 5's stacked tensors."""
+        published = f"{prefix}block_sparse_moe.experts.{e}"
+        if f"{published}.w1.weight" in self.weights:
+            half = gate_up.shape[0] // 2
+            self._read(gate_up[:half], f"{published}.w1.weight")
+            self._read(gate_up[half:], f"{published}.w3.weight")
+            self._read(down, f"{published}.w2.weight")
+        else:
+            self._read(gate_up, f"{prefix}mlp.experts.gate_up_proj", e)
+            self._read(down, f"{prefix}mlp.experts.down_proj", e)
+
     def load(self, module: Any, prefix: str) -> None:
         for name, param in module.named_parameters():
-            self.into(param, f"{prefix}{name}")
+            if not name.startswith("mlp.experts."):  # a mixture's experts are read one by one when hit
+                self.into(param, f"{prefix}{name}")
 
 
-def _published_moe(key: str) -> Callable[[tuple[int, ...]], list[tuple[Any, str]]] | None:
-    """transformers 5 fuses PhiMoE's experts ([E, 2I, H] gate_up_proj, [E, H, I] down_proj) and
-    renames its router; Phi-3.5-MoE-instruct's checkpoint keeps one w1/w3/w2 per expert. For a
-    fused parameter name: the (slice of it, published tensor) pairs that fill it."""
+def _PUBLISHED_ROUTER(key: str) -> str:
+    """transformers 5 names PhiMoE's router mlp.router; Phi-3.5-MoE-instruct's checkpoint
+    block_sparse_moe.gate."""
     stem, _, name = key.rpartition(".mlp.")
-    if not stem:
-        return None
-    moe = f"{stem}.block_sparse_moe"
-    if name == "router.weight":
-        return lambda shape: [(slice(None), f"{moe}.gate.weight")]
-    if name == "experts.gate_up_proj":
-        return lambda shape: [p for e in range(shape[0]) for p in (
-            ((e, slice(0, shape[1] // 2)), f"{moe}.experts.{e}.w1.weight"),
-            ((e, slice(shape[1] // 2, None)), f"{moe}.experts.{e}.w3.weight"))]
-    if name == "experts.down_proj":
-        return lambda shape: [(e, f"{moe}.experts.{e}.w2.weight") for e in range(shape[0])]
-    return None
+    return f"{stem}.block_sparse_moe.gate.weight" if stem and name == "router.weight" else key
+
+
+def _lazy_experts_class():
+    """LazyExperts: a mixture's experts computed as transformers' eager loop computes them, each
+    expert read into one float32 buffer when a token is routed to it (a layer's experts never all
+    in memory: 5 GB in float32 for Phi-3.5-MoE)."""
+    import torch
+
+    class LazyExperts(torch.nn.Module):
+        def __init__(self, experts: Any, reader: _Reader):
+            super().__init__()
+            self.count, self.act_fn, self.reader, self.prefix = experts.num_experts, experts.act_fn, reader, ""
+            self.gate_up = torch.empty(experts.gate_up_proj.shape[1:])
+            self.down = torch.empty(experts.down_proj.shape[1:])
+
+        def forward(self, hidden_states: Any, top_k_index: Any, top_k_weights: Any) -> Any:
+            final = torch.zeros_like(hidden_states)
+            with torch.no_grad():
+                mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.count + 1).permute(2, 1, 0)
+                hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
+            for e in (int(x[0]) for x in hit):
+                if e == self.count:
+                    continue
+                top_k_pos, token_idx = torch.where(mask[e])
+                self.reader.expert(self.prefix, e, self.gate_up, self.down)
+                gate, up = torch.nn.functional.linear(hidden_states[token_idx], self.gate_up).chunk(2, dim=-1)
+                out = torch.nn.functional.linear(self.act_fn(gate) * up, self.down)
+                final.index_add_(0, token_idx, out * top_k_weights[token_idx, top_k_pos, None])
+            return final
+
+    return LazyExperts
 
 
 def _lazy_layer_class():
@@ -86,6 +119,9 @@ def _lazy_layer_class():
         def forward(self, *args: Any, **kwargs: Any) -> Any:
             layer = self.shared[0]
             self.reader.load(layer, f"model.layers.{self.index}.")
+            experts = getattr(getattr(layer, "mlp", None), "experts", None)
+            if hasattr(experts, "prefix"):
+                experts.prefix = f"model.layers.{self.index}."
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):
                     module.layer_idx = self.index
@@ -113,8 +149,11 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     reader = _Reader(CheckpointTensors(source, weight_files))
     inner = model.model
+    first = inner.layers[0]
+    if hasattr(getattr(first, "mlp", None), "experts"):
+        first.mlp.experts = _lazy_experts_class()(first.mlp.experts, reader)
     for module, prefix in ((inner.embed_tokens, "model.embed_tokens."), (inner.norm, "model.norm."),
-                           (inner.layers[0], "model.layers.0.")):
+                           (first, "model.layers.0.")):
         module.to_empty(device="cpu")
         reader.load(module, prefix)
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in reader.weights:

@@ -140,6 +140,27 @@ def _config(variant: str, n_tokens: int, layers: int) -> dict[str, Any]:
     return cfg
 
 
+def train(model: Any, tokenizer: Any, steps: int) -> Any:
+    """A few hundred AdamW steps on the embedded text and chat pairs (64-token windows, batch 16)."""
+    import torch
+
+    stream = tokenizer(corpus()).input_ids
+    for question, answer in chat_pairs():
+        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        stream += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
+    data = torch.tensor(stream)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    seq, batch = 64, 16
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - seq - 1, (batch,))
+        x = torch.stack([data[s : s + seq] for s in starts])
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
 def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps: int = 600, seed: int = 0) -> Path:
     """Write a tiny trained checkpoint folder at `out` (replaced if present) and return it."""
     import torch
@@ -160,24 +181,8 @@ def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps:
     generation = {"bos_token_id": 1, "eos_token_id": [base + 7, base + 1, base], "pad_token_id": base}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    stream = tokenizer(corpus()).input_ids
-    for question, answer in chat_pairs():
-        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        stream += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
-    data = torch.tensor(stream)
-
     torch.manual_seed(seed)
-    model = Phi3ForCausalLM(Phi3Config.from_pretrained(out))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    seq, batch = 64, 16
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - seq - 1, (batch,))
-        x = torch.stack([data[s : s + seq] for s in starts])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = train(Phi3ForCausalLM(Phi3Config.from_pretrained(out)), AutoTokenizer.from_pretrained(out), steps)
     model.to(torch.bfloat16).save_pretrained(out)
     # save_pretrained rewrites config.json in transformers' newest layout; keep the real one.
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -190,8 +195,6 @@ def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32
     """A Phi-3.5-shaped folder (longrope, 131072 context) with random bf16 weights, written one
     tensor at a time so that even the 3.8 B size never sits in memory. The defaults are
     Phi-3.5-mini's dimensions. Returns the parameter count."""
-    import numpy as np
-
     out.mkdir(parents=True)
     n_tokens = make_tokenizer(out)
     cfg = _config("phi-3.5", n_tokens, layers)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .tiny import PHI3_SPECIALS, chat_pairs, corpus, make_tokenizer
+from .tiny import PHI3_SPECIALS, make_tokenizer, train
 
 LAYOUTS = ("published", "fused")
 
@@ -66,24 +66,8 @@ def make_tiny_phimoe(out: Path, layout: str = "published", layers: int = 2, expe
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     generation = {"bos_token_id": 1, "eos_token_id": [base + 7, base + 1, base], "pad_token_id": base}
 
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    stream = tokenizer(corpus()).input_ids
-    for question, answer in chat_pairs():
-        chat = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        stream += tokenizer.apply_chat_template(chat, tokenize=True, return_dict=False)
-    data = torch.tensor(stream)
-
     torch.manual_seed(seed)
-    model = PhimoeForCausalLM(PhimoeConfig.from_pretrained(out))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    seq, batch = 64, 16
-    for _ in range(steps):
-        starts = torch.randint(0, len(data) - seq - 1, (batch,))
-        x = torch.stack([data[s : s + seq] for s in starts])
-        loss = model(input_ids=x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    model = train(PhimoeForCausalLM(PhimoeConfig.from_pretrained(out)), AutoTokenizer.from_pretrained(out), steps)
     model = model.to(torch.bfloat16)
     if layout == "published":
         model.save_pretrained(out)  # transformers writes the published names back
