@@ -4,8 +4,8 @@ of Phi-3.5-MoE-instruct's shape (hidden 4096, 32 heads, 8 KV heads, 16 experts, 
 vocab 32064, longrope, biases; about 1.3 B parameters a layer) with 1, 2 and 4 layers, next to the
 onnxruntime-genai builder on the same checkpoints (its failure message is a result). Peak RSS is
 the largest sum over the build's process tree (sampled every 0.1 s); decode tok/s is greedy on the
-bundle; the last row extrapolates to the real 32 layers (time and size linear in the layers,
-memory the largest measured). Random weights: verify thresholds 0 agreement and a 1-token prefix.
+bundle; the last row extrapolates to the real 32 layers (peak, time, size and time per token
+linear in the layers, from the first and last slice). Random weights: verify thresholds 0 agreement and a 1-token prefix.
 
     python benchmarks/moe_slices.py [--layers 1,2,4] [--work DIR] [--keep]
 """
@@ -76,12 +76,15 @@ def main() -> None:
               f"| {speed} | {builder[:110]} (peak {b_peak / 1e9:.2f} GB) |")
     ok = [r for r in rows if r[2] == "ok"]
     if len(ok) >= 2:
-        (n0, _, _, _, w0, s0, *_), (n1, _, _, _, w1, s1, *_) = ok[0], ok[-1]
-        per_wall, per_size = (w1 - w0) / (n1 - n0), (s1 - s0) / (n1 - n0)
-        peak = max(r[3] for r in ok)
-        print(f"| 32 (extrapolated) | {32 * LAYER_PARAMS / 1e9 + 0.26:.1f} B | - | about {peak / 1e9:.1f} GB "
-              f"| {w0 + per_wall * (32 - n0):.0f} s | {s0 + per_size * (32 - n0):.1f} GB | - | - |")
+        first, last = ok[0], ok[-1]
 
+        def at_32(col: int, value=lambda x: x) -> float:  # linear in the layers, from the first and last slice
+            slope = (value(last[col]) - value(first[col])) / (last[0] - first[0])
+            return value(first[col]) + slope * (32 - first[0])
+
+        ms = at_32(6, lambda toks: 1 / toks) if first[6] and last[6] else None
+        print(f"| 32 (extrapolated) | {32 * LAYER_PARAMS / 1e9 + 0.26:.1f} B | - | {at_32(3) / 1e9:.1f} GB "
+              f"| {at_32(4):.0f} s | {at_32(5) / 1e9:.1f} GB | {f'{1 / ms:.1f} tok/s' if ms else '-'} | - |")
 
 if __name__ == "__main__":
     main()

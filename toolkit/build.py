@@ -144,7 +144,8 @@ def preflight(src: SourceModel, plan: BuildPlan, out: Path, skip_memory_check: b
         need += doctor.estimate_bundle_bytes(src.num_params, "fp32", cfg["vocab_size"], cfg["hidden_size"])
     checks = doctor.package_checks() + [doctor.disk_check(out.parent, 2 * need)]
     if not skip_memory_check:
-        mem = doctor.memory_check(src.num_params, src.config, plan.export.engine, plan.quantize.method)
+        mem = doctor.memory_check(src.num_params, src.config, plan.export.engine, plan.quantize.method,
+                                         plan.export.precision)
         if not mem.ok:
             mem = doctor.Check(mem.name, False, mem.detail + " (pass --skip-memory-check to try anyway)")
         checks.append(mem)

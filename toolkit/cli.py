@@ -180,7 +180,8 @@ def doctor(model, target):
                                 f"{src.num_params / 1e9:.2f} B parameters -> recipe {plan.recipe}"))
         need = doc.estimate_bundle_bytes(src.num_params, plan.export.precision,
                                          src.config["vocab_size"], src.config["hidden_size"])
-        memory = doc.memory_check(src.num_params, src.config, plan.export.engine, plan.quantize.method)
+        memory = doc.memory_check(src.num_params, src.config, plan.export.engine, plan.quantize.method,
+                                         plan.export.precision)
         checks += [doc.disk_check(Path.cwd(), 2 * need), memory]
     for c in checks:
         click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<18} {c.detail}")
