@@ -161,20 +161,25 @@ def train(model: Any, tokenizer: Any, steps: int) -> Any:
     return model
 
 
+def fresh_folder(out: Path) -> Path:
+    """`out`, empty (replaced if present), with transformers' logging quieted for what follows."""
+    from .hf import quiet
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    quiet()
+    return out
+
+
 def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps: int = 600, seed: int = 0) -> Path:
     """Write a tiny trained checkpoint folder at `out` (replaced if present) and return it."""
     import torch
     from transformers import AutoTokenizer, Phi3Config, Phi3ForCausalLM
 
-    from .hf import quiet
-
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    quiet()
-    n_tokens = make_tokenizer(out)
+    n_tokens = make_tokenizer(fresh_folder(out))
     cfg = _config(variant, n_tokens, layers)
     base = cfg["eos_token_id"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2))

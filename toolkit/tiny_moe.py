@@ -11,11 +11,10 @@ in either checkpoint layout:
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
-from .tiny import PHI3_SPECIALS, make_tokenizer, train
+from .tiny import PHI3_SPECIALS, fresh_folder, make_tokenizer, train
 
 LAYOUTS = ("published", "fused")
 
@@ -53,15 +52,9 @@ def make_tiny_phimoe(out: Path, layout: str = "published", layers: int = 2, expe
     from safetensors.torch import save_file
     from transformers import AutoTokenizer, PhimoeConfig, PhimoeForCausalLM
 
-    from .hf import quiet
-
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    quiet()
-    cfg = phimoe_config(make_tokenizer(out), layers, experts)
+    cfg = phimoe_config(make_tokenizer(fresh_folder(out)), layers, experts)
     base = cfg["eos_token_id"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     generation = {"bos_token_id": 1, "eos_token_id": [base + 7, base + 1, base], "pad_token_id": base}
