@@ -5,8 +5,9 @@ initializer fails here, not in a phone build.
 
 Needs (Debian): javac, kotlinc, JUnit 4, Android's org.json, clang and GNUstep's Foundation headers:
     apt-get install -y --no-install-recommends default-jdk-headless kotlin junit4 libandroid-json-java clang libgnustep-base-dev
-A missing tool fails these tests and names the packages; SLMKIT_SKIP_MOBILE_COMPILE=1 skips them
-instead. SLMKIT_KOTLINC=/path/to/kotlinc selects another Kotlin compiler than the one on PATH.
+A missing tool skips these tests with that line (pytest -ra lists it); with
+SLMKIT_REQUIRE_MOBILE_COMPILE=1, as .ci/run sets it, it fails them instead. SLMKIT_KOTLINC=/path/to/kotlinc
+selects another Kotlin compiler than the one on PATH.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ OBJC_SMOKE = RUNNERS / "ios/SlmkitSmokeTests/SlmkitSmokeTests.m"
 
 PACKAGES = "default-jdk-headless kotlin junit4 libandroid-json-java clang libgnustep-base-dev"
 INSTALL = f"apt-get install -y --no-install-recommends {PACKAGES}"
-SKIP_ENV = "SLMKIT_SKIP_MOBILE_COMPILE"
+REQUIRE_ENV = "SLMKIT_REQUIRE_MOBILE_COMPILE"
 JUNIT = Path("/usr/share/java/junit4.jar")
 ORG_JSON = Path("/usr/share/java/com.android.json.jar")  # Android's own org.json (libandroid-json-java)
 GNUSTEP = Path("/usr/include/GNUstep")
@@ -49,9 +50,9 @@ def _require(what: str, found) -> None:
     if found:
         return
     reason = f"{what} is missing: {INSTALL}"
-    if os.environ.get(SKIP_ENV) == "1":
-        pytest.skip(f"{reason} ({SKIP_ENV}=1)")
-    pytest.fail(f"{reason} (or set {SKIP_ENV}=1 to skip the mobile compile checks)", pytrace=False)
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_ENV}=1: the mobile compile checks must run)", pytrace=False)
+    pytest.skip(reason)
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

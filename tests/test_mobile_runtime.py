@@ -7,8 +7,8 @@ genai_config.json, fails here, not as memory lost on a phone.
 tests/data/genai_fakes/LeakDriver.kt runs SlmkitRunner.kt once per scenario and prints a JSON line
 of what the fakes saw; it is compiled (one kotlinc run) with the runner and with a copy of the runner
 that has the old leaking pattern, which must be caught. Same tools and the same skip rule as
-tests/test_mobile_compile.py (SLMKIT_SKIP_MOBILE_COMPILE=1 skips, otherwise a missing tool fails and
-names the packages); the kotlin-stdlib.jar next to that kotlinc runs the result.
+tests/test_mobile_compile.py (a missing tool skips with the packages to install; with
+SLMKIT_REQUIRE_MOBILE_COMPILE=1 it fails); the kotlin-stdlib.jar next to that kotlinc runs the result.
 """
 
 from __future__ import annotations
