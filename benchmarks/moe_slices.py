@@ -65,8 +65,10 @@ def main() -> None:
         rows.append((n, params, status, peak, wall, size, toks, builder, b_peak))
         print(f"{n} layers done: {status}, {peak / 1e9:.2f} GB, {wall:.0f} s; builder {builder}", flush=True)
         if not args.keep:
-            shutil.rmtree(model, ignore_errors=True)
-            shutil.rmtree(out, ignore_errors=True)
+            for path in (model, out, args.work / "builder"):
+                shutil.rmtree(path, ignore_errors=True)
+    if not args.keep and not any(args.work.iterdir()):
+        args.work.rmdir()
     print()
     print("| layers | parameters | slmkit build | peak RSS | wall | bundle | decode | builder (same checkpoint) |")
     print("|---|---|---|---|---|---|---|---|")
