@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputModelError
+from .graphs.moe import expert_sources, router_key
 from .tensors import CheckpointTensors
 
 
@@ -28,16 +29,14 @@ class _Reader:
         self.buffers: dict[tuple[str, tuple[int, ...]], Any] = {}
 
     def into(self, param: Any, key: str) -> None:
-        self._read(param, _PUBLISHED_ROUTER(key) if key not in self.weights else key)
+        stem, _, name = key.rpartition(".mlp.")
+        self._read(param, router_key(self.weights, stem) if name == "router.weight" else key)
 
     def _read(self, param: Any, key: str, index: int | None = None) -> None:
         """Read tensor `key` (or its [index] sub-tensor: one expert of a stacked tensor) into param."""
         import torch
 
-        e = self.weights.entry(key, "the reference model")
-        if index is not None:
-            step = (e.end - e.start) // e.shape[0]
-            e = type(e)(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
+        e = self.weights.entry(key, "the reference model", index)
         if tuple(e.shape) != tuple(param.shape):
             raise InputModelError(f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
                                   f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}.")
@@ -49,30 +48,20 @@ class _Reader:
         with torch.no_grad():
             param.copy_(raw)
 
-    def expert(self, prefix: str, e: int, gate_up: Any, down: Any) -> None:
-        """Expert e of layer `prefix` into gate_up [2I, H] (gate rows, then up) and down [H, I], from
-        the published layout (w1, w3, w2) or transformers 5's stacked tensors."""
-        published = f"{prefix}block_sparse_moe.experts.{e}"
-        if f"{published}.w1.weight" in self.weights:
-            half = gate_up.shape[0] // 2
-            self._read(gate_up[:half], f"{published}.w1.weight")
-            self._read(gate_up[half:], f"{published}.w3.weight")
-            self._read(down, f"{published}.w2.weight")
-        else:
-            self._read(gate_up, f"{prefix}mlp.experts.gate_up_proj", e)
-            self._read(down, f"{prefix}mlp.experts.down_proj", e)
+    def expert(self, hf: str, e: int, gate_up: Any, down: Any) -> None:
+        """Expert e of layer `hf` into gate_up [2I, H] (gate rows, then up) and down [H, I]."""
+        parts, (down_key, down_index) = expert_sources(self.weights, hf, e)
+        row = 0
+        for key, index in parts:
+            rows = self.weights.entry(key, "the reference model", index).shape[0]
+            self._read(gate_up[row:row + rows], key, index)
+            row += rows
+        self._read(down, down_key, down_index)
 
     def load(self, module: Any, prefix: str) -> None:
         for name, param in module.named_parameters():
             if not name.startswith("mlp.experts."):  # a mixture's experts are read one by one when hit
                 self.into(param, f"{prefix}{name}")
-
-
-def _PUBLISHED_ROUTER(key: str) -> str:
-    """transformers 5 names PhiMoE's router mlp.router; Phi-3.5-MoE-instruct's checkpoint
-    block_sparse_moe.gate."""
-    stem, _, name = key.rpartition(".mlp.")
-    return f"{stem}.block_sparse_moe.gate.weight" if stem and name == "router.weight" else key
 
 
 def _lazy_experts_class():
@@ -84,7 +73,8 @@ def _lazy_experts_class():
     class LazyExperts(torch.nn.Module):
         def __init__(self, experts: Any, reader: _Reader):
             super().__init__()
-            self.count, self.act_fn, self.reader, self.prefix = experts.num_experts, experts.act_fn, reader, ""
+            self.count, self.act_fn, self.reader = experts.num_experts, experts.act_fn, reader
+            self.hf = ""  # the checkpoint's name of the layer running: set by LazyLayer
             self.gate_up = torch.empty(experts.gate_up_proj.shape[1:])
             self.down = torch.empty(experts.down_proj.shape[1:])
 
@@ -97,7 +87,7 @@ def _lazy_experts_class():
                 if e == self.count:
                     continue
                 top_k_pos, token_idx = torch.where(mask[e])
-                self.reader.expert(self.prefix, e, self.gate_up, self.down)
+                self.reader.expert(self.hf, e, self.gate_up, self.down)
                 gate, up = torch.nn.functional.linear(hidden_states[token_idx], self.gate_up).chunk(2, dim=-1)
                 out = torch.nn.functional.linear(self.act_fn(gate) * up, self.down)
                 final.index_add_(0, token_idx, out * top_k_weights[token_idx, top_k_pos, None])
@@ -120,8 +110,8 @@ def _lazy_layer_class():
             layer = self.shared[0]
             self.reader.load(layer, f"model.layers.{self.index}.")
             experts = getattr(getattr(layer, "mlp", None), "experts", None)
-            if hasattr(experts, "prefix"):
-                experts.prefix = f"model.layers.{self.index}."
+            if hasattr(experts, "hf"):
+                experts.hf = f"model.layers.{self.index}"
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):
                     module.layer_idx = self.index

@@ -94,7 +94,6 @@ def write_moe_config(source: Path, config: dict[str, Any], export: ExportConfig,
     from .source import eos_ids
 
     quiet()
-
     shape = Shape.of(config)
     provider = {"cuda": [{"cuda": {}}]}.get(export.execution_provider, [])
     eos = eos_ids(source)

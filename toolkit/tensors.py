@@ -49,8 +49,9 @@ class CheckpointTensors:
     def nbytes(self, names: Iterable[str]) -> int:
         return sum(self.entries[n].end - self.entries[n].start for n in names if n in self.entries)
 
-    def entry(self, name: str, user: str = "the decoder graph") -> _Entry:
-        """A tensor's place in its file, checked: present, and its bytes what its shape needs."""
+    def entry(self, name: str, user: str = "the decoder graph", index: int | None = None) -> _Entry:
+        """A tensor's place in its file, checked: present, and its bytes what its shape needs; with
+        `index`, the place of tensor[index] alone (one expert of a stacked [experts, ...] tensor)."""
         if name not in self.entries:
             raise InputModelError(f"The checkpoint has no tensor '{name}', which {user} needs. "
                                   "Re-download the checkpoint.")
@@ -59,6 +60,9 @@ class CheckpointTensors:
         if e.end - e.start != count * ITEM_BYTES[e.dtype]:
             raise InputModelError(f"{e.file}: tensor '{name}' spans {e.end - e.start} bytes, its shape "
                                   f"{list(e.shape)} of {e.dtype} needs {count * ITEM_BYTES[e.dtype]}.")
+        if index is not None:
+            step = (e.end - e.start) // e.shape[0]
+            e = _Entry(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
         return e
 
     def read_into(self, e: _Entry, buffer: memoryview) -> None:
@@ -71,10 +75,7 @@ class CheckpointTensors:
     def float32(self, name: str, index: int | None = None) -> np.ndarray:
         """The tensor as a new float32 array (bf16 and fp16 widen exactly); with `index`, only
         tensor[index] is read (one expert of a stacked [experts, ...] tensor)."""
-        e = self.entry(name)
-        if index is not None:
-            step = (e.end - e.start) // e.shape[0]
-            e = _Entry(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
+        e = self.entry(name, index=index)
         raw = np.empty(math.prod(e.shape), dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
         self.read_into(e, memoryview(raw).cast("B"))
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32

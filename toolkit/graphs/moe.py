@@ -39,18 +39,30 @@ def expected_tensors(shape: Shape, experts: int, is_published: bool) -> set[str]
     return names | {"model.embed_tokens.weight", "model.norm.weight", "model.norm.bias", "lm_head.weight", "lm_head.bias"}
 
 
-def router(weights: CheckpointTensors, hf: str) -> np.ndarray:
+def router_key(weights: CheckpointTensors, hf: str) -> str:
+    """The router of layer `hf`: block_sparse_moe.gate (published) or mlp.router (transformers 5)."""
     key = f"{hf}.block_sparse_moe.gate.weight"
-    return weights.float32(key if key in weights else f"{hf}.mlp.router.weight")
+    return key if key in weights else f"{hf}.mlp.router.weight"
+
+
+Source = tuple[str, "int | None"]  # a checkpoint tensor, or [index] of a stacked one
+
+
+def expert_sources(weights: CheckpointTensors, hf: str, e: int) -> tuple[list[Source], Source]:
+    """Where expert e of layer `hf` lies: the tensors whose rows, one after the other, are its
+    gate_up [2I, H] (gate rows, then up), and its down [H, I]; from the published layout (w1, w3,
+    w2) or transformers 5's stacked tensors (read one expert at a time)."""
+    published = f"{hf}.block_sparse_moe.experts.{e}"
+    if f"{published}.w1.weight" in weights:
+        return [(f"{published}.w1.weight", None), (f"{published}.w3.weight", None)], (f"{published}.w2.weight", None)
+    return [(f"{hf}.mlp.experts.gate_up_proj", e)], (f"{hf}.mlp.experts.down_proj", e)
 
 
 def expert(weights: CheckpointTensors, hf: str, e: int, inter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gate [I, H], up [I, H], down [H, I]) of expert e, read alone from either layout."""
-    if f"{hf}.block_sparse_moe.experts.{e}.w1.weight" in weights:
-        w = [weights.float32(f"{hf}.block_sparse_moe.experts.{e}.w{j}.weight") for j in (1, 3, 2)]
-        return w[0], w[1], w[2]
-    gate_up = weights.float32(f"{hf}.mlp.experts.gate_up_proj", e)
-    return gate_up[:inter], gate_up[inter:], weights.float32(f"{hf}.mlp.experts.down_proj", e)
+    gate_up, down = expert_sources(weights, hf, e)
+    rows = np.concatenate([weights.float32(key, index) for key, index in gate_up])
+    return rows[:inter], rows[inter:], weights.float32(*down)
 
 
 def _interleave(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
@@ -116,7 +128,7 @@ def moe_block(g: GraphWriter, weights: CheckpointTensors, hf: str, layer: int, h
     """The sparse MoE block on the normalized hidden state `h` [batch, sequence, hidden]."""
     base, n = f"/model/layers.{layer}/moe", config["num_local_experts"]
     flat = g.node("Reshape", f"{base}/Reshape", [h, g.constant([-1, shape.hidden])])
-    logits = g.matmul(f"{base}/router", flat, router(weights, hf), float_weight=True)
+    logits = g.matmul(f"{base}/router", flat, weights.float32(router_key(weights, hf)), float_weight=True)
     logits32 = logits if g.dtype == np.float32 else g.node("Cast", f"{base}/router/Cast", [logits], to=FLOAT)
     mixed = _mixer(g, f"{base}/sparse_mixer", logits32, n, config.get("router_jitter_noise", 0.01))
     if g.dtype != np.float32:

@@ -92,6 +92,11 @@ def blockwise(w_kn: np.ndarray, bits: int, block: int, symmetric: bool) -> tuple
     return packed, scales, zero_points
 
 
+def _stem(base: str) -> str:
+    """The initializer name of a MatMul's weight, as the builder names it ("/model/x" -> "model.x.MatMul.weight")."""
+    return base.lstrip("/").replace("/", ".") + ".MatMul.weight"
+
+
 class GraphWriter:
     """Nodes in order, with initializers appended to the external data file as they are made."""
 
@@ -142,7 +147,7 @@ class GraphWriter:
         attributes; empty for a float32 MatMul)."""
         import torch
 
-        stem = base.lstrip("/").replace("/", ".") + ".MatMul.weight"
+        stem = _stem(base)
         w_kn = torch.from_numpy(w_out_in).T.contiguous().numpy()  # 3x numpy's transpose copy, 2 cores
         if self.precision in ("fp32", "fp16"):
             return [self.weight(stem, w_kn)], {}
@@ -163,8 +168,7 @@ class GraphWriter:
         """x @ W.T as MatMul (float precisions, or `float_weight`) or MatMulNBits, from a weight or
         from initializers `written`."""
         if float_weight:
-            stem = base.lstrip("/").replace("/", ".") + ".MatMul.weight"
-            written = [self.weight(stem, np.ascontiguousarray(w_out_in.T))], {}
+            written = [self.weight(_stem(base), np.ascontiguousarray(w_out_in.T))], {}
         names, attrs = written or self.linear(base, w_out_in, lm_head)
         output = output or f"{base}/MatMul/output_0"
         if not attrs:
