@@ -58,13 +58,6 @@ def expert_sources(weights: CheckpointTensors, hf: str, e: int) -> tuple[list[So
     return [(f"{hf}.mlp.experts.gate_up_proj", e)], (f"{hf}.mlp.experts.down_proj", e)
 
 
-def expert(weights: CheckpointTensors, hf: str, e: int, inter: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(gate [I, H], up [I, H], down [H, I]) of expert e, read alone from either layout."""
-    gate_up, down = expert_sources(weights, hf, e)
-    rows = np.concatenate([weights.float32(key, index) for key, index in gate_up])
-    return rows[:inter], rows[inter:], weights.float32(*down)
-
-
 def _interleave(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     """fc1 rows as QMoE's swiglu_fusion=1 reads them: gate 0, up 0, gate 1, up 1, ..."""
     return np.stack([gate, up], axis=1).reshape(2 * gate.shape[0], gate.shape[1])
@@ -85,10 +78,16 @@ def _experts(g: GraphWriter, weights: CheckpointTensors, hf: str, base: str, n: 
     fc_scales: dict[str, list[np.ndarray]] = {"fc1": [], "fc2": []}
 
     def parts(which: str) -> Iterator[np.ndarray]:
+        """Each expert's fc1 (its gate and up rows, interleaved) or fc2 (its down): each pass reads
+        only the tensors it writes."""
         for e in range(n):
-            gate, up, down = expert(weights, hf, e, shape.intermediate)
-            w = _interleave(gate, up) if which == "fc1" else down
-            del gate, up, down
+            gate_up, down = expert_sources(weights, hf, e)
+            if which == "fc1":
+                rows = np.concatenate([weights.float32(key, index) for key, index in gate_up])
+                w = _interleave(rows[:shape.intermediate], rows[shape.intermediate:])
+                del rows
+            else:
+                w = weights.float32(*down)
             codes, scales = _codes(w, bits, block, g.dtype)
             fc_scales[which].append(scales)
             yield codes
