@@ -72,3 +72,15 @@ def test_a_missing_package_is_named_with_its_install_command(bundles, tiny35, mo
         quality.bundle_runner.cache_clear()
     assert out.startswith(f"Error: The package {dist} (") and f"pip install '{dist}>=" in out, out
     assert out.rstrip().endswith("(`slmkit doctor` checks every dependency)."), out
+
+
+def test_bench_on_a_gpu_without_cuda_pytorch_says_the_roofline_was_not_measured():
+    from toolkit.bench import BenchResult, gpu_copy_bandwidth
+
+    assert gpu_copy_bandwidth() is None  # this machine's PyTorch is a CPU build
+    result = BenchResult(bundle="b", provider="cuda", prompt_tokens=128, new_tokens=128, runs=5, ttft_s=0.004,
+                         prefill_tok_s=32000.0, decode_tok_s=480.0, decode_tok_s_min=460.0, decode_tok_s_max=490.0,
+                         peak_rss_mb=800.0, weight_bytes=77_000_000, bandwidth_gb_s=None, bandwidth_of="GPU memory")
+    assert result.roofline_fraction is None and result.to_dict()["roofline_tok_s"] is None
+    assert result.table().splitlines()[-1] == ("roofline                 not measured: timing a copy in GPU memory "
+                                               "needs PyTorch with CUDA")

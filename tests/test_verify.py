@@ -84,8 +84,38 @@ def test_a_graph_that_no_longer_matches_its_plan_fails_verify(copy_bundle):
 def test_verify_cli_passes_and_says_what_needs_the_device(bundles):
     result = CliRunner().invoke(main, ["verify", str(bundles("windows-dml"))])
     assert result.exit_code == 0, result.output
-    assert "Needs the device: greedy tokens and speed with the DirectML provider" in result.output
+    assert "Needs the device: greedy tokens with the DirectML provider" in result.output
     assert result.output.rstrip().endswith(f"Bundle {bundles('windows-dml')} verified.")
+
+
+def test_verify_on_the_gpu_provider_needs_its_runtime_and_leaves_the_manifest(bundles):
+    bundle = bundles("linux-cuda")
+    before = (bundle / "manifest.json").read_bytes()
+    result = CliRunner().invoke(main, ["verify", str(bundle), "--provider", "cuda"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: Checking '{bundle}' with the cuda provider needs "
+                                    "onnxruntime-genai-cuda, which this Python does not have: on the GPU "
+                                    "machine, `pip install onnxruntime-genai-cuda==")
+    assert f"Without the GPU, `slmkit verify {bundle}` runs the same graph on the CPU provider." in result.output
+    assert (bundle / "manifest.json").read_bytes() == before
+
+
+def test_a_passing_gpu_run_moves_its_kernels_from_pending_to_checked():
+    from toolkit.verify import DEVICE_ONLY, pending_on_device, record_device
+
+    manifest = {"verification": {"pending_on_device": pending_on_device("cuda", "python")}}
+    case = {"prompt": "p", "top1_agreement": 0.9, "greedy_prefix": 20, "bundle_prefix": 24, "tie": None}
+    passed = {"passed": 9, "failed": 0, "top1_agreement": 0.9, "min_top1_agreement": 0.8,
+              "runtime": "onnxruntime-genai-cuda 0.18.0", "cases": [case]}
+    record_device(manifest, "cuda", passed, "NVIDIA H200 (driver 580, 143771 MiB)")
+    v = manifest["verification"]
+    assert v["pending_on_device"] == []
+    assert v["checked_on_device"] == [f"{DEVICE_ONLY['cuda']}: the smoke test passed on NVIDIA H200 (driver 580, "
+                                      "143771 MiB) with onnxruntime-genai-cuda 0.18.0, top-1 agreement 0.900"]
+    assert v["device"]["cuda"]["cases"] == [case] and v["device"]["cuda"]["passed"] == 9
+    record_device(manifest, "cuda", {**passed, "passed": 8, "failed": 1}, "NVIDIA H200")  # a later run fails
+    assert v["pending_on_device"] == [DEVICE_ONLY["cuda"]] and v["checked_on_device"] == []
+    assert v["device"]["cuda"]["failed"] == 1
 
 
 def test_verify_refuses_a_folder_that_is_not_a_bundle(tmp_path):

@@ -1,5 +1,6 @@
 """`slmkit bench`: time to first token, prefill and decode speed, peak memory, and decode as a
-fraction of this machine's memory-bandwidth roofline (every weight byte is read once per token)."""
+fraction of the memory-bandwidth roofline of the memory the weights sit in (every weight byte is read
+once per token): this machine's RAM, or the GPU's memory for a run on the CUDA provider."""
 
 from __future__ import annotations
 
@@ -28,15 +29,16 @@ class BenchResult:
     decode_tok_s_max: float
     peak_rss_mb: float
     weight_bytes: int
-    bandwidth_gb_s: float
+    bandwidth_gb_s: float | None  # None: a GPU run where no CUDA PyTorch could time a copy
+    bandwidth_of: str = "RAM"
 
     @property
-    def roofline_tok_s(self) -> float:
-        return self.bandwidth_gb_s * 1e9 / self.weight_bytes
+    def roofline_tok_s(self) -> float | None:
+        return self.bandwidth_gb_s * 1e9 / self.weight_bytes if self.bandwidth_gb_s else None
 
     @property
-    def roofline_fraction(self) -> float:
-        return self.decode_tok_s / self.roofline_tok_s
+    def roofline_fraction(self) -> float | None:
+        return self.decode_tok_s / self.roofline_tok_s if self.roofline_tok_s else None
 
     def to_dict(self) -> dict:
         return asdict(self) | {"roofline_tok_s": self.roofline_tok_s, "roofline_fraction": self.roofline_fraction}
@@ -49,9 +51,13 @@ class BenchResult:
                                 f"max {self.decode_tok_s_max:.1f}, {self.runs} runs of {self.new_tokens} tokens)"),
             ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
             ("weights read per token", f"{self.weight_bytes / 1e6:.1f} MB"),
-            ("copy bandwidth", f"{self.bandwidth_gb_s:.1f} GB/s"),
-            ("roofline", f"{self.roofline_tok_s:.1f} tok/s; decode reaches {self.roofline_fraction:.0%} of it"),
         ]
+        if self.bandwidth_gb_s:
+            rows += [("copy bandwidth", f"{self.bandwidth_gb_s:.1f} GB/s ({self.bandwidth_of})"),
+                     ("roofline", f"{self.roofline_tok_s:.1f} tok/s; "
+                                  f"decode reaches {self.roofline_fraction:.0%} of it")]
+        else:
+            rows.append(("roofline", f"not measured: timing a copy in {self.bandwidth_of} needs PyTorch with CUDA"))
         return "\n".join(f"{k:<24} {v}" for k, v in rows)
 
 
@@ -77,15 +83,40 @@ def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
+def gpu_copy_bandwidth(megabytes: int = 1024, repeats: int = 10) -> float | None:
+    """GB/s of a device-to-device copy on the current CUDA GPU (read + write), or None without
+    a CUDA build of PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    src = torch.ones(megabytes * (1 << 20) // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / repeats
+    del src, dst
+    return 2 * megabytes * (1 << 20) / seconds / 1e9
+
+
 def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int = 5,
         provider: str = "bundle") -> BenchResult:
     import numpy as np
     import onnxruntime_genai as og
 
-    from .bundle import require_bundle
+    from .bundle import read_manifest, require_bundle
     from .quality import bundle_runner, default_text
 
     require_bundle(bundle)
+    on_gpu = provider == "cuda" or (provider == "bundle" and read_manifest(bundle)["runtime"].get(
+        "execution_provider") == "cuda")
     runner = bundle_runner()
     cap = runner.genai_config(bundle / "model")["search"]["max_length"]
     if runs < 1:
@@ -124,7 +155,9 @@ def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int
         ttft_s=ttft, prefill_tok_s=prompt_tokens / ttft, decode_tok_s=statistics.median(decodes),
         decode_tok_s_min=min(decodes), decode_tok_s_max=max(decodes),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        weight_bytes=model_bytes(bundle / "model"), bandwidth_gb_s=copy_bandwidth(),
+        weight_bytes=model_bytes(bundle / "model"),
+        bandwidth_gb_s=gpu_copy_bandwidth() if on_gpu else copy_bandwidth(),
+        bandwidth_of="GPU memory" if on_gpu else "RAM",
     )
 
 

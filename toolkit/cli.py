@@ -191,7 +191,8 @@ def doctor(model, target):
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--provider", type=click.Choice(["bundle", "cpu", "cuda", "dml"]),
-              help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU].")
+              help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU]. "
+                   "On the GPU machine, a GPU bundle's own (cuda) checks its kernels and records it in manifest.json.")
 @click.option("--emulate", type=click.Choice(["arm64"]),
               help="Run the smoke test on emulated phone CPUs (qemu user mode) instead of this machine's.")
 @click.option("--cpu", "cpus", default=",".join(DEFAULT_CPUS), show_default=True,
@@ -213,6 +214,8 @@ def verify(bundle, provider, emulate, cpus):
         return
     summary, output = verify_bundle(bundle, provider)
     click.echo(output.rstrip())
+    for item in summary.get("checked_on_device", []):
+        click.echo(f"Checked on the device: {item}")
     for item in summary["pending_on_device"]:
         click.echo(f"Needs the device: {item}")
     click.echo(f"Bundle {bundle} verified.")

@@ -15,8 +15,8 @@ from .progress import bar, waiting
 
 # What a host check on the CPU provider cannot tell about a GPU bundle.
 DEVICE_ONLY = {
-    "cuda": "greedy tokens and speed with the CUDA provider's fp16/int4 kernels (onnxruntime-genai-cuda on an NVIDIA GPU)",
-    "dml": "greedy tokens and speed with the DirectML provider (onnxruntime-genai-directml on Windows)",
+    "cuda": "greedy tokens with the CUDA provider's fp16/int4 kernels (onnxruntime-genai-cuda on an NVIDIA GPU)",
+    "dml": "greedy tokens with the DirectML provider (onnxruntime-genai-directml on Windows)",
 }
 ARM_NOTE = "the ARM64 int4 kernels of the device (this host ran the same graph on x86-64 CPU kernels)"
 
@@ -157,10 +157,79 @@ def summarize(result: dict[str, Any], provider: str, execution_provider: str, ru
     }
 
 
+def on_device(provider: str, execution_provider: str) -> bool:
+    """Whether a run with `provider` used a GPU bundle's own provider: a check only its device makes."""
+    return execution_provider in DEVICE_ONLY and provider in ("bundle", execution_provider)
+
+
+GPU_RUNTIME = {"cuda": "onnxruntime-genai-cuda", "dml": "onnxruntime-genai-directml"}
+
+
+def describe_device(execution_provider: str) -> str | None:
+    """The GPU the provider will run on, as nvidia-smi names it (CUDA), for the manifest;
+    None when no NVIDIA GPU answers."""
+    if execution_provider != "cuda":
+        return "a DirectML GPU"
+    try:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                               "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [r.split(", ") for r in proc.stdout.splitlines() if r.count(", ") == 2]
+    return "; ".join(f"{name} (driver {driver}, {mem})" for name, driver, mem in rows) or None
+
+
+def require_device(path: Path, execution_provider: str, version: str) -> str:
+    """Refuse a run on the bundle's GPU provider where its runtime or its GPU is missing (it would
+    fail for a reason that says nothing about the bundle); else the device's description."""
+    from .errors import VerificationError
+
+    package = GPU_RUNTIME[execution_provider]
+    try:
+        metadata.version(package)
+    except metadata.PackageNotFoundError:
+        raise VerificationError(
+            f"Checking '{path}' with the {execution_provider} provider needs {package}, which this Python "
+            f"does not have: on the GPU machine, `pip install {package}=={version} numpy` (the version "
+            f"the bundle was built with), then run this again. Without the GPU, `slmkit verify {path}` runs the "
+            "same graph on the CPU provider.") from None
+    device = describe_device(execution_provider)
+    if device is None:
+        raise VerificationError(f"Checking '{path}' with the cuda provider needs an NVIDIA GPU, and nvidia-smi "
+                                "found none here: run it on the GPU machine (the driver's nvidia-smi on PATH).")
+    return device
+
+
+def record_device(manifest: dict[str, Any], execution_provider: str, result: dict[str, Any], device: str) -> None:
+    """Keep a GPU run of the smoke test in manifest.json; when it passed, the provider's kernels
+    leave the pending list as checked on that device."""
+    verification = manifest.get("verification") or {}
+    manifest["verification"] = verification
+    run = {"device": device, "runtime": result.get("runtime"),
+           **{k: result.get(k) for k in ("passed", "failed", "top1_agreement", "min_top1_agreement")},
+           "cases": [{k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
+                     for c in result.get("cases", [])]}
+    if "error" in result:
+        run["error"] = result["error"]
+    verification.setdefault("device", {})[execution_provider] = run
+    note = DEVICE_ONLY[execution_provider]
+    pending = verification.setdefault("pending_on_device", [])
+    checked = [c for c in verification.get("checked_on_device", []) if not c.startswith(note)]
+    if run["failed"] == 0:
+        if note in pending:
+            pending.remove(note)
+        checked.append(f"{note}: the smoke test passed on {device} with {run['runtime']}, "
+                       f"top-1 agreement {run['top1_agreement']:.3f}")
+    elif note not in pending:
+        pending.append(note)
+    verification["checked_on_device"] = checked
+
+
 def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, Any], str]:
     """`slmkit verify`: the plan's settings read back from the graph, then the bundle's smoke test.
+    A GPU bundle run with its own provider (on its GPU) keeps the run in its manifest.
     Returns (summary, smoke test output); raises VerificationError naming what failed."""
-    from .bundle import read_manifest, require_bundle
+    from .bundle import read_manifest, require_bundle, save_manifest
     from .config import plan_from_dict
     from .errors import VerificationError
     from .optimize import setting_mismatches
@@ -173,12 +242,19 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
         raise VerificationError(f"{path}/manifest.json is damaged ({type(e).__name__}: {e}).") from None
     ep = plan.export.execution_provider
     provider = provider or host_provider(ep)
+    version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
+    device = require_device(path, ep, version) if on_device(provider, ep) else None
     result, output = run_smoke_test(path, provider)
     problems = []
     if result.get("failed", 1) == 0:
         problems = setting_mismatches(path / "model", plan)
     summary = summarize(result, provider, ep, plan.runtime.runner)
     summary["host"]["settings_mismatches"] = problems
+    if device:
+        record_device(manifest, ep, result, device)
+        save_manifest(path, manifest)
+        summary["pending_on_device"] = manifest["verification"]["pending_on_device"]
+        summary["checked_on_device"] = manifest["verification"]["checked_on_device"]
     if result.get("failed", 1) or problems:
         failed = [c for c in result.get("checks", []) if not c["ok"]]
         lines = [f"{c['name']}: {c['detail']}" for c in failed] + problems

@@ -178,7 +178,10 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     rate = agree / total if total else 0.0
     need = golden["min_top1_agreement"]
     report.add("agreement", rate >= need, f"top-1 agreement {rate:.3f} (need >= {need}) over {total} tokens")
-    return {"top1_agreement": rate, "min_top1_agreement": need, "cases": cases}
+    import onnxruntime_genai as og
+
+    runtime = f"{getattr(og, '__id__', 'onnxruntime-genai')} {og.__version__}"
+    return {"top1_agreement": rate, "min_top1_agreement": need, "cases": cases, "runtime": runtime}
 
 
 def record(bundle: Path, provider: str) -> int:
