@@ -37,6 +37,7 @@ from toolkit.quality import default_text, model_bytes
 from toolkit.source import open_source
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
+SLMKIT = "slmkit cpu bundle (the smollm2/cpu recipe)"
 
 
 def quantize_q4_0(gguf: Path, out: Path) -> Path:
@@ -110,6 +111,9 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--also", action="append", default=[], metavar="LABEL=SECTION.KEY=VALUE,...",
+                   help="another slmkit bundle of the smollm2/cpu recipe with these overrides (repeatable), "
+                        "e.g. 'mse block 32=quantize.method=mse,quantize.block_size=32'")
     p.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1,
                    help="llama.cpp n_threads (default: the machine's cores, as onnxruntime's intra-op threads)")
     args = p.parse_args()
@@ -120,10 +124,12 @@ def main() -> None:
     runtimes: dict[str, tuple[Callable[[], tuple[float, float]], int, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # The anchor keeps its (lower) top-1 agreement: verification must not stop its build.
-        for label, overrides in (("builder default int4 (anchor)", ("quantize.method=default", "quantize.symmetric=true",
-                                                                    "quantize.block_size=32", "verify.min_top1_agreement=0.3")),
-                                 ("slmkit cpu bundle (mse int4, block 64)", ())):
-            out = Path(tmp) / label.split()[0]
+        also = [(f"slmkit {label}", tuple(o for o in overrides.split(",") if o) + ("verify.min_top1_agreement=0.3",))
+                for label, overrides in (a.split("=", 1) for a in args.also)]
+        for i, (label, overrides) in enumerate([("builder default int4 (anchor)", (
+                "quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32",
+                "verify.min_top1_agreement=0.3")), (SLMKIT, ())] + also):
+            out = Path(tmp) / str(i)
             build(src, plan_build(src, "smollm2/cpu", None, overrides), out, log=lambda _: None)
 
             def once(out: Path = out) -> tuple[float, float]:
@@ -147,18 +153,20 @@ def main() -> None:
     print(f"\nSmolLM2-135M-Instruct, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
           f"median of {args.runs} interleaved runs; {os.cpu_count()} cores (llama.cpp n_threads={args.llama_threads}); "
           f"copy bandwidth {bandwidth:.1f} GB/s")
-    print(f"{'runtime':<38} {'decode tok/s':>13} {'min-max':>13} {'vs anchor':>10} {'weights MB':>11} "
+    q4_0 = decode.get("llama.cpp Q4_0 (llama-quantize)")
+    print(f"{'runtime':<44} {'decode tok/s':>13} {'min-max':>13} {'vs anchor':>10} {'vs Q4_0':>8} {'weights MB':>11} "
           f"{'files MB':>9} {'roofline':>9} {'prefill tok/s':>14}")
     for label, (_, size, files) in runtimes.items():
         tok_s, speeds = decode[label], [d for d, _ in results[label]]
         prefill = statistics.median(pf for _, pf in results[label])
         roof = tok_s / (bandwidth * 1e9 / size)
-        print(f"{label:<38} {tok_s:13.1f} {f'{min(speeds):.0f}-{max(speeds):.0f}':>13} {tok_s / anchor:10.2f} "
+        versus = f"{tok_s / q4_0:8.2f}" if q4_0 else f"{'-':>8}"
+        print(f"{label:<44} {tok_s:13.1f} {f'{min(speeds):.0f}-{max(speeds):.0f}':>13} {tok_s / anchor:10.2f} {versus} "
               f"{size / 1e6:11.1f} {files / 1e6:9.1f} {roof:9.0%} {prefill:14.1f}")
     if not have_llama:
-        print(f"{'llama.cpp (Q4_1, Q4_0 GGUF)':<38} not installed: pip install llama-cpp-python")
+        print(f"{'llama.cpp (Q4_1, Q4_0 GGUF)':<44} not installed: pip install llama-cpp-python")
         return
-    slmkit = "slmkit cpu bundle (mse int4, block 64)"
+    slmkit = SLMKIT
     for label in ("llama.cpp Q4_0 (llama-quantize)", "llama.cpp Q4_1 (wheel's GGUF)"):
         per_round = [s / q for (s, _), (q, _) in zip(results[slmkit], results[label])]
         print(f"slmkit cpu bundle / {label}: {decode[slmkit] / decode[label]:.2f} decode tok/s "

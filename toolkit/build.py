@@ -164,6 +164,9 @@ def export_model(src: SourceModel, plan: BuildPlan, work: Path, log: Log, step: 
         log(f"{step}{precision} export with {engine}, then slmkit's {plan.quantize.method} "
             f"{plan.export.precision} quantization")
     exported = replace(plan.export, precision=precision)
+    if plan.quantize.method == "awq":
+        src = source.inspect_folder(quantize.awq_source(src.path, plan.quantize, work, lambda m: log(f"      {m}")),
+                                    src.origin, src.revision)
     if plan.export.engine == "stream":
         model_dir = stream.export_stream(src.path, src.weight_files, src.config, exported, plan.quantize, work)
     else:

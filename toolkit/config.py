@@ -50,7 +50,10 @@ class QuantizeConfig:
     # "k_quant_last" / "k_quant_mixed" keep the lm_head / some layers in int8. "mse" is slmkit's own
     # (toolkit/int4.py): asymmetric blocks whose scale and zero point minimise the error weighted by
     # calibration activations, applied to a float32 export; the embedding shares the lm_head's codes.
-    method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", default="default")
+    # "gptq" (toolkit/int4_methods.py): the same blocks, codes chosen by GPTQ's error feedback.
+    # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse".
+    method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq",
+                          default="default")
     block_size: int = _choice(*BLOCK_SIZES, default=32)
     # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
     accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
@@ -263,12 +266,15 @@ def _check_combination(plan: BuildPlan) -> None:
             f"Valid for {ep}: {', '.join(PRECISIONS_BY_PROVIDER[ep])}."
         )
     q = plan.quantize
-    if q.method == "mse" and (precision == "int8" or q.lm_head != "int4"):
+    if q.method in ("mse", "gptq", "awq") and (precision == "int8" or q.lm_head != "int4"):
         raise ConfigError(
-            f"quantize.method 'mse' makes int4 weights only (precision = {precision!r}, lm_head = "
+            f"quantize.method '{q.method}' makes int4 weights only (precision = {precision!r}, lm_head = "
             f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "
             "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
+    if q.method == "gptq" and q.symmetric:
+        raise ConfigError("quantize.method 'gptq' writes asymmetric blocks (a 4-bit zero point per block): "
+                          "set quantize.symmetric = false, or use method 'default' for symmetric int4.")
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(
             f"Runner '{plan.runtime.runner}' cannot drive execution provider '{ep}'. "

@@ -118,6 +118,15 @@ def smoke_memory_bytes(num_params: int, config: dict, precision: str) -> int:
                                                         config["hidden_size"]))
 
 
+def gptq_gram_bytes(config: dict, method: str) -> int:
+    """GPTQ's and AWQ's calibration keeps X^T X (float64) of every Linear input of every layer at
+    once: the attention and MLP inputs and o_proj's (hidden^2 each) and down_proj's (intermediate^2)."""
+    if method not in ("gptq", "awq"):
+        return 0
+    h, i = config["hidden_size"], config.get("intermediate_size") or 4 * config["hidden_size"]
+    return 8 * config["num_hidden_layers"] * (3 * h * h + i * i) + 8 * h * h  # + the lm_head's input
+
+
 def memory_check(num_params: int, config: dict, engine: str, method: str = "default",
                  precision: str = "int4") -> Check:
     """The build's peak: the export stage (slmkit's `mse` int4 loads the whole float32 export to
@@ -125,9 +134,9 @@ def memory_check(num_params: int, config: dict, engine: str, method: str = "defa
     running the bundle (verify stage)."""
     export = export_memory_bytes(num_params, config, engine)
     who = "streamed export" if engine == "stream" else "builder"
-    if method == "mse":
-        export = max(export, int(REFERENCE_BASE_BYTES + 4 * num_params))
-        who += " + mse int4 (the whole float32 export)"
+    if method in ("mse", "gptq", "awq"):
+        export = max(export, int(REFERENCE_BASE_BYTES + 4 * num_params + gptq_gram_bytes(config, method)))
+        who += f" + {method} int4 (the whole float32 export{', every layer input X^T X' if method != 'mse' else ''})"
     reference = reference_memory_bytes(config)
     smoke = smoke_memory_bytes(num_params, config, precision)
     have = total_memory_bytes()

@@ -30,10 +30,16 @@ class Packed:
     zero_points: np.ndarray | None  # uint8 [N, ceil(n_blocks / 2)], block 2j in the low nibble
     k: int
     block: int
+    bits: int = 4  # 8: one code and one zero point per byte
 
     def dequantize(self) -> np.ndarray:
         """W[K, N] as the runtime sees it."""
         n, nb, _ = self.codes.shape
+        if self.bits == 8:
+            q = self.codes.astype(np.float32)
+            zp = self.zero_points.astype(np.float32) if self.zero_points is not None else np.full((n, nb), 128.0)
+            w = (q - zp[..., None]) * self.scales[..., None]
+            return w.reshape(n, nb * self.block)[:, : self.k].T
         q = np.empty((n, nb, self.block), dtype=np.float32)
         q[..., 0::2] = self.codes & 0x0F
         q[..., 1::2] = self.codes >> 4
@@ -144,11 +150,13 @@ def _int64(name: str, values: list[int]):
 
 
 def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: bool = False,
-                   calibrate=None, log=lambda _: None) -> dict[str, int]:
+                   calibrate=None, log=lambda _: None, quantizer=None) -> dict[str, int]:
     """Rewrite model_dir/model.onnx (a float32 builder export) in place: every MatMul with a
     weight initializer becomes MatMulNBits, the token embedding becomes GatherBlockQuantized
     (sharing the lm_head's codes when the embeddings are tied). `calibrate(weight names)` returns
-    per-input-feature importance for the weights it knows. Returns counts for the log."""
+    per-input-feature importance for the weights it knows; `quantizer(name, W, importance)`, when
+    given, returns each MatMul weight's Packed (its own method, block size and bits) instead of
+    `quantize`. Returns counts for the log."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -177,7 +185,8 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
     with bar("int4 search", len(matmul_weights), "matrices") as progress:
         for weight in matmul_weights:
             w = numpy_helper.to_array(inits[weight]).astype(np.float32)
-            packed[weight] = quantize(w, block, importance.get(weight), symmetric)
+            packed[weight] = (quantizer(weight, w, importance.get(weight)) if quantizer
+                              else quantize(w, block, importance.get(weight), symmetric))
             progress.advance()
     names = {w: add_packed(w, p) for w, p in packed.items()}
     consumers: dict[str, list] = {}
@@ -193,7 +202,7 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
             inputs = [node.input[0], q, s] + ([z] if z else [])
             new_nodes.append(helper.make_node(
                 "MatMulNBits", inputs, list(node.output), name=f"{node.name}_Q4", domain="com.microsoft",
-                K=p.k, N=p.scales.shape[0], bits=4, block_size=block, accuracy_level=accuracy_level))
+                K=p.k, N=p.scales.shape[0], bits=p.bits, block_size=p.block, accuracy_level=accuracy_level))
             dropped.add(node.input[1])
             counts["matmul"] += 1
             continue
@@ -227,7 +236,9 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
     data.unlink(missing_ok=True)
     onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                     location="model.onnx.data", size_threshold=1024)
-    log(f"quantized {counts['matmul']} MatMul weights and {counts['embedding']} embedding table(s) to int4")
+    bits = sorted({p.bits for p in packed.values()})
+    log(f"quantized {counts['matmul']} MatMul weights and {counts['embedding']} embedding table(s) to "
+        f"{' and '.join(f'int{b}' for b in bits)}")
     return counts
 
 
@@ -245,7 +256,7 @@ def _embedding_nodes(gather, p: Packed, names: tuple[str, str, str | None], new_
     out = f"{base}/GatherBlockQuantized/output_0" if padded else gather.output[0]
     nodes.append(helper.make_node(
         "GatherBlockQuantized", inputs, [out], name=f"{base}/GatherBlockQuantized", domain="com.microsoft",
-        bits=4, block_size=p.block, gather_axis=0, quantize_axis=1))
+        bits=p.bits, block_size=p.block, gather_axis=0, quantize_axis=1))
     if padded:
         for name, value in (("starts", 0), ("ends", p.k), ("axes", -1)):
             new_inits.append(_int64(f"{base}/slice_{name}", [value]))
@@ -267,13 +278,12 @@ _ROLES = {
 }
 
 
-def activation_importance(source: Path, texts: list[str], onnx_weights: list[str],
-                          max_tokens: int = 2048) -> dict[str, np.ndarray]:
+def linear_input_stats(source: Path, texts: list[str], max_tokens: int = 2048,
+                       gram: bool = False) -> dict[str, np.ndarray]:
     """Mean squared input activation per feature of every Linear of the float32 PyTorch model
     (run one decoder layer at a time, toolkit/reference.py) on the calibration texts, keyed by the
-    ONNX weight names (builder naming) that read those inputs."""
-    import re
-
+    checkpoint's module names (model.layers.N.self_attn.q_proj, lm_head). With `gram`, the whole
+    mean X^T X [K, K] (float64) instead of its diagonal."""
     import torch
 
     from .reference import layerwise_model, watch_linears
@@ -285,7 +295,7 @@ def activation_importance(source: Path, texts: list[str], onnx_weights: list[str
 
     def record(name: str, x: torch.Tensor) -> None:
         x = x.detach().double().reshape(-1, x.shape[-1])
-        sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        sums[name] = sums.get(name, 0) + (x.T @ x if gram else (x * x).sum(0))
         counts[name] = counts.get(name, 0) + x.shape[0]
 
     handles = watch_linears(model, record)
@@ -300,19 +310,32 @@ def activation_importance(source: Path, texts: list[str], onnx_weights: list[str
             progress.advance()
     for h in handles:
         h.remove()
-    mean = {n: (sums[n] / counts[n]).float().numpy() for n in sums}
+    return {n: (sums[n] / counts[n]).numpy() if gram else (sums[n] / counts[n]).float().numpy() for n in sums}
+
+
+def by_onnx_name(stats: dict[str, np.ndarray], onnx_weights: list[str]) -> dict[str, np.ndarray]:
+    """Statistics keyed by checkpoint module -> keyed by the ONNX weight names (builder naming)
+    that read the same inputs."""
+    import re
+
     out = {}
     for weight in onnx_weights:
         if weight.startswith("lm_head"):
-            if "lm_head" in mean:
-                out[weight] = mean["lm_head"]
+            if "lm_head" in stats:
+                out[weight] = stats["lm_head"]
             continue
         m = re.match(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$", weight)
         if not m:
             continue
         for hf in _ROLES.get(f"{m.group(2)}.{m.group(3)}", ()):
             key = f"model.layers.{m.group(1)}.{hf}"
-            if key in mean:
-                out[weight] = mean[key]
+            if key in stats:
+                out[weight] = stats[key]
                 break
     return out
+
+
+def activation_importance(source: Path, texts: list[str], onnx_weights: list[str],
+                          max_tokens: int = 2048) -> dict[str, np.ndarray]:
+    """linear_input_stats' diagonal, keyed by ONNX weight name."""
+    return by_onnx_name(linear_input_stats(source, texts, max_tokens), onnx_weights)

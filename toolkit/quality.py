@@ -115,21 +115,25 @@ class Reference:
 
 def evaluate(bundle_model_dir: Path, ref: Reference, provider: str = "cpu") -> Quality:
     """Perplexity, top-1 agreement and mean KL(reference || bundle) of the bundle's model."""
+    model = bundle_runner().load_model(bundle_model_dir, provider)
+    return score(ref, lambda win: bundle_logits(model, win))
+
+
+def score(ref: Reference, logits_of) -> Quality:
+    """Quality of any model whose `logits_of(window ids)` gives [len, vocab] logits, against ref."""
     import numpy as np
 
-    model = bundle_runner().load_model(bundle_model_dir, provider)
     nll = kl = 0.0
     agree = 0
     with bar("bundle", len(ref.windows), "windows") as progress:
         for win, lr16 in zip(ref.windows, ref.logprobs):
-            lb = _log_softmax(bundle_logits(model, win)[:-1])
+            lb = _log_softmax(np.asarray(logits_of(win), dtype=np.float32)[: len(win) - 1])
             lr = lr16.astype(np.float32)
             rows, targets = np.arange(len(win) - 1), np.asarray(win[1:])
             nll -= float(lb[rows, targets].sum())
             kl += float((np.exp(lr) * (lr - lb)).sum())
             agree += int((lr.argmax(-1) == lb.argmax(-1)).sum())
             progress.advance()
-    del model
     return Quality(
         tokens=ref.tokens, windows=len(ref.windows), ppl_reference=ref.ppl,
         ppl_bundle=math.exp(nll / ref.tokens), top1_agreement=agree / ref.tokens,
@@ -151,13 +155,14 @@ def selection_text() -> tuple[str, str]:
 
 def table(rows: list[tuple[str, int | None, Quality | None, str]]) -> str:
     """Rows of (variant, model bytes, quality, note) as an aligned text table."""
-    out = [f"{'variant':<34} {'size MB':>8} {'ppl':>8} {'vs fp32':>8} {'top-1':>6} {'KL':>7}  note"]
+    width = max([34] + [len(r[0]) for r in rows])
+    out = [f"{'variant':<{width}} {'size MB':>8} {'ppl':>8} {'vs fp32':>8} {'top-1':>6} {'KL':>7}  note"]
     for name, size, q, note in rows:
         mb = f"{size / 1e6:8.1f}" if size is not None else f"{'-':>8}"
         if q is None:
-            out.append(f"{name:<34} {mb} {'-':>8} {'-':>8} {'-':>6} {'-':>7}  {note}")
+            out.append(f"{name:<{width}} {mb} {'-':>8} {'-':>8} {'-':>6} {'-':>7}  {note}")
         else:
-            out.append(f"{name:<34} {mb} {q.ppl_bundle:8.2f} {q.ppl_increase:+8.1%} {q.top1_agreement:6.3f} "
+            out.append(f"{name:<{width}} {mb} {q.ppl_bundle:8.2f} {q.ppl_increase:+8.1%} {q.top1_agreement:6.3f} "
                        f"{q.mean_kl:7.4f}  {note}")
     return "\n".join(out)
 
