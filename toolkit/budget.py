@@ -11,11 +11,15 @@ from .config import BuildPlan, ConfigError, _check_combination
 from .errors import StageError
 from .source import SourceModel
 
-# (label, quantize changes, precision), in order of bundle size. Measured on SmolLM2-135M
-# (benchmarks/quality.py): 79, 89, 114 and 259 MB of weights. The builder's default RTN int4
-# (86.5 MB) is not a candidate: mse at block 64 is smaller and closer to float32.
+# (label, quantize changes, precision), in order of bundle size, the likelier fit first at each
+# size. Measured on SmolLM2-135M (benchmarks/int4_methods.py, quality.py): 79, 79, 89, 89, 114 and
+# 259 MB of weights. awq beat mse on a float-trained checkpoint (+18.2% vs +22.4% on the selection
+# text) and lost on one dequantized from a Q4_1 GGUF (+26.9% vs +18.5%), so both are tried. The
+# builder's default RTN int4 (86.5 MB) is not a candidate: these are smaller and closer to float32.
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
+    ("int4 slmkit awq, block 64", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
     ("int4 slmkit mse, block 64", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit awq, block 32", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
     ("int4 slmkit mse, block 32", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
     ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4",
                                     "block_size": 32}, "int4"),

@@ -1,7 +1,7 @@
-"""Other ways to choose a weight's low-bit codes than int4.quantize's per-block search, each
-returning the same Packed layout (MatMulNBits): GPTQ (error feedback through the inputs' second
-moments), an HQQ-style alternating fit, int8 blocks, and AWQ-style input scaling folded into the
-checkpoint. benchmarks/int4_methods.py measures them against each other.
+"""Other ways to choose a weight's int4 codes than int4.quantize's per-block search alone: GPTQ
+(error feedback through the inputs' second moments, in the same Packed layout) and AWQ-style input
+scaling folded into the checkpoint before that search. benchmarks/int4_methods.py measures them
+against each other (an HQQ-style weight-only fit lost to both everywhere: see the README).
 """
 
 from __future__ import annotations
@@ -58,38 +58,6 @@ def gptq(w_kn: np.ndarray, gram: np.ndarray, block: int, damp: float = 0.01) -> 
             err[:, j] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
     return Packed(_pack_nibbles(codes.reshape(n, k // block, block)), scales, _pack_nibbles(zps), k0, block)
-
-
-def hqq(w_kn: np.ndarray, block: int, iters: int = 20, p: float = 0.7, beta: float = 10.0,
-        kappa: float = 1.01) -> Packed:
-    """HQQ-style (Badri & Shaji 2023) weight-only fit with uint4 zero points: alternately shrink
-    the residual with an l_p (p < 1) proximal step, which lets a few outliers keep their error,
-    then refit each block's integer zero point and least-squares scale to the rest."""
-    k, n = w_kn.shape
-    x = _blocks(w_kn, block).astype(np.float64)
-    lo, hi = np.minimum(x.min(-1), 0.0), np.maximum(x.max(-1), 0.0)
-    s = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
-    z = np.clip(np.round(-lo / s), 0, 15)
-    best_err = np.full(s.shape, np.inf)
-    best = (s.copy(), z.copy())
-    for _ in range(iters):
-        q = np.clip(np.round(x / s[..., None]) + z[..., None], 0, 15)
-        r = x - s[..., None] * (q - z[..., None])
-        err = (r * r).sum(-1)
-        better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best = (np.where(better, s, best[0]), np.where(better, z, best[1]))
-        shrunk = np.sign(r) * np.maximum(np.abs(r) - np.abs(r + 1e-12) ** (p - 1) / beta, 0.0)
-        target = x - shrunk
-        z = np.clip(np.round((q - target / s[..., None]).mean(-1)), 0, 15)
-        d = q - z[..., None]
-        den = (d * d).sum(-1)
-        s = np.where(den > 0, (target * d).sum(-1) / np.maximum(den, 1e-30), s)
-        s = np.where(s > 0, s, best[0])
-        beta *= kappa
-    s, z = best
-    q = np.clip(np.round(x / s[..., None]) + z[..., None], 0, 15).astype(np.uint8)
-    return Packed(_pack_nibbles(q), s.astype(np.float32), _pack_nibbles(z.astype(np.uint8)), k, block)
 
 
 # ---------------------------------------------------------------- AWQ-style scaling
