@@ -42,7 +42,9 @@ GGUF = "Q4_1 GGUF"
 
 def fp32_export(model: Path, work: Path) -> Path:
     src = open_source(str(model))
-    return export_model(src, plan_build(src, RECIPE, None, ("export.precision=fp32",)), work, log=lambda _: None)
+    # method=mse only so that the recipe's own method (awq) does not transform the checkpoint first
+    plan = plan_build(src, RECIPE, None, ("export.precision=fp32", "quantize.method=mse"))
+    return export_model(src, plan, work, log=lambda _: None)
 
 
 def builder_default(model: Path, work: Path) -> Path:
