@@ -67,6 +67,11 @@ def onnx_weights(fp32: Path) -> list[str]:
     return list(dict.fromkeys(n.input[1] for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in inits))
 
 
+def diagonals(grams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-input mean squared activation (the importance `quantize` weighs by) from each X^T X."""
+    return {n: np.diag(g).astype(np.float32) for n, g in grams.items()}
+
+
 def packed_bytes(p) -> int:
     return p.codes.nbytes + p.scales.nbytes + (p.zero_points.nbytes if p.zero_points is not None else 0)
 
@@ -179,8 +184,16 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
     grams = linear_input_stats(model, texts, gram=True)
     print(f"calibration statistics in {time.perf_counter() - start:.0f} s", flush=True)
     h = by_onnx_name(grams, names)
-    diag = {n: np.diag(g).astype(np.float32) for n, g in h.items()}
+    diag = diagonals(h)
     packs: dict[str, dict] = {}
+
+    def awq_export(block: int, tag: str, stat_texts: list[str] = texts, max_tokens: int = 2048):
+        """The AWQ-scaled checkpoint's float32 export and its inputs' X^T X (by ONNX name)."""
+        awq_model = work / f"awq{tag}-checkpoint"
+        alphas = awq_checkpoint(model, awq_model, grams, block)
+        print(f"AWQ alphas: mean {np.mean(list(alphas.values())):.2f}", flush=True)
+        stats = linear_input_stats(awq_model, stat_texts, max_tokens, gram=True)
+        return fp32_export(awq_model, work / f"awq{tag}-fp32"), by_onnx_name(stats, names)
 
     def variant(name: str, quantizer) -> Path:
         store: dict = {}
@@ -200,43 +213,32 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
     if wanted("mse32"):
         variant("mse b32", lambda n, w, imp: quantize(w, 32, diag.get(n)))
     if wanted("gptq"):
-        variant("gptq b64", lambda n, w, imp: gptq(w, h[n], 64) if n in h else quantize(w, 64, None))
+        variant("gptq b64", lambda n, w, imp: gptq(w, h.get(n), 64))
         variant("gptq b64, lm_head mse", lambda n, w, imp: quantize(w, 64, diag.get(n)) if n.startswith("lm_head")
                 else gptq(w, h[n], 64))
     if wanted("awq"):
-        awq_model = work / "awq-checkpoint"
-        alphas = awq_checkpoint(model, awq_model, grams, 64)
-        print(f"AWQ alphas: mean {np.mean(list(alphas.values())):.2f}", flush=True)
-        awq_fp32 = fp32_export(awq_model, work / "awq-fp32")
-        ah = by_onnx_name(linear_input_stats(awq_model, texts, gram=True), names)
-        ad = {n: np.diag(g).astype(np.float32) for n, g in ah.items()}
+        awq_fp32, ah = awq_export(64, "64")
+        ad = diagonals(ah)
         for name, quantizer in (("awq+mse b64", lambda n, w, imp: quantize(w, 64, ad.get(n))),
-                                ("awq+gptq b64", lambda n, w, imp: gptq(w, ah[n], 64) if n in ah
-                                 else quantize(w, 64, None))):
+                                ("awq+gptq b64", lambda n, w, imp: gptq(w, ah.get(n), 64))):
             out = quantized(awq_fp32, work / name.replace(" ", "_").replace("+", "_"), quantizer)
             score(name, out)
     if wanted("awq32"):
-        awq_model = work / "awq32-checkpoint"
-        awq_checkpoint(model, awq_model, grams, 32)
-        awq_fp32 = fp32_export(awq_model, work / "awq32-fp32")
-        ad = {n: np.diag(g).astype(np.float32) for n, g in by_onnx_name(linear_input_stats(awq_model, texts), names).items()}
+        awq_fp32, ah = awq_export(32, "32")
+        ad = diagonals(ah)
         score("awq+mse b32", quantized(awq_fp32, work / "awq_mse_b32", lambda n, w, imp: quantize(w, 32, ad.get(n))))
     if wanted("awqgptq8k"):
-        awq_model = work / "awq-checkpoint-2"
-        awq_checkpoint(model, awq_model, grams, 64)
-        awq_fp32 = fp32_export(awq_model, work / "awq-fp32-2")
-        ah = by_onnx_name(linear_input_stats(awq_model, texts + [python_docs_text()], GPTQ_TOKENS, gram=True), names)
-        score("awq+gptq b64, 8k calibration tokens", quantized(awq_fp32, work / "awq_gptq8k", lambda n, w, imp: gptq(
-            w, ah[n], 64) if n in ah else quantize(w, 64, None)))
+        awq_fp32, ah = awq_export(64, "64-8k", texts + [python_docs_text()], GPTQ_TOKENS)
+        score("awq+gptq b64, 8k calibration tokens",
+              quantized(awq_fp32, work / "awq_gptq8k", lambda n, w, imp: gptq(w, ah.get(n), 64)))
     if wanted("calib8k"):
         # GPTQ's X^T X from 764 tokens is rank-deficient for down_proj (1536 inputs): more text, from
         # Python's own documentation (pydoc_data, in every CPython) after the shipped calibration text.
         big = linear_input_stats(model, texts + [python_docs_text()], max_tokens=GPTQ_TOKENS, gram=True)
         bh = by_onnx_name(big, names)
-        bd = {n: np.diag(g).astype(np.float32) for n, g in bh.items()}
+        bd = diagonals(bh)
         variant("mse b64, 8k calibration tokens", lambda n, w, imp: quantize(w, 64, bd.get(n)))
-        variant("gptq b64, 8k calibration tokens", lambda n, w, imp: gptq(w, bh[n], 64) if n in bh
-                else quantize(w, 64, None))
+        variant("gptq b64, 8k calibration tokens", lambda n, w, imp: gptq(w, bh.get(n), 64))
     if wanted("mixed") and packs:
         base_name = next((n for n in ("gptq b64, 8k calibration tokens", "gptq b64") if n in packs), next(iter(packs)))
         import onnx

@@ -34,6 +34,8 @@ def test_gptq_writes_the_matmulnbits_layout():
     p = gptq(w, gram, 64)
     assert p.codes.shape == (40, 2, 32) and p.codes.dtype == np.uint8
     assert p.scales.shape == (40, 2) and p.zero_points.shape == (40, 1) and p.bits == 4
+    unweighted = gptq(w, None, 64)  # a weight that calibration never reached: int4's own search
+    np.testing.assert_array_equal(unweighted.dequantize(), quantize(w, 64).dequantize())
     gram[5, :] = gram[:, 5] = 0.0  # an input that never fires
     for rows in (128, 100):  # 100: the last group padded
         p = gptq(w[:rows], gram[:rows, :rows], 64)

@@ -44,6 +44,10 @@ class ExportConfig:
     precision: str = _choice("int4", "int8", "fp16", "fp32", default="int4")
 
 
+# quantize.method values slmkit quantizes itself, from a float32 export (the builder does the rest).
+OWN_METHODS = ("mse", "gptq", "awq")
+
+
 @dataclass(frozen=True)
 class QuantizeConfig:
     # The builder's algo_config: "default" and "rtn" are round-to-nearest, "k_quant" searches scales,
@@ -266,7 +270,7 @@ def _check_combination(plan: BuildPlan) -> None:
             f"Valid for {ep}: {', '.join(PRECISIONS_BY_PROVIDER[ep])}."
         )
     q = plan.quantize
-    if q.method in ("mse", "gptq", "awq") and (precision == "int8" or q.lm_head != "int4"):
+    if q.method in OWN_METHODS and (precision == "int8" or q.lm_head != "int4"):
         raise ConfigError(
             f"quantize.method '{q.method}' makes int4 weights only (precision = {precision!r}, lm_head = "
             f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "

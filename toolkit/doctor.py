@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import OWN_METHODS
 from .errors import ToolchainError
 
 # (import name, distribution, minimum version, what it is for)
@@ -134,7 +135,7 @@ def memory_check(num_params: int, config: dict, engine: str, method: str = "defa
     running the bundle (verify stage)."""
     export = export_memory_bytes(num_params, config, engine)
     who = "streamed export" if engine == "stream" else "builder"
-    if method in ("mse", "gptq", "awq"):
+    if method in OWN_METHODS:
         export = max(export, int(REFERENCE_BASE_BYTES + 4 * num_params + gptq_gram_bytes(config, method)))
         who += f" + {method} int4 (the whole float32 export{', every layer input X^T X' if method != 'mse' else ''})"
     reference = reference_memory_bytes(config)

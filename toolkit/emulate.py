@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ToolchainError, VerificationError, did_you_mean
 from .progress import waiting
+from .verify import run_record
 
 DEFAULT_CPUS = ("cortex-a55", "cortex-a76")  # a phone's little and big cores (both with dot product)
 QEMU_MIN = (8, 0)
@@ -143,13 +144,7 @@ def summarize(cpu: str, qemu_version: str, versions: dict[str, str], result: dic
         "emulated": f"qemu-aarch64 {qemu_version}; linux arm64, Debian {SUITE}, Python {PYTHON}",
         "kleidiai": KLEIDIAI,
         "runtime": {name: versions[name] for name in RUNTIME[:2]},
-        "passed": result.get("passed", 0),
-        "failed": result.get("failed", 1),
-        "top1_agreement": result.get("top1_agreement"),
-        "min_top1_agreement": result.get("min_top1_agreement"),
-        "cases": [{k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
-                  for c in result.get("cases", [])],
-        **({"error": result["error"]} if "error" in result else {}),
+        **run_record(result),
     }
 
 

@@ -10,25 +10,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .int4 import Packed, _blocks, _pack_nibbles, _search_asymmetric
+from .int4 import Packed, _blocks, _pack_nibbles, _search_asymmetric, quantize
+
+
+def _minmax(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric round-to-nearest of blocks x [..., block] to codes 0..top: (codes, scales, zero points)."""
+    lo, hi = np.minimum(x.min(-1), 0.0), np.maximum(x.max(-1), 0.0)
+    s = np.where(hi > lo, (hi - lo) / top, 1.0)
+    z = np.clip(np.round(-lo / s), 0, top)
+    return np.clip(np.round(x / s[..., None]) + z[..., None], 0, top), s, z
 
 
 def quantize8(w_kn: np.ndarray, block: int) -> Packed:
     """Asymmetric 8-bit blocks (min-max: at 256 levels the rounding error is already small)."""
-    x = _blocks(w_kn, block)
-    lo, hi = np.minimum(x.min(-1), 0.0), np.maximum(x.max(-1), 0.0)
-    s = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
-    z = np.clip(np.round(-lo / s), 0, 255)
-    q = np.clip(np.round(x / s[..., None]) + z[..., None], 0, 255).astype(np.uint8)
-    return Packed(q, s, z.astype(np.uint8), w_kn.shape[0], block, bits=8)
+    q, s, z = _minmax(_blocks(w_kn, block), 255)
+    return Packed(q.astype(np.uint8), s.astype(np.float32), z.astype(np.uint8), w_kn.shape[0], block, bits=8)
 
 
-def gptq(w_kn: np.ndarray, gram: np.ndarray, block: int, damp: float = 0.01) -> Packed:
+def gptq(w_kn: np.ndarray, gram: np.ndarray | None, block: int, damp: float = 0.01) -> Packed:
     """GPTQ (Frantar et al. 2022) with static asymmetric 4-bit groups of `block` inputs: the
     columns of W^T are quantized in input order and each one's error is pushed onto the columns
     not yet quantized through the Cholesky factor of H^-1 (H = mean X^T X of the layer's input).
     Each group's scale and zero point are chosen, when the group is reached, by int4's search
-    on the error-updated weights."""
+    on the error-updated weights. Without `gram` (a weight calibration never reached), that
+    search alone, unweighted."""
+    if gram is None:
+        return quantize(w_kn, block)
     k0, n = w_kn.shape
     k = -(-k0 // block) * block  # the last group padded with dead inputs
     w = np.zeros((n, k))
@@ -65,10 +72,7 @@ def gptq(w_kn: np.ndarray, gram: np.ndarray, block: int, damp: float = 0.01) -> 
 def _rtn_error(w_kn: np.ndarray, gram: np.ndarray, block: int) -> float:
     """Output error tr(E^T H E) of asymmetric min-max 4-bit blocks (AWQ searches with plain rounding)."""
     x = _blocks(w_kn, block)
-    lo, hi = np.minimum(x.min(-1), 0.0), np.maximum(x.max(-1), 0.0)
-    s = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
-    z = np.clip(np.round(-lo / s), 0, 15)
-    q = np.clip(np.round(x / s[..., None]) + z[..., None], 0, 15)
+    q, s, z = _minmax(x, 15)
     e = (x - s[..., None] * (q - z[..., None])).reshape(x.shape[0], -1)[:, : w_kn.shape[0]].T  # [K, N]
     return float(np.einsum("kn,kj,jn->", e, gram, e, optimize=True))
 

@@ -11,10 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .config import QuantizeConfig
+from .config import OWN_METHODS, QuantizeConfig
 
 QUANTIZED_PRECISIONS = ("int4", "int8")
-OWN_METHODS = ("mse", "gptq", "awq")
 
 
 def builder_precision(cfg: QuantizeConfig, precision: str) -> str:
@@ -53,7 +52,7 @@ def apply_own_method(model_dir: Path, cfg: QuantizeConfig, source: Path, log) ->
     minimise the error weighted by the mean squared activations ("awq" too, on the checkpoint
     awq_source wrote). "gptq": GPTQ with those blocks, each column's error pushed onto the columns
     not yet quantized through the inputs' X^T X."""
-    from .int4 import by_onnx_name, linear_input_stats, quantize, quantize_model
+    from .int4 import activation_importance, by_onnx_name, linear_input_stats, quantize_model
     from .int4_methods import gptq
 
     texts, block = calibration_texts(), cfg.block_size
@@ -65,12 +64,12 @@ def apply_own_method(model_dir: Path, cfg: QuantizeConfig, source: Path, log) ->
         return quantize_model(
             model_dir, block, cfg.accuracy_level,
             calibrate=lambda weights: by_onnx_name(linear_input_stats(source, more, GPTQ_TOKENS, gram=True), weights),
-            quantizer=lambda _, w, gram: gptq(w, gram, block) if gram is not None else quantize(w, block),
+            quantizer=lambda _, w, gram: gptq(w, gram, block),
             log=log,
         )
     return quantize_model(
         model_dir, block, cfg.accuracy_level, cfg.symmetric,
-        calibrate=lambda weights: by_onnx_name(linear_input_stats(source, texts), weights), log=log,
+        calibrate=lambda weights: activation_importance(source, texts, weights), log=log,
     )
 
 

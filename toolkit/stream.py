@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ExportConfig, QuantizeConfig
+from .config import OWN_METHODS, ExportConfig, QuantizeConfig
 from .errors import ConfigError, InputModelError
 from .export import builder_call, create_model
 from .graphs import moe as moe_graph
@@ -53,7 +53,7 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
         found.append(f"precision '{precision}' for {ep} (it writes {', '.join(PRECISIONS[ep])})")
     elif precision not in ("fp32", "fp16") and q.method not in METHODS:
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
-                     "writes the float32 export that slmkit's own 'mse' and 'gptq' methods quantize)")
+                     f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)")
     elif src.architecture in MOE and (ep not in ("cpu", "cuda") or precision not in ("int4", "int8")):
         found.append(f"{precision} {ep} graphs of a mixture of experts (its experts are written int4 or int8, "
                      "as onnxruntime's QMoE, for the cpu and cuda providers)")

@@ -162,9 +162,6 @@ def on_device(provider: str, execution_provider: str) -> bool:
     return execution_provider in DEVICE_ONLY and provider in ("bundle", execution_provider)
 
 
-GPU_RUNTIME = {"cuda": "onnxruntime-genai-cuda", "dml": "onnxruntime-genai-directml"}
-
-
 def describe_device(execution_provider: str) -> str | None:
     """The GPU the provider will run on, as nvidia-smi names it (CUDA), for the manifest;
     None when no NVIDIA GPU answers."""
@@ -179,12 +176,12 @@ def describe_device(execution_provider: str) -> str | None:
     return "; ".join(f"{name} (driver {driver}, {mem})" for name, driver, mem in rows) or None
 
 
-def require_device(path: Path, execution_provider: str, version: str) -> str:
-    """Refuse a run on the bundle's GPU provider where its runtime or its GPU is missing (it would
-    fail for a reason that says nothing about the bundle); else the device's description."""
+def require_device(path: Path, execution_provider: str, package: str, version: str) -> str:
+    """Refuse a run on the bundle's GPU provider where its runtime package (the plan's) or its GPU
+    is missing (it would fail for a reason that says nothing about the bundle); else the device's
+    description."""
     from .errors import VerificationError
 
-    package = GPU_RUNTIME[execution_provider]
     try:
         metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -200,17 +197,26 @@ def require_device(path: Path, execution_provider: str, version: str) -> str:
     return device
 
 
+def run_record(result: dict[str, Any]) -> dict[str, Any]:
+    """What manifest.json keeps of one smoke-test run on a device (emulated or real): checks,
+    top-1 agreement and, per prompt, the greedy prefixes and the tie if there was one."""
+    return {
+        "passed": result.get("passed", 0),
+        "failed": result.get("failed", 1),
+        "top1_agreement": result.get("top1_agreement"),
+        "min_top1_agreement": result.get("min_top1_agreement"),
+        "cases": [{k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
+                  for c in result.get("cases", [])],
+        **({"error": result["error"]} if "error" in result else {}),
+    }
+
+
 def record_device(manifest: dict[str, Any], execution_provider: str, result: dict[str, Any], device: str) -> None:
     """Keep a GPU run of the smoke test in manifest.json; when it passed, the provider's kernels
     leave the pending list as checked on that device."""
     verification = manifest.get("verification") or {}
     manifest["verification"] = verification
-    run = {"device": device, "runtime": result.get("runtime"),
-           **{k: result.get(k) for k in ("passed", "failed", "top1_agreement", "min_top1_agreement")},
-           "cases": [{k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
-                     for c in result.get("cases", [])]}
-    if "error" in result:
-        run["error"] = result["error"]
+    run = {"device": device, "runtime": result.get("runtime"), **run_record(result)}
     verification.setdefault("device", {})[execution_provider] = run
     note = DEVICE_ONLY[execution_provider]
     pending = verification.setdefault("pending_on_device", [])
@@ -243,7 +249,7 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
     ep = plan.export.execution_provider
     provider = provider or host_provider(ep)
     version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
-    device = require_device(path, ep, version) if on_device(provider, ep) else None
+    device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
     result, output = run_smoke_test(path, provider)
     problems = []
     if result.get("failed", 1) == 0:
