@@ -41,6 +41,32 @@ def bundles(tmp_path_factory, tiny35):
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_vision(tmp_path_factory) -> Path:
+    """Phi-3.5-vision-shaped (phi3_v): a 3-layer CLIP tower (patch 14, 336-pixel crops), the tiny text decoder."""
+    from toolkit.tiny_vision import make_tiny_phi3v
+
+    return make_tiny_phi3v(tmp_path_factory.mktemp("models") / "tiny-phi-3.5-vision", steps=300)
+
+
+@pytest.fixture(scope="session")
+def vision_bundles(tmp_path_factory, tiny_vision):
+    """(target, overrides) -> phi3v bundle folder built from tiny_vision, built on first use."""
+    root = tmp_path_factory.mktemp("vision-bundles")
+    cache: dict[tuple, Path] = {}
+
+    def get(target: str, *overrides: str) -> Path:
+        key = (target, *overrides)
+        if key not in cache:
+            src = open_source(str(tiny_vision))
+            out = root / f"{target}-{len(cache)}"
+            build(src, plan_build(src, None, target, overrides), out, log=lambda _: None)
+            cache[key] = out
+        return cache[key]
+
+    return get
+
+
 @pytest.fixture
 def copy_bundle(tmp_path, bundles):
     """A private copy of a built bundle, for tests that damage it."""

@@ -11,7 +11,8 @@ from toolkit.source import eos_ids, open_source
 
 SUPPORTED = ("Supported: Phi3ForCausalLM (Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini); "
              "LlamaForCausalLM (SmolLM2 and other Llama-architecture models); PhiMoEForCausalLM (Phi-3.5-MoE); "
-             "PhimoeForCausalLM (Phi-3.5-MoE re-saved by transformers 5).")
+             "PhimoeForCausalLM (Phi-3.5-MoE re-saved by transformers 5); "
+             "Phi3VForCausalLM (Phi-3.5-vision, Phi-3-vision-128k).")
 
 
 def _edit_config(folder: Path, **changes) -> Path:

@@ -165,7 +165,7 @@ def refuses_checkpoint(model: Path, out: Path, change, message: str) -> None:
 def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
     refuses_checkpoint(model_copy, tmp_path / "out",
                        lambda w: w.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(64, dtype=np.float32)}),
-                       "tensors the decoder graph does not use \\(model.layers.0.self_attn.o_proj.bias\\)")
+                       "tensors the graphs do not use \\(model.layers.0.self_attn.o_proj.bias\\)")
 
 
 PEAK = """

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from . import budget, bundle, doctor, export, optimize, quantize, source, stream, verify
+from . import budget, bundle, doctor, export, optimize, phi3v, quantize, source, stream, verify, vision_cases
 from .catalog import choose_recipe
 from .config import BuildPlan, resolve
 from .errors import ConfigError, OutputError, StageError
@@ -57,8 +57,17 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"optimize.context_cap = {plan.optimize.context_cap} exceeds the model's context "
             f"({limit} tokens, max_position_embeddings). Use --set optimize.context_cap={min(limit, 4096)}."
         )
+    if src.architecture == "Phi3VForCausalLM" and plan.optimize.context_cap < phi3v.MIN_CONTEXT:
+        raise ConfigError(
+            f"optimize.context_cap = {plan.optimize.context_cap} cannot hold one image: the runtime cuts a picture "
+            f"into up to 16 crops, {phi3v.MAX_IMAGE_TOKENS} tokens. Use --set optimize.context_cap={phi3v.MIN_CONTEXT} "
+            "or more (each further image takes up to as many again).")
     if plan.export.engine == "stream":
         stream.check_supported(src, plan.export, plan.quantize)
+    elif src.architecture == "Phi3VForCausalLM":
+        raise ConfigError("export.engine 'ort-genai' cannot build Phi3VForCausalLM: the builder writes its text "
+                          "decoder only and reads its config through the checkpoint's own code. Use "
+                          "--set export.engine=stream (the recipes' default), which writes all three graphs.")
     return plan
 
 
@@ -207,6 +216,8 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         log("[5/5] verify: PyTorch reference tokens (float32, layer by layer), then the bundle's own smoke "
             "test on this machine")
         cases, prompt_format = verify.reference_cases(src.path, src.weight_files, plan.verify, eos)
+        if vision_cases.is_vision_bundle(stage.bundle / "model"):
+            cases += vision_cases.image_cases(stage.bundle, src.path, src.weight_files, plan.verify, eos, prompt_format)
         verify.write_prompt_format(stage.bundle, prompt_format)
         verify.write_golden(stage.bundle, cases, plan.verify)
         provider = verify.host_provider(plan.export.execution_provider)

@@ -84,6 +84,9 @@ class VerifyConfig:
         default=("The capital of France is", "def fibonacci(n):"), metadata={"nonempty": True}
     )
     chat_prompts: tuple[str, ...] = ("What is the capital of France?",)
+    # Asked about the bundle's test picture (tests/image.png) through the chat template: vision
+    # models only (phi3v bundles), ignored by text models.
+    image_prompts: tuple[str, ...] = ("Describe the image.",)
     new_tokens: int = _range(1, 512, default=16)
     # Share of positions where the bundle's top-1 token, fed the reference's own greedy continuation,
     # equals the reference's token. 1.0 demands an exact match.

@@ -128,13 +128,13 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
     """(tokenizer, causal LM in eval mode) that reads each decoder layer when the forward pass
     reaches it; `on_layer` is called after each layer ran (progress)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from .hf import quiet
+    from .hf import load_config, load_tokenizer, quiet
 
     quiet()
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-    config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+    tokenizer = load_tokenizer(source)
+    config = load_config(source)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
     reader = _Reader(CheckpointTensors(source, weight_files))

@@ -20,6 +20,8 @@ SUPPORTED = {
     "LlamaForCausalLM": ("SmolLM2 and other Llama-architecture models", "llama"),
     "PhiMoEForCausalLM": ("Phi-3.5-MoE", "phimoe"),  # the published config's name
     "PhimoeForCausalLM": ("Phi-3.5-MoE re-saved by transformers 5", "phimoe"),
+    # No transformers class: slmkit writes its graphs and reference itself (toolkit/phi3v.py).
+    "Phi3VForCausalLM": ("Phi-3.5-vision, Phi-3-vision-128k", "phi3_v"),
 }
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # Bounds far beyond any small model, checked before anything is allocated.

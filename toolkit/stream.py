@@ -28,7 +28,7 @@ from .tensors import CheckpointTensors, ExternalData
 
 # Phi-3 checkpoints store q/k/v and gate/up fused; Llama ones separate. The builder packs Llama's
 # q, k, v into one qkv_proj MatMul and splits Phi-3's gate_up, so both give the same graph.
-ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM", "PhiMoEForCausalLM", "PhimoeForCausalLM")
+ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM", "PhiMoEForCausalLM", "PhimoeForCausalLM", "Phi3VForCausalLM")
 MOE = ("PhiMoEForCausalLM", "PhimoeForCausalLM")  # experts in QMoE: int4 or int8 only, CPU or CUDA
 ROPE_KINDS = ("longrope", "none")
 # The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
@@ -54,6 +54,9 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
     elif precision not in ("fp32", "fp16") and q.method not in METHODS:
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
                      f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)")
+    elif src.architecture == "Phi3VForCausalLM" and q.method not in METHODS and export.precision not in ("fp32", "fp16"):
+        found.append(f"quantize.method '{q.method}' for a vision model (its int4 decoder is quantized with "
+                     f"{', '.join(METHODS)})")
     elif src.architecture in MOE and (ep not in ("cpu", "cuda") or precision not in ("int4", "int8")):
         found.append(f"{precision} {ep} graphs of a mixture of experts (its experts are written int4 or int8, "
                      "as onnxruntime's QMoE, for the cpu and cuda providers)")
@@ -85,33 +88,39 @@ def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path
     path.write_text(json.dumps(config, indent=4), encoding="utf-8")  # as the builder writes it
 
 
-def write_moe_config(source: Path, config: dict[str, Any], export: ExportConfig, out: Path) -> None:
-    """genai_config.json ("type": "phimoe") and the tokenizer files for a PhiMoE graph: the builder
-    cannot read transformers 5's PhiMoE, so slmkit writes what its config_only mode writes for Phi-3.5."""
-    from transformers import AutoTokenizer
-
-    from .hf import quiet
+def write_own_config(source: Path, config: dict[str, Any], export: ExportConfig, out: Path, model_type: str,
+                     sections: dict[str, Any] | None = None) -> None:
+    """genai_config.json and the tokenizer files where the builder cannot write them: PhiMoE
+    ("phimoe": the builder cannot read transformers 5's PhiMoE) and Phi-3-vision ("phi3v": its
+    config is remote code), as its config_only mode writes them for Phi-3.5. `sections` (vision,
+    embedding) join the model section, and then the decoder reads `inputs_embeds`."""
+    from .hf import load_tokenizer, quiet
     from .source import eos_ids
 
     quiet()
     shape = Shape.of(config)
-    provider = {"cuda": [{"cuda": {}}]}.get(export.execution_provider, [])
+    provider = {"cuda": [{"cuda": {"enable_cuda_graph": "0"}}],  # as the builder writes them
+                "dml": [{"dml": {"enable_graph_capture": "1"}}]}.get(export.execution_provider, [])
     eos = eos_ids(source)
+    first = {"inputs_embeds": "inputs_embeds"} if sections else {"input_ids": "input_ids"}
+    if export.execution_provider == "dml":
+        first["position_ids"] = "position_ids"
     genai = {
         "model": {
             "bos_token_id": config.get("bos_token_id", 1), "context_length": shape.context,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": provider},
                 "filename": "model.onnx", "head_size": shape.head, "hidden_size": shape.hidden,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                "inputs": {**first, "attention_mask": "attention_mask",
                            "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"},
                 "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
                             "present_value_names": "present.%d.value"},
                 "num_attention_heads": shape.heads, "num_hidden_layers": shape.layers,
                 "num_key_value_heads": shape.kv_heads,
             },
+            **(sections or {}),
             "eos_token_id": eos, "pad_token_id": config.get("pad_token_id") or eos[0],
-            "type": "phimoe", "vocab_size": shape.vocab,
+            "type": model_type, "vocab_size": shape.vocab,
         },
         "search": {"diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
                    "max_length": shape.context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
@@ -119,48 +128,62 @@ def write_moe_config(source: Path, config: dict[str, Any], export: ExportConfig,
                    "temperature": 1.0, "top_k": 50, "top_p": 1.0},
     }
     (out / "genai_config.json").write_text(json.dumps(genai, indent=4), encoding="utf-8")
-    AutoTokenizer.from_pretrained(source, trust_remote_code=False).save_pretrained(out)
+    load_tokenizer(source).save_pretrained(out)
+
+
+def save_graph(g: GraphWriter, inputs: list[Any], outputs: list[Any], path: Path, name: str = "main_graph") -> None:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],
+                              ir_version=10, producer_name="slmkit stream engine")
+    onnx.save_model(model, str(path))
 
 
 def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str, Any], export: ExportConfig,
                   q: QuantizeConfig, work: Path) -> Path:
-    """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export."""
-    import onnx
-    from onnx import helper
+    """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export (and,
+    for Phi-3-vision, vision.onnx and embedding.onnx with processor_config.json: toolkit/phi3v.py)."""
+    from . import phi3v
 
     shape = Shape.of(config)
     # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
     dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
-    moe = "num_local_experts" in config
+    moe, vision = "num_local_experts" in config, phi3v.is_phi3v(config)
+    skipped: set[str] = set()
     if moe:
         expected = moe_graph.expected_tensors(shape, config["num_local_experts"], moe_graph.published(weights))
     else:
         expected = expected_tensors(shape, "model.layers.0.self_attn.qkv_proj.weight" in weights)
-    unused = sorted(n for n in set(weights.entries) - expected
+    if vision:
+        used, skipped = phi3v.vision_tensors(weights)
+        expected |= used
+    unused = sorted(n for n in set(weights.entries) - expected - skipped
                     if not n.endswith("rotary_emb.inv_freq"))
     if unused:
         raise InputModelError(
-            f"The checkpoint has tensors the decoder graph does not use ({', '.join(unused[:4])}"
+            f"The checkpoint has tensors the graphs do not use ({', '.join(unused[:4])}"
             f"{', ...' if len(unused) > 4 else ''}): the streamed engine would drop them. "
             "Use --set export.engine=ort-genai.")
     out = work / "export"
     out.mkdir(parents=True)
     if moe:
-        write_moe_config(source, config, export, out)
+        write_own_config(source, config, export, out, "phimoe")
+    elif vision:
+        phi3v.write_configs(source, config, export, out)
     else:
         write_config_files(source, export, out, work)
-    total = weights.nbytes(expected)
-    with ExternalData(out / "model.onnx.data") as data, bar("export", total, "bytes of weights") as progress:
+    with bar("export", weights.nbytes(expected), "bytes of weights") as progress:
         weights.on_read = progress.advance
-        g = GraphWriter(data, export.precision, q, dtype)
-        if moe:
-            moe_graph.write_moe_decoder(g, weights, shape, config)
-        else:
-            write_decoder(g, weights, shape, config, export.execution_provider)
-    inputs, outputs = graph_io(shape, dtype, export.execution_provider)
-    graph = helper.make_graph(g.nodes, "main_graph", inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],
-                              ir_version=10, producer_name="slmkit stream engine")
-    onnx.save_model(model, str(out / "model.onnx"))
+        with ExternalData(out / "model.onnx.data") as data:
+            g = GraphWriter(data, export.precision, q, dtype)
+            if moe:
+                moe_graph.write_moe_decoder(g, weights, shape, config)
+            else:
+                write_decoder(g, weights, shape, config, export.execution_provider, embeds=vision)
+        save_graph(g, *graph_io(shape, dtype, export.execution_provider, embeds=vision), out / "model.onnx")
+        if vision:
+            phi3v.write_graphs(weights, shape, q, dtype, out)
     return out

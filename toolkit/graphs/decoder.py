@@ -66,11 +66,14 @@ def _gate_up(weights: CheckpointTensors, hf: str, intermediate: int) -> tuple[np
 
 
 def write_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, config: dict[str, Any],
-                  provider: str = "cpu") -> None:
-    """The decoder, layer by layer: each weight is read, converted and written, then freed."""
+                  provider: str = "cpu", embeds: bool = False) -> None:
+    """The decoder, layer by layer: each weight is read, converted and written, then freed. With
+    `embeds` it starts from an `inputs_embeds` input (a multimodal model's embedding graph makes it)."""
     a = attention_inputs(g, shape, config, split=provider == "dml")
     head = None
-    if config.get("tie_word_embeddings"):
+    if embeds:
+        hidden = "inputs_embeds"
+    elif config.get("tie_word_embeddings"):
         tied = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
         hidden, head = _tied_embedding(g, shape, weights.float32(tied))
     else:
@@ -105,13 +108,15 @@ def write_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, conf
         g.matmul("/lm_head", h, output="logits", written=head)
 
 
-def graph_io(shape: Shape, dtype: type = np.float32, provider: str = "cpu") -> tuple[list[Any], list[Any]]:
+def graph_io(shape: Shape, dtype: type = np.float32, provider: str = "cpu",
+             embeds: bool = False) -> tuple[list[Any], list[Any]]:
     from onnx import helper
 
     elem = ELEM[np.dtype(dtype)]
     kv = ["batch_size", shape.kv_heads]
-    inputs = [helper.make_tensor_value_info("input_ids", INT64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info("attention_mask", INT64, ["batch_size", "total_sequence_length"])]
+    first = (helper.make_tensor_value_info("inputs_embeds", elem, ["batch_size", "sequence_length", shape.hidden])
+             if embeds else helper.make_tensor_value_info("input_ids", INT64, ["batch_size", "sequence_length"]))
+    inputs = [first, helper.make_tensor_value_info("attention_mask", INT64, ["batch_size", "total_sequence_length"])]
     if provider == "dml":
         inputs.append(helper.make_tensor_value_info("position_ids", INT64, ["batch_size", "sequence_length"]))
     outputs = [helper.make_tensor_value_info("logits", elem, ["batch_size", "sequence_length", shape.vocab])]

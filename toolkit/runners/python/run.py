@@ -5,18 +5,23 @@
     python runner/run.py --prompt "What is the capital of France?"
     python runner/run.py --chat                       # multi-turn, reads lines from stdin
     python runner/run.py --prompt "..." --temperature 0.7 --top-p 0.9 --seed 1
+    python runner/run.py --image photo.jpg --prompt "What is in this picture?"   # vision (phi3v) bundles
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
 MODEL_DIR = Path(__file__).resolve().parent.parent / "model"
 # Phi-3 chat format, used when the tokenizer carries no chat template.
 PHI3_TURN = "<|{role}|>\n{content}<|end|>\n"
+IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
+# What onnxruntime-genai's image decoder reads, by the first bytes of the file.
+IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
 def load_model(model_dir: Path, provider: str = "bundle"):
@@ -50,16 +55,67 @@ def format_chat(tokenizer, messages: list[dict]) -> str:
     return "".join(PHI3_TURN.format(**m) for m in messages) + "<|assistant|>\n"
 
 
+def tag_images(text: str, count: int) -> str:
+    """The prompt with one <|image_N|> tag per image: added in front when it has none, else checked."""
+    tags = [int(t) for t in IMAGE_TAG.findall(text)]
+    if not tags:
+        return "".join(f"<|image_{i}|>\n" for i in range(1, count + 1)) + text
+    if sorted(set(tags)) != list(range(1, count + 1)):
+        found = ", ".join(f"<|image_{t}|>" for t in tags)
+        raise SystemExit(f"The prompt's image tags ({found}) do not match the {count} image(s) given with --image: "
+                         f"write <|image_1|> to <|image_{count}|>, one per image, or no tags (they are then added).")
+    return text
+
+
+def open_images(model_dir: Path, paths: list[Path]):
+    """og.Images of the files, refused before generation when the bundle takes no images or a file
+    is not a PNG or JPEG picture."""
+    import onnxruntime_genai as og
+
+    kind = genai_config(model_dir)["model"]["type"]
+    if kind != "phi3v":
+        raise SystemExit(f"--image: this bundle's model ({kind}) reads text only. Images need a bundle built "
+                         "from a vision model (Phi-3.5-vision: model type phi3v).")
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError as e:
+            raise SystemExit(f"--image {path}: cannot read it ({e.strerror}).") from None
+        if not any(head.startswith(magic) for magic in IMAGE_MAGIC):
+            raise SystemExit(f"--image {path}: not a PNG or JPEG image (its first bytes are {head[:4]!r}). "
+                             "Convert it to PNG or JPEG.")
+    return og.Images.open(*[str(p) for p in paths])  # decoded by the processor: image_inputs
+
+
+def image_inputs(model, text: str, images):
+    """The runtime processor's inputs (input_ids with each image's tokens as negative ids, pixel_values,
+    image_sizes) for a prompt and its images."""
+    try:
+        return model.create_multimodal_processor()(text, images=images)
+    except RuntimeError as e:
+        if "Image" not in str(e):
+            raise
+        raise SystemExit(f"--image: the image decoder cannot read the picture ({e}). Is the file complete?") from None
+
+
 def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, on_token=None):
-    """Greedy when temperature is 0. Stops at any EOS id, after max_new_tokens, or at the cap."""
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, on_token=None,
+             inputs=None):
+    """Greedy when temperature is 0. Stops at any EOS id, after max_new_tokens, or at the cap.
+    `inputs` (from image_inputs) replace prompt_ids for a prompt with images."""
     import numpy as np
     import onnxruntime_genai as og
 
+    if inputs is not None:
+        prompt_ids = [int(t) for t in inputs["input_ids"].as_numpy()[0]]
     if len(prompt_ids) >= cap:
+        images = sum(t < 0 for t in prompt_ids)
         raise SystemExit(
-            f"The prompt has {len(prompt_ids)} tokens; this bundle's context cap is {cap} "
-            "(search.max_length in model/genai_config.json). Shorten the prompt."
+            f"The prompt has {len(prompt_ids)} tokens{f' ({images} of them for the images)' if images else ''}; "
+            f"this bundle's context cap is {cap} (search.max_length in model/genai_config.json). "
+            + ("Use fewer or smaller images, or rebuild with a larger --set optimize.context_cap."
+               if images else "Shorten the prompt.")
         )
     params = og.GeneratorParams(model)
     options = {"max_length": min(cap, len(prompt_ids) + max_new_tokens), "batch_size": 1}
@@ -70,7 +126,10 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
         options.update(do_sample=False)
     params.set_search_options(**options)
     generator = og.Generator(model, params)
-    generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+    if inputs is not None:
+        generator.set_inputs(inputs)
+    else:
+        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
     out = []
     while not generator.is_done():
         generator.generate_next_token()
@@ -90,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat", action="store_true", help="multi-turn chat on stdin (empty line or EOF ends)")
     p.add_argument("--system", default="", help="system message")
     p.add_argument("--raw", action="store_true", help="complete --prompt as plain text, no chat template")
+    p.add_argument("--image", type=Path, action="append", default=[],
+                   help="a PNG or JPEG picture for the first message (repeatable; vision bundles only); "
+                   "<|image_1|>... tags are added when the prompt has none")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -103,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime_genai as og
 
+    images = open_images(args.model, args.image) if args.image else None
     model = load_model(args.model, args.provider)
     tokenizer = og.Tokenizer(model)
     cap = genai_config(args.model)["search"]["max_length"]
@@ -110,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     history = [{"role": "system", "content": args.system}] if args.system else []
 
     def answer(user_text: str) -> str:
+        if images is not None and not any(m["role"] == "user" for m in history):  # the first message
+            user_text = tag_images(user_text, len(args.image))
         if args.raw:
             text = user_text
         else:
@@ -117,9 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             text = format_chat(tokenizer, history)
         stream = tokenizer.create_stream()
         emit = lambda t: print(stream.decode(t), end="", flush=True)  # noqa: E731
-        tokens = generate(model, tokenizer, tokenizer.encode(text), cap, stops,
+        inputs = image_inputs(model, text, images) if images is not None else None
+        tokens = generate(model, tokenizer, [] if inputs is not None else tokenizer.encode(text), cap, stops,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, on_token=emit)
+                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, on_token=emit, inputs=inputs)
         print(flush=True)
         reply = tokenizer.decode(tokens)
         if not args.raw:

@@ -72,30 +72,47 @@ def check_files(bundle: Path, report: Report) -> bool:
     return report.add("files", bad == 0, f"{len(files) - bad} of {len(files)} files match manifest.json")
 
 
-def teacher_forced(model, prompt_ids: list[int], expected: list[int]) -> list[int]:
-    """The bundle's argmax at each position of the reference continuation, in one forward pass."""
+def start(model, prompt_ids: list[int], more: int, inputs=None):
+    """A greedy generator fed the prompt (or, for a prompt with images, the processor's inputs)."""
     import numpy as np
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt_ids) + len(expected), do_sample=False)
+    params.set_search_options(max_length=len(prompt_ids) + more, do_sample=False)
     generator = og.Generator(model, params)
-    generator.append_tokens(np.asarray(prompt_ids + expected[:-1], dtype=np.int32))
-    logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
-    start = len(prompt_ids) - 1
-    return [int(t) for t in logits[start : start + len(expected)].argmax(axis=-1)]
+    if inputs is not None:
+        generator.set_inputs(inputs)
+    else:
+        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+    return generator
 
 
-def stepwise_logits(model, prompt_ids: list[int], tokens: list[int]):
+def teacher_forced(model, prompt_ids: list[int], expected: list[int], inputs=None) -> list[int]:
+    """The bundle's argmax at each position of the reference continuation, in one forward pass
+    (with images: the prompt's pass, then one pass over the continuation)."""
+    import numpy as np
+
+    if inputs is None:
+        generator = start(model, prompt_ids + expected[:-1], 1)
+        logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+        begin = len(prompt_ids) - 1
+        return [int(t) for t in logits[begin : begin + len(expected)].argmax(axis=-1)]
+    generator = start(model, prompt_ids, len(expected), inputs)
+    first = np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1]
+    top = [int(first.argmax())]
+    if len(expected) > 1:
+        generator.append_tokens(np.asarray(expected[:-1], dtype=np.int32))
+        logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+        top += [int(t) for t in logits[-(len(expected) - 1):].argmax(axis=-1)]
+    return top
+
+
+def stepwise_logits(model, prompt_ids: list[int], tokens: list[int], inputs=None):
     """The logits before each of `tokens`, decoded one token at a time as generation does (the
     same kernels as greedy; a single pass over the whole sequence takes other ones)."""
     import numpy as np
-    import onnxruntime_genai as og
 
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt_ids) + len(tokens) + 1, do_sample=False)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+    generator = start(model, prompt_ids, len(tokens) + 1, inputs)
     rows = []
     for token in tokens:
         rows.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1])
@@ -145,11 +162,23 @@ def open_model(bundle: Path, provider: str, report: Report):
         return None, None
 
 
-def greedy(model, tokenizer, bundle: Path, prompt_ids: list[int], n: int) -> list[int]:
+def greedy(model, tokenizer, bundle: Path, prompt_ids: list[int], n: int, inputs=None) -> list[int]:
     from run import generate, genai_config
 
     cap = genai_config(bundle / "model")["search"]["max_length"]
-    return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n)
+    return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n, inputs=inputs)
+
+
+def case_inputs(model, tokenizer, bundle: Path, case: dict):
+    """(the prompt's ids as this runtime makes them, the processor's inputs or None): an image case
+    goes through the runtime's image processor with the bundle's test picture (tests/image.png)."""
+    import onnxruntime_genai as og
+    from run import image_inputs
+
+    if "image" not in case:
+        return [int(t) for t in tokenizer.encode(case["prompt"])], None
+    inputs = image_inputs(model, case["prompt"], og.Images.open(str(bundle / "tests" / case["image"])))
+    return [int(t) for t in inputs["input_ids"].as_numpy()[0]], inputs
 
 
 def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> dict:
@@ -160,15 +189,16 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     agree = total = 0
     cases = []
     for i, case in enumerate(golden["cases"], 1):
-        ids = [int(t) for t in tokenizer.encode(case["prompt"])]
+        ids, inputs = case_inputs(model, tokenizer, bundle, case)
+        what = f"prompt with {case['image']} ({sum(t < 0 for t in ids)} image tokens)" if inputs is not None else "prompt"
         report.add(f"tokenizer {i}", ids == case["prompt_ids"],
-                   "prompt encodes as the reference did" if ids == case["prompt_ids"]
+                   f"{what} encodes as the reference did" if ids == case["prompt_ids"]
                    else f"got {ids[:12]}..., reference {case['prompt_ids'][:12]}...")
         expected = case["expected_ids"]
-        top1 = teacher_forced(model, case["prompt_ids"], expected)
+        top1 = teacher_forced(model, case["prompt_ids"], expected, inputs)
         hits = sum(a == b for a, b in zip(top1, expected))
         agree, total = agree + hits, total + len(expected)
-        out = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["bundle_ids"]))
+        out = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["bundle_ids"]), inputs)
         ok, text, tie = greedy_check(out, case, golden)
         report.add(f"greedy {i}", ok, f"{text}; top-1 vs reference {hits}/{len(expected)}; "
                    f"reference greedy prefix {common_prefix(out, expected)}/{len(expected)}")
@@ -192,8 +222,9 @@ def record(bundle: Path, provider: str) -> int:
     if model is None:
         return 1
     for case in golden["cases"]:
-        ids = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["expected_ids"]))
-        rows = stepwise_logits(model, case["prompt_ids"], ids)
+        _, inputs = case_inputs(model, tokenizer, bundle, case)
+        ids = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["expected_ids"]), inputs)
+        rows = stepwise_logits(model, case["prompt_ids"], ids, inputs)
         case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
     path.write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
     return 0

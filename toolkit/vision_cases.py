@@ -1,0 +1,92 @@
+"""Golden image cases of a phi3v bundle: the bundle's test picture (tests/image.png) asked about
+through the chat template, the PyTorch reference's greedy continuation as the expected tokens.
+
+The pixels come from the runtime's own image processor (onnxruntime-genai's MultiModalProcessor,
+run on the bundle in a child process: the HD resize, padding and crops are its own), so the
+reference and the bundle see the same pixel_values and the same prompt ids (an image's tokens are
+negative ids); the reference then runs transformers' CLIP + the HD layout (toolkit/reference_vision.py)
+and the text model on the embeddings, one decoder layer in memory at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import VerifyConfig
+from .errors import StageError
+from .progress import bar, waiting
+
+IMAGE = "image.png"
+TAG = "<|image_1|>\n"
+
+_PROCESS = """
+import sys, numpy as np, onnxruntime_genai as og
+model_dir, image, out, prompts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+config = og.Config(model_dir)
+config.clear_providers()  # the CPU: a GPU bundle's processor is the same
+processor = og.Model(config).create_multimodal_processor()
+arrays = {}
+for i, prompt in enumerate(prompts):
+    inputs = processor(prompt, images=og.Images.open(image))
+    for key in ("input_ids", "pixel_values", "image_sizes"):
+        arrays[f"{key}_{i}"] = inputs[key].as_numpy()
+np.savez(out, **arrays)
+"""
+
+
+def processor_inputs(model_dir: Path, image: Path, prompts: list[str]) -> list[dict[str, np.ndarray]]:
+    """The runtime processor's input_ids, pixel_values and image_sizes for each prompt with the image."""
+    with tempfile.TemporaryDirectory() as tmp, waiting("the runtime's image processor (child process)"):
+        out = Path(tmp) / "inputs.npz"
+        proc = subprocess.run([sys.executable, "-c", _PROCESS, str(model_dir), str(image), str(out), *prompts],
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise StageError("verify", f"the bundle's image processor failed:\n{(proc.stdout + proc.stderr).strip()}",
+                             model_dir.parent)
+        data = np.load(out)
+        return [{k: data[f"{k}_{i}"] for k in ("input_ids", "pixel_values", "image_sizes")} for i in range(len(prompts))]
+
+
+def image_cases(bundle: Path, source: Path, weight_files: tuple[str, ...], cfg: VerifyConfig, eos: list[int],
+                fmt: str | None) -> list[dict[str, Any]]:
+    """Write tests/image.png into the bundle and return its golden cases."""
+    import torch
+
+    from .phi3v import golden_image
+    from .reference import layerwise_model
+    from .reference_vision import VisionReference, embed
+    from .verify import CONTENT, _Passes
+
+    if not cfg.image_prompts:
+        return []
+    image = golden_image(bundle / "tests" / IMAGE)
+    prompts = [fmt.replace(CONTENT, TAG + p) if fmt else TAG + p for p in cfg.image_prompts]
+    inputs = processor_inputs(bundle / "model", image, prompts)
+    vision = VisionReference(source, weight_files)
+    passes = _Passes()
+    _, model = layerwise_model(source, weight_files, on_layer=passes)
+    cases = []
+    total = model.config.num_hidden_layers * cfg.new_tokens * len(prompts)
+    with torch.no_grad(), bar(f"reference ({len(prompts)} image prompts)", total, "layer passes") as passes.bar:
+        for prompt, given in zip(prompts, inputs):
+            ids = [int(t) for t in given["input_ids"][0]]
+            embeds = embed(model, ids, vision.features(given["pixel_values"], given["image_sizes"]))
+            out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=cfg.new_tokens, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=eos[0] if eos else 0)
+            cont = [int(t) for t in out[0]]
+            stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
+            cases.append({"prompt": prompt, "chat": fmt is not None, "image": IMAGE, "prompt_ids": ids,
+                          "image_tokens": int(sum(t < 0 for t in ids)), "expected_ids": cont[: stop + 1]})
+    return cases
+
+
+def is_vision_bundle(model_dir: Path) -> bool:
+    return json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["type"] == "phi3v"
