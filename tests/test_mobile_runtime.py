@@ -57,10 +57,10 @@ def _bundle(root: Path, name: str, genai_config, prompt_format: str | None = Non
     return model
 
 
-def _genai_config(eos) -> dict:
+def _genai_config(eos, kind: str = "phi3") -> dict:
     """The part of a builder-made genai_config.json the runner reads, in its place."""
     return {"model": {"bos_token_id": 1, "context_length": 64, "eos_token_id": eos, "pad_token_id": 0,
-                      "type": "phi3", "vocab_size": 32064},
+                      "type": kind, "vocab_size": 32064},
             "search": {"do_sample": False, "max_length": 64, "num_beams": 1, "top_k": 1}}
 
 
@@ -73,6 +73,9 @@ def _scenarios(root: Path) -> list[str]:
     (bad_format / "prompt_format.json").write_text('{"single_turn": ')
     no_search = _bundle(root, "no_search", {"model": {"eos_token_id": 2}})
     missing = _bundle(root, "missing", None)
+    vision = _bundle(root, "vision", _genai_config(2, "phi3v"), TEMPLATE)
+    picture = root / "picture.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n")  # the fake Images does not decode it
     rows = [
         ("malformed_genai_config", "", "", malformed),
         ("malformed_prompt_format", "", "", bad_format),
@@ -87,7 +90,14 @@ def _scenarios(root: Path) -> list[str]:
         ("generator_throws", "Generator", "5,6", int_eos),
         ("stream_throws", "TokenizerStream", "5,6", int_eos),
     ]
-    return [f"{name}|{fail}|{script}|{model}" for name, fail, script, model in rows]
+    images = [
+        ("image_ask", "", "5,6,2,7", vision),
+        ("image_on_text_bundle", "", "5,6", int_eos),
+        ("image_processor_throws", "NamedTensors", "5,6", vision),
+        ("image_generator_throws", "Generator", "5,6", vision),
+    ]
+    return ([f"{name}|{fail}|{script}|{model}|" for name, fail, script, model in rows]
+            + [f"{name}|{fail}|{script}|{model}|{picture}" for name, fail, script, model in images])
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +197,29 @@ def test_failed_stream_closes_generator_params(reports):
     assert report.get("threw") == "GenAIException" and report["threw_in"] == "ask", report
     assert report["open_after_ask"] == NATIVE, report
     assert report["open"] == [], report
+
+
+def test_image_answer_closes_images_processor_and_inputs(reports):
+    """askAboutImage tags the message, feeds the processor's inputs and closes each object it made."""
+    report = reports["runner"]["image_ask"]
+    assert "threw" not in report and report["answer"] == "<5><6>", report
+    assert report["prompt"] == TEMPLATE.replace("{content}", "<|image_1|>\nhi"), report
+    assert report["created"] == [*NATIVE, "Images", "MultiModalProcessor", "NamedTensors", "GeneratorParams",
+                                 "TokenizerStream", "Generator"], report
+    assert report["open_after_ask"] == NATIVE and report["open"] == [] and report["bad_closes"] == 0, report
+
+
+@pytest.mark.parametrize("scenario,made", [
+    ("image_on_text_bundle", []),  # refused before any image object exists
+    ("image_processor_throws", ["Images", "MultiModalProcessor"]),
+    ("image_generator_throws", ["Images", "MultiModalProcessor", "NamedTensors", "GeneratorParams", "TokenizerStream"]),
+])
+def test_image_failures_close_what_was_made(reports, scenario, made):
+    report = reports["runner"][scenario]
+    expected = "GenAIException" if scenario == "image_generator_throws" else "IllegalArgumentException"
+    assert report.get("threw") == expected and report["threw_in"] == "ask", report
+    assert report["created"] == [*NATIVE, *made], report
+    assert report["open_after_ask"] == NATIVE and report["open"] == [] and report["bad_closes"] == 0, report
 
 
 def test_the_old_leaking_runner_is_caught(reports):

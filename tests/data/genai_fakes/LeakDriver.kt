@@ -1,8 +1,8 @@
 // Driver for tests/test_mobile_runtime.py, compiled with SlmkitRunner.kt against the fakes in
-// ai/onnxruntime/genai: for each argument "name|failIn|script|modelDir" it makes a runner,
-// asks it one question when that worked, closes it, and prints one JSON line of what the
-// fakes saw. failIn: the fake class whose constructor throws ("" none); script: the tokens the
-// fake Generator yields ("" none). The test compiles a copy of this file in the package of a
+// ai/onnxruntime/genai: for each argument "name|failIn|script|modelDir|image" it makes a runner,
+// asks it one question when that worked (about the picture at `image` when given), closes it,
+// and prints one JSON line of what the fakes saw. failIn: the fake class whose constructor throws
+// ("" none); script: the tokens the fake Generator yields ("" none). The test compiles a copy of this file in the package of a
 // copy of the runner, so no import names the runner.
 package ai.slmkit.runner
 
@@ -13,7 +13,7 @@ import java.io.File
 
 fun main(args: Array<String>) {
     for (arg in args) {
-        val (name, failIn, script, dir) = arg.split("|", limit = 4)
+        val (name, failIn, script, dir, image) = arg.split("|", limit = 5)
         FakeNative.reset()
         FakeNative.failIn = if (failIn == "") null else failIn
         FakeNative.script = if (script == "") IntArray(0) else script.split(",").map { it.toInt() }.toIntArray()
@@ -26,7 +26,8 @@ fun main(args: Array<String>) {
             report.put("open_after_init", JSONArray(FakeNative.open().sorted()))
             val pieces = ArrayList<String>()
             try {
-                report.put("answer", runner.ask("hi", maxNewTokens = 8) { pieces.add(it) })
+                report.put("answer", if (image == "") runner.ask("hi", maxNewTokens = 8) { pieces.add(it) }
+                    else runner.askAboutImage(image, "hi", maxNewTokens = 8) { pieces.add(it) })
             } finally {
                 report.put("pieces", JSONArray(pieces))
                 report.put("prompt", FakeNative.lastEncoded ?: JSONObject.NULL)

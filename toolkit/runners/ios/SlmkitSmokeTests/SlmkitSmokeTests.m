@@ -104,6 +104,14 @@ static NSUInteger commonPrefix(NSArray<NSNumber*>* a, NSArray<NSNumber*>* b) {
     NSArray* cases = golden[@"cases"];
     for (NSUInteger i = 0; runner != nil && i < cases.count; i++) {
       NSDictionary* c = cases[i];
+      if (c[@"image"] != nil) {
+        // The Objective-C API declares (and defines) OGAMultiModalProcessor's image method twice,
+        // for an NSString and an NSArray prompt: it does not compile, so images cannot be passed
+        // from Objective-C yet. runner/run.py and the Android runner check image cases.
+        NSLog(@"image case %lu: not run on iOS (onnxruntime-genai-objc's image processor API does not compile)",
+              (unsigned long)i + 1);
+        continue;
+      }
       NSArray<NSNumber*>* promptIds = c[@"prompt_ids"];
       NSArray<NSNumber*>* encoded = [runner encode:c[@"prompt"] error:&error];
       [self check:[NSString stringWithFormat:@"tokenizer %lu", (unsigned long)i + 1]

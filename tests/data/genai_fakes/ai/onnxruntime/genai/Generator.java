@@ -22,6 +22,11 @@ public final class Generator implements AutoCloseable {
 
   public void appendTokens(int[] inputIDs) throws GenAIException { length += inputIDs.length; }
 
+  /** A prompt with an image: counted as IMAGE_PROMPT tokens. */
+  public void setInputs(NamedTensors namedTensors) throws GenAIException { length += IMAGE_PROMPT; }
+
+  public static final int IMAGE_PROMPT = 40;
+
   public void generateNextToken() throws GenAIException {
     if (isDone()) throw new GenAIException("fake Generator: generateNextToken after isDone");
     last = script[next++];

@@ -3,9 +3,13 @@
 package ai.slmkit.runner
 
 import ai.onnxruntime.genai.Config
+import ai.onnxruntime.genai.GenAIException
 import ai.onnxruntime.genai.Generator
 import ai.onnxruntime.genai.GeneratorParams
+import ai.onnxruntime.genai.Images
 import ai.onnxruntime.genai.Model
+import ai.onnxruntime.genai.MultiModalProcessor
+import ai.onnxruntime.genai.NamedTensors
 import ai.onnxruntime.genai.Sequences
 import ai.onnxruntime.genai.Tokenizer
 import ai.onnxruntime.genai.TokenizerStream
@@ -26,6 +30,8 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
         if (eos != null) (0 until eos.length()).map { eos.getInt(it) }.toSet() else setOf(m.getInt("eos_token_id"))
     }
     val maxLength: Int = genai.getJSONObject("search").getInt("max_length")
+    /** The model type in genai_config.json: "phi3v" bundles (Phi-3.5-vision) also take a picture. */
+    val modelType: String = genai.getJSONObject("model").optString("type", "")
     // The model's chat template rendered for one user turn by slmkit at build time.
     private val promptFormat: String? = File(modelDir, "prompt_format.json").let { f ->
         if (f.exists()) JSONObject(f.readText()).getString("single_turn") else null
@@ -66,12 +72,65 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
         require(promptIds.size < maxLength) {
             "The prompt has ${promptIds.size} tokens; this bundle's context cap is $maxLength. Shorten the prompt."
         }
+        return run(minOf(maxLength, promptIds.size + maxNewTokens), maxNewTokens, temperature, topP, topK, seed,
+            onText) { it.appendTokens(promptIds) }
+    }
+
+    /**
+     * Greedy answer to [prompt], a chat-formatted prompt holding the tag <|image_1|>, about the PNG or
+     * JPEG picture at [imagePath] (vision bundles only: the runtime's image processor cuts it into up
+     * to 16 crops, up to 2509 prompt tokens).
+     */
+    fun generateWithImage(imagePath: String, prompt: String, maxNewTokens: Int = 256, onText: (String) -> Unit = {}): IntArray {
+        require(modelType == "phi3v") {
+            "This bundle's model ($modelType) reads text only. Images need a bundle built from a vision model (Phi-3.5-vision: model type phi3v)."
+        }
+        require(File(imagePath).canRead()) { "Cannot read the image $imagePath." }
+        val images = Images(imagePath)
+        try {
+            val processor = MultiModalProcessor(model)
+            try {
+                val inputs: NamedTensors = try {
+                    processor.processImages(prompt, images)
+                } catch (e: GenAIException) {
+                    throw IllegalArgumentException("The image decoder cannot read $imagePath (a PNG or JPEG file?): ${e.message}", e)
+                }
+                try {
+                    return run(maxLength, maxNewTokens, 0.0, 1.0, 0, 0, onText) { generator ->
+                        try {
+                            generator.setInputs(inputs)
+                        } catch (e: GenAIException) {
+                            throw IllegalArgumentException("The prompt with its image does not fit this bundle's context cap " +
+                                "$maxLength (an image takes up to 2509 tokens): ${e.message}", e)
+                        }
+                    }
+                } finally {
+                    inputs.close()
+                }
+            } finally {
+                processor.close()
+            }
+        } finally {
+            images.close()
+        }
+    }
+
+    private fun run(
+        maxTotal: Int,
+        maxNewTokens: Int,
+        temperature: Double,
+        topP: Double,
+        topK: Int,
+        seed: Int,
+        onText: (String) -> Unit,
+        feed: (Generator) -> Unit
+    ): IntArray {
         val params: GeneratorParams = GeneratorParams(model)
         var stream: TokenizerStream? = null  // made inside the try: params is closed if it fails
         val out = ArrayList<Int>()
         try {
             stream = tokenizer.createStream()
-            params.setSearchOption("max_length", minOf(maxLength, promptIds.size + maxNewTokens).toDouble())
+            params.setSearchOption("max_length", maxTotal.toDouble())
             params.setSearchOption("batch_size", 1.0)
             if (temperature > 0.0) {
                 params.setSearchOption("do_sample", true)
@@ -85,8 +144,8 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
             }
             val generator: Generator = Generator(model, params)
             try {
-                generator.appendTokens(promptIds)
-                while (!generator.isDone()) {
+                feed(generator)
+                while (!generator.isDone() && out.size < maxNewTokens) {
                     generator.generateNextToken()
                     val token: Int = generator.getLastTokenInSequence(0)
                     if (token in eosIds) break
@@ -107,6 +166,11 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
     fun ask(message: String, maxNewTokens: Int = 256, onText: (String) -> Unit = {}): String =
         decode(generate(encode(formatChat(message)), maxNewTokens, onText = onText))
 
+    /** One chat turn about a picture: <|image_1|> goes in front of [message] unless it has the tag. */
+    fun askAboutImage(imagePath: String, message: String, maxNewTokens: Int = 256, onText: (String) -> Unit = {}): String =
+        decode(generateWithImage(imagePath, formatChat(if (IMAGE_TAG in message) message else "$IMAGE_TAG\n$message"),
+            maxNewTokens, onText))
+
     override fun close() {
         tokenizer.close()
         model.close()
@@ -115,5 +179,6 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
 
     companion object {
         const val PLACEHOLDER = "{content}"
+        const val IMAGE_TAG = "<|image_1|>"
     }
 }
