@@ -92,8 +92,8 @@ def test_embedding_places_image_rows_and_accepts_none(fp32_export):
     assert np.array_equal(text[0], out[0, [0, 4]])
 
 
-def test_fp32_bundle_follows_the_reference_on_the_image(vision_bundles):
-    bundle = vision_bundles("cpu", "export.precision=fp32")
+def test_fp32_decoder_with_int8_vision_follows_the_reference_on_the_image(vision_bundles):
+    bundle = vision_bundles("cpu", "export.precision=fp32")  # the cpu recipe's int8 vision tower
     manifest = json.loads((bundle / "manifest.json").read_text())
     image_case = [c for c in manifest["verification"]["host"]["cases"] if "<|image_1|>" in c["prompt"]]
     assert len(image_case) == 1 and image_case[0]["top1_agreement"] == 1.0 and image_case[0]["greedy_prefix"] >= 15
@@ -109,6 +109,14 @@ def test_every_target_builds_a_verified_phi3v_bundle(vision_bundles, target):
     assert "inputs_embeds" in config["decoder"]["inputs"]
     assert ("position_ids" in config["decoder"]["inputs"]) == (target == "windows-dml")
     assert (model / "processor_config.json").is_file() and (bundle / "tests" / "image.png").is_file()
+    import onnx
+
+    ops = {(n.op_type, next((a.i for a in n.attribute if a.name == "bits"), None))
+           for n in onnx.load(str(model / "vision.onnx"), load_external_data=False).graph.node}
+    mobile_or_cpu = target in ("cpu", "android", "ios")
+    assert (("MatMulNBits", 8) in ops) == mobile_or_cpu and (("MatMul", None) in ops) != mobile_or_cpu
+    embedding = {n.op_type for n in onnx.load(str(model / "embedding.onnx"), load_external_data=False).graph.node}
+    assert ("GatherBlockQuantized" in embedding) == (target in ("android", "ios"))
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["verification"]["host"]["failed"] == 0
     golden = json.loads((bundle / "tests" / "golden.json").read_text())

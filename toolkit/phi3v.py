@@ -74,19 +74,22 @@ def write_configs(source: Path, config: dict[str, Any], export: ExportConfig, ou
     (out / "processor_config.json").write_text(json.dumps(PROCESSOR, indent=2) + "\n", encoding="utf-8")
 
 
-def write_graphs(weights: CheckpointTensors, shape: Shape, q: QuantizeConfig, dtype: type, out: Path) -> None:
+def write_graphs(weights: CheckpointTensors, shape: Shape, export: ExportConfig, q: QuantizeConfig, dtype: type,
+                 out: Path) -> None:
     """vision.onnx and embedding.onnx (each with its .data). The vision graph computes in float32 on
     every target (the CPU provider has no float16 Conv and MultiHeadAttention kernels, and a GPU
-    bundle is also checked there); the embedding table is in the decoder's float type."""
+    bundle is also checked there), its linear weights in export.vision_precision (MatMulNBits with
+    the plan's block size and accuracy level when int8 or int4); the embedding table is in the
+    decoder's float type."""
     from .stream import save_graph
 
     tower = Tower.of(weights)
     with ExternalData(out / "vision.onnx.data") as data:
-        g = GraphWriter(data, "fp32", q, np.float32)
+        g = GraphWriter(data, export.vision_precision, q, np.float32)
         write_vision(g, weights, tower)
     save_graph(g, *vision_io(FLOAT, shape.hidden), out / "vision.onnx", "vision")
     with ExternalData(out / "embedding.onnx.data") as data:
-        g = GraphWriter(data, "fp32", q, dtype)
+        g = GraphWriter(data, "int4" if export.embedding_precision == "int4" else "fp32", q, dtype)
         write_embedding(g, weights, shape.hidden)
     save_graph(g, *embedding_io(g.elem, shape.hidden), out / "embedding.onnx", "embedding")
 

@@ -185,5 +185,5 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
                 write_decoder(g, weights, shape, config, export.execution_provider, embeds=vision)
         save_graph(g, *graph_io(shape, dtype, export.execution_provider, embeds=vision), out / "model.onnx")
         if vision:
-            phi3v.write_graphs(weights, shape, q, dtype, out)
+            phi3v.write_graphs(weights, shape, export, q, dtype, out)
     return out

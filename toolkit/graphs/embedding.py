@@ -16,15 +16,32 @@ from typing import Any
 import numpy as np
 
 from ..tensors import CheckpointTensors
-from .ops import FLOAT, INT64, GraphWriter
+from .ops import FLOAT, INT64, MS, GraphWriter
+
+
+def _token_rows(g: GraphWriter, weights: CheckpointTensors, ids: str, hidden: int) -> str:
+    """The token table's rows: Gather of a float table, or, when the writer quantizes (int4 or
+    int8), GatherBlockQuantized of its blocks along the hidden axis (the builder's layout for a
+    tied int4 embedding, symmetric or with zero points per the plan)."""
+    table = weights.float32("model.embed_tokens.weight")
+    if g.precision in ("fp32", "fp16"):
+        return g.node("Gather", "/embedding/Gather", [g.weight("model.embed_tokens.weight", table), ids])
+    (codes, *rest), attrs = g.linear("/embedding/embed_tokens", table)
+    block, bits = attrs["block_size"], attrs["bits"]
+    padded = -(-hidden // block) * block
+    codes = g.node("Reshape", "/embedding/Reshape", [codes, g.constant([table.shape[0], padded * bits // 8])])
+    out = g.node("GatherBlockQuantized", "/embedding/GatherBlockQuantized", [codes, ids, *rest], None, MS,
+                 bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
+    if padded != hidden:
+        out = g.node("Slice", "/embedding/Slice", [out, g.constant([0]), g.constant([hidden]), g.constant([-1])])
+    return out
 
 
 def write_embedding(g: GraphWriter, weights: CheckpointTensors, hidden: int) -> None:
     base = "/embedding"
-    table = g.weight("model.embed_tokens.weight", weights.float32("model.embed_tokens.weight"))
     image = g.node("Less", f"{base}/image", ["input_ids", g.constant(0)])
     ids = g.node("Where", f"{base}/text_ids", [image, g.constant(0), "input_ids"])
-    text = g.node("Gather", f"{base}/Gather", [table, ids])
+    text = _token_rows(g, weights, ids, hidden)
     count = g.node("CumSum", f"{base}/CumSum", [g.node("Cast", f"{base}/Cast", [image], to=INT64), g.constant(1)])
     row = g.node("Max", f"{base}/row", [g.node("Sub", f"{base}/Sub", [count, g.constant(1)]), g.constant(0)])
     features = "image_features"
