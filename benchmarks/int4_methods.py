@@ -29,7 +29,8 @@ import numpy as np
 from toolkit.build import export_model, plan_build
 from toolkit.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.int4 import by_onnx_name, linear_input_stats, quantize, quantize_model
-from toolkit.int4_methods import awq_checkpoint, gptq, quantize8
+from toolkit.int4_methods import awq_checkpoint, gptq
+from toolkit.mixed import promote, sensitivities
 from toolkit.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
 from toolkit.quantize import GPTQ_TOKENS, calibration_texts, python_docs_text
 from toolkit.source import open_source
@@ -70,62 +71,6 @@ def onnx_weights(fp32: Path) -> list[str]:
 def diagonals(grams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-input mean squared activation (the importance `quantize` weighs by) from each X^T X."""
     return {n: np.diag(g).astype(np.float32) for n, g in grams.items()}
-
-
-def packed_bytes(p) -> int:
-    return p.codes.nbytes + p.scales.nbytes + (p.zero_points.nbytes if p.zero_points is not None else 0)
-
-
-def sensitivities(model: Path, base: dict, texts: list[str], max_tokens: int = 256) -> dict[str, float]:
-    """KL(fp32 || model with only that one matrix at its int4 values), per ONNX weight name, on
-    the calibration text, with the float32 PyTorch model."""
-    import re
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model)
-    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
-    ids = torch.tensor([tok("\n".join(texts)).input_ids[:max_tokens]])
-    params = dict(hf.named_parameters())
-    with torch.no_grad():
-        ref = torch.log_softmax(hf(ids).logits[0], -1)
-        out = {}
-        for name, p in base.items():
-            w = torch.from_numpy(p.dequantize().T.copy())  # [N, K] as nn.Linear holds it
-            m = re.match(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$", name)
-            if not m:
-                targets = [hf.get_output_embeddings().weight]
-            else:
-                prefix = f"model.layers.{m.group(1)}.{'self_attn' if m.group(2) == 'attn' else 'mlp'}."
-                parts = [m.group(3)] if prefix + m.group(3) + ".weight" in params else \
-                    {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}[m.group(3)]
-                targets = [params[prefix + part + ".weight"] for part in parts]
-            keep = [t.data.clone() for t in targets]
-            row = 0
-            for t in targets:
-                t.data.copy_(w[row : row + t.shape[0]])
-                row += t.shape[0]
-            logp = torch.log_softmax(hf(ids).logits[0], -1)
-            out[name] = float((ref.exp() * (ref - logp)).sum(-1).mean())
-            for t, k in zip(targets, keep):
-                t.data.copy_(k)
-    return out
-
-
-def mixed(base: dict, fp32_w: dict, sens: dict[str, float], budget: int, other_bytes: int) -> tuple[dict, list[str]]:
-    """Move the matrices with the most KL per extra byte to int8 (block 64) while the model fits."""
-    chosen = dict(base)
-    total = other_bytes + sum(packed_bytes(p) for p in base.values())
-    promoted = []
-    eight = {n: quantize8(fp32_w[n], 64) for n in base}
-    order = sorted(base, key=lambda n: sens[n] / (packed_bytes(eight[n]) - packed_bytes(base[n])), reverse=True)
-    for n in order:
-        extra = packed_bytes(eight[n]) - packed_bytes(base[n])
-        if total + extra <= budget:
-            chosen[n], total = eight[n], total + extra
-            promoted.append(n)
-    return chosen, promoted
 
 
 def llama_cpp_rows(label: str, refs: list[Reference], work: Path) -> list:
@@ -172,11 +117,9 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
     def wanted(name: str) -> bool:
         return only is None or name in only
 
-    budget = None
     if wanted("anchor") or wanted("mixed"):
         anchor = builder_default(model, work / "builder")
-        budget = model_bytes(anchor)
-        score("builder default (RTN sym b32)", anchor, "the anchor; its size is the budget")
+        score("builder default (RTN sym b32)", anchor, "the anchor; mixed stays within its bytes")
     fp32 = fp32_export(model, work / "fp32")
     names = onnx_weights(fp32)
     texts = calibration_texts()
@@ -240,21 +183,20 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         variant("mse b64, 8k calibration tokens", lambda n, w, imp: quantize(w, 64, bd.get(n)))
         variant("gptq b64, 8k calibration tokens", lambda n, w, imp: gptq(w, bh.get(n), 64))
     if wanted("mixed") and packs:
+        # quantize.method = "mixed" (toolkit/mixed.py) on the GPTQ codes above
         base_name = next((n for n in ("gptq b64, 8k calibration tokens", "gptq b64") if n in packs), next(iter(packs)))
         import onnx
         from onnx import numpy_helper
 
         m = onnx.load(str(fp32 / "model.onnx"))
         fp32_w = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in m.graph.initializer if i.name in packs[base_name]}
-        other = model_bytes(fp32) - sum(w.nbytes for w in fp32_w.values())
         start = time.perf_counter()
-        sens = sensitivities(model, packs[base_name], texts)
-        top = sorted(sens, key=sens.get, reverse=True)[:5]
-        print("most sensitive:", ", ".join(f"{n} {sens[n]:.4f}" for n in top), flush=True)
-        chosen, promoted = mixed(packs[base_name], fp32_w, sens, budget, other)
+        cost = sensitivities(model, packs[base_name], texts)
+        chosen, promoted, used, room = promote(packs[base_name], fp32_w.__getitem__, cost, 64)
         out = quantized(fp32, work / "mixed", lambda n, w, imp: chosen[n])
-        score(f"mixed ({base_name} + int8)", out, f"{len(promoted)} matrices int8, sensitivities in "
-              f"{time.perf_counter() - start:.0f} s: {', '.join(p.replace('.MatMul.weight', '') for p in promoted[:6])}")
+        score(f"mixed ({base_name} + int8)", out, f"{len(promoted)} matrices int8 ({used / 1e6:.1f} of "
+              f"{room / 1e6:.1f} MB), costs in {time.perf_counter() - start:.0f} s: "
+              f"{', '.join(p.replace('.MatMul.weight', '') for p in promoted[:6])}")
     return rows
 
 

@@ -132,3 +132,53 @@ def test_awq_build_of_the_tiny_model_verifies(tmp_path, tiny35):
     assert any(line.strip().startswith("AWQ scales folded into 8 groups") for line in lines)
     assert manifest["plan"]["quantize"]["method"] == "awq"
     assert not list((tmp_path / "b").rglob("*.safetensors"))  # the scaled copy stays in the work folder
+
+
+def test_mixed_promotes_by_cost_per_byte_within_the_builder_bytes():
+    from toolkit.int4_methods import gptq
+    from toolkit.mixed import builder_bytes, packed_bytes, promote
+
+    rng = np.random.default_rng(0)
+    # Each 256x64 matrix saves 896 bytes against the builder's layout; int8 costs 8320 more: the
+    # room of 20 matrices pays for two.
+    weights = {f"m{i}": rng.normal(size=(256, 64)).astype(np.float32) for i in range(20)}
+    packs = {n: gptq(w, None, 64) for n, w in weights.items()}
+    cost = {n: 0.1 * i for i, n in enumerate(weights)} | {"m3": 8.0, "m11": 4.0}
+    chosen, moved, used, room = promote(packs, weights.__getitem__, cost, 64)
+    assert room == sum(builder_bytes(256, 64) - packed_bytes(p) for p in packs.values()) == 20 * 896
+    assert moved == ["m3", "m11"] and used == 2 * 8320  # the costliest per byte first
+    total = sum(packed_bytes(p) for p in chosen.values())
+    assert total <= 20 * builder_bytes(256, 64)  # never more than the builder default
+    assert {n for n, p in chosen.items() if p.bits == 8} == set(moved)
+
+
+def test_mixed_build_of_the_tiny_model_verifies_and_stays_small(tmp_path, tiny35):
+    import onnx
+
+    from toolkit.build import build, plan_build
+    from toolkit.source import open_source
+
+    src = open_source(str(tiny35))
+    logs: list[str] = []
+    plan = plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64"))
+    manifest = build(src, plan, tmp_path / "b", log=logs.append)
+    assert manifest["verification"]["host"]["failed"] == 0
+    assert any(line.strip().startswith("mixed precision: ") and " matrices in int8 " in line for line in logs)
+    graph = onnx.load(str(tmp_path / "b/model/model.onnx"), load_external_data=False).graph
+    bits = {a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
+    assert bits == {4, 8}  # the plan's read-back accepts both for this method
+
+
+def test_mixed_refuses_large_models_and_symmetric_blocks(tiny35, monkeypatch):
+    from toolkit import build as build_module
+    from toolkit.build import plan_build
+    from toolkit.errors import ConfigError
+    from toolkit.source import open_source
+
+    src = open_source(str(tiny35))
+    with pytest.raises(ConfigError, match="quantize.method 'mixed' writes asymmetric blocks"):
+        plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=true"))
+    monkeypatch.setattr(build_module, "MIXED_MAX_PARAMS", 1000)
+    with pytest.raises(ConfigError, match=r"measures each matrix on the whole float32 model in memory, once per "
+                                          r"matrix: .*Use --set quantize.method=gptq \(or mse\) instead."):
+        plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=false"))

@@ -18,6 +18,7 @@ from .errors import ConfigError, OutputError, StageError
 from .source import SourceModel
 
 Log = Callable[[str], None]
+MIXED_MAX_PARAMS = 1_000_000_000  # toolkit/mixed.py holds the float32 model and runs it once per matrix
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"optimize.context_cap = {plan.optimize.context_cap} exceeds the model's context "
             f"({limit} tokens, max_position_embeddings). Use --set optimize.context_cap={min(limit, 4096)}."
         )
+    if plan.quantize.method == "mixed" and src.num_params > MIXED_MAX_PARAMS:
+        raise ConfigError(
+            f"quantize.method 'mixed' measures each matrix on the whole float32 model in memory, once per "
+            f"matrix: it is for models up to {MIXED_MAX_PARAMS / 1e9:.0f} B parameters, and this one has "
+            f"{src.num_params / 1e9:.2f} B. Use --set quantize.method=gptq (or mse) instead.")
     if src.architecture == "Phi3VForCausalLM" and plan.optimize.context_cap < phi3v.MIN_CONTEXT:
         raise ConfigError(
             f"optimize.context_cap = {plan.optimize.context_cap} cannot hold one image: the runtime cuts a picture "

@@ -53,7 +53,7 @@ class ExportConfig:
 
 
 # quantize.method values slmkit quantizes itself, from a float32 export (the builder does the rest).
-OWN_METHODS = ("mse", "gptq", "awq")
+OWN_METHODS = ("mse", "gptq", "awq", "mixed")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ class QuantizeConfig:
     # (toolkit/int4.py): asymmetric blocks whose scale and zero point minimise the error weighted by
     # calibration activations, applied to a float32 export; the embedding shares the lm_head's codes.
     # "gptq" (toolkit/int4_methods.py): the same blocks, codes chosen by GPTQ's error feedback.
-    # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse".
+    # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse". "mixed"
+    # (toolkit/mixed.py): "gptq", then the matrices whose int4 error costs the most in int8 blocks,
+    # within the bytes of the builder's default int4 (models up to 1 B parameters).
     method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq",
-                          default="default")
+                          "mixed", default="default")
     block_size: int = _choice(*BLOCK_SIZES, default=32)
     # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
     accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
@@ -287,8 +289,8 @@ def _check_combination(plan: BuildPlan) -> None:
             f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "
             "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
-    if q.method == "gptq" and q.symmetric:
-        raise ConfigError("quantize.method 'gptq' writes asymmetric blocks (a 4-bit zero point per block): "
+    if q.method in ("gptq", "mixed") and q.symmetric:
+        raise ConfigError(f"quantize.method '{q.method}' writes asymmetric blocks (a 4-bit zero point per block): "
                           "set quantize.symmetric = false, or use method 'default' for symmetric int4.")
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(

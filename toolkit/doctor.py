@@ -122,7 +122,7 @@ def smoke_memory_bytes(num_params: int, config: dict, precision: str) -> int:
 def gptq_gram_bytes(config: dict, method: str) -> int:
     """GPTQ's and AWQ's calibration keeps X^T X (float64) of every Linear input of every layer at
     once: the attention and MLP inputs and o_proj's (hidden^2 each) and down_proj's (intermediate^2)."""
-    if method not in ("gptq", "awq"):
+    if method not in ("gptq", "awq", "mixed"):
         return 0
     h, i = config["hidden_size"], config.get("intermediate_size") or 4 * config["hidden_size"]
     return 8 * config["num_hidden_layers"] * (3 * h * h + i * i) + 8 * h * h  # + the lm_head's input
@@ -136,8 +136,10 @@ def memory_check(num_params: int, config: dict, engine: str, method: str = "defa
     export = export_memory_bytes(num_params, config, engine)
     who = "streamed export" if engine == "stream" else "builder"
     if method in OWN_METHODS:
-        export = max(export, int(REFERENCE_BASE_BYTES + 4 * num_params + gptq_gram_bytes(config, method)))
-        who += f" + {method} int4 (the whole float32 export{', every layer input X^T X' if method != 'mse' else ''})"
+        models = 2 if method == "mixed" else 1  # mixed also runs the float32 PyTorch model, whole
+        export = max(export, int(REFERENCE_BASE_BYTES + 4 * models * num_params + gptq_gram_bytes(config, method)))
+        who += f" + {method} int4 (the whole float32 export{', every layer input X^T X' if method != 'mse' else ''}"
+        who += ", the float32 model)" if method == "mixed" else ")"
     reference = reference_memory_bytes(config)
     smoke = smoke_memory_bytes(num_params, config, precision)
     have = total_memory_bytes()

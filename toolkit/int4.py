@@ -150,13 +150,14 @@ def _int64(name: str, values: list[int]):
 
 
 def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: bool = False,
-                   calibrate=None, log=lambda _: None, quantizer=None) -> dict[str, int]:
+                   calibrate=None, log=lambda _: None, quantizer=None, finish=None) -> dict[str, int]:
     """Rewrite model_dir/model.onnx (a float32 builder export) in place: every MatMul with a
     weight initializer becomes MatMulNBits, the token embedding becomes GatherBlockQuantized
     (sharing the lm_head's codes when the embeddings are tied). `calibrate(weight names)` returns
     per-input-feature importance for the weights it knows; `quantizer(name, W, importance)`, when
     given, returns each MatMul weight's Packed (its own method, block size and bits) instead of
-    `quantize`. Returns counts for the log."""
+    `quantize`; `finish(packed, float32 weight by name)`, when given, may then replace any of them
+    (mixed precision). Returns counts for the log."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -188,6 +189,8 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
             packed[weight] = (quantizer(weight, w, importance.get(weight)) if quantizer
                               else quantize(w, block, importance.get(weight), symmetric))
             progress.advance()
+    if finish is not None:
+        packed = finish(packed, lambda weight: numpy_helper.to_array(inits[weight]).astype(np.float32))
     names = {w: add_packed(w, p) for w, p in packed.items()}
     consumers: dict[str, list] = {}
     for n in graph.node:

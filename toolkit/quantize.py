@@ -39,7 +39,7 @@ def expected_bits(cfg: QuantizeConfig, precision: str, is_lm_head: bool) -> set[
     """The MatMulNBits bit widths the plan allows for a node."""
     if precision == "int8":
         return {8}
-    if cfg.method == "k_quant_mixed":
+    if cfg.method in ("k_quant_mixed", "mixed"):
         return {4, 8}
     if is_lm_head and (cfg.lm_head == "int8" or cfg.method == "k_quant_last"):
         return {8}
@@ -51,21 +51,27 @@ def apply_own_method(model_dir: Path, cfg: QuantizeConfig, source: Path, log) ->
     model's inputs to each weight on the calibration text. "mse": each block's scale and zero point
     minimise the error weighted by the mean squared activations ("awq" too, on the checkpoint
     awq_source wrote). "gptq": GPTQ with those blocks, each column's error pushed onto the columns
-    not yet quantized through the inputs' X^T X."""
+    not yet quantized through the inputs' X^T X. "mixed": GPTQ, then the costliest matrices in
+    int8 within the builder default's bytes (toolkit/mixed.py)."""
     from .int4 import activation_importance, by_onnx_name, linear_input_stats, quantize_model
     from .int4_methods import gptq
 
     texts, block = calibration_texts(), cfg.block_size
-    if cfg.method == "gptq":
+    if cfg.method in ("gptq", "mixed"):
         # X^T X from the 764 shipped tokens is rank-deficient for wide inputs (SmolLM2's down_proj
         # reads 1536): GPTQ fits it and loses (+37% perplexity vs +20% for mse); 8192 tokens with
         # Python's documentation added made it the closest to float32 in KL and top-1.
         more = texts + [python_docs_text()]
+        finish = None
+        if cfg.method == "mixed":
+            from .mixed import choose
+
+            finish = lambda packed, weight: choose(source, packed, weight, texts, block, log)  # noqa: E731
         return quantize_model(
             model_dir, block, cfg.accuracy_level,
             calibrate=lambda weights: by_onnx_name(linear_input_stats(source, more, GPTQ_TOKENS, gram=True), weights),
             quantizer=lambda _, w, gram: gptq(w, gram, block),
-            log=log,
+            log=log, finish=finish,
         )
     return quantize_model(
         model_dir, block, cfg.accuracy_level, cfg.symmetric,
