@@ -198,3 +198,33 @@ def test_refusals_before_anything_is_written(tiny_vision, tmp_path):
 def test_test_image_is_deterministic(tmp_path):
     a, b = golden_image(tmp_path / "a.png"), golden_image(tmp_path / "b.png")
     assert a.read_bytes() == b.read_bytes() and a.read_bytes().startswith(b"\x89PNG")
+
+
+def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_bundles, tiny_vision):
+    """The float32 bundle (vision, embedding and decoder) through onnxruntime-genai's own
+    MultiModalProcessor on the test picture, against the PyTorch reference fed the same pixel_values."""
+    import onnxruntime_genai as og
+    import torch
+
+    from toolkit.reference import layerwise_model
+    from toolkit.reference_vision import embed
+
+    bundle = vision_bundles("cpu", "export.precision=fp32", "export.vision_precision=fp32")
+    model = og.Model(str(bundle / "model"))
+    prompt = "<|user|>\n<|image_1|>\nDescribe the image.<|end|>\n<|assistant|>\n"
+    inputs = model.create_multimodal_processor()(prompt, images=og.Images.open(str(bundle / "tests" / "image.png")))
+    ids = [int(t) for t in inputs["input_ids"].as_numpy()[0]]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + 1, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.set_inputs(inputs)
+    logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1]
+
+    src = open_source(str(tiny_vision))
+    features = VisionReference(src.path, src.weight_files).features(inputs["pixel_values"].as_numpy(),
+                                                                     inputs["image_sizes"].as_numpy())
+    _, reference = layerwise_model(src.path, src.weight_files)
+    with torch.no_grad():
+        expected = reference(inputs_embeds=embed(reference, ids, features)).logits[0, -1].numpy()
+    assert sum(t < 0 for t in ids) == 2353
+    assert np.abs(logits - expected).max() <= 1e-3 * (expected.max() - expected.min())
