@@ -228,3 +228,15 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
         expected = reference(inputs_embeds=embed(reference, ids, features)).logits[0, -1].numpy()
     assert sum(t < 0 for t in ids) == 2353
     assert np.abs(logits - expected).max() <= 1e-3 * (expected.max() - expected.min())
+
+
+@pytest.mark.parametrize("table", ["wte", "both"])
+def test_token_table_kept_as_vision_embed_tokens_wte(tmp_path, table):
+    """Phi-3-vision's token table is one module under two names; checkpoints keep either or both."""
+    from toolkit.build import build
+    from toolkit.tiny_vision import make_tiny_phi3v
+
+    model = make_tiny_phi3v(tmp_path / "m", steps=100, table=table)
+    src = open_source(str(model))
+    manifest = build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
+    assert manifest["verification"]["host"]["failed"] == 0

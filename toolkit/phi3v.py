@@ -50,6 +50,12 @@ def text_config(config: dict[str, Any]) -> dict[str, Any]:
     return text
 
 
+def share_embedding(weights: CheckpointTensors) -> None:
+    """The token table is one module in Phi-3-vision (`model.embed_tokens` is also
+    `model.vision_embed_tokens.wte`): checkpoints keep it under either name, or both."""
+    weights.alias("model.embed_tokens.weight", "model.vision_embed_tokens.wte.weight")
+
+
 def vision_tensors(weights: CheckpointTensors) -> tuple[set[str], set[str]]:
     """(tensors the vision graph reads, tensors it leaves out on purpose), refusing a tower the
     runtime's image processor cannot feed."""

@@ -137,7 +137,12 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
     config = load_config(source)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=False)
-    reader = _Reader(CheckpointTensors(source, weight_files))
+    weights = CheckpointTensors(source, weight_files)
+    if getattr(config, "model_type", "") == "phi3" and "model.embed_tokens.weight" not in weights:
+        from .phi3v import share_embedding
+
+        share_embedding(weights)  # a Phi-3-vision checkpoint may keep the table as vision_embed_tokens.wte
+    reader = _Reader(weights)
     inner = model.model
     first = inner.layers[0]
     if hasattr(getattr(first, "mlp", None), "experts"):

@@ -152,6 +152,8 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
     moe, vision = "num_local_experts" in config, phi3v.is_phi3v(config)
+    if vision:
+        phi3v.share_embedding(weights)
     skipped: set[str] = set()
     if moe:
         expected = moe_graph.expected_tensors(shape, config["num_local_experts"], moe_graph.published(weights))

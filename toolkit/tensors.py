@@ -43,6 +43,13 @@ class CheckpointTensors:
                 start, end = info["data_offsets"]
                 self.entries[key] = _Entry(folder / name, info["dtype"], tuple(info["shape"]), base + start, base + end)
 
+    def alias(self, name: str, stored_as: str) -> None:
+        """Read tensor `name` from `stored_as` when the checkpoint keeps it only there (a tied
+        weight saved under its other name); when both are kept, `stored_as` is dropped."""
+        if stored_as in self.entries:
+            entry = self.entries.pop(stored_as)
+            self.entries.setdefault(name, entry)
+
     def __contains__(self, name: str) -> bool:
         return name in self.entries
 

@@ -33,8 +33,10 @@ def vision_config(text: dict[str, Any], tower_hidden: int) -> dict[str, Any]:
 
 
 def make_tiny_phi3v(out: Path, layers: int = 2, tower_layers: int = 3, tower_hidden: int = 64,
-                    steps: int = 600, seed: int = 0) -> Path:
-    """Write a tiny phi3_v checkpoint folder at `out` (replaced if present) and return it."""
+                    steps: int = 600, seed: int = 0, table: str = "embed_tokens") -> Path:
+    """Write a tiny phi3_v checkpoint folder at `out` (replaced if present) and return it. The
+    token table is kept as `model.embed_tokens` ("embed_tokens"), as `model.vision_embed_tokens.wte`
+    ("wte") or under both names ("both"): published checkpoints differ."""
     import torch
     from safetensors.torch import load_file, save_file
     from transformers import CLIPVisionConfig, CLIPVisionModel
@@ -58,6 +60,10 @@ def make_tiny_phi3v(out: Path, layers: int = 2, tower_layers: int = 3, tower_hid
     state[PREFIX + "img_projection.0.bias"] = 0.02 * torch.randn(hidden, generator=g)
     state[PREFIX + "img_projection.2.weight"] = embed_std * torch.randn(hidden, hidden, generator=g) / 0.4
     state[PREFIX + "img_projection.2.bias"] = 0.02 * torch.randn(hidden, generator=g)
+    if table != "embed_tokens":
+        state[PREFIX + "wte.weight"] = state["model.embed_tokens.weight"].clone()
+        if table == "wte":
+            del state["model.embed_tokens.weight"]
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(vision_config(text, tower_hidden), indent=2))
