@@ -45,7 +45,9 @@ def is_phi3v(config: dict[str, Any]) -> bool:
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Phi-3 text model's config.json inside a phi3_v one (what transformers' Phi3 classes read)."""
-    text = {k: v for k, v in config.items() if k not in ("img_processor", "embd_layer", "auto_map")}
+    # Also without private keys: Phi-3.5-vision's names "_attn_implementation": "flash_attention_2".
+    text = {k: v for k, v in config.items() if k not in ("img_processor", "embd_layer", "auto_map")
+            and not k.startswith("_")}
     text.update(architectures=["Phi3ForCausalLM"], model_type="phi3")
     return text
 

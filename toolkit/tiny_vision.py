@@ -22,9 +22,10 @@ TOWER = PREFIX + "img_processor.vision_model."
 
 def vision_config(text: dict[str, Any], tower_hidden: int) -> dict[str, Any]:
     """A phi3_v config.json from a Phi-3 text config and the tower's width, with the keys and values
-    of Phi-3.5-vision-instruct's (no auto_map: slmkit never imports a checkpoint's code)."""
+    of Phi-3.5-vision-instruct's, its flash-attention request included (no auto_map: slmkit never
+    imports a checkpoint's code)."""
     cfg = dict(text)
-    cfg.update(architectures=["Phi3VForCausalLM"], model_type="phi3_v")
+    cfg.update(architectures=["Phi3VForCausalLM"], model_type="phi3_v", _attn_implementation="flash_attention_2")
     cfg["img_processor"] = {"image_dim_out": tower_hidden, "model_name": "openai/clip-vit-large-patch14-336",
                             "name": "clip_vision_model", "num_img_tokens": 144}
     cfg["embd_layer"] = {"embedding_cls": "image", "hd_transform_order": "sub_glb", "projection_cls": "mlp",
