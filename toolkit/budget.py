@@ -12,13 +12,17 @@ from .errors import StageError
 from .source import SourceModel
 
 # (label, quantize changes, precision), in order of bundle size, the likelier fit first at each
-# size. Measured on SmolLM2-135M (benchmarks/int4_methods.py, quality.py): 79, 79, 89, 89, 114 and
-# 259 MB of weights. awq beat mse on a float-trained checkpoint (+18.2% vs +22.4% on the selection
-# text) and lost on one dequantized from a Q4_1 GGUF (+26.9% vs +18.5%), so both are tried. The
-# builder's default RTN int4 (86.5 MB) is not a candidate: these are smaller and closer to float32.
+# size. Measured on SmolLM2-135M (benchmarks/int4_methods.py, quality.py): 79, 79, 86, 89, 89, 114
+# and 259 MB of weights. awq beat mse on a float-trained checkpoint (+18.2% vs +22.4% on the
+# selection text) and lost on one dequantized from a Q4_1 GGUF (+26.9% vs +18.5%), so both are
+# tried. mixed fills the bytes of the builder's default int4 (+12.7% / +9.3% on the selection text
+# of the two checkpoints) and is skipped above 2 B parameters. The builder's default RTN int4
+# (86.5 MB) is not a candidate: these are no larger and closer to float32.
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
     ("int4 slmkit awq, block 64", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
     ("int4 slmkit mse, block 64", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit mixed (int8 where it costs most), block 64",
+     {"method": "mixed", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
     ("int4 slmkit awq, block 32", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
     ("int4 slmkit mse, block 32", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
     ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4",
@@ -42,6 +46,7 @@ def parse_budget(text: str) -> float:
 def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildPlan]]:
     """The candidates the target's provider can run, with the plan's other settings kept. A
     candidate the streamed engine cannot write (the builder's k_quant_mixed) uses the builder."""
+    from .build import MIXED_MAX_PARAMS
     from .stream import problems
 
     out = []
@@ -51,6 +56,8 @@ def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildP
         try:
             _check_combination(candidate)
         except ConfigError:
+            continue
+        if changes["method"] == "mixed" and src.num_params > MIXED_MAX_PARAMS:
             continue
         if candidate.export.engine == "stream" and problems(src, candidate.export, candidate.quantize):
             candidate = replace(candidate, export=replace(candidate.export, engine="ort-genai"))

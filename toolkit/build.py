@@ -18,7 +18,9 @@ from .errors import ConfigError, OutputError, StageError
 from .source import SourceModel
 
 Log = Callable[[str], None]
-MIXED_MAX_PARAMS = 1_000_000_000  # toolkit/mixed.py holds the float32 model and runs it once per matrix
+# toolkit/mixed.py holds the float32 model and runs it once per matrix (75 s for SmolLM2-135M's 151
+# on 2 cores; the time grows with parameters x matrices): up to SmolLM2-1.7B.
+MIXED_MAX_PARAMS = 2_000_000_000
 
 
 @dataclass(frozen=True)

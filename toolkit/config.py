@@ -65,7 +65,7 @@ class QuantizeConfig:
     # "gptq" (toolkit/int4_methods.py): the same blocks, codes chosen by GPTQ's error feedback.
     # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse". "mixed"
     # (toolkit/mixed.py): "gptq", then the matrices whose int4 error costs the most in int8 blocks,
-    # within the bytes of the builder's default int4 (models up to 1 B parameters).
+    # within the bytes of the builder's default int4 (models up to 2 B parameters).
     method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq",
                           "mixed", default="default")
     block_size: int = _choice(*BLOCK_SIZES, default=32)

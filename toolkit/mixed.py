@@ -4,7 +4,7 @@ block 32, float32 scales) gives the same matrices.
 
 A matrix's cost is the KL divergence of the float32 model's next-token distributions when that
 matrix alone takes its int4 values, on 256 calibration tokens (transformers' own model, whole in
-memory: this is why builds refuse it above 1 B parameters). Matrices move to int8 by cost per
+memory: this is why builds refuse it above 2 B parameters). Matrices move to int8 by cost per
 extra byte while the room lasts. Measured on SmolLM2-135M (benchmarks/int4_methods.py): 24 of 211
 matrices moved (mostly attention qkv_proj), +13.9% perplexity on the evaluation text vs +22.2% for
 GPTQ alone and +39.5% for the builder default at the same bytes.
