@@ -22,6 +22,8 @@ from toolkit.reference_vision import VisionReference
 from toolkit.source import open_source
 from toolkit.stream import export_stream
 
+from test_emulate import needs_emulator
+
 TARGETS = ("cpu", "android", "ios", "linux-cuda", "windows-dml")
 
 
@@ -240,3 +242,21 @@ def test_token_table_kept_as_vision_embed_tokens_wte(tmp_path, table):
     src = open_source(str(model))
     manifest = build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
     assert manifest["verification"]["host"]["failed"] == 0
+
+
+@needs_emulator
+def test_android_phi3v_bundle_passes_on_an_emulated_phone_cpu(vision_bundles, tmp_path):
+    """Vision (Conv, MultiHeadAttention, the layout Loop, int8 MatMulNBits), the int4 embedding
+    table and the decoder on aarch64 onnxruntime kernels under qemu, the image case included."""
+    from click.testing import CliRunner
+
+    from toolkit.cli import main
+
+    bundle = tmp_path / "android"
+    shutil.copytree(vision_bundles("android"), bundle)
+    result = CliRunner().invoke(main, ["verify", str(bundle), "--emulate", "arm64", "--cpu", "cortex-a76"])
+    assert result.exit_code == 0, result.output
+    run = json.loads((bundle / "manifest.json").read_text())["verification"]["emulated"]["arm64"][0]
+    assert run["cpu"] == "cortex-a76" and run["failed"] == 0
+    image = [c for c in run["cases"] if "<|image_1|>" in c["prompt"]]
+    assert len(image) == 1 and image[0]["bundle_prefix"] is not None
