@@ -65,15 +65,15 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"quantize.method 'mixed' measures each matrix on the whole float32 model in memory, once per "
             f"matrix: it is for models up to {MIXED_MAX_PARAMS / 1e9:.0f} B parameters, and this one has "
             f"{src.num_params / 1e9:.2f} B. Use --set quantize.method=gptq (or mse) instead.")
-    if src.architecture == "Phi3VForCausalLM" and plan.optimize.context_cap < phi3v.MIN_CONTEXT:
+    if src.architecture == phi3v.ARCHITECTURE and plan.optimize.context_cap < phi3v.MIN_CONTEXT:
         raise ConfigError(
             f"optimize.context_cap = {plan.optimize.context_cap} cannot hold one image: the runtime cuts a picture "
             f"into up to 16 crops, {phi3v.MAX_IMAGE_TOKENS} tokens. Use --set optimize.context_cap={phi3v.MIN_CONTEXT} "
             "or more (each further image takes up to as many again).")
     if plan.export.engine == "stream":
         stream.check_supported(src, plan.export, plan.quantize)
-    elif src.architecture == "Phi3VForCausalLM":
-        raise ConfigError("export.engine 'ort-genai' cannot build Phi3VForCausalLM: the builder writes its text "
+    elif src.architecture == phi3v.ARCHITECTURE:
+        raise ConfigError(f"export.engine 'ort-genai' cannot build {phi3v.ARCHITECTURE}: the builder writes its text "
                           "decoder only and reads its config through the checkpoint's own code. Use "
                           "--set export.engine=stream (the recipes' default), which writes all three graphs.")
     return plan

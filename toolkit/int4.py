@@ -9,6 +9,7 @@ builder does, so the bundle does not carry a float32 embedding table.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,6 +271,8 @@ def _embedding_nodes(gather, p: Packed, names: tuple[str, str, str | None], new_
 
 # ---------------------------------------------------------------- calibration
 
+# A decoder layer's MatMul weight as the builder names it: (layer, "attn" or "mlp", projection).
+LAYER_WEIGHT = re.compile(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$")
 # ONNX weight role (builder naming) -> the Hugging Face Linear modules that read the same input.
 _ROLES = {
     "attn.qkv_proj": ("self_attn.qkv_proj", "self_attn.q_proj"),
@@ -319,15 +322,13 @@ def linear_input_stats(source: Path, texts: list[str], max_tokens: int = 2048,
 def by_onnx_name(stats: dict[str, np.ndarray], onnx_weights: list[str]) -> dict[str, np.ndarray]:
     """Statistics keyed by checkpoint module -> keyed by the ONNX weight names (builder naming)
     that read the same inputs."""
-    import re
-
     out = {}
     for weight in onnx_weights:
         if weight.startswith("lm_head"):
             if "lm_head" in stats:
                 out[weight] = stats["lm_head"]
             continue
-        m = re.match(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$", weight)
+        m = LAYER_WEIGHT.match(weight)
         if not m:
             continue
         for hf in _ROLES.get(f"{m.group(2)}.{m.group(3)}", ()):

@@ -5,20 +5,19 @@ block 32, float32 scales) gives the same matrices.
 A matrix's cost is the KL divergence of the float32 model's next-token distributions when that
 matrix alone takes its int4 values, on 256 calibration tokens (transformers' own model, whole in
 memory: this is why builds refuse it above 2 B parameters). Matrices move to int8 by cost per
-extra byte while the room lasts. Measured on SmolLM2-135M (benchmarks/int4_methods.py): 24 of 211
+extra byte while the room lasts. Measured on SmolLM2-135M (benchmarks/int4_methods.py): 24 of 151
 matrices moved (mostly attention qkv_proj), +13.9% perplexity on the evaluation text vs +22.2% for
 GPTQ alone and +39.5% for the builder default at the same bytes.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .int4 import Packed
+from .int4 import LAYER_WEIGHT, Packed
 from .int4_methods import quantize8
 
 SENSITIVITY_TOKENS = 256
@@ -37,7 +36,7 @@ def builder_bytes(k: int, n: int) -> int:
 def _targets(model, params: dict, name: str) -> list:
     """The rows of the Hugging Face weights an ONNX MatMul weight stands for, as views: Llama's
     q/k/v are one MatMul in the graph; Phi-3's fused gate_up rows are two (gate, then up)."""
-    m = re.match(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$", name)
+    m = LAYER_WEIGHT.match(name)
     if not m:
         return [model.get_output_embeddings().weight.data]
     prefix, part = f"model.layers.{m.group(1)}.{'self_attn' if m.group(2) == 'attn' else 'mlp'}.", m.group(3)

@@ -121,7 +121,7 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
 def golden_image(path: Path, width: int = 200, height: int = 120) -> Path:
     """The deterministic picture a phi3v bundle's golden cases ask about: a sky-to-grass gradient,
-    a red sun and a blue house (landscape: 3 x 4 crops of 336 pixels after the HD resize)."""
+    a red sun and a blue house (landscape: 3 x 5 crops of 336 pixels after the HD resize, 2353 tokens)."""
     y, x = np.mgrid[0:height, 0:width]
     rgb = np.zeros((height, width, 3), dtype=np.float32)
     sky = y < height * 0.6

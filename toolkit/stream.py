@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import phi3v
 from .config import OWN_METHODS, ExportConfig, QuantizeConfig
 from .errors import ConfigError, InputModelError
 from .export import builder_call, create_model
@@ -28,7 +29,7 @@ from .tensors import CheckpointTensors, ExternalData
 
 # Phi-3 checkpoints store q/k/v and gate/up fused; Llama ones separate. The builder packs Llama's
 # q, k, v into one qkv_proj MatMul and splits Phi-3's gate_up, so both give the same graph.
-ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM", "PhiMoEForCausalLM", "PhimoeForCausalLM", "Phi3VForCausalLM")
+ARCHITECTURES = ("Phi3ForCausalLM", "LlamaForCausalLM", "PhiMoEForCausalLM", "PhimoeForCausalLM", phi3v.ARCHITECTURE)
 MOE = ("PhiMoEForCausalLM", "PhimoeForCausalLM")  # experts in QMoE: int4 or int8 only, CPU or CUDA
 ROPE_KINDS = ("longrope", "none")
 # The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
@@ -54,7 +55,7 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
     elif precision not in ("fp32", "fp16") and q.method not in METHODS:
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
                      f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)")
-    elif src.architecture == "Phi3VForCausalLM" and q.method not in METHODS and export.precision not in ("fp32", "fp16"):
+    elif src.architecture == phi3v.ARCHITECTURE and q.method not in METHODS and export.precision not in ("fp32", "fp16"):
         found.append(f"quantize.method '{q.method}' for a vision model (its int4 decoder is quantized with "
                      f"{', '.join(METHODS)})")
     elif src.architecture in MOE and (ep not in ("cpu", "cuda") or precision not in ("int4", "int8")):
@@ -145,8 +146,6 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
                   q: QuantizeConfig, work: Path) -> Path:
     """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export (and,
     for Phi-3-vision, vision.onnx and embedding.onnx with processor_config.json: toolkit/phi3v.py)."""
-    from . import phi3v
-
     shape = Shape.of(config)
     # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
     dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32

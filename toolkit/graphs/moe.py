@@ -19,7 +19,7 @@ import numpy as np
 
 from ..tensors import CheckpointTensors
 from .attention import attention, attention_inputs
-from .ops import FLOAT, MS, GraphWriter, Shape, blockwise
+from .ops import FLOAT, MS, GraphWriter, Shape, biased, blockwise, layer_norm
 
 
 def published(weights: CheckpointTensors) -> bool:
@@ -145,17 +145,6 @@ def moe_block(g: GraphWriter, weights: CheckpointTensors, hf: str, layer: int, h
     return g.node("Reshape", f"{base}/Reshape_out", [out, g.node("Shape", f"{base}/Shape", [h])])
 
 
-def _layer_norm(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: str, eps: float) -> str:
-    scale = g.weight(f"{key}.weight", weights.float32(f"{key}.weight"))
-    bias = g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))
-    return g.node("LayerNormalization", f"{name}/LayerNorm", [x, scale, bias], axis=-1, epsilon=eps)
-
-
-def _biased(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: str, output: str = "") -> str:
-    bias = g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))
-    return g.node("Add", f"{name}/Add", [x, bias], [output] if output else None)
-
-
 def write_moe_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, config: dict[str, Any]) -> None:
     """The PhiMoE decoder, layer by layer and expert by expert."""
     a = attention_inputs(g, shape, config, split=False)
@@ -163,17 +152,17 @@ def write_moe_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, 
     residual = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
     for i in range(shape.layers):
         hf, base = f"model.layers.{i}", f"/model/layers.{i}"
-        h = _layer_norm(g, f"{base}/input_layernorm", residual, weights, f"{hf}.input_layernorm", shape.eps)
+        h = layer_norm(g, f"{base}/input_layernorm", residual, weights, f"{hf}.input_layernorm", shape.eps)
         qkv = np.concatenate([weights.float32(f"{hf}.self_attn.{p}_proj.weight") for p in "qkv"])
         bias = np.concatenate([weights.float32(f"{hf}.self_attn.{p}_proj.bias") for p in "qkv"])
         attn, a = attention(g, a, shape, i, h, qkv, bias)
         del qkv
         o = g.matmul(f"{base}/attn/o_proj", attn, weights.float32(f"{hf}.self_attn.o_proj.weight"))
-        o = _biased(g, f"{base}/attn/o_proj", o, weights, f"{hf}.self_attn.o_proj")
+        o = biased(g, f"{base}/attn/o_proj", o, weights, f"{hf}.self_attn.o_proj")
         residual = g.node("Add", f"{base}/attn_residual/Add", [residual, o])
-        h = _layer_norm(g, f"{base}/post_attention_layernorm", residual, weights,
+        h = layer_norm(g, f"{base}/post_attention_layernorm", residual, weights,
                         f"{hf}.post_attention_layernorm", shape.eps)
         residual = g.node("Add", f"{base}/moe_residual/Add", [residual, moe_block(g, weights, hf, i, h, shape, config)])
-    h = _layer_norm(g, "/model/norm", residual, weights, "model.norm", shape.eps)
+    h = layer_norm(g, "/model/norm", residual, weights, "model.norm", shape.eps)
     logits = g.matmul("/lm_head", h, weights.float32("lm_head.weight"), lm_head=True)
-    _biased(g, "/lm_head", logits, weights, "lm_head", output="logits")
+    biased(g, "/lm_head", logits, weights, "lm_head", output="logits")

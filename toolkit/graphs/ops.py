@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..config import QuantizeConfig
-from ..tensors import ExternalData
+from ..tensors import CheckpointTensors, ExternalData
 
 MS = "com.microsoft"
 FLOAT, INT64, FLOAT16 = 1, 7, 10
@@ -174,3 +174,16 @@ class GraphWriter:
         if not attrs:
             return self.node("MatMul", f"{base}/MatMul", [x, *names], [output])
         return self.node("MatMulNBits", f"{base}/MatMul_Q{attrs['bits']}", [x, *names], [output], MS, **attrs)
+
+
+def layer_norm(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: str, eps: float) -> str:
+    """LayerNormalization with the checkpoint's `key`.weight and `key`.bias (PhiMoE, CLIP)."""
+    scale = g.weight(f"{key}.weight", weights.float32(f"{key}.weight"))
+    bias = g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))
+    return g.node("LayerNormalization", f"{name}/LayerNorm", [x, scale, bias], axis=-1, epsilon=eps)
+
+
+def biased(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: str, output: str = "") -> str:
+    """x + the checkpoint's `key`.bias (a Linear's bias after its MatMul)."""
+    bias = g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))
+    return g.node("Add", f"{name}/Add", [x, bias], [output] if output else None)

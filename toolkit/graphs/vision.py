@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..tensors import CheckpointTensors
-from .ops import INT64, MS, GraphWriter
+from .ops import INT64, MS, GraphWriter, biased, layer_norm
 
 PREFIX = "model.vision_embed_tokens."
 TOWER = PREFIX + "img_processor.vision_model."
@@ -67,25 +67,19 @@ def expected_tensors(tower: Tower) -> tuple[set[str], set[str]]:
     return used, per(tower.layers - 1) | {TOWER + "post_layernorm.weight", TOWER + "post_layernorm.bias"}
 
 
-def _linear(g: GraphWriter, base: str, x: str, weights: CheckpointTensors, key: str) -> str:
-    y = g.matmul(base, x, weights.float32(f"{key}.weight"))
-    return g.node("Add", f"{base}/Add", [y, g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))])
-
-
-def _layer_norm(g: GraphWriter, base: str, x: str, weights: CheckpointTensors, key: str, eps: float) -> str:
-    scale, bias = (g.weight(f"{key}.{k}", weights.float32(f"{key}.{k}")) for k in ("weight", "bias"))
-    return g.node("LayerNormalization", f"{base}/LayerNorm", [x, scale, bias], axis=-1, epsilon=eps)
+def _linear(g: GraphWriter, base: str, x: str, weights: CheckpointTensors, key: str, output: str = "") -> str:
+    return biased(g, base, g.matmul(base, x, weights.float32(f"{key}.weight")), weights, key, output)
 
 
 def _encoder_layer(g: GraphWriter, weights: CheckpointTensors, tower: Tower, i: int, x: str) -> str:
     key, base = f"{TOWER}encoder.layers.{i}", f"/vision/layers.{i}"
-    h = _layer_norm(g, f"{base}/layer_norm1", x, weights, f"{key}.layer_norm1", tower.eps)
+    h = layer_norm(g, f"{base}/layer_norm1", x, weights, f"{key}.layer_norm1", tower.eps)
     q, k, v = (_linear(g, f"{base}/attn/{p}_proj", h, weights, f"{key}.self_attn.{p}_proj") for p in "qkv")
     attn = g.node("MultiHeadAttention", f"{base}/attn/MultiHeadAttention", [q, k, v], None, MS,
                   num_heads=tower.heads)
     x = g.node("Add", f"{base}/attn_residual", [x, _linear(g, f"{base}/attn/out_proj", attn, weights,
                                                            f"{key}.self_attn.out_proj")])
-    h = _layer_norm(g, f"{base}/layer_norm2", x, weights, f"{key}.layer_norm2", tower.eps)
+    h = layer_norm(g, f"{base}/layer_norm2", x, weights, f"{key}.layer_norm2", tower.eps)
     h = _linear(g, f"{base}/mlp/fc1", h, weights, f"{key}.mlp.fc1")
     quick = g.node("Mul", f"{base}/mlp/quick_gelu/Mul_1", [h, g.weight(f"{base}/quick_gelu_alpha", np.array(1.702, np.float32))])
     h = g.node("Mul", f"{base}/mlp/quick_gelu/Mul", [h, g.node("Sigmoid", f"{base}/mlp/quick_gelu/Sigmoid", [quick])])
@@ -127,7 +121,7 @@ def _tower(g: GraphWriter, weights: CheckpointTensors, tower: Tower, crops: str)
     x = g.node("Concat", f"{base}/Concat", [cls, patches], axis=1)
     x = g.node("Add", f"{base}/position/Add", [x, g.weight(TOWER + "embeddings.position_embedding.weight",
                                                            weights.float32(TOWER + "embeddings.position_embedding.weight"))])
-    x = _layer_norm(g, "/vision/pre_layrnorm", x, weights, TOWER + "pre_layrnorm", tower.eps)
+    x = layer_norm(g, "/vision/pre_layrnorm", x, weights, TOWER + "pre_layrnorm", tower.eps)
     for i in range(tower.layers - 1):
         x = _encoder_layer(g, weights, tower, i, x)
     return g.node("Slice", "/vision/features", [x, g.constant([1]), g.constant([tower.side ** 2 + 1]), g.constant([1])])
@@ -199,10 +193,7 @@ def write_vision(g: GraphWriter, weights: CheckpointTensors, tower: Tower) -> No
                   body=_hd_layout_body(g, tower, features, grid, starts, sub, glb))
     x = _linear(g, "/vision/img_projection.0", laid, weights, PREFIX + "img_projection.0")
     x = g.node("Gelu", "/vision/img_projection.1/Gelu", [x])
-    y = g.matmul("/vision/img_projection.2", x, weights.float32(PREFIX + "img_projection.2.weight"))
-    g.node("Add", "/vision/img_projection.2/Add",
-           [y, g.weight(PREFIX + "img_projection.2.bias", weights.float32(PREFIX + "img_projection.2.bias"))],
-           ["image_features"])
+    _linear(g, "/vision/img_projection.2", x, weights, PREFIX + "img_projection.2", output="image_features")
 
 
 def vision_io(dtype_elem: int, hidden: int) -> tuple[list[Any], list[Any]]:
