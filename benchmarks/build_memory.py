@@ -30,21 +30,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from toolkit.tiny import make_random_phi3  # noqa: E402
+from toolkit.tiny.phi3 import make_random_phi3  # noqa: E402
 
 CHILD = """
 import sys, time
 from pathlib import Path
-from toolkit.config import ExportConfig, QuantizeConfig
-from toolkit.source import open_source
-src, work, engine = open_source(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+from toolkit.plan.config import ExportConfig, QuantizeConfig
+from toolkit.families import open_checkpoint
+src, work, engine = open_checkpoint(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 start = time.perf_counter()
 if engine == "stream":
-    from toolkit.stream import export_stream
+    from toolkit.export.stream import export_stream
     export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), work)
 else:
-    from toolkit.export import run_builder
-    from toolkit.quantize import builder_options
+    from toolkit.export.builder import run_builder
+    from toolkit.quantize.choices import builder_options
     run_builder(src.path, ExportConfig(precision="int4"), builder_options(QuantizeConfig(), "int4"), work)
 print("WALL", time.perf_counter() - start)
 """

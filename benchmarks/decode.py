@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from toolkit.bench import copy_bandwidth, run
+from toolkit.verify.bench import copy_bandwidth, run
 from toolkit.build import build, plan_build
-from toolkit.gguf import gguf_to_hf, smollm2_gguf
-from toolkit.quality import default_text, model_bytes
-from toolkit.source import open_source
+from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
+from toolkit.verify.quality import default_text, model_bytes
+from toolkit.families import open_checkpoint
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
 SLMKIT = "slmkit cpu bundle (the smollm2/cpu recipe)"
@@ -119,7 +119,7 @@ def main() -> None:
     args = p.parse_args()
     have_llama = importlib.util.find_spec("llama_cpp") is not None
     gguf = smollm2_gguf()
-    src = open_source(str(gguf_to_hf(gguf, CACHE)))
+    src = open_checkpoint(str(gguf_to_hf(gguf, CACHE)))
     # label -> (run once -> (decode tok/s, prefill tok/s), weight bytes, file bytes)
     runtimes: dict[str, tuple[Callable[[], tuple[float, float]], int, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:

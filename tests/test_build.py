@@ -9,11 +9,12 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from toolkit import quantize, verify
+from toolkit.quantize import choices
+from toolkit.verify import device, golden
 from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import OutputError, StageError
-from toolkit.source import open_source
+from toolkit.families import open_checkpoint
 
 TARGETS = ["cpu", "android", "ios", "windows-dml", "linux-cuda"]
 
@@ -57,13 +58,13 @@ def test_mobile_and_gpu_specifics(bundles):
         assert [name for entry in genai["model"]["decoder"]["session_options"]["provider_options"] for name in entry] == [key]
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["verification"]["host"]["provider"] == "cpu"  # the same graph, run on the CPU here
-        assert manifest["verification"]["pending_on_device"] == [verify.DEVICE_ONLY[key]]
+        assert manifest["verification"]["pending_on_device"] == [device.DEVICE_ONLY[key]]
     dml_inputs = {i.name for i in onnx.load(str(dml / "model" / "model.onnx"), load_external_data=False).graph.input}
     assert "position_ids" in dml_inputs
 
 
 def test_phi3_4k_builds_without_rope_scaling(tmp_path, tiny3):
-    src = open_source(str(tiny3))
+    src = open_checkpoint(str(tiny3))
     plan = plan_build(src, None, "cpu", ())
     assert plan.recipe == "phi-3-mini-4k/cpu"
     manifest = build(src, plan, tmp_path / "b", log=lambda _: None)
@@ -72,7 +73,7 @@ def test_phi3_4k_builds_without_rope_scaling(tmp_path, tiny3):
 
 
 def test_two_builds_of_the_same_inputs_are_identical(tmp_path, bundles, tiny35):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     again = tmp_path / "again"
     build(src, plan_build(src, None, "android", ()), again, log=lambda _: None)
     first = json.loads((bundles("android") / "manifest.json").read_text())["files"]
@@ -82,7 +83,7 @@ def test_two_builds_of_the_same_inputs_are_identical(tmp_path, bundles, tiny35):
 
 
 def test_set_override_reaches_the_graph(tmp_path, tiny35):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     plan = plan_build(src, None, "cpu", ("quantize.block_size=64", "optimize.context_cap=2048", "quantize.lm_head=int8"))
     build(src, plan, tmp_path / "b", log=lambda _: None)
     nodes = _nbits(tmp_path / "b")
@@ -95,15 +96,15 @@ def test_set_override_reaches_the_graph(tmp_path, tiny35):
 def test_a_setting_the_builder_ignores_fails_the_build_naming_it(tmp_path, tiny35, monkeypatch):
     """The 0.18 builder silently ignores unknown option names (int4_block_size...): the read-back
     must catch a setting that did not take, and no bundle may appear."""
-    real = quantize.builder_options
+    real = choices.builder_options
 
     def old_names(cfg, precision):
         options = real(cfg, precision)
         options["int4_block_size"] = options.pop("block_size")
         return options
 
-    monkeypatch.setattr(quantize, "builder_options", old_names)
-    src = open_source(str(tiny35))
+    monkeypatch.setattr(choices, "builder_options", old_names)
+    src = open_checkpoint(str(tiny35))
     out = tmp_path / "b"
     with pytest.raises(StageError) as e:
         build(src, plan_build(src, None, "cpu", ("quantize.block_size=64", "export.engine=ort-genai")), out, log=lambda _: None)
@@ -115,7 +116,7 @@ def test_a_setting_the_builder_ignores_fails_the_build_naming_it(tmp_path, tiny3
 
 
 def test_existing_output_needs_force_and_force_only_replaces_a_bundle(tmp_path, tiny35):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     plan = plan_build(src, None, "cpu", ())
     out = tmp_path / "b"
     out.mkdir()
@@ -141,8 +142,8 @@ def test_interrupted_build_leaves_nothing(tmp_path, tiny35, monkeypatch):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(verify, "reference_cases", interrupt)
-    src = open_source(str(tiny35))
+    monkeypatch.setattr(golden, "reference_cases", interrupt)
+    src = open_checkpoint(str(tiny35))
     with pytest.raises(KeyboardInterrupt):
         build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
     assert list(tmp_path.iterdir()) == []
@@ -230,7 +231,7 @@ def test_eos_ids_of_config_and_generation_config_that_disagree_are_all_stop_ids(
     for name, value in (("config.json", 607), ("generation_config.json", [5, 3])):
         path = model_copy / name
         path.write_text(json.dumps(json.loads(path.read_text()) | {"eos_token_id": value}))
-    src = open_source(str(model_copy))
+    src = open_checkpoint(str(model_copy))
     manifest = build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
     genai = json.loads((tmp_path / "b" / "model" / "genai_config.json").read_text())
     assert genai["model"]["eos_token_id"] == [600, 5, 3, 607]

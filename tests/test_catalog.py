@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from toolkit.catalog import load_recipe, load_target, recipe_names, target_names
+from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_names
 from toolkit.cli import main
-from toolkit.config import resolve
+from toolkit.plan.config import resolve
 from toolkit.errors import UnknownNameError
 
-RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "runners"
+RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners"
 TARGETS = ["android", "cpu", "ios", "linux-cuda", "windows-dml"]
 FAMILIES = ["phi-3-mini-4k", "phi-3.5-mini", "smollm2"]
 # A mixture of experts is built for the targets with the memory for it; the others refuse it with

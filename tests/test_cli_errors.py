@@ -61,7 +61,7 @@ def test_unpack_of_a_file_that_is_no_archive(tmp_path):
     ("onnx", "onnx", ["verify", "{bundle}"]),
 ])
 def test_a_missing_package_is_named_with_its_install_command(bundles, tiny35, monkeypatch, module, dist, args):
-    from toolkit import quality
+    from toolkit.verify import quality
 
     quality.bundle_runner.cache_clear()  # the runner module imports onnxruntime_genai when loaded
     monkeypatch.setitem(sys.modules, module, None)  # what an uninstalled package looks like to import
@@ -75,7 +75,7 @@ def test_a_missing_package_is_named_with_its_install_command(bundles, tiny35, mo
 
 
 def test_bench_on_a_gpu_without_cuda_pytorch_says_the_roofline_was_not_measured():
-    from toolkit.bench import BenchResult, gpu_copy_bandwidth
+    from toolkit.verify.bench import BenchResult, gpu_copy_bandwidth
 
     assert gpu_copy_bandwidth() is None  # this machine's PyTorch is a CPU build
     result = BenchResult(bundle="b", provider="cuda", prompt_tokens=128, new_tokens=128, runs=5, ttft_s=0.004,

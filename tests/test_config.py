@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.catalog import load_recipe, load_recipe_file, load_target, load_target_file
-from toolkit.config import parse_override, plan_from_dict, resolve, to_toml
+from toolkit.plan.catalog import load_recipe, load_recipe_file, load_target, load_target_file
+from toolkit.plan.config import parse_override, plan_from_dict, resolve, to_toml
 from toolkit.errors import ConfigError
 
 

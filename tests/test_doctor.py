@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from click.testing import CliRunner
 
-from toolkit import doctor
+from toolkit.plan import doctor
 from toolkit.cli import main
 
 

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.verify import ARM_NOTE
+from toolkit.verify.device import ARM_NOTE
 
-SMOKE = Path(__file__).resolve().parent.parent / "toolkit" / "runners" / "python" / "smoke_test.py"
+SMOKE = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners" / "python" / "smoke_test.py"
 
 
 def _smoke_module():
@@ -137,7 +137,7 @@ def test_no_mmdebstrap_says_what_to_install_and_leaves_no_cache(bundles, tmp_pat
 
 
 def test_runtime_wheels_that_cannot_be_had_are_named(tmp_path):
-    from toolkit.emulate import runtime_wheels
+    from toolkit.verify.emulate import runtime_wheels
     from toolkit.errors import ToolchainError
 
     versions = {"onnxruntime-genai": "0.0.0", "onnxruntime": "1.32.0", "numpy": "2.0.0"}
@@ -155,7 +155,7 @@ def test_gpu_bundles_are_refused(bundles):
 
 
 def _emulation_ready() -> bool:
-    from toolkit.emulate import find_qemu
+    from toolkit.verify.emulate import find_qemu
     from toolkit.errors import ToolchainError
 
     try:

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from toolkit import bundle as bundle_module
+from toolkit.bundle import layout as bundle_module
 from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import InputModelError, OutputError
-from toolkit.pack import pack, unpack
-from toolkit.source import open_source
+from toolkit.bundle.pack import pack, unpack
+from toolkit.families import open_checkpoint
 
 
 def _slmkit(*args: str) -> list[str]:
@@ -54,7 +54,7 @@ def test_full_disk_gives_a_clear_error_and_no_bundle(tmp_path, tiny35, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(bundle_module, "write_readme", full)
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     out = tmp_path / "b"
     with pytest.raises(OutputError) as e:
         build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
@@ -170,7 +170,7 @@ class _Dist:
     (None, "pip install 'slmkit==0.1.0'"),
 ])
 def test_ci_init_installs_the_slmkit_that_runs_it(tmp_path, monkeypatch, direct_url, expected):
-    from toolkit import ci
+    from toolkit.bundle import ci
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(ci.metadata, "distribution", lambda name: _Dist(direct_url))

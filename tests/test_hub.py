@@ -129,7 +129,7 @@ def test_download_progress_counts_the_bytes_written(served, tmp_path, monkeypatc
 
     from huggingface_hub import snapshot_download
 
-    from toolkit import hub as downloads
+    from toolkit.source import hub as downloads
     from toolkit import progress
 
     class Terminal(io.StringIO):

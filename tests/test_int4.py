@@ -15,8 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import ConfigError
-from toolkit.int4 import quantize
-from toolkit.source import open_source
+from toolkit.quantize.blocks import quantize
+from toolkit.families import open_checkpoint
 
 
 def _run_matmulnbits(x: np.ndarray, p, k: int, n: int, block: int) -> np.ndarray:
@@ -81,7 +81,7 @@ def test_search_beats_round_to_nearest_on_weighted_error():
 
 
 def test_mse_build_of_the_tiny_model_verifies_and_is_smaller(tmp_path, tiny35, bundles):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     plan = plan_build(src, None, "android", ("quantize.method=mse", "quantize.symmetric=false"))
     manifest = build(src, plan, tmp_path / "b", log=lambda _: None)
     assert manifest["verification"]["host"]["failed"] == 0
@@ -98,7 +98,7 @@ def test_mse_build_of_the_tiny_model_verifies_and_is_smaller(tmp_path, tiny35, b
 
 def test_mse_with_blocks_larger_than_the_hidden_size(tmp_path, tiny35):
     """hidden 64 < block 128: every row is one padded block, and the embedding output is sliced."""
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     plan = plan_build(src, None, "cpu", ("quantize.method=mse", "quantize.symmetric=false", "quantize.block_size=128"))
     manifest = build(src, plan, tmp_path / "b", log=lambda _: None)
     assert manifest["verification"]["host"]["failed"] == 0
@@ -107,7 +107,7 @@ def test_mse_with_blocks_larger_than_the_hidden_size(tmp_path, tiny35):
 
 
 def test_mse_refuses_int8_layers(tiny35):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     with pytest.raises(ConfigError) as e:
         plan_build(src, None, "cpu", ("quantize.method=mse", "quantize.lm_head=int8"))
     assert str(e.value).startswith("quantize.method 'mse' makes int4 weights only (precision = 'int4', lm_head = 'int8').")

@@ -1,12 +1,13 @@
-"""Other ways to choose int4 codes (toolkit/int4_methods.py): what each promises, on tiny models."""
+"""Other ways to choose int4 codes (toolkit/quantize/gptq.py, awq.py): what each promises, on tiny models."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from toolkit.int4 import quantize
-from toolkit.int4_methods import gptq, quantize8
+from toolkit.quantize.blocks import quantize
+from toolkit.quantize.gptq import gptq
+from toolkit.quantize.blocks import quantize8
 
 
 def _correlated(k: int = 256, n: int = 96, seed: int = 0):
@@ -55,9 +56,9 @@ def test_gptq_build_of_the_tiny_model_verifies(tmp_path, tiny35):
     import onnx
 
     from toolkit.build import build, plan_build
-    from toolkit.source import open_source
+    from toolkit.families import open_checkpoint
 
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     plan = plan_build(src, None, "android", ("quantize.method=gptq", "quantize.symmetric=false",
                                              "quantize.block_size=128"))  # hidden 64: one padded group
     manifest = build(src, plan, tmp_path / "b", log=lambda _: None)
@@ -71,9 +72,9 @@ def test_gptq_build_of_the_tiny_model_verifies(tmp_path, tiny35):
 def test_gptq_refuses_what_it_does_not_write(tiny35):
     from toolkit.build import plan_build
     from toolkit.errors import ConfigError
-    from toolkit.source import open_source
+    from toolkit.families import open_checkpoint
 
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     with pytest.raises(ConfigError) as e:
         plan_build(src, None, "cpu", ("quantize.method=gptq", "quantize.symmetric=true"))
     assert str(e.value) == ("quantize.method 'gptq' writes asymmetric blocks (a 4-bit zero point per block): "
@@ -84,7 +85,7 @@ def test_gptq_refuses_what_it_does_not_write(tiny35):
 
 
 def test_gptq_memory_estimate_counts_every_layer_input_gram():
-    from toolkit.doctor import gptq_gram_bytes, memory_check
+    from toolkit.plan.doctor import gptq_gram_bytes, memory_check
 
     smol = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "vocab_size": 49152,
             "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True}
@@ -99,9 +100,9 @@ def test_awq_scales_keep_the_float_function(tmp_path, variant, request):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.int4 import linear_input_stats
-    from toolkit.int4_methods import awq_checkpoint
-    from toolkit.tiny import corpus
+    from toolkit.quantize.calibration import linear_input_stats
+    from toolkit.quantize.awq import awq_checkpoint
+    from toolkit.data import corpus
 
     src = request.getfixturevalue(variant)
     alphas = awq_checkpoint(src, tmp_path / "awq", linear_input_stats(src, [corpus()[:3000]], gram=True), 32)
@@ -115,16 +116,16 @@ def test_awq_scales_keep_the_float_function(tmp_path, variant, request):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    from toolkit.tiny import make_tiny_llama
+    from toolkit.tiny.phi3 import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def test_awq_build_of_the_tiny_model_verifies(tmp_path, tiny35):
     from toolkit.build import build, plan_build
-    from toolkit.source import open_source
+    from toolkit.families import open_checkpoint
 
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     plan = plan_build(src, None, "cpu", ("quantize.method=awq", "quantize.symmetric=false", "quantize.block_size=32"))
     lines = []
     manifest = build(src, plan, tmp_path / "b", log=lines.append)
@@ -135,8 +136,8 @@ def test_awq_build_of_the_tiny_model_verifies(tmp_path, tiny35):
 
 
 def test_mixed_promotes_by_cost_per_byte_within_the_builder_bytes():
-    from toolkit.int4_methods import gptq
-    from toolkit.mixed import builder_bytes, packed_bytes, promote
+    from toolkit.quantize.gptq import gptq
+    from toolkit.quantize.mixed import builder_bytes, packed_bytes, promote
 
     rng = np.random.default_rng(0)
     # Each 256x64 matrix saves 896 bytes against the builder's layout; int8 costs 8320 more: the
@@ -156,9 +157,9 @@ def test_mixed_build_of_the_tiny_model_verifies_and_stays_small(tmp_path, tiny35
     import onnx
 
     from toolkit.build import build, plan_build
-    from toolkit.source import open_source
+    from toolkit.families import open_checkpoint
 
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     logs: list[str] = []
     plan = plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64"))
     manifest = build(src, plan, tmp_path / "b", log=logs.append)
@@ -170,15 +171,15 @@ def test_mixed_build_of_the_tiny_model_verifies_and_stays_small(tmp_path, tiny35
 
 
 def test_mixed_refuses_large_models_and_symmetric_blocks(tiny35, monkeypatch):
-    from toolkit import build as build_module
+    from toolkit.quantize import own
     from toolkit.build import plan_build
     from toolkit.errors import ConfigError
-    from toolkit.source import open_source
+    from toolkit.families import open_checkpoint
 
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     with pytest.raises(ConfigError, match="quantize.method 'mixed' writes asymmetric blocks"):
         plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=true"))
-    monkeypatch.setattr(build_module, "MIXED_MAX_PARAMS", 1000)
+    monkeypatch.setattr(own, "MIXED_MAX_PARAMS", 1000)
     with pytest.raises(ConfigError, match=r"measures each matrix on the whole float32 model in memory, once per "
                                           r"matrix: .*Use --set quantize.method=gptq \(or mse\) instead."):
         plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=false"))

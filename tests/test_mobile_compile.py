@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNNERS = ROOT / "toolkit" / "runners"
+RUNNERS = ROOT / "toolkit" / "bundle" / "runners"
 API = Path(__file__).parent / "data" / "genai_api"
 KOTLIN_RUNNER = RUNNERS / "android/src/main/kotlin/ai/slmkit/runner/SlmkitRunner.kt"
 KOTLIN_SMOKE = RUNNERS / "android/src/androidTest/kotlin/ai/slmkit/runner/SlmkitSmokeTest.kt"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from test_mobile_compile import KOTLIN_RUNNER, ORG_JSON, _mutate, _output, _require, _run
-from toolkit.verify import write_prompt_format
+from toolkit.verify.golden import write_prompt_format
 
 FAKES = Path(__file__).parent / "data" / "genai_fakes"
 DRIVER = FAKES / "LeakDriver.kt"

@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.config import ExportConfig, QuantizeConfig
-from toolkit.source import open_source
-from toolkit.stream import export_stream
-from toolkit.tiny_moe import make_tiny_phimoe
+from toolkit.plan.config import ExportConfig, QuantizeConfig
+from toolkit.families import open_checkpoint
+from toolkit.export.stream import export_stream
+from toolkit.tiny.phimoe import make_tiny_phimoe
 
 TEXT = ("The capital of France is Paris. Paris lies on the river Seine, and it is known for its "
         "museums, its cafes and its long history. def fibonacci(n): return n if n < 2 else")
@@ -36,9 +36,9 @@ def test_sparse_mixer_weights_equal_transformers(tmp_path):
     from onnx import helper
     from transformers.models.phimoe.modeling_phimoe import sparsemixer
 
-    from toolkit.graphs.moe import _mixer
+    from toolkit.families.phimoe.graph import _mixer
     from toolkit.graphs.ops import FLOAT, GraphWriter
-    from toolkit.tensors import ExternalData
+    from toolkit.graphs.external import ExternalData
 
     experts, eps = 16, 0.01
     rng = np.random.default_rng(0)
@@ -69,7 +69,7 @@ def _graph_logits(model: Path, tmp: Path, precision: str, ep: str = "cpu") -> tu
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     out = export_stream(src.path, src.weight_files, src.config, ExportConfig(execution_provider=ep, precision=precision),
                         QuantizeConfig(block_size=32), tmp)
     ids = AutoTokenizer.from_pretrained(model)(TEXT, return_tensors="np").input_ids
@@ -120,10 +120,10 @@ def test_int4_experts_keep_the_top_token(moe, tmp_path, ep):
 def test_experts_are_read_one_at_a_time(moe, tmp_path):
     """transformers 5's layout stacks a layer's experts in one tensor; the export reads one expert's
     slice at a time, never the whole stack (peak memory flat in the number of experts)."""
-    from toolkit.graphs import moe as moe_graph
-    from toolkit.tensors import CheckpointTensors
+    from toolkit.families.phimoe import graph as moe_graph
+    from toolkit.source.tensors import CheckpointTensors
 
-    src = open_source(str(moe["fused"]))
+    src = open_checkpoint(str(moe["fused"]))
     reads: list[int] = []
     original = CheckpointTensors.read_into
 
@@ -194,9 +194,9 @@ def test_layer_by_layer_reference_equals_the_whole_model(moe, layout):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.reference import layerwise_model
+    from toolkit.reference.layerwise import layerwise_model
 
-    src = open_source(str(moe[layout]))
+    src = open_checkpoint(str(moe[layout]))
     tokenizer, layerwise = layerwise_model(src.path, src.weight_files)
     whole = AutoModelForCausalLM.from_pretrained(moe[layout], dtype=torch.float32).eval()
     ids = tokenizer(TEXT, return_tensors="pt").input_ids

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from toolkit.build import build, plan_build
 from toolkit.cli import main
-from toolkit.quality import Reference, default_text, evaluate
-from toolkit.source import open_source
-from toolkit.tiny import corpus
+from toolkit.verify.quality import Reference, default_text, evaluate
+from toolkit.families import open_checkpoint
+from toolkit.data import corpus
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smol_bundles(tmp_path_factory, smollm2):
     root = tmp_path_factory.mktemp("smol")
-    src = open_source(str(smollm2))
+    src = open_checkpoint(str(smollm2))
     out = {}
     for name, overrides in (("fp32", ("export.precision=fp32",)), ("default", ())):
         plan = plan_build(src, None, "cpu", overrides)
@@ -107,7 +107,7 @@ def test_streamed_engine_writes_the_builders_model(smol_bundles, smollm2, tmp_pa
 
     manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
     assert manifest["plan"]["export"]["engine"] == "stream"
-    src = open_source(str(smollm2))
+    src = open_checkpoint(str(smollm2))
     build(src, plan_build(src, None, "cpu", ("export.engine=ort-genai",)), tmp_path / "b", log=lambda _: None)
     arrays = []
     for bundle in (smol_bundles["default"], tmp_path / "b"):

@@ -1,4 +1,4 @@
-"""The layer-by-layer float32 reference (toolkit/reference.py) against the whole model loaded by
+"""The layer-by-layer float32 reference (toolkit/reference/) against the whole model loaded by
 transformers: the same logits and tokens, with the memory of one decoder layer."""
 
 from __future__ import annotations
@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.config import VerifyConfig
-from toolkit.quality import Reference
-from toolkit.reference import layerwise_model
-from toolkit.source import eos_ids, open_source
-from toolkit.verify import reference_cases
+from toolkit.plan.config import VerifyConfig
+from toolkit.verify.quality import Reference
+from toolkit.reference.layerwise import layerwise_model
+from toolkit.source.checkpoint import eos_ids
+from toolkit.families import open_checkpoint
+from toolkit.verify.golden import reference_cases
 
 from peak_memory import LAYER_BYTES, peak_growth
 
@@ -30,7 +31,7 @@ TEXTS = ["The capital of France is", "Once upon a time there was", "def fibonacc
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    from toolkit.tiny import make_tiny_llama
+    from toolkit.tiny.phi3 import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
@@ -38,7 +39,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
 def test_layerwise_logits_equal_the_whole_model(request, variant):
     model_dir = request.getfixturevalue(variant)
-    src = open_source(str(model_dir))
+    src = open_checkpoint(str(model_dir))
     tokenizer, whole = load_reference(src.path)
     _, lazy = layerwise_model(src.path, src.weight_files)
     with torch.no_grad():
@@ -48,7 +49,7 @@ def test_layerwise_logits_equal_the_whole_model(request, variant):
 
 
 def test_golden_tokens_in_one_batch_equal_the_whole_model_one_prompt_at_a_time(tiny35):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     eos = eos_ids(tiny35)
     cfg = VerifyConfig(prompts=TEXTS, chat_prompts=["What is the capital of France?"], new_tokens=12)
     cases, fmt = reference_cases(src.path, src.weight_files, cfg, eos)
@@ -64,7 +65,7 @@ def test_golden_tokens_in_one_batch_equal_the_whole_model_one_prompt_at_a_time(t
 
 
 def test_eval_reference_windows_in_batches_equal_one_at_a_time(tiny35):
-    from toolkit.tiny import corpus
+    from toolkit.data import corpus
 
     ref = Reference(tiny35, corpus(), "corpus", window=64, max_tokens=600)
     assert len(ref.windows) >= 9 and len(ref.windows[-1]) < 64  # batches of 4 and a shorter last window
@@ -78,9 +79,9 @@ def test_eval_reference_windows_in_batches_equal_one_at_a_time(tiny35):
 PEAK = """
 import resource, sys, torch
 from pathlib import Path
-from toolkit.reference import layerwise_model
-from toolkit.source import open_source
-src = open_source(sys.argv[1])
+from toolkit.reference.layerwise import layerwise_model
+from toolkit.families import open_checkpoint
+src = open_checkpoint(sys.argv[1])
 tokenizer, model = layerwise_model(src.path, src.weight_files)
 with torch.no_grad():
     model.generate(torch.tensor([[1, 5, 9, 30, 44]]), max_new_tokens=3, do_sample=False)
@@ -101,7 +102,7 @@ def test_a_layer_tensor_of_the_wrong_shape_is_named(model_copy):
     weights = load_file(str(model_copy / "model.safetensors"))
     weights["model.layers.1.self_attn.o_proj.weight"] = weights["model.layers.1.self_attn.o_proj.weight"][:, :32].contiguous()
     save_file(weights, str(model_copy / "model.safetensors"))
-    src = open_source(str(model_copy))
+    src = open_checkpoint(str(model_copy))
     _, model = layerwise_model(src.path, src.weight_files)
     with pytest.raises(InputModelError, match=r"tensor 'model.layers.1.self_attn.o_proj.weight' has shape \[64, 32\] "
                                               r"\(BF16, 4096 bytes\); the model's config.json asks for \[64, 64\]"):
@@ -110,8 +111,8 @@ def test_a_layer_tensor_of_the_wrong_shape_is_named(model_copy):
 
 def test_calibration_statistics_equal_the_whole_models(tiny35):
     """slmkit's mse calibration (mean squared input of every Linear) runs layer by layer too."""
-    from toolkit.int4 import activation_importance
-    from toolkit.quantize import calibration_texts
+    from toolkit.quantize.calibration import activation_importance
+    from toolkit.quantize.calibration import calibration_texts
 
     hf_name = {"attn.qkv_proj": "self_attn.qkv_proj", "attn.o_proj": "self_attn.o_proj",
                "mlp.gate_proj": "mlp.gate_up_proj", "mlp.up_proj": "mlp.gate_up_proj", "mlp.down_proj": "mlp.down_proj"}

@@ -115,7 +115,7 @@ def test_mobile_packages_are_pinned_to_the_verified_runtime_and_the_ort_it_was_b
     import re
     from importlib import metadata
 
-    runners = Path(__file__).resolve().parent.parent / "toolkit" / "runners"
+    runners = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners"
     genai = metadata.version("onnxruntime-genai")
     built_against = next(re.search(r">=\s*([\d.]+)", r).group(1) for r in metadata.requires("onnxruntime-genai")
                          if re.match(r"onnxruntime\b(?!-)", r))

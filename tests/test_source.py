@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.source import eos_ids, open_source
+from toolkit.source.checkpoint import eos_ids
+from toolkit.families import open_checkpoint
 
 SUPPORTED = ("Supported: Phi3ForCausalLM (Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini); "
              "LlamaForCausalLM (SmolLM2 and other Llama-architecture models); PhiMoEForCausalLM (Phi-3.5-MoE); "
@@ -31,12 +32,12 @@ def _refused(model: Path | str, **kwargs) -> str:
     from toolkit.errors import InputModelError
 
     with pytest.raises(InputModelError) as e:
-        open_source(str(model), **kwargs)
+        open_checkpoint(str(model), **kwargs)
     return str(e.value)
 
 
 def test_tiny_models_are_read_as_their_real_counterparts(tiny35, tiny3):
-    a, b = open_source(str(tiny35)), open_source(str(tiny3))
+    a, b = open_checkpoint(str(tiny35)), open_checkpoint(str(tiny3))
     assert (a.architecture, a.rope_scaling, b.rope_scaling) == ("Phi3ForCausalLM", "longrope", "none")
     assert a.config["rope_scaling"]["type"] == "longrope"  # the old-style block of the real config.json
     assert a.num_params > 0 and a.weight_files == ("model.safetensors",)
@@ -96,7 +97,7 @@ def test_pickle_only_weights_are_refused_without_the_flag(model_copy):
         "so slmkit refuses it. Download the *.safetensors files of this model, or, if you trust the file, "
         "pass --allow-pickle (slmkit then converts it to safetensors with torch.load(weights_only=True))."
     )
-    assert open_source(str(model_copy), allow_pickle=True).weight_files == ("pytorch_model.bin",)
+    assert open_checkpoint(str(model_copy), allow_pickle=True).weight_files == ("pytorch_model.bin",)
 
 
 def test_missing_tokenizer(model_copy):

@@ -14,12 +14,12 @@ from onnx import numpy_helper
 
 from toolkit.build import build, plan_build
 from toolkit.cli import main
-from toolkit.config import ExportConfig, QuantizeConfig
+from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.errors import ConfigError, InputModelError
-from toolkit.export import run_builder
-from toolkit.quantize import builder_options
-from toolkit.source import open_source
-from toolkit.stream import export_stream
+from toolkit.export.builder import run_builder
+from toolkit.quantize.choices import builder_options
+from toolkit.families import open_checkpoint
+from toolkit.export.stream import export_stream
 
 from peak_memory import LAYER_BYTES, peak_growth
 
@@ -27,13 +27,13 @@ from peak_memory import LAYER_BYTES, peak_growth
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
-    from toolkit.tiny import make_tiny_llama
+    from toolkit.tiny.phi3 import make_tiny_llama
 
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
 def both_engines(model: Path, tmp: Path, precision: str, q: QuantizeConfig, ep: str = "cpu") -> tuple[Path, Path]:
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     (tmp / "b").mkdir()
     (tmp / "s").mkdir()
     export = ExportConfig(precision=precision, execution_provider=ep)
@@ -114,7 +114,7 @@ def test_stream_quantizes_like_the_builder(tiny35, tmp_path, ep, precision, q):
 
 
 def test_stream_bundle_gives_the_builders_tokens(tiny35, bundles, tmp_path):
-    src = open_source(str(tiny35))
+    src = open_checkpoint(str(tiny35))
     streamed = bundles("cpu")
     assert json.loads((streamed / "manifest.json").read_text())["plan"]["export"]["engine"] == "stream"
     out = tmp_path / "builder-bundle"
@@ -144,7 +144,7 @@ def test_stream_refuses_rope_scaling_it_does_not_write(model_copy):
                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     (model_copy / "config.json").write_text(json.dumps(config))
-    src = open_source(str(model_copy))
+    src = open_checkpoint(str(model_copy))
     with pytest.raises(ConfigError, match="rope scaling 'llama3' \\(it writes longrope or none\\)"):
         plan_build(src, None, "cpu", ("export.engine=stream",))
 
@@ -156,7 +156,7 @@ def refuses_checkpoint(model: Path, out: Path, change, message: str) -> None:
     weights = load_file(str(model / "model.safetensors"))
     change(weights)
     save_file(weights, str(model / "model.safetensors"))
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     with pytest.raises(InputModelError, match=message):
         build(src, plan_build(src, None, "cpu", ()), out, log=lambda _: None)
     assert not out.exists()
@@ -171,10 +171,10 @@ def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
 PEAK = """
 import resource, sys
 from pathlib import Path
-from toolkit.config import ExportConfig, QuantizeConfig
-from toolkit.source import open_source
-from toolkit.stream import export_stream
-src = open_source(sys.argv[1])
+from toolkit.plan.config import ExportConfig, QuantizeConfig
+from toolkit.families import open_checkpoint
+from toolkit.export.stream import export_stream
+src = open_checkpoint(sys.argv[1])
 export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), Path(sys.argv[2]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
@@ -186,7 +186,7 @@ def test_stream_memory_does_not_grow_with_layers(tmp_path):
 
 
 def test_stream_refuses_tied_int8_embeddings(tiny_llama):
-    src = open_source(str(tiny_llama))
+    src = open_checkpoint(str(tiny_llama))
     cap = "optimize.context_cap=2048"
     with pytest.raises(ConfigError, match="tied embeddings with int8 or asymmetric weights"):
         plan_build(src, None, "cpu", ("export.precision=int8", "quantize.method=default", cap))

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from toolkit.build import plan_build
-from toolkit.config import ExportConfig, QuantizeConfig
+from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.errors import ConfigError, InputModelError
-from toolkit.graphs.vision import image_tokens
-from toolkit.phi3v import golden_image, write_png
-from toolkit.reference_vision import VisionReference
-from toolkit.source import open_source
-from toolkit.stream import export_stream
+from toolkit.families.phi3v.vision import image_tokens
+from toolkit.families.phi3v.cases import golden_image, write_png
+from toolkit.families.phi3v.reference import VisionReference
+from toolkit.families import open_checkpoint
+from toolkit.export.stream import export_stream
 
 from test_emulate import needs_emulator
 
@@ -29,7 +29,7 @@ TARGETS = ("cpu", "android", "ios", "linux-cuda", "windows-dml")
 
 @pytest.fixture(scope="module")
 def fp32_export(tiny_vision, tmp_path_factory) -> Path:
-    src = open_source(str(tiny_vision))
+    src = open_checkpoint(str(tiny_vision))
     return export_stream(src.path, src.weight_files, src.config, ExportConfig(engine="stream", precision="fp32"),
                          QuantizeConfig(), tmp_path_factory.mktemp("vision-export"))
 
@@ -48,7 +48,7 @@ def _vision(export: Path, grids: list[tuple[int, int]], seed: int = 0) -> tuple[
 
 @pytest.mark.parametrize("grids", [[(1, 1)], [(2, 3), (4, 1)], [(1, 4), (4, 4)], [(3, 5)]])
 def test_vision_graph_equals_the_clip_reference(tiny_vision, fp32_export, grids):
-    src = open_source(str(tiny_vision))
+    src = open_checkpoint(str(tiny_vision))
     features, pixels, sizes = _vision(fp32_export, grids)
     assert features.shape[0] == sum(image_tokens(336 * h, 336 * w) for h, w in grids)
     reference = VisionReference(src.path, src.weight_files).features(pixels, sizes)
@@ -176,7 +176,7 @@ def test_runner_refuses_images_past_the_context_cap(vision_bundles):
 
 
 def test_refusals_before_anything_is_written(tiny_vision, tmp_path):
-    src = open_source(str(tiny_vision))
+    src = open_checkpoint(str(tiny_vision))
     with pytest.raises(ConfigError, match="export.engine 'ort-genai' cannot build Phi3VForCausalLM"):
         plan_build(src, None, "cpu", ("export.engine=ort-genai",))
     with pytest.raises(ConfigError, match="quantize.method 'mse' for a vision model"):
@@ -192,7 +192,7 @@ def test_refusals_before_anything_is_written(tiny_vision, tmp_path):
     key = "model.vision_embed_tokens.img_processor.vision_model.embeddings.patch_embedding.weight"
     tensors[key] = tensors[key][:, :, :7, :7].contiguous()  # a patch-7 tower
     save_file(tensors, str(bad / "model.safetensors"))
-    src = open_source(str(bad))
+    src = open_checkpoint(str(bad))
     with pytest.raises(InputModelError, match="The vision tower takes 24x24 patches of 7 pixels; onnxruntime-genai's"):
         export_stream(src.path, src.weight_files, src.config, ExportConfig(engine="stream"), QuantizeConfig(), tmp_path / "w")
 
@@ -208,8 +208,8 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
     import onnxruntime_genai as og
     import torch
 
-    from toolkit.reference import layerwise_model
-    from toolkit.reference_vision import embed
+    from toolkit.reference.layerwise import layerwise_model
+    from toolkit.families.phi3v.reference import embed
 
     bundle = vision_bundles("cpu", "export.precision=fp32", "export.vision_precision=fp32")
     model = og.Model(str(bundle / "model"))
@@ -222,7 +222,7 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
     generator.set_inputs(inputs)
     logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1]
 
-    src = open_source(str(tiny_vision))
+    src = open_checkpoint(str(tiny_vision))
     features = VisionReference(src.path, src.weight_files).features(inputs["pixel_values"].as_numpy(),
                                                                      inputs["image_sizes"].as_numpy())
     _, reference = layerwise_model(src.path, src.weight_files)
@@ -236,10 +236,10 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
 def test_token_table_kept_as_vision_embed_tokens_wte(tmp_path, table):
     """Phi-3-vision's token table is one module under two names; checkpoints keep either or both."""
     from toolkit.build import build
-    from toolkit.tiny_vision import make_tiny_phi3v
+    from toolkit.tiny.phi3v import make_tiny_phi3v
 
     model = make_tiny_phi3v(tmp_path / "m", steps=100, table=table)
-    src = open_source(str(model))
+    src = open_checkpoint(str(model))
     manifest = build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
     assert manifest["verification"]["host"]["failed"] == 0
 

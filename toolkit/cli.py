@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .emulate import DEFAULT_CPUS
+from .verify.emulate import DEFAULT_CPUS
 from .errors import SlmkitError
 
 
@@ -36,7 +36,7 @@ QUIET = click.option("--quiet", "-q", is_flag=True,
 
 
 def _missing_package(e: ImportError) -> str:
-    from .doctor import REQUIRED
+    from .plan.doctor import REQUIRED
 
     top = (e.name or "").split(".")[0]
     for module, dist, minimum, purpose in REQUIRED:
@@ -70,17 +70,17 @@ def main() -> None:
 def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget,
           quiet):
     """Build, verify and publish one bundle."""
-    from .budget import parse_budget
+    from .verify.budget import parse_budget
     from .build import build as run_build
     from .build import plan_build
-    from .config import to_toml
+    from .plan.config import to_toml
     from .progress import configure
-    from .source import open_source
+    from .families import open_checkpoint
 
     configure(quiet=quiet)
 
     budget = parse_budget(quality_budget) if quality_budget else None
-    src = open_source(model, allow_pickle=allow_pickle)
+    src = open_checkpoint(model, allow_pickle=allow_pickle)
     plan = plan_build(src, recipe, target, tuple(overrides))
     out = output or Path(f"{src.path.name}-{plan.target}")
     if dry_run:
@@ -108,7 +108,7 @@ def _print_result(out: Path, manifest: dict) -> None:
 @_friendly
 def list_catalog():
     """List targets and recipes."""
-    from .catalog import load_recipe, load_target, recipe_names, target_names
+    from .plan.catalog import load_recipe, load_target, recipe_names, target_names
 
     click.echo("Targets:")
     for name in target_names():
@@ -123,8 +123,8 @@ def list_catalog():
 @_friendly
 def show(name):
     """Print a recipe (with its resolved plan) or a target."""
-    from .catalog import load_recipe, load_target
-    from .config import read_toml, resolve, to_toml
+    from .plan.catalog import load_recipe, load_target
+    from .plan.config import read_toml, resolve, to_toml
 
     if name.endswith(".toml"):
         is_recipe = "recipe" in read_toml(Path(name))
@@ -148,7 +148,7 @@ def show(name):
 @_friendly
 def cp(recipe, dest):
     """Copy a recipe to DEST to start a custom one (then: build --recipe DEST)."""
-    from .catalog import load_recipe
+    from .plan.catalog import load_recipe
     from .errors import OutputError
 
     src = load_recipe(recipe)
@@ -167,14 +167,14 @@ def cp(recipe, dest):
 @_friendly
 def doctor(model, target):
     """Check the toolchain (and, with --model, the checkpoint, disk and memory)."""
-    from . import doctor as doc
+    from .plan import doctor as doc
 
     checks = doc.package_checks()
     if model:
         from .build import plan_build
-        from .source import open_source
+        from .families import open_checkpoint
 
-        src = open_source(model)
+        src = open_checkpoint(model)
         plan = plan_build(src, None, target, ())
         checks.append(doc.Check("model", True, f"{src.architecture}, rope {src.rope_scaling}, "
                                 f"{src.num_params / 1e9:.2f} B parameters -> recipe {plan.recipe}"))
@@ -200,10 +200,10 @@ def doctor(model, target):
 @_friendly
 def verify(bundle, provider, emulate, cpus):
     """Re-check a bundle: settings read back from the graph, file hashes, tokens vs the reference."""
-    from .verify import verify_bundle
+    from .verify.smoke import verify_bundle
 
     if emulate:
-        from .emulate import verify_emulated
+        from .verify.emulate import verify_emulated
 
         runs, output = verify_emulated(bundle, [c.strip() for c in cpus.split(",") if c.strip()])
         click.echo(output)
@@ -233,7 +233,7 @@ def verify(bundle, provider, emulate, cpus):
 def evaluate(bundle, reference, text, window, max_tokens, quiet):
     """Perplexity, top-1 agreement and KL of BUNDLE vs its float32 reference; saved in the manifest."""
     from .progress import configure
-    from .quality import evaluate_bundle
+    from .verify.quality import evaluate_bundle
 
     configure(quiet=quiet)
     click.echo(evaluate_bundle(bundle, reference, text, window, max_tokens))
@@ -250,7 +250,7 @@ def evaluate(bundle, reference, text, window, max_tokens, quiet):
 @_friendly
 def bench(bundle, prompt_tokens, new_tokens, runs, provider, as_json, emulate):
     """Time to first token, prefill/decode tok/s, peak RSS, and decode vs the memory roofline."""
-    from .bench import refuse_emulated, run, to_json
+    from .verify.bench import refuse_emulated, run, to_json
 
     if emulate:
         refuse_emulated(bundle)
@@ -265,7 +265,7 @@ def bench(bundle, prompt_tokens, new_tokens, runs, provider, as_json, emulate):
 @_friendly
 def pack(bundle, output):
     """Archive BUNDLE reproducibly (same bundle, same bytes) as a .tar.gz."""
-    from .pack import pack as run_pack
+    from .bundle.pack import pack as run_pack
 
     archive = run_pack(bundle, output or bundle.with_name(bundle.name + ".tar.gz"))
     click.echo(f"Packed {bundle} into {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
@@ -277,7 +277,7 @@ def pack(bundle, output):
 @_friendly
 def unpack(archive, output):
     """Extract a bundle archive (refuses paths outside the folder, links and special files)."""
-    from .pack import unpack as run_unpack
+    from .bundle.pack import unpack as run_unpack
 
     bundle = run_unpack(archive, output)
     click.echo(f"Unpacked {archive} into {bundle}. Check it: slmkit verify {bundle}")
@@ -298,7 +298,7 @@ def ci() -> None:
 @_friendly
 def ci_init(model, targets, install, force):
     """Write .github/workflows/slmkit.yml: build, smoke-test and upload one bundle per target."""
-    from .ci import write_workflow
+    from .bundle.ci import write_workflow
 
     path = write_workflow(Path.cwd(), model, [t.strip() for t in targets.split(",") if t.strip()], install, force)
     click.echo(f"Wrote {path}. Commit it; each run uploads bundle-<target>.tar.gz artifacts.")

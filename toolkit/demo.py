@@ -15,8 +15,8 @@ QUESTION = "What is the capital of France?"
 
 def run_demo(out: Path, force: bool = False, log: Callable[[str], None] = print) -> Path:
     from .build import build, plan_build
-    from .source import open_source
-    from .tiny import make_tiny_model
+    from .families import open_checkpoint
+    from .tiny.phi3 import make_tiny_model
 
     model_dir, bundle = out / "tiny-phi-3.5", out / "tiny-phi-3.5-cpu"
     if out.exists():
@@ -27,7 +27,7 @@ def run_demo(out: Path, force: bool = False, log: Callable[[str], None] = print)
         shutil.rmtree(out)
     log(f"Making a tiny Phi-3.5-shaped checkpoint in {model_dir} (2 layers, longrope, trained ~10 s on embedded text)")
     make_tiny_model(model_dir, "phi-3.5")
-    src = open_source(str(model_dir))
+    src = open_checkpoint(str(model_dir))
     plan = plan_build(src, None, "cpu", ())
     log(f"Building {plan.recipe} into {bundle}")
     manifest = build(src, plan, bundle, log=log)

@@ -5,12 +5,14 @@ external data file as it is made (nothing of the model stays in memory)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..config import QuantizeConfig
-from ..tensors import CheckpointTensors, ExternalData
+from ..plan.config import QuantizeConfig
+from ..source.tensors import CheckpointTensors
+from .external import ExternalData
 
 MS = "com.microsoft"
 FLOAT, INT64, FLOAT16 = 1, 7, 10
@@ -187,3 +189,13 @@ def biased(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: s
     """x + the checkpoint's `key`.bias (a Linear's bias after its MatMul)."""
     bias = g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))
     return g.node("Add", f"{name}/Add", [x, bias], [output] if output else None)
+
+
+def save_graph(g: GraphWriter, inputs: list[Any], outputs: list[Any], path: Path, name: str = "main_graph") -> None:
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],
+                              ir_version=10, producer_name="slmkit stream engine")
+    onnx.save_model(model, str(path))

@@ -1,0 +1,144 @@
+"""Lay out the bundle a device receives, and write manifest.json (hashes, plan, versions, results)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..plan.config import BuildPlan
+from ..errors import VerificationError
+from ..source.checkpoint import SourceModel, eos_sources, sha256_file
+
+SCHEMA_VERSION = 1
+RUNNERS = Path(__file__).resolve().parent / "runners"
+DEPENDENCIES = ("onnxruntime-genai", "onnxruntime", "onnx", "transformers", "torch", "tokenizers", "numpy")
+MODEL_FILES_SKIPPED = {"builder-cache"}
+
+
+def assemble(model_dir: Path, bundle: Path, plan: BuildPlan) -> None:
+    """model/ from the export, runner/ and tests/ from the runner templates of the target."""
+    shutil.move(str(model_dir), str(bundle / "model"))
+    runner = bundle / "runner"
+    runner.mkdir()
+    shutil.copy2(RUNNERS / "python" / "run.py", runner / "run.py")
+    kind = plan.runtime.runner
+    if kind != "python":
+        shutil.copytree(RUNNERS / kind, runner / kind)
+    tests = bundle / "tests"
+    tests.mkdir()
+    shutil.copy2(RUNNERS / "python" / "smoke_test.py", tests / "smoke_test.py")
+
+
+def file_table(bundle: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file in the bundle except manifest.json, by relative POSIX path."""
+    table = {}
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel == "manifest.json" or "__pycache__" in rel:
+            continue
+        table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return table
+
+
+def dependency_versions() -> dict[str, str]:
+    return {name: metadata.version(name) for name in DEPENDENCIES}
+
+
+def write_manifest(
+    bundle: Path,
+    plan: BuildPlan,
+    source: SourceModel,
+    source_files: dict[str, Any],
+    verification: dict[str, Any] | None,
+    quality: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "toolkit": {"name": "slmkit", "version": __version__},
+        "dependencies": dependency_versions(),
+        "source": {**source.summary(), "files": source_files},
+        "plan": plan.to_dict(),
+        "runtime": {
+            "package": plan.runtime.package,
+            "version": metadata.version("onnxruntime-genai"),
+            "execution_provider": plan.export.execution_provider,
+            "runner": plan.runtime.runner,
+        },
+        "files": file_table(bundle),
+        "verification": verification,
+        "quality": quality,
+    }
+    manifest["source"].pop("path")  # machine-specific; `origin` says what was built
+    stops = json.loads((bundle / "model" / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
+    manifest["source"]["eos_token_id"] = {**eos_sources(source.path), "stops_on": stops}
+    save_manifest(bundle, manifest)
+    return manifest
+
+
+def save_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
+    (bundle / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def require_bundle(path: Path) -> None:
+    """Commands that take a bundle refuse any other folder the same way."""
+    if not (path / "manifest.json").is_file():
+        raise VerificationError(f"'{path}' is not an slmkit bundle: it has no manifest.json.")
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+
+
+_INSTALL = {
+    "onnxruntime-genai": "pip install onnxruntime-genai=={v} numpy",
+    "onnxruntime-genai-cuda": "pip install onnxruntime-genai-cuda=={v} numpy",
+    "onnxruntime-genai-directml": "pip install onnxruntime-genai-directml=={v} numpy",
+}
+_DEVICE = {
+    "android": "On the phone: see runner/android/README.md (Gradle dependency, `adb push` of model/, "
+    "the Kotlin runner and its instrumented smoke test).",
+    "ios": "On the iPhone/iPad: see runner/ios/README.md (CocoaPods dependency, adding model/ to the "
+    "app, the Objective-C runner (callable from Swift) and its XCTest smoke test).",
+}
+
+
+def write_readme(bundle: Path, plan: BuildPlan, origin: str) -> None:
+    version = metadata.version("onnxruntime-genai")
+    install = _INSTALL.get(plan.runtime.package, "pip install onnxruntime-genai=={v} numpy").format(v=version)
+    lines = [
+        f"# {origin} for {plan.target}",
+        "",
+        f"{plan.export.precision} weights for the {plan.export.execution_provider} execution provider, "
+        f"context capped at {plan.optimize.context_cap} tokens. Built by slmkit {__version__} "
+        f"(recipe `{plan.recipe}`); manifest.json lists every file's sha256, the resolved plan and the "
+        "verification results.",
+        "",
+        "## Run it",
+        "```",
+        install,
+        'python runner/run.py --prompt "What is the capital of France?"',
+        "python runner/run.py --chat            # multi-turn; sampling: --temperature 0.7 --top-p 0.9",
+        "```",
+        "",
+        "## Check it on the device",
+        "```",
+        "python tests/smoke_test.py             # file hashes, tokenizer, tokens vs the reference",
+        "```",
+    ]
+    if plan.export.execution_provider != "cpu":
+        lines += ["", "Without the GPU, `--provider cpu` runs the same graph on the CPU (slower, same tokens)."]
+    if plan.runtime.runner in _DEVICE:
+        lines += ["", _DEVICE[plan.runtime.runner]]
+    lines += [
+        "",
+        "## Layout",
+        "- `model/`: model.onnx, model.onnx.data, genai_config.json, tokenizer files",
+        "- `runner/`: the generator for this target",
+        "- `tests/`: golden.json (reference prompts and tokens) and smoke_test.py",
+        "",
+    ]
+    (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")

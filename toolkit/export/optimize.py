@@ -1,0 +1,149 @@
+"""Per-target work on the exported model folder, and the read-back proof that every setting took."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import StageError
+from ..families import family_for
+from ..plan.config import BuildPlan, OptimizeConfig
+from ..quantize.choices import QUANTIZED_PRECISIONS, expected_bits
+
+ONNX_FLOAT, ONNX_FLOAT16 = 1, 10
+PROVIDER_KEYS = {"cpu": None, "cuda": "cuda", "dml": "dml"}
+
+
+def read_genai_config(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
+
+
+def write_genai_config(model_dir: Path, config: dict[str, Any]) -> None:
+    text = json.dumps(config, indent=4, sort_keys=False) + "\n"
+    (model_dir / "genai_config.json").write_text(text, encoding="utf-8")
+
+
+def apply_context_cap(model_dir: Path, cfg: OptimizeConfig) -> None:
+    """Size the KV cache for the target: search.max_length, which the builder sets to the full
+    trained context (131072 for Phi-3.5: tens of GB of cache, out of memory on a phone)."""
+    config = read_genai_config(model_dir)
+    config["search"]["max_length"] = cfg.context_cap
+    write_genai_config(model_dir, config)
+
+
+def add_stop_ids(model_dir: Path, eos_ids: list[int]) -> list[int]:
+    """Stop on every id the checkpoint names: the builder takes generation_config.json's ids and
+    the tokenizer's end-of-turn token, not config.json's when the files disagree. Returns the
+    bundle's stop ids (the builder's order, then the ones added)."""
+    config = read_genai_config(model_dir)
+    have = config["model"]["eos_token_id"]
+    have = have if isinstance(have, list) else [have]
+    stops = list(dict.fromkeys([*have, *eos_ids]))
+    if stops != have:
+        config["model"]["eos_token_id"] = stops
+        write_genai_config(model_dir, config)
+    return stops
+
+
+def _attributes(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> list[str]:
+    import onnx
+
+    model = onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+    graph = model.graph
+    precision, ep = plan.export.precision, plan.export.execution_provider
+    problems = []
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    if precision in QUANTIZED_PRECISIONS:
+        if not nbits:
+            problems.append(f"precision {precision}: the graph has no MatMulNBits node")
+        for node in nbits:
+            attrs = _attributes(node)
+            bits = expected_bits(plan.quantize, precision, "lm_head" in node.name)
+            if attrs.get("bits") not in bits:
+                problems.append(f"{node.name}: bits = {attrs.get('bits')}, requested {' or '.join(map(str, sorted(bits)))}")
+            want = {"block_size": plan.quantize.block_size, "accuracy_level": plan.quantize.accuracy_level}
+            for key, value in want.items():
+                if attrs.get(key, 0) != value:
+                    problems.append(f"{node.name}: {key} = {attrs.get(key)}, requested {value}")
+            has_zp = len(node.input) > 3 and node.input[3] != ""
+            if has_zp == plan.quantize.symmetric:
+                problems.append(f"{node.name}: {'has' if has_zp else 'no'} zero points, requested "
+                                f"{'symmetric' if plan.quantize.symmetric else 'asymmetric'} quantization")
+        for node in (n for n in graph.node if n.op_type == "QMoE"):  # a mixture of experts' expert weights
+            attrs = _attributes(node)
+            if attrs.get("expert_weight_bits") not in expected_bits(plan.quantize, precision, False):
+                problems.append(f"{node.name}: expert_weight_bits = {attrs.get('expert_weight_bits')}, "
+                                f"requested {precision}")
+            if attrs.get("block_size") != plan.quantize.block_size:
+                problems.append(f"{node.name}: block_size = {attrs.get('block_size')}, "
+                                f"requested {plan.quantize.block_size}")
+        weights = {i.name for i in graph.initializer}
+        kept_float = family_for(architecture).float_matmuls  # e.g. a router
+        dense = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
+                 and not any(part in n.name for part in kept_float)]
+        if dense:
+            problems.append(f"precision {precision}: MatMul nodes left unquantized: {', '.join(dense[:5])}")
+    elif nbits:
+        problems.append(f"precision {precision}: the graph has {len(nbits)} MatMulNBits nodes")
+    want_io = ONNX_FLOAT if (ep == "cpu" or precision == "fp32") else ONNX_FLOAT16
+    logits = [o for o in graph.output if o.name == "logits"]
+    got_io = logits[0].type.tensor_type.elem_type if logits else None
+    if got_io != want_io:
+        problems.append(f"logits element type {got_io}, expected {want_io} for {precision} on {ep}")
+    if ep == "dml" and "position_ids" not in {i.name for i in graph.input}:
+        problems.append("DirectML layout expects a position_ids input; the graph has none")
+    return problems
+
+
+def _config_mismatches(
+    model_dir: Path, plan: BuildPlan, source_config: dict[str, Any] | None, eos_ids: list[int] | None
+) -> list[str]:
+    config = read_genai_config(model_dir)
+    problems = []
+    search, model = config["search"], config["model"]
+    if search.get("max_length") != plan.optimize.context_cap:
+        problems.append(f"search.max_length = {search.get('max_length')}, requested {plan.optimize.context_cap}")
+    if search["max_length"] > model.get("context_length", 0):
+        problems.append(f"search.max_length {search['max_length']} exceeds model.context_length {model.get('context_length')}")
+    options = model["decoder"]["session_options"].get("provider_options", [])
+    names = [name for entry in options for name in entry]
+    key = PROVIDER_KEYS[plan.export.execution_provider]
+    if (key is None and names) or (key is not None and names != [key]):
+        problems.append(f"provider_options name {names or 'no provider'}, expected {key or 'none (CPU)'}")
+    if source_config is None or eos_ids is None:  # checking a bundle without its source
+        return problems
+    got_eos = model.get("eos_token_id")
+    got_eos = set(got_eos if isinstance(got_eos, list) else [got_eos])
+    if not set(eos_ids) <= got_eos:
+        problems.append(f"eos_token_id {sorted(got_eos)} misses {sorted(set(eos_ids) - got_eos)} from the checkpoint")
+    decoder = model["decoder"]
+    for key, src_key in (("num_hidden_layers", "num_hidden_layers"), ("hidden_size", "hidden_size")):
+        if decoder.get(key) != source_config.get(src_key):
+            problems.append(f"decoder.{key} = {decoder.get(key)}, checkpoint has {source_config.get(src_key)}")
+    return problems
+
+
+def setting_mismatches(model_dir: Path, plan: BuildPlan, architecture: str, source_config: dict[str, Any] | None = None,
+                       eos_ids: list[int] | None = None) -> list[str]:
+    """What in the graph and genai_config.json differs from the plan (`architecture`: the
+    checkpoint's, which names its family); with the source's config and stop ids, also those."""
+    return (_graph_mismatches(model_dir, plan, architecture)
+            + _config_mismatches(model_dir, plan, source_config, eos_ids))
+
+
+def check_settings(model_dir: Path, plan: BuildPlan, source_config: dict[str, Any], eos_ids: list[int]) -> None:
+    """Read the graph and genai_config.json back; a requested setting that did not take fails."""
+    problems = setting_mismatches(model_dir, plan, source_config["architectures"][0], source_config, eos_ids)
+    if problems:
+        raise StageError(
+            "optimize",
+            "the built model does not match the plan:\n  - " + "\n  - ".join(problems),
+            model_dir.parent,
+        )

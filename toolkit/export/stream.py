@@ -1,0 +1,108 @@
+"""The streamed export engine (`export.engine = "stream"`): the graphs that the onnxruntime-genai
+builder writes for the CPU, CUDA and DirectML providers (same ops, names and settings), made one
+checkpoint tensor at a time by the family's graph writers (toolkit/families/): read, quantized
+with the onnxruntime kernel the builder's default quantizer calls, appended to model.onnx.data.
+Peak memory is set by the largest tensor, not by the number of layers. genai_config.json and the
+tokenizer files come from the builder's own `config_only` mode where it can read the checkpoint's
+config (they then match a builder export exactly), else from the family.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, InputModelError
+from ..families import family_of
+from ..graphs.external import ExternalData
+from ..graphs.ops import GraphWriter, Shape, save_graph
+from ..plan.config import OWN_METHODS, ExportConfig, QuantizeConfig, builder_precision
+from ..progress import bar
+from ..source.checkpoint import SourceModel
+from ..source.tensors import CheckpointTensors
+from .builder import builder_call, create_model
+
+ROPE_KINDS = ("longrope", "none")
+# The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
+PRECISIONS = {"cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"), "dml": ("int4", "fp16")}
+METHODS = ("default",)
+
+
+def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[str]:
+    """What in a plan the streamed engine does not write for this checkpoint (empty when it can
+    build it). slmkit's own int4 method quantizes a float32 export, which this engine writes."""
+    precision = builder_precision(q, export.precision)
+    found = []
+    if src.rope_scaling not in ROPE_KINDS:
+        found.append(f"rope scaling '{src.rope_scaling}' (it writes {' or '.join(ROPE_KINDS)})")
+    ep = export.execution_provider
+    if ep not in PRECISIONS:
+        found.append(f"execution provider '{ep}' (it writes {' and '.join(PRECISIONS)} graphs)")
+    elif precision not in PRECISIONS[ep]:
+        found.append(f"precision '{precision}' for {ep} (it writes {', '.join(PRECISIONS[ep])})")
+    elif precision not in ("fp32", "fp16") and q.method not in METHODS:
+        found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
+                     f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)")
+    else:
+        found += family_of(src.config).stream_problems(src.config, precision, export, q)
+    return found
+
+
+def check_supported(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> None:
+    """Refuse, before anything is written, what the streamed engine does not write."""
+    found = problems(src, export, q)
+    if found:
+        raise ConfigError("export.engine 'stream' cannot build " + "; ".join(found)
+                          + ". Add --set export.engine=ort-genai to use the onnxruntime-genai builder.")
+
+
+def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path) -> None:
+    """genai_config.json, tokenizer and chat template from the builder's config_only mode (it
+    reads config.json and the tokenizer, no weights). That mode leaves past_present_share_buffer
+    false; a full builder export sets it true (GroupQueryAttention shares the KV buffers), and so
+    does this graph."""
+    with builder_call(work / "export.log", work):
+        create_model(source, out, export.precision, export.execution_provider,
+                     ["config_only=true", "hf_remote=false", "hf_token=false"])
+    path = out / "genai_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["search"]["past_present_share_buffer"] = True
+    path.write_text(json.dumps(config, indent=4), encoding="utf-8")  # as the builder writes it
+
+
+def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str, Any], export: ExportConfig,
+                  q: QuantizeConfig, work: Path) -> Path:
+    """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export, and
+    the family's other graphs (Phi-3-vision: vision.onnx, embedding.onnx, processor_config.json)."""
+    family = family_of(config)
+    shape = Shape.of(config)
+    # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
+    dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
+    weights = CheckpointTensors(source, weight_files)
+    family.prepare_weights(weights)
+    expected, skipped = family.tensors(weights, shape, config)
+    unused = sorted(n for n in set(weights.entries) - expected - skipped
+                    if not n.endswith("rotary_emb.inv_freq"))
+    if unused:
+        raise InputModelError(
+            f"The checkpoint has tensors the graphs do not use ({', '.join(unused[:4])}"
+            f"{', ...' if len(unused) > 4 else ''}): the streamed engine would drop them. "
+            "Use --set export.engine=ort-genai.")
+    out = work / "export"
+    out.mkdir(parents=True)
+    if family.write_configs is None:
+        write_config_files(source, export, out, work)
+    else:
+        family.write_configs(source, config, export, out)
+    with bar("export", weights.nbytes(expected), "bytes of weights") as progress:
+        weights.on_read = progress.advance
+        with ExternalData(out / "model.onnx.data") as data:
+            g = GraphWriter(data, export.precision, q, dtype)
+            family.write_decoder(g, weights, shape, config, export.execution_provider)
+        save_graph(g, *family.decoder_io(shape, dtype, export.execution_provider), out / "model.onnx")
+        if family.write_more_graphs is not None:
+            family.write_more_graphs(weights, shape, export, q, dtype, out)
+    return out

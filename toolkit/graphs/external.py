@@ -1,0 +1,50 @@
+"""One tensor at a time: read checkpoint tensors with plain file reads (no memory map, so pages
+already used do not stay resident) and append ONNX initializers to an external data file. Peak
+memory is then set by the largest tensor, not by the size of the model."""
+from __future__ import annotations
+from pathlib import Path
+from typing import Any, Iterable
+import numpy as np
+
+
+class ExternalData:
+    """Initializers whose bytes go to one external data file as they are made."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = open(path, "wb")
+        self.offset = 0
+
+    def __enter__(self) -> "ExternalData":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.file.close()
+
+    def tensor(self, name: str, array: np.ndarray) -> Any:
+        array = np.ascontiguousarray(array)
+        start = self.offset
+        self.file.write(memoryview(array).cast("B"))
+        self.offset += array.nbytes
+        return self._proto(name, list(array.shape), array.dtype, start)
+
+    def stacked(self, name: str, parts: Iterable[np.ndarray]) -> Any:
+        """One initializer [len(parts), *part.shape] written part by part as `parts` yields them
+        (each expert of a layer in turn, never all of them in memory at once)."""
+        start, shape, dtype = self.offset, None, None
+        for count, part in enumerate(parts, 1):
+            part = np.ascontiguousarray(part)
+            shape, dtype = [count, *part.shape], part.dtype
+            self.file.write(memoryview(part).cast("B"))
+            self.offset += part.nbytes
+        return self._proto(name, shape, dtype, start)
+
+    def _proto(self, name: str, shape: list[int], dtype: np.dtype, start: int) -> Any:
+        import onnx
+
+        t = onnx.TensorProto(name=name, dims=shape, data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
+                             data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", self.path.name), ("offset", start), ("length", self.offset - start)):
+            t.external_data.add(key=key, value=str(value))
+        return t
+

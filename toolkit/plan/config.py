@@ -1,0 +1,332 @@
+"""Recipe, Target and BuildPlan: strict, frozen, data only.
+
+A target file (targets/<name>.toml) holds the defaults of every plan section for one kind of device;
+a recipe file (recipes/<model>/<target>.toml) says which checkpoints it is for and overrides sections;
+`--set section.key=value` overrides last. `resolve()` merges the three and validates every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, did_you_mean
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+# What the onnxruntime-genai builder can emit, per execution provider.
+PRECISIONS_BY_PROVIDER = {
+    "cpu": ("int4", "int8", "fp32"),
+    "cuda": ("int4", "int8", "fp16", "fp32"),
+    "dml": ("int4", "fp16"),
+}
+RUNNERS_BY_PROVIDER = {"cpu": ("python", "android", "ios"), "cuda": ("python",), "dml": ("python",)}
+
+
+def _choice(*values: Any, **kw: Any) -> Any:
+    return field(metadata={"choices": values}, **kw)
+
+
+def _range(lo: float, hi: float, **kw: Any) -> Any:
+    return field(metadata={"range": (lo, hi)}, **kw)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    # "ort-genai": onnxruntime-genai's model builder (every architecture and provider it knows;
+    # holds the whole model in memory, ~7-8 bytes per parameter). "stream": slmkit's streamed
+    # writer of the same CPU graph (toolkit/export/stream.py), one tensor in memory at a time.
+    engine: str = _choice("ort-genai", "stream", default="ort-genai")
+    execution_provider: str = _choice(*PRECISIONS_BY_PROVIDER, default="cpu")
+    precision: str = _choice("int4", "int8", "fp16", "fp32", default="int4")
+    # Vision models only (Phi-3.5-vision): the image encoder's linear weights, computed in float32
+    # on every target. Measured on a CLIP ViT-L/14 tower: int8 moves its features by 1.0%
+    # (relative RMS) at 356 MB, int4 by 12.6% at 201 MB, float32 is 1252 MB.
+    vision_precision: str = _choice("fp32", "int8", "int4", default="fp32")
+    # Vision models only: the token table of the embedding graph ("float": the decoder's float
+    # type; "int4": GatherBlockQuantized with the plan's block size, as the builder stores a tied
+    # int4 embedding).
+    embedding_precision: str = _choice("float", "int4", default="float")
+
+
+# quantize.method values slmkit quantizes itself, from a float32 export (the builder does the rest).
+OWN_METHODS = ("mse", "gptq", "awq", "mixed")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    # The builder's algo_config: "default" and "rtn" are round-to-nearest, "k_quant" searches scales,
+    # "k_quant_last" / "k_quant_mixed" keep the lm_head / some layers in int8. "mse" is slmkit's own
+    # (toolkit/quantize/blocks.py): asymmetric blocks whose scale and zero point minimise the error weighted by
+    # calibration activations, applied to a float32 export; the embedding shares the lm_head's codes.
+    # "gptq" (toolkit/quantize/gptq.py): the same blocks, codes chosen by GPTQ's error feedback.
+    # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse". "mixed"
+    # (toolkit/quantize/mixed.py): "gptq", then the matrices whose int4 error costs the most in int8 blocks,
+    # within the bytes of the builder's default int4 (models up to 2 B parameters).
+    method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq",
+                          "mixed", default="default")
+    block_size: int = _choice(*BLOCK_SIZES, default=32)
+    # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
+    accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
+    symmetric: bool = True
+    lm_head: str = _choice("int4", "int8", default="int4")
+
+
+def builder_precision(cfg: QuantizeConfig, precision: str) -> str:
+    """slmkit's own methods quantize a float32 export; the builder quantizes everything else."""
+    return "fp32" if cfg.method in OWN_METHODS and precision == "int4" else precision
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    # search.max_length in genai_config.json: the KV cache is allocated for this many tokens.
+    context_cap: int = _range(64, 131072, default=4096)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    runner: str = _choice("python", "android", "ios", default="python")
+    package: str = "onnxruntime-genai"
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    # Completed as plain text, and sent through the model's chat template, respectively.
+    prompts: tuple[str, ...] = field(
+        default=("The capital of France is", "def fibonacci(n):"), metadata={"nonempty": True}
+    )
+    chat_prompts: tuple[str, ...] = ("What is the capital of France?",)
+    # Asked about the bundle's test picture (tests/image.png) through the chat template: vision
+    # models only (phi3v bundles), ignored by text models.
+    image_prompts: tuple[str, ...] = ("Describe the image.",)
+    new_tokens: int = _range(1, 512, default=16)
+    # Share of positions where the bundle's top-1 token, fed the reference's own greedy continuation,
+    # equals the reference's token. 1.0 demands an exact match.
+    min_top1_agreement: float = _range(0.0, 1.0, default=0.9)
+    # On a device, greedy tokens must equal the ones the build host recorded for at least this
+    # many leading tokens (other CPUs run other int4 kernels, so late flips are tolerated).
+    min_greedy_prefix: int = _range(1, 512, default=8)
+    # An earlier difference passes as a tie when the device's token was within this many logits of
+    # the recorded one on the build host. Measured on SmolLM2-135M android (int4, accuracy level 4):
+    # ARM KleidiAI vs x86 kernels moved the gap between a step's top token and its runner-ups by at
+    # most 0.70 logits (cortex-a55 and cortex-a76 alike; logit range about 58).
+    tie_logit_margin: float = _range(0.0, 100.0, default=1.0)
+    # The perplexity increase over float32 this recipe promises on slmkit's evaluation text
+    # (`slmkit eval` reports against it).
+    max_ppl_increase: float = _range(0.0, 10.0, default=0.5)
+
+
+SECTIONS: dict[str, type] = {
+    "export": ExportConfig,
+    "quantize": QuantizeConfig,
+    "optimize": OptimizeConfig,
+    "runtime": RuntimeConfig,
+    "verify": VerifyConfig,
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    sections: dict[str, dict[str, Any]]
+    path: Path
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    target: str
+    description: str
+    architectures: tuple[str, ...]
+    rope_scaling: str  # "longrope", "none" or "any"
+    examples: tuple[str, ...]
+    sections: dict[str, dict[str, Any]]
+    path: Path
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    recipe: str
+    target: str
+    export: ExportConfig
+    quantize: QuantizeConfig
+    optimize: OptimizeConfig
+    runtime: RuntimeConfig
+    verify: VerifyConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"recipe": self.recipe, "target": self.target}
+        for name in SECTIONS:
+            section = dataclasses.asdict(getattr(self, name))
+            out[name] = {k: list(v) if isinstance(v, tuple) else v for k, v in section.items()}
+        return out
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        tp, "a list of strings"
+    )
+
+
+def _check_value(where: str, key: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where}: '{key}' must be a list of strings, got {value!r}.")
+        if not value and f.metadata.get("nonempty"):
+            raise ConfigError(f"{where}: '{key}' must not be empty.")
+        return tuple(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{where}: '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
+        )
+    choices = f.metadata.get("choices")
+    if choices is not None and value not in choices:
+        valid = ", ".join(str(c) for c in choices)
+        raise ConfigError(f"{where}: '{key}' = {value!r} is not allowed. Valid values: {valid}.")
+    lo_hi = f.metadata.get("range")
+    if lo_hi is not None and not lo_hi[0] <= value <= lo_hi[1]:
+        raise ConfigError(f"{where}: '{key}' = {value!r} is out of range [{lo_hi[0]}, {lo_hi[1]}].")
+    return value
+
+
+def strict_section(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Build a section dataclass from a dict, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(
+                f"{where}: unknown key '{key}'. Valid keys: {valid}.{did_you_mean(key, fields)}"
+            )
+        values[key] = _check_value(where, key, fields[key], hints[key], value)
+    return cls(**values)
+
+
+def check_sections(raw: dict[str, Any], where: str, header: str) -> dict[str, dict[str, Any]]:
+    """Split a parsed file into its known sections, refusing unknown ones and bad keys early."""
+    sections = {}
+    for name, body in raw.items():
+        if name == header:
+            continue
+        if name not in SECTIONS:
+            valid = ", ".join([header, *SECTIONS])
+            raise ConfigError(
+                f"{where}: unknown section [{name}]. Valid sections: {valid}.{did_you_mean(name, SECTIONS)}"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table of key = value lines.")
+        strict_section(SECTIONS[name], body, f"{where} [{name}]")
+        sections[name] = dict(body)
+    return sections
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML ({e}).") from None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """'quantize.block_size=64' -> ('quantize', 'block_size', 64). Values are TOML literals;
+    a bare word that is not a TOML literal is taken as a string."""
+    key, sep, raw = text.partition("=")
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name:
+        raise ConfigError(
+            f"--set '{text}': expected section.key=value, e.g. quantize.block_size=64 or "
+            f"optimize.context_cap=2048. Sections: {', '.join(SECTIONS)}."
+        )
+    if section not in SECTIONS:
+        raise ConfigError(
+            f"--set '{text}': unknown section '{section}'. Valid sections: {', '.join(SECTIONS)}."
+            f"{did_you_mean(section, SECTIONS)}"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return section, name, value
+
+
+def resolve(recipe: Recipe, target: Target, overrides: tuple[str, ...] = ()) -> BuildPlan:
+    if recipe.target != target.name:
+        raise ConfigError(
+            f"Recipe '{recipe.name}' is for target '{recipe.target}', not '{target.name}'."
+        )
+    merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for source in (target.sections, recipe.sections):
+        for name, body in source.items():
+            merged[name].update(body)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        merged[section][key] = value
+    built = {
+        name: strict_section(cls, merged[name], f"plan [{name}] (from {recipe.name} + {target.name} + --set)")
+        for name, cls in SECTIONS.items()
+    }
+    plan = BuildPlan(recipe=recipe.name, target=target.name, **built)
+    _check_combination(plan)
+    return plan
+
+
+def _check_combination(plan: BuildPlan) -> None:
+    ep, precision = plan.export.execution_provider, plan.export.precision
+    if precision not in PRECISIONS_BY_PROVIDER[ep]:
+        raise ConfigError(
+            f"Precision '{precision}' is not available for execution provider '{ep}'. "
+            f"Valid for {ep}: {', '.join(PRECISIONS_BY_PROVIDER[ep])}."
+        )
+    q = plan.quantize
+    if q.method in OWN_METHODS and (precision == "int8" or q.lm_head != "int4"):
+        raise ConfigError(
+            f"quantize.method '{q.method}' makes int4 weights only (precision = {precision!r}, lm_head = "
+            f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "
+            "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
+        )
+    if q.method in ("gptq", "mixed") and q.symmetric:
+        raise ConfigError(f"quantize.method '{q.method}' writes asymmetric blocks (a 4-bit zero point per block): "
+                          "set quantize.symmetric = false, or use method 'default' for symmetric int4.")
+    if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
+        raise ConfigError(
+            f"Runner '{plan.runtime.runner}' cannot drive execution provider '{ep}'. "
+            f"Valid runners for {ep}: {', '.join(RUNNERS_BY_PROVIDER[ep])}."
+        )
+
+
+def plan_from_dict(data: dict[str, Any], where: str) -> BuildPlan:
+    """The plan stored in a manifest, validated like a freshly resolved one."""
+    try:
+        built = {name: strict_section(cls, data[name], f"{where} [{name}]") for name, cls in SECTIONS.items()}
+        return BuildPlan(recipe=data["recipe"], target=data["target"], **built)
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{where}: the stored plan is incomplete ({e}).") from None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    return repr(value)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Plain values first, then one [table] per dict value (one level, as plans and recipes are)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for key, table in data.items():
+        if isinstance(table, dict):
+            lines += ["", f"[{key}]"] + [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    return "\n".join(lines).lstrip("\n") + "\n"

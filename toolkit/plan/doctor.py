@@ -1,0 +1,171 @@
+"""Is the toolchain here, and is there room? Run by `slmkit doctor` and at the start of every build."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import OWN_METHODS, BuildPlan, builder_precision
+from ..errors import ToolchainError
+
+# (import name, distribution, minimum version, what it is for)
+REQUIRED = (
+    ("onnxruntime_genai", "onnxruntime-genai", "0.18", "model builder and runtime"),
+    ("onnxruntime", "onnxruntime", "1.22", "graph checks and quantization"),
+    ("onnx", "onnx", "1.17", "reading the built graph"),
+    ("transformers", "transformers", "5.0", "reading checkpoints, the reference model"),
+    ("torch", "torch", "2.4", "the reference model"),
+    ("safetensors", "safetensors", "0.4", "reading weights"),
+    ("numpy", "numpy", "1.26", "everything"),
+)
+# Peak resident memory of the onnxruntime-genai builder, measured: 8.8 GB for 1.1 B parameters,
+# 15.1 GB for 2.0 B (shared/ANCHORS.md), i.e. about 8 bytes per parameter.
+BUILDER_BYTES_PER_PARAM = 8.0
+# The streamed engine (toolkit/export/stream.py): Python with torch and onnxruntime loaded, plus a few
+# copies of the largest tensor. benchmarks/build_memory.py measured 1.68 GB for the Phi-3.5-mini
+# shape at 8 and at 32 layers; this estimate gives 2.6 GB there.
+STREAM_BASE_BYTES = 1.0e9
+STREAM_BYTES_PER_LARGEST_PARAM = 16
+# Python with torch and transformers loaded, and generation's working memory, around the weights.
+REFERENCE_BASE_BYTES = 1.0e9
+SMOKE_BASE_BYTES = 1.5e9
+BYTES_PER_PARAM = {"int4": 0.6, "int8": 1.1, "fp16": 2.0, "fp32": 4.0}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(c for c in piece if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def package_checks() -> list[Check]:
+    checks = []
+    for module, dist, minimum, purpose in REQUIRED:
+        if importlib.util.find_spec(module) is None:
+            checks.append(Check(dist, False, f"not installed ({purpose}): pip install '{dist}>={minimum}'"))
+            continue
+        version = importlib.metadata.version(dist)
+        ok = _version_tuple(version) >= _version_tuple(minimum)
+        detail = version if ok else f"{version} is older than {minimum}: pip install -U '{dist}>={minimum}'"
+        checks.append(Check(dist, ok, detail))
+    return checks
+
+
+def estimate_bundle_bytes(num_params: int, precision: str, vocab: int, hidden: int) -> int:
+    # int4/int8 graphs keep the embedding table in float32 next to the quantized weights.
+    extra = vocab * hidden * 4 if precision in ("int4", "int8") else 0
+    return int(num_params * BYTES_PER_PARAM[precision]) + extra
+
+
+def total_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def disk_check(out: Path, need: int) -> Check:
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    detail = f"{free / 1e9:.1f} GB free at {probe}, the build needs about {need / 1e9:.2f} GB"
+    return Check("disk", free >= need, detail)
+
+
+def export_memory_bytes(num_params: int, config: dict, engine: str) -> int:
+    """Peak resident memory of the export stage. The builder holds the whole model; the streamed
+    engine holds the largest tensor a few times over (read, widened, transposed, packed)."""
+    if engine != "stream":
+        return int(num_params * BUILDER_BYTES_PER_PARAM)
+    hidden = config["hidden_size"]
+    largest = max(config["vocab_size"] * hidden, 2 * config["intermediate_size"] * hidden)
+    return int(STREAM_BASE_BYTES + STREAM_BYTES_PER_LARGEST_PARAM * largest)
+
+
+def layer_params(config: dict) -> int:
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    head = config.get("head_dim") or hidden // heads
+    kv = config.get("num_key_value_heads") or heads
+    experts = config.get("num_local_experts") or 1  # a mixture of experts: every expert, and the router
+    mlp = experts * 3 * hidden * config["intermediate_size"] + (hidden * experts if experts > 1 else 0)
+    return hidden * (heads + 2 * kv) * head + heads * head * hidden + mlp
+
+
+def reference_memory_bytes(config: dict) -> int:
+    """The float32 reference of the verify stage (toolkit/reference/): embedding and lm_head
+    loaded, one decoder layer at a time (its tensors, and their copies while they are read)."""
+    table = config["vocab_size"] * config["hidden_size"]
+    one_expert = dict(config, num_local_experts=1)  # a mixture's experts are read one at a time
+    return int(REFERENCE_BASE_BYTES + 4 * (2 * table + 2 * layer_params(one_expert)))
+
+
+def smoke_memory_bytes(num_params: int, config: dict, precision: str) -> int:
+    """The bundle's smoke test (verify stage) loads the whole model, as a user's run does: the bundle's
+    size and the runtime (benchmarks/moe_slices.py: 0.9-1.5 GB above the bundle, 1.5-3.9 GB bundles)."""
+    return int(SMOKE_BASE_BYTES + estimate_bundle_bytes(num_params, precision, config["vocab_size"],
+                                                        config["hidden_size"]))
+
+
+def gptq_gram_bytes(config: dict, method: str) -> int:
+    """GPTQ's and AWQ's calibration keeps X^T X (float64) of every Linear input of every layer at
+    once: the attention and MLP inputs and o_proj's (hidden^2 each) and down_proj's (intermediate^2)."""
+    if method not in ("gptq", "awq", "mixed"):
+        return 0
+    h, i = config["hidden_size"], config.get("intermediate_size") or 4 * config["hidden_size"]
+    return 8 * config["num_hidden_layers"] * (3 * h * h + i * i) + 8 * h * h  # + the lm_head's input
+
+
+def memory_check(num_params: int, config: dict, engine: str, method: str = "default",
+                 precision: str = "int4") -> Check:
+    """The build's peak: the export stage (slmkit's `mse` int4 loads the whole float32 export to
+    quantize it), the layer-by-layer reference (verify stage, mse calibration), or the smoke test
+    running the bundle (verify stage)."""
+    export = export_memory_bytes(num_params, config, engine)
+    who = "streamed export" if engine == "stream" else "builder"
+    if method in OWN_METHODS:
+        models = 2 if method == "mixed" else 1  # mixed also runs the float32 PyTorch model, whole
+        export = max(export, int(REFERENCE_BASE_BYTES + 4 * models * num_params + gptq_gram_bytes(config, method)))
+        who += f" + {method} int4 (the whole float32 export{', every layer input X^T X' if method != 'mse' else ''}"
+        who += ", the float32 model)" if method == "mixed" else ")"
+    reference = reference_memory_bytes(config)
+    smoke = smoke_memory_bytes(num_params, config, precision)
+    have = total_memory_bytes()
+    detail = (f"{who} peak about {export / 1e9:.1f} GB, float32 layer-by-layer reference for "
+              f"verification {reference / 1e9:.1f} GB, the smoke test running the bundle {smoke / 1e9:.1f} GB, "
+              f"for {num_params / 1e9:.2f} B parameters; machine has {have / 1e9:.1f} GB")
+    return Check("memory", max(export, reference, smoke) < have, detail)
+
+
+def require(checks: list[Check]) -> None:
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        lines = "\n".join(f"  - {c.name}: {c.detail}" for c in bad)
+        raise ToolchainError(f"The toolchain check failed:\n{lines}\nRun `slmkit doctor` after fixing it.")
+
+
+def preflight(num_params: int, config: dict, plan: BuildPlan, out_parent: Path, skip_memory_check: bool) -> None:
+    """Packages, disk beside the output, and memory for the build's peak; ToolchainError naming
+    each check that failed."""
+    need = estimate_bundle_bytes(num_params, plan.export.precision, config["vocab_size"], config["hidden_size"])
+    if builder_precision(plan.quantize, plan.export.precision) != plan.export.precision:
+        need += estimate_bundle_bytes(num_params, "fp32", config["vocab_size"], config["hidden_size"])
+    checks = package_checks() + [disk_check(out_parent, 2 * need)]
+    if not skip_memory_check:
+        mem = memory_check(num_params, config, plan.export.engine, plan.quantize.method, plan.export.precision)
+        if not mem.ok:
+            mem = Check(mem.name, False, mem.detail + " (pass --skip-memory-check to try anyway)")
+        checks.append(mem)
+    require(checks)

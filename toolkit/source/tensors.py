@@ -1,0 +1,88 @@
+"""One tensor at a time: read checkpoint tensors with plain file reads (no memory map, so pages
+already used do not stay resident) and append ONNX initializers to an external data file. Peak
+memory is then set by the largest tensor, not by the size of the model."""
+from __future__ import annotations
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+import numpy as np
+from ..errors import InputModelError
+from .checkpoint import safetensors_header
+
+
+ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+class CheckpointTensors:
+    """The tensors of a safetensors checkpoint (one file or shards), read on demand as float32."""
+
+    def __init__(self, folder: Path, files: tuple[str, ...]):
+        self.entries: dict[str, _Entry] = {}
+        self.on_read: Callable[[int], None] = lambda nbytes: None  # progress: bytes of each tensor read
+        for name in files:
+            header, base = safetensors_header(folder / name)
+            for key, info in header.items():
+                if info["dtype"] not in ITEM_BYTES:
+                    raise InputModelError(
+                        f"{folder / name}: tensor '{key}' is {info['dtype']}; the streamed export reads "
+                        f"{', '.join(ITEM_BYTES)} checkpoints. Use --set export.engine=ort-genai."
+                    )
+                start, end = info["data_offsets"]
+                self.entries[key] = _Entry(folder / name, info["dtype"], tuple(info["shape"]), base + start, base + end)
+
+    def alias(self, name: str, stored_as: str) -> None:
+        """Read tensor `name` from `stored_as` when the checkpoint keeps it only there (a tied
+        weight saved under its other name); when both are kept, `stored_as` is dropped."""
+        if stored_as in self.entries:
+            entry = self.entries.pop(stored_as)
+            self.entries.setdefault(name, entry)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def nbytes(self, names: Iterable[str]) -> int:
+        return sum(self.entries[n].end - self.entries[n].start for n in names if n in self.entries)
+
+    def entry(self, name: str, user: str = "the decoder graph", index: int | None = None) -> _Entry:
+        """A tensor's place in its file, checked: present, and its bytes what its shape needs; with
+        `index`, the place of tensor[index] alone (one expert of a stacked [experts, ...] tensor)."""
+        if name not in self.entries:
+            raise InputModelError(f"The checkpoint has no tensor '{name}', which {user} needs. "
+                                  "Re-download the checkpoint.")
+        e = self.entries[name]
+        count = math.prod(e.shape)
+        if e.end - e.start != count * ITEM_BYTES[e.dtype]:
+            raise InputModelError(f"{e.file}: tensor '{name}' spans {e.end - e.start} bytes, its shape "
+                                  f"{list(e.shape)} of {e.dtype} needs {count * ITEM_BYTES[e.dtype]}.")
+        if index is not None:
+            step = (e.end - e.start) // e.shape[0]
+            e = _Entry(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
+        return e
+
+    def read_into(self, e: _Entry, buffer: memoryview) -> None:
+        """The tensor's raw bytes into `buffer` (plain reads: no memory map stays resident)."""
+        with open(e.file, "rb") as f:
+            f.seek(e.start)
+            f.readinto(buffer)
+        self.on_read(e.end - e.start)
+
+    def float32(self, name: str, index: int | None = None) -> np.ndarray:
+        """The tensor as a new float32 array (bf16 and fp16 widen exactly); with `index`, only
+        tensor[index] is read (one expert of a stacked [experts, ...] tensor)."""
+        e = self.entry(name, index=index)
+        raw = np.empty(math.prod(e.shape), dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
+        self.read_into(e, memoryview(raw).cast("B"))
+        if e.dtype == "BF16":  # bfloat16 is the top half of a float32
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
+        return raw.astype(np.float32, copy=False).reshape(e.shape)
+

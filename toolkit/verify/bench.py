@@ -1,0 +1,165 @@
+"""`slmkit bench`: time to first token, prefill and decode speed, peak memory, and decode as a
+fraction of the memory-bandwidth roofline of the memory the weights sit in (every weight byte is read
+once per token): this machine's RAM, or the GPU's memory for a run on the CUDA provider."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import InputModelError
+from .quality import model_bytes
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    bundle: str
+    provider: str
+    prompt_tokens: int
+    new_tokens: int
+    runs: int
+    ttft_s: float
+    prefill_tok_s: float
+    decode_tok_s: float
+    decode_tok_s_min: float
+    decode_tok_s_max: float
+    peak_rss_mb: float
+    weight_bytes: int
+    bandwidth_gb_s: float | None  # None: a GPU run where no CUDA PyTorch could time a copy
+    bandwidth_of: str = "RAM"
+
+    @property
+    def roofline_tok_s(self) -> float | None:
+        return self.bandwidth_gb_s * 1e9 / self.weight_bytes if self.bandwidth_gb_s else None
+
+    @property
+    def roofline_fraction(self) -> float | None:
+        return self.decode_tok_s / self.roofline_tok_s if self.roofline_tok_s else None
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"roofline_tok_s": self.roofline_tok_s, "roofline_fraction": self.roofline_fraction}
+
+    def table(self) -> str:
+        rows = [
+            ("time to first token", f"{self.ttft_s * 1000:.0f} ms ({self.prompt_tokens}-token prompt)"),
+            ("prefill", f"{self.prefill_tok_s:.1f} tok/s"),
+            ("decode (median)", f"{self.decode_tok_s:.1f} tok/s (min {self.decode_tok_s_min:.1f}, "
+                                f"max {self.decode_tok_s_max:.1f}, {self.runs} runs of {self.new_tokens} tokens)"),
+            ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
+            ("weights read per token", f"{self.weight_bytes / 1e6:.1f} MB"),
+        ]
+        if self.bandwidth_gb_s:
+            rows += [("copy bandwidth", f"{self.bandwidth_gb_s:.1f} GB/s ({self.bandwidth_of})"),
+                     ("roofline", f"{self.roofline_tok_s:.1f} tok/s; "
+                                  f"decode reaches {self.roofline_fraction:.0%} of it")]
+        else:
+            rows.append(("roofline", f"not measured: timing a copy in {self.bandwidth_of} needs PyTorch with CUDA"))
+        return "\n".join(f"{k:<24} {v}" for k, v in rows)
+
+
+def refuse_emulated(bundle: Path) -> None:
+    raise InputModelError(
+        "slmkit bench does not time emulated CPUs: qemu translates every ARM instruction, so its tok/s "
+        "says nothing of a phone (the SmolLM2-135M smoke test ran about 30x slower emulated than on this "
+        f"host). `slmkit verify {bundle} --emulate arm64` checks the ARM kernels' tokens; measure speed on "
+        "the device (runner/README.md) or run `slmkit bench` on an ARM64 machine.")
+
+
+def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large memory copy (read + write counted once each, as a STREAM copy)."""
+    import numpy as np
+
+    src = np.ones(megabytes * (1 << 20) // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def gpu_copy_bandwidth(megabytes: int = 1024, repeats: int = 10) -> float | None:
+    """GB/s of a device-to-device copy on the current CUDA GPU (read + write), or None without
+    a CUDA build of PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    src = torch.ones(megabytes * (1 << 20) // 4, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1000 / repeats
+    del src, dst
+    return 2 * megabytes * (1 << 20) / seconds / 1e9
+
+
+def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int = 5,
+        provider: str = "bundle") -> BenchResult:
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from ..bundle.layout import read_manifest, require_bundle
+    from .quality import bundle_runner, default_text
+
+    require_bundle(bundle)
+    on_gpu = provider == "cuda" or (provider == "bundle" and read_manifest(bundle)["runtime"].get(
+        "execution_provider") == "cuda")
+    runner = bundle_runner()
+    cap = runner.genai_config(bundle / "model")["search"]["max_length"]
+    if runs < 1:
+        raise InputModelError(f"--runs {runs}: expected at least 1 timed run.")
+    if prompt_tokens + new_tokens > cap or prompt_tokens < 1 or new_tokens < 2:
+        raise InputModelError(
+            f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} must fit the bundle's context cap "
+            f"of {cap} tokens, with at least 1 prompt token and 2 new tokens."
+        )
+    model = runner.load_model(bundle / "model", provider)
+    tokenizer = og.Tokenizer(model)
+    text_ids = list(tokenizer.encode(default_text()[1]))
+    prompt = np.asarray((text_ids * (prompt_tokens // len(text_ids) + 1))[:prompt_tokens], dtype=np.int32)
+    ttfts, decodes = [], []
+    for _ in range(runs + 1):  # the first run warms up (kernel packing, allocations) and is dropped
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=prompt_tokens + new_tokens, min_length=prompt_tokens + new_tokens,
+                                  do_sample=False)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(prompt)
+        generator.generate_next_token()
+        first = time.perf_counter()
+        produced = 1
+        while not generator.is_done() and produced < new_tokens:
+            generator.generate_next_token()
+            produced += 1
+        end = time.perf_counter()
+        ttfts.append(first - start)
+        decodes.append((produced - 1) / (end - first))
+        del generator
+    ttfts, decodes = ttfts[1:], decodes[1:]
+    ttft = statistics.median(ttfts)
+    return BenchResult(
+        bundle=bundle.name, provider=provider, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs,
+        ttft_s=ttft, prefill_tok_s=prompt_tokens / ttft, decode_tok_s=statistics.median(decodes),
+        decode_tok_s_min=min(decodes), decode_tok_s_max=max(decodes),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        weight_bytes=model_bytes(bundle / "model"),
+        bandwidth_gb_s=gpu_copy_bandwidth() if on_gpu else copy_bandwidth(),
+        bandwidth_of="GPU memory" if on_gpu else "RAM",
+    )
+
+
+def to_json(result: BenchResult) -> str:
+    return json.dumps(result.to_dict(), indent=2)

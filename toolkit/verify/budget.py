@@ -1,0 +1,98 @@
+"""--quality-budget: try quantization settings from the smallest bundle to the largest and keep
+the first whose perplexity stays within the budget of the float32 reference."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import ConfigError, StageError
+from ..export import export_model
+from ..export.stream import problems
+from ..plan.config import BuildPlan, _check_combination
+from ..quantize.own import check_size
+from ..source.checkpoint import SourceModel
+from .quality import Reference, evaluate, model_bytes, selection_text, table
+
+# (label, quantize changes, precision), in order of bundle size, the likelier fit first at each
+# size. Measured on SmolLM2-135M (benchmarks/int4_methods.py, quality.py): 79, 79, 86, 89, 89, 114
+# and 259 MB of weights. awq beat mse on a float-trained checkpoint (+18.2% vs +22.4% on the
+# selection text) and lost on one dequantized from a Q4_1 GGUF (+26.9% vs +18.5%), so both are
+# tried. mixed fills the bytes of the builder's default int4 (+12.7% / +9.3% on the selection text
+# of the two checkpoints) and is skipped above 2 B parameters. The builder's default RTN int4
+# (86.5 MB) is not a candidate: these are no larger and closer to float32.
+CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
+    ("int4 slmkit awq, block 64", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit mse, block 64", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit mixed (int8 where it costs most), block 64",
+     {"method": "mixed", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit awq, block 32", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
+    ("int4 slmkit mse, block 32", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
+    ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4",
+                                    "block_size": 32}, "int4"),
+    ("int8 builder", {"method": "default", "symmetric": True, "lm_head": "int4", "block_size": 32}, "int8"),
+]
+
+
+def parse_budget(text: str) -> float:
+    """'5%' or '0.05' -> 0.05."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 10:
+        raise ConfigError(f"--quality-budget '{text}': expected a perplexity increase such as 5% or 0.05.")
+    return value
+
+
+def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildPlan]]:
+    """The candidates the target's provider can run, with the plan's other settings kept. A
+    candidate the streamed engine cannot write (the builder's k_quant_mixed) uses the builder."""
+    out = []
+    for label, changes, precision in CANDIDATES:
+        candidate = replace(plan, export=replace(plan.export, precision=precision),
+                            quantize=replace(plan.quantize, **changes))
+        try:
+            _check_combination(candidate)
+        except ConfigError:
+            continue
+        try:
+            check_size(candidate.quantize, src.num_params)
+        except ConfigError:
+            continue
+        if candidate.export.engine == "stream" and problems(src, candidate.export, candidate.quantize):
+            candidate = replace(candidate, export=replace(candidate.export, engine="ort-genai"))
+        out.append((label, candidate))
+    return out
+
+
+def choose(src: SourceModel, plan: BuildPlan, budget: float, work: Path, log: Callable[[str], None]):
+    """Export each candidate (toolkit/export/) and keep the first within the budget. Returns (chosen
+    plan, its exported model folder, quality section for the manifest)."""
+    name, text = selection_text()
+    log(f"      reference perplexity on the {name}")
+    ref = Reference(src.path, text, name)
+    rows: list[tuple[str, int | None, Any, str]] = []
+    records = []
+    for i, (label, candidate) in enumerate(candidate_plans(plan, src)):
+        model_dir = export_model(src, candidate, work / f"candidate-{i}", lambda m: log(f"      {m}"), step="")
+        quality = evaluate(model_dir, ref)
+        size = model_bytes(model_dir)
+        ok = quality.ppl_increase <= budget
+        rows.append((label, size, quality, "chosen" if ok else "over budget"))
+        records.append({"variant": label, "model_bytes": size, **quality.to_dict(), "within_budget": ok})
+        log(f"      {label}: {size / 1e6:.1f} MB, perplexity {quality.ppl_increase:+.1%} vs fp32")
+        if ok:
+            log(table([("fp32 reference", None, None, f"perplexity {ref.ppl:.2f}"), *rows]))
+            section = {"budget": budget, "text": name, "reference_ppl": ref.ppl, "chosen": label,
+                       "candidates": records}
+            return candidate, model_dir, section
+    raise StageError(
+        "quantize",
+        f"no candidate is within the quality budget of +{budget:.1%} perplexity over float32 "
+        f"({ref.tokens} tokens of the {name}):\n"
+        + table([("fp32 reference", None, None, f"perplexity {ref.ppl:.2f}"), *rows])
+        + "\nRaise --quality-budget, or build without it to take the target's default.",
+    )

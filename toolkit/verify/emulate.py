@@ -1,0 +1,199 @@
+"""A bundle's own smoke test on emulated ARM64 phone CPUs: qemu user mode runs an arm64 Debian
+Python with the aarch64 wheels of the runtime versions the bundle's manifest names, so the graph
+meets the ARM int4 kernels (KleidiAI / MLAS NEON) a phone runs, not the x86 ones of this host.
+
+Cached under $SLMKIT_CACHE (default ~/.cache/slmkit)/arm64: the sysroot (about 80 MB, made once
+with mmdebstrap) and one folder of wheels per runtime version."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ToolchainError, VerificationError, did_you_mean
+from ..progress import waiting
+from .device import run_record
+
+DEFAULT_CPUS = ("cortex-a55", "cortex-a76")  # a phone's little and big cores (both with dot product)
+QEMU_MIN = (8, 0)
+SUITE = "bookworm"  # its python3 is 3.11: the wheels are fetched for that
+PYTHON = "3.11"
+SYSROOT_PACKAGES = ("python3", "python3-minimal", "libpython3.11-stdlib", "libstdc++6", "libgomp1",
+                    "zlib1g", "libffi8", "libssl3", "ca-certificates")
+RUNTIME = ("onnxruntime-genai", "onnxruntime", "numpy")  # what the smoke test imports
+QEMU_FIX = ("Install it: `apt-get install -t bookworm-backports qemu-user` (Debian 12) or "
+            "`apt-get install qemu-user` (Ubuntu 24.04 and newer).")
+KLEIDIAI = "on (onnxruntime's default for int4 MatMulNBits on ARM64)"
+
+
+def cache_root() -> Path:
+    if os.environ.get("SLMKIT_CACHE"):
+        return Path(os.environ["SLMKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slmkit"
+
+
+def find_qemu() -> tuple[str, str]:
+    """(path, version) of qemu-aarch64 8.0 or newer; a ToolchainError naming the fix otherwise."""
+    path = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if path is None:
+        raise ToolchainError(f"ARM64 emulation needs qemu-aarch64 (qemu user mode) {QEMU_MIN[0]}.0 or newer, "
+                             f"and none is on PATH. {QEMU_FIX}")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"version (\d+)\.(\d+)\.?(\d*)", out)
+    if found is None or tuple(int(x) for x in found.groups()[:2]) < QEMU_MIN:
+        version = found.group(0).split()[1] if found else "an unknown version"
+        raise ToolchainError(f"{path} is qemu {version}; ARM64 emulation needs {QEMU_MIN[0]}.0 or newer (older "
+                             "ones pass this host's x86 /proc/cpuinfo to the guest and onnxruntime crashes at "
+                             f"import). {QEMU_FIX}")
+    return path, found.group(0).split()[1]
+
+
+def check_cpus(qemu: str, cpus: list[str]) -> None:
+    out = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True).stdout
+    known = [line.split()[0] for line in out.splitlines() if line.strip() and not line.startswith("Available")]
+    for cpu in cpus:
+        if cpu not in known:
+            raise VerificationError(f"Unknown emulated CPU '{cpu}'.{did_you_mean(cpu, known)} "
+                                    f"{os.path.basename(qemu)} knows: {', '.join(known)}.")
+
+
+def _run_or_fail(cmd: list[str], what: str, partial: Path) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        tail = "\n    ".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+        raise ToolchainError(f"Could not prepare ARM64 emulation: {what} failed (exit {proc.returncode}):\n    {tail}")
+
+
+def sysroot(cache: Path) -> Path:
+    """An arm64 Debian with Python and the C++ runtime, extracted (no root, nothing configured)."""
+    root = cache / "arm64" / f"sysroot-{SUITE}"
+    if (root / "usr" / "bin" / f"python{PYTHON}").is_file():
+        return root
+    tool = shutil.which("mmdebstrap")
+    if tool is None:
+        raise ToolchainError("ARM64 emulation needs an arm64 Debian sysroot, made with mmdebstrap, which is "
+                             "not on PATH. Install it: `apt-get install mmdebstrap`.")
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with waiting(f"arm64 {SUITE} sysroot (mmdebstrap, about 80 MB, once)"):
+        _run_or_fail([tool, "--quiet", "--variant=extract", "--architectures=arm64",
+                      f"--include={','.join(SYSROOT_PACKAGES)}", SUITE, str(partial)],
+                     f"mmdebstrap (an arm64 {SUITE} sysroot from deb.debian.org)", partial)
+    partial.rename(root)
+    return root
+
+
+def runtime_wheels(cache: Path, versions: dict[str, str]) -> Path:
+    """The aarch64 wheels of the bundle's runtime versions, unpacked into one folder for PYTHONPATH."""
+    pins = [f"{name}=={versions[name]}" for name in RUNTIME]
+    site = cache / "arm64" / ("site-py" + PYTHON.replace(".", "") + "-" + "-".join(p.replace("==", "") for p in pins))
+    if (site / ".complete").is_file():
+        return site
+    partial = site.with_name(site.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    with waiting(f"aarch64 wheels of {', '.join(pins)}"):
+        _run_or_fail([sys.executable, "-m", "pip",
+                      "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
+                      "--platform", "manylinux_2_28_aarch64", "--python-version", PYTHON,
+                      "--implementation", "cp", "--target", str(partial), *pins],
+                     f"pip (the aarch64 wheels of {' '.join(pins)}: is each version on the package index "
+                     "for Linux aarch64?)", partial)
+    (partial / ".complete").write_text("\n".join(pins) + "\n", encoding="utf-8")
+    partial.rename(site)
+    return site
+
+
+def runtime_versions(manifest: dict[str, Any], path: Path) -> dict[str, str]:
+    deps = manifest.get("dependencies", {})
+    missing = [name for name in RUNTIME if name not in deps]
+    if missing:
+        raise VerificationError(f"{path}/manifest.json names no version of {', '.join(missing)} "
+                                "(dependencies): rebuild the bundle with this slmkit.")
+    return {name: deps[name] for name in RUNTIME}
+
+
+def run_smoke_test(bundle: Path, cpu: str, qemu: str, root: Path, site: Path) -> tuple[dict[str, Any], str]:
+    """The bundle's tests/smoke_test.py under qemu-aarch64 -cpu CPU; (its JSON results, its output)."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1",
+           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8", "HOME": str(Path.home())}
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [qemu, "-cpu", cpu, "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"),
+               str(bundle.resolve() / "tests" / "smoke_test.py"), "--json", str(result_path)]
+        with waiting(f"smoke test on an emulated {cpu}"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        output = proc.stdout + proc.stderr
+        if not result_path.is_file():
+            return {"passed": 0, "failed": 1, "error": f"smoke test crashed (exit {proc.returncode})"}, output
+        return json.loads(result_path.read_text(encoding="utf-8")), output
+
+
+def summarize(cpu: str, qemu_version: str, versions: dict[str, str], result: dict[str, Any]) -> dict[str, Any]:
+    """What manifest.json keeps of one emulated CPU's run."""
+    return {
+        "cpu": cpu,
+        "emulated": f"qemu-aarch64 {qemu_version}; linux arm64, Debian {SUITE}, Python {PYTHON}",
+        "kleidiai": KLEIDIAI,
+        "runtime": {name: versions[name] for name in RUNTIME[:2]},
+        **run_record(result),
+    }
+
+
+def record(manifest: dict[str, Any], runs: list[dict[str, Any]]) -> None:
+    """Keep the runs in manifest.json; when every CPU passed, the ARM kernels leave the pending list
+    as checked under emulation (the device's own speed and its runner stay pending)."""
+    from .device import ARM_NOTE
+
+    verification = manifest.setdefault("verification", None) or {}
+    manifest["verification"] = verification
+    verification.setdefault("emulated", {})["arm64"] = runs
+    pending = verification.setdefault("pending_on_device", [])
+    checked = [r["cpu"] for r in runs if r["failed"] == 0]
+    if checked and len(checked) == len(runs):
+        if ARM_NOTE in pending:
+            pending.remove(ARM_NOTE)
+        verification["checked_under_emulation"] = [
+            f"the ARM64 int4 kernels (KleidiAI): the bundle's smoke test passed on emulated {', '.join(checked)} "
+            f"({runs[0]['emulated']}); not a device speed"]
+    elif ARM_NOTE not in pending:
+        pending.append(ARM_NOTE)
+        verification.pop("checked_under_emulation", None)
+
+
+def verify_emulated(path: Path, cpus: list[str]) -> tuple[list[dict[str, Any]], str]:
+    """`slmkit verify --emulate arm64`: the bundle's smoke test on each emulated CPU, kept in its
+    manifest. Returns (runs, their output); raises VerificationError naming the CPUs that failed."""
+    from ..bundle.layout import read_manifest, require_bundle, save_manifest
+
+    require_bundle(path)
+    manifest = read_manifest(path)
+    provider = manifest.get("runtime", {}).get("execution_provider")
+    if provider != "cpu":
+        raise VerificationError(f"Bundle '{path}' is for the {provider} execution provider; an emulated ARM64 CPU "
+                                "runs CPU bundles only (android, ios, cpu). Check a GPU bundle on its GPU.")
+    versions = runtime_versions(manifest, path)
+    qemu, qemu_version = find_qemu()
+    check_cpus(qemu, cpus)
+    cache = cache_root()
+    root, site = sysroot(cache), runtime_wheels(cache, versions)
+    runs, outputs = [], []
+    for cpu in cpus:
+        result, output = run_smoke_test(path, cpu, qemu, root, site)
+        runs.append(summarize(cpu, qemu_version, versions, result))
+        outputs.append(f"== emulated {cpu} ==\n{output.rstrip()}")
+    record(manifest, runs)
+    save_manifest(path, manifest)
+    failed = [r for r in runs if r["failed"]]
+    if failed:
+        raise VerificationError(f"Bundle '{path}' failed its smoke test on emulated "
+                                f"{', '.join(r['cpu'] for r in failed)}:\n" + "\n".join(outputs))
+    return runs, "\n".join(outputs)

@@ -1,0 +1,107 @@
+"""The bundle's own smoke test (tests/smoke_test.py) run in a child process on this machine, the
+verification section of manifest.json, and `slmkit verify`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..progress import waiting
+from .device import on_device, pending_on_device, record_device, require_device
+
+
+def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
+    """Let the bundle's smoke test record its own greedy tokens into golden.json (the values a
+    device run is compared with). Returns the failure output, or None."""
+    with waiting("the bundle's greedy tokens (child process)"):
+        proc = subprocess.run(
+            [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
+            capture_output=True, text=True,
+        )
+    return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
+
+
+def host_provider(execution_provider: str) -> str:
+    """The provider this machine runs the bundle with: its own when it is the CPU, else the CPU."""
+    return "bundle" if execution_provider == "cpu" else "cpu"
+
+
+def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
+    """Run the bundle's own tests/smoke_test.py in a child process; return (results, its output)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result_path = Path(tmp) / "result.json"
+        with waiting("smoke test (child process)"):
+            proc = subprocess.run(
+                [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--json",
+                 str(result_path)],
+                capture_output=True, text=True,
+            )
+        output = proc.stdout + proc.stderr
+        if not result_path.is_file():
+            return {"passed": 0, "failed": 1, "checks": [], "error": f"smoke test crashed (exit {proc.returncode})"}, output
+        return json.loads(result_path.read_text(encoding="utf-8")), output
+
+
+def summarize(result: dict[str, Any], provider: str, execution_provider: str, runner: str) -> dict[str, Any]:
+    """The verification section of manifest.json."""
+    ran_on = "cpu" if provider == "cpu" or execution_provider == "cpu" else execution_provider
+    return {
+        "host": {
+            "provider": ran_on,
+            "passed": result.get("passed", 0),
+            "failed": result.get("failed", 1),
+            "top1_agreement": result.get("top1_agreement"),
+            "min_top1_agreement": result.get("min_top1_agreement"),
+            "cases": [
+                {k: c[k] for k in ("prompt", "top1_agreement", "greedy_prefix")} for c in result.get("cases", [])
+            ],
+        },
+        "pending_on_device": pending_on_device(execution_provider, runner),
+    }
+
+
+def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, Any], str]:
+    """`slmkit verify`: the plan's settings read back from the graph, then the bundle's smoke test.
+    A GPU bundle run with its own provider (on its GPU) keeps the run in its manifest.
+    Returns (summary, smoke test output); raises VerificationError naming what failed."""
+    from ..bundle.layout import read_manifest, require_bundle, save_manifest
+    from ..errors import VerificationError
+    from ..export.optimize import setting_mismatches
+    from ..families import family_for
+    from ..plan.config import plan_from_dict
+
+    require_bundle(path)
+    try:
+        manifest = read_manifest(path)
+        plan = plan_from_dict(manifest["plan"], f"{path}/manifest.json")
+        architecture = manifest["source"]["architecture"]
+        family_for(architecture)
+    except (ValueError, KeyError, TypeError) as e:
+        raise VerificationError(f"{path}/manifest.json is damaged ({type(e).__name__}: {e}).") from None
+    ep = plan.export.execution_provider
+    provider = provider or host_provider(ep)
+    version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
+    device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
+    result, output = run_smoke_test(path, provider)
+    problems = []
+    if result.get("failed", 1) == 0:
+        problems = setting_mismatches(path / "model", plan, architecture)
+    summary = summarize(result, provider, ep, plan.runtime.runner)
+    summary["host"]["settings_mismatches"] = problems
+    if device:
+        record_device(manifest, ep, result, device)
+        save_manifest(path, manifest)
+        summary["pending_on_device"] = manifest["verification"]["pending_on_device"]
+        summary["checked_on_device"] = manifest["verification"]["checked_on_device"]
+    if result.get("failed", 1) or problems:
+        failed = [c for c in result.get("checks", []) if not c["ok"]]
+        lines = [f"{c['name']}: {c['detail']}" for c in failed] + problems
+        if not lines:
+            lines = [result.get("error", "the smoke test failed") + "\n" + output.strip()]
+        raise VerificationError(f"Bundle '{path}' failed verification:\n  - " + "\n  - ".join(lines))
+    return summary, output
+
