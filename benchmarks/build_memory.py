@@ -72,13 +72,20 @@ for out in speeds:
 
 def run_child(code: str, args: list[str], limit_bytes: int | None) -> tuple[int, float, str]:
     """(exit status, peak RSS in bytes, output) of one child process."""
+
     def limit() -> None:
         if limit_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
 
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            preexec_fn=limit, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=limit,
+        env=env,
+        text=True,
+    )
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -107,16 +114,35 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def whole_build(model: Path, target: str, out: Path, root: Path = ROOT,
-                extra: tuple[str, ...] = ()) -> tuple[str, float, float]:
+def whole_build(
+    model: Path, target: str, out: Path, root: Path = ROOT, extra: tuple[str, ...] = ()
+) -> tuple[str, float, float]:
     """(result, peak RSS of the build's process tree, wall s) of one `slmkit build` of the slmkit
     checkout at `root` (`extra`: more command-line arguments)."""
-    args = ["build", "-m", str(model), "-t", target, "-o", str(out),
-            "--set", "verify.min_top1_agreement=0", "--set", "verify.min_greedy_prefix=1", *extra]
+    args = [
+        "build",
+        "-m",
+        str(model),
+        "-t",
+        target,
+        "-o",
+        str(out),
+        "--set",
+        "verify.min_top1_agreement=0",
+        "--set",
+        "verify.min_greedy_prefix=1",
+        *extra,
+    ]
     env = dict(os.environ, PYTHONPATH=str(root))
     start, peak = time.perf_counter(), 0
-    proc = subprocess.Popen([sys.executable, "-c", "from toolkit.cli import main; main()", *args], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from toolkit.cli import main; main()", *args],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
         time.sleep(0.1)
@@ -160,15 +186,18 @@ def main() -> None:
         shutil.rmtree(args.work / f"phi35-shaped-{layers}L", ignore_errors=True)
         t0 = time.perf_counter()
         params = make_random_phi3(model, layers)
-        print(f"{layers} layers: {params / 1e9:.2f} B parameters written in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"{layers} layers: {params / 1e9:.2f} B parameters written in {time.perf_counter() - t0:.0f} s", flush=True
+        )
         built = {}
         for engine in ("ort-genai", "stream"):
             work = args.work / f"out-{layers}L-{engine}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
             t0 = time.perf_counter()
-            code, peak, output = run_child(CHILD, [str(model), str(work), engine],
-                                           builder_limit if engine == "ort-genai" else None)
+            code, peak, output = run_child(
+                CHILD, [str(model), str(work), engine], builder_limit if engine == "ort-genai" else None
+            )
             wall = value(output, "WALL") or time.perf_counter() - t0
             status = "ok" if code == 0 else f"failed: {reason(output)}"
             if code == 0:
@@ -178,7 +207,7 @@ def main() -> None:
         if built:
             code, _, output = run_child(DECODE, [str(p) for p in built.values()], None)
             speeds = [float(line.split()[1]) for line in output.splitlines() if line.startswith("TOKS ")]
-            for engine, speed in zip(built, speeds if code == 0 else []):
+            for engine, speed in zip(built, speeds if code == 0 else [], strict=False):
                 next(r for r in rows if r[0] == layers and r[2] == engine)[6] = speed
         versions = ([("baseline", args.baseline)] if args.baseline else []) + [("this", ROOT)]
         for target in [t for t in args.targets.split(",") if t]:
@@ -187,34 +216,48 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 status, peak, wall = whole_build(model, target, out, root)
                 whole.append([layers, params, target, version, status, peak, wall])
-                print(f"  whole build {target} ({version}): {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
-                      flush=True)
+                print(
+                    f"  whole build {target} ({version}): {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
+                    flush=True,
+                )
                 if not args.keep:
                     shutil.rmtree(out, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(model, ignore_errors=True)
             for engine in ("ort-genai", "stream"):
                 shutil.rmtree(args.work / f"out-{layers}L-{engine}", ignore_errors=True)
-    print(f"\nint4 cpu export (block 32, symmetric, accuracy level 4); {os.cpu_count()} cores, "
-          f"{total / 1e9:.1f} GB memory; builder under a {builder_limit / 1e9:.1f} GB address-space limit\n")
-    print("| layers | params | engine | result | peak RSS GB | wall s | decode tok/s | peak vs builder "
-          "| wall vs builder | decode vs builder |")
+    print(
+        f"\nint4 cpu export (block 32, symmetric, accuracy level 4); {os.cpu_count()} cores, "
+        f"{total / 1e9:.1f} GB memory; builder under a {builder_limit / 1e9:.1f} GB address-space limit\n"
+    )
+    print(
+        "| layers | params | engine | result | peak RSS GB | wall s | decode tok/s | peak vs builder "
+        "| wall vs builder | decode vs builder |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for layers, params, engine, status, peak, wall, speed in rows:
         anchor = next(r for r in rows if r[0] == layers and r[2] == "ort-genai")
         ok = anchor[3] == "ok" and status == "ok"
-        print(f"| {layers} | {params / 1e9:.2f} B | {engine} | {status} | {peak / 1e9:.2f} | {wall:.0f} | "
-              f"{f'{speed:.2f}' if speed else '-'} | {f'{peak / anchor[4]:.2f}' if ok else '-'} | "
-              f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | {f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |")
+        print(
+            f"| {layers} | {params / 1e9:.2f} B | {engine} | {status} | {peak / 1e9:.2f} | {wall:.0f} | "
+            f"{f'{speed:.2f}' if speed else '-'} | {f'{peak / anchor[4]:.2f}' if ok else '-'} | "
+            f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | "
+            f"{f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |"
+        )
     if whole:
         print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process)\n")
-        print("| layers | params | target | slmkit | result | peak RSS GB | wall s | peak vs baseline | wall vs baseline |")
+        print(
+            "| layers | params | target | slmkit | result | peak RSS GB | wall s | peak vs baseline "
+            "| wall vs baseline |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for layers, params, target, version, status, peak, wall in whole:
             base = next((r for r in whole if r[:4] == [layers, params, target, "baseline"] and r[4] == "ok"), None)
-            ratio = (f"{peak / base[5]:.2f} | {wall / base[6]:.2f}" if base and version == "this" else "- | -")
-            print(f"| {layers} | {params / 1e9:.2f} B | {target} | {version} | {status} | {peak / 1e9:.2f} | "
-                  f"{wall:.0f} | {ratio} |")
+            ratio = f"{peak / base[5]:.2f} | {wall / base[6]:.2f}" if base and version == "this" else "- | -"
+            print(
+                f"| {layers} | {params / 1e9:.2f} B | {target} | {version} | {status} | {peak / 1e9:.2f} | "
+                f"{wall:.0f} | {ratio} |"
+            )
 
 
 if __name__ == "__main__":

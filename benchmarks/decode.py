@@ -27,14 +27,14 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from toolkit.verify.bench import copy_bandwidth, run
 from toolkit.build import build, plan_build
-from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
-from toolkit.verify.quality import default_text, model_bytes
 from toolkit.families import open_checkpoint
+from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
+from toolkit.verify.bench import copy_bandwidth, run
+from toolkit.verify.quality import default_text, model_bytes
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
 SLMKIT = "slmkit cpu bundle (the smollm2/cpu recipe)"
@@ -58,8 +58,9 @@ def quantize_q4_0(gguf: Path, out: Path) -> Path:
     return out
 
 
-def llama_cpp_runner(gguf: Path, prompt_ids: list[int], new_tokens: int,
-                     threads: int) -> Callable[[], tuple[float, float]]:
+def llama_cpp_runner(
+    gguf: Path, prompt_ids: list[int], new_tokens: int, threads: int
+) -> Callable[[], tuple[float, float]]:
     """A function that runs llama.cpp on `gguf` once, as toolkit.bench.run measures a bundle, and
     returns (decode tok/s, prefill tok/s): greedy (argmax of the last logits; llm.sample() would
     build a sampler chain per token), prefill + first token, then new_tokens - 1 decode steps timed.
@@ -68,8 +69,13 @@ def llama_cpp_runner(gguf: Path, prompt_ids: list[int], new_tokens: int,
     import numpy as np
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_ctx=len(prompt_ids) + new_tokens + 8, n_threads=threads,
-                n_threads_batch=threads, verbose=False)
+    llm = Llama(
+        model_path=str(gguf),
+        n_ctx=len(prompt_ids) + new_tokens + 8,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
     n_vocab = llm.n_vocab()
     prompt = list(prompt_ids)
 
@@ -111,11 +117,20 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--also", action="append", default=[], metavar="LABEL=SECTION.KEY=VALUE,...",
-                   help="another slmkit bundle of the smollm2/cpu recipe with these overrides (repeatable), "
-                        "e.g. 'mse block 32=quantize.method=mse,quantize.block_size=32'")
-    p.add_argument("--llama-threads", type=int, default=os.cpu_count() or 1,
-                   help="llama.cpp n_threads (default: the machine's cores, as onnxruntime's intra-op threads)")
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="LABEL=SECTION.KEY=VALUE,...",
+        help="another slmkit bundle of the smollm2/cpu recipe with these overrides (repeatable), "
+        "e.g. 'mse block 32=quantize.method=mse,quantize.block_size=32'",
+    )
+    p.add_argument(
+        "--llama-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="llama.cpp n_threads (default: the machine's cores, as onnxruntime's intra-op threads)",
+    )
     args = p.parse_args()
     have_llama = importlib.util.find_spec("llama_cpp") is not None
     gguf = smollm2_gguf()
@@ -124,11 +139,25 @@ def main() -> None:
     runtimes: dict[str, tuple[Callable[[], tuple[float, float]], int, int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         # The anchor keeps its (lower) top-1 agreement: verification must not stop its build.
-        also = [(f"slmkit {label}", tuple(o for o in overrides.split(",") if o) + ("verify.min_top1_agreement=0.3",))
-                for label, overrides in (a.split("=", 1) for a in args.also)]
-        for i, (label, overrides) in enumerate([("builder default int4 (anchor)", (
-                "quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32",
-                "verify.min_top1_agreement=0.3")), (SLMKIT, ())] + also):
+        also = [
+            (f"slmkit {label}", tuple(o for o in overrides.split(",") if o) + ("verify.min_top1_agreement=0.3",))
+            for label, overrides in (a.split("=", 1) for a in args.also)
+        ]
+        for i, (label, overrides) in enumerate(
+            [
+                (
+                    "builder default int4 (anchor)",
+                    (
+                        "quantize.method=default",
+                        "quantize.symmetric=true",
+                        "quantize.block_size=32",
+                        "verify.min_top1_agreement=0.3",
+                    ),
+                ),
+                (SLMKIT, ()),
+            ]
+            + also
+        ):
             out = Path(tmp) / str(i)
             build(src, plan_build(src, "smollm2/cpu", None, overrides), out, log=lambda _: None)
 
@@ -150,29 +179,39 @@ def main() -> None:
     bandwidth = copy_bandwidth()
     decode = {label: statistics.median(d for d, _ in r) for label, r in results.items()}
     anchor = decode["builder default int4 (anchor)"]
-    print(f"\nSmolLM2-135M-Instruct, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
-          f"median of {args.runs} interleaved runs; {os.cpu_count()} cores (llama.cpp n_threads={args.llama_threads}); "
-          f"copy bandwidth {bandwidth:.1f} GB/s")
+    print(
+        f"\nSmolLM2-135M-Instruct, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
+        f"median of {args.runs} interleaved runs; {os.cpu_count()} cores (llama.cpp n_threads={args.llama_threads}); "
+        f"copy bandwidth {bandwidth:.1f} GB/s"
+    )
     q4_0 = decode.get("llama.cpp Q4_0 (llama-quantize)")
-    print(f"{'runtime':<44} {'decode tok/s':>13} {'min-max':>13} {'vs anchor':>10} {'vs Q4_0':>8} {'weights MB':>11} "
-          f"{'files MB':>9} {'roofline':>9} {'prefill tok/s':>14}")
+    print(
+        f"{'runtime':<44} {'decode tok/s':>13} {'min-max':>13} {'vs anchor':>10} {'vs Q4_0':>8} {'weights MB':>11} "
+        f"{'files MB':>9} {'roofline':>9} {'prefill tok/s':>14}"
+    )
     for label, (_, size, files) in runtimes.items():
         tok_s, speeds = decode[label], [d for d, _ in results[label]]
         prefill = statistics.median(pf for _, pf in results[label])
         roof = tok_s / (bandwidth * 1e9 / size)
         versus = f"{tok_s / q4_0:8.2f}" if q4_0 else f"{'-':>8}"
-        print(f"{label:<44} {tok_s:13.1f} {f'{min(speeds):.0f}-{max(speeds):.0f}':>13} {tok_s / anchor:10.2f} {versus} "
-              f"{size / 1e6:11.1f} {files / 1e6:9.1f} {roof:9.0%} {prefill:14.1f}")
+        print(
+            f"{label:<44} {tok_s:13.1f} {f'{min(speeds):.0f}-{max(speeds):.0f}':>13} {tok_s / anchor:10.2f} {versus} "
+            f"{size / 1e6:11.1f} {files / 1e6:9.1f} {roof:9.0%} {prefill:14.1f}"
+        )
     if not have_llama:
         print(f"{'llama.cpp (Q4_1, Q4_0 GGUF)':<44} not installed: pip install llama-cpp-python")
         return
     slmkit = SLMKIT
     for label in ("llama.cpp Q4_0 (llama-quantize)", "llama.cpp Q4_1 (wheel's GGUF)"):
-        per_round = [s / q for (s, _), (q, _) in zip(results[slmkit], results[label])]
-        print(f"slmkit cpu bundle / {label}: {decode[slmkit] / decode[label]:.2f} decode tok/s "
-              f"(per round {min(per_round):.2f}-{max(per_round):.2f})")
-    print("weights MB: model.onnx* files / the GGUF (what a token reads); "
-          "files MB: the bundle's whole model/ folder / the GGUF.")
+        per_round = [s / q for (s, _), (q, _) in zip(results[slmkit], results[label], strict=True)]
+        print(
+            f"slmkit cpu bundle / {label}: {decode[slmkit] / decode[label]:.2f} decode tok/s "
+            f"(per round {min(per_round):.2f}-{max(per_round):.2f})"
+        )
+    print(
+        "weights MB: model.onnx* files / the GGUF (what a token reads); "
+        "files MB: the bundle's whole model/ folder / the GGUF."
+    )
 
 
 if __name__ == "__main__":

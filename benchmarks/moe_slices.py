@@ -5,7 +5,8 @@ vocab 32064, longrope, biases; about 1.3 B parameters a layer) with 1, 2 and 4 l
 onnxruntime-genai builder on the same checkpoints (its failure message is a result). Peak RSS is
 the largest sum over the build's process tree (sampled every 0.1 s); decode tok/s is greedy on the
 bundle; the last row extrapolates to the real 32 layers (peak, time, size and time per token
-linear in the layers, from the first and last slice). Random weights: verify thresholds 0 agreement and a 1-token prefix.
+linear in the layers, from the first and last slice). Random weights: verify thresholds 0 agreement
+and a 1-token prefix.
 
     python benchmarks/moe_slices.py [--layers 1,2,4] [--work DIR] [--keep]
 """
@@ -58,8 +59,9 @@ def main() -> None:
             _, _, decoded = run_child(DECODE, [str(out / "model")], None)
             toks = value(decoded, "TOKS")
         (args.work / "builder").mkdir()
-        code, b_peak, b_out = run_child(CHILD, [str(model), str(args.work / "builder"), "builder"],
-                                        int(total_memory_bytes() * 0.9))
+        code, b_peak, b_out = run_child(
+            CHILD, [str(model), str(args.work / "builder"), "builder"], int(total_memory_bytes() * 0.9)
+        )
         raised = [line.split("builder raised ", 1)[1] for line in b_out.splitlines() if "builder raised " in line]
         builder = "ok" if code == 0 else f"failed: {raised[-1] if raised else reason(b_out)}"
         rows.append((n, params, status, peak, wall, size, toks, builder, b_peak))
@@ -74,8 +76,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for n, params, status, peak, wall, size, toks, builder, b_peak in rows:
         speed = f"{toks:.2f} tok/s" if toks else "-"
-        print(f"| {n} | {params / 1e9:.2f} B | {status} | {peak / 1e9:.2f} GB | {wall:.0f} s | {size / 1e9:.2f} GB "
-              f"| {speed} | {builder[:110]} (peak {b_peak / 1e9:.2f} GB) |")
+        print(
+            f"| {n} | {params / 1e9:.2f} B | {status} | {peak / 1e9:.2f} GB | {wall:.0f} s | {size / 1e9:.2f} GB "
+            f"| {speed} | {builder[:110]} (peak {b_peak / 1e9:.2f} GB) |"
+        )
     ok = [r for r in rows if r[2] == "ok"]
     if len(ok) >= 2:
         first, last = ok[0], ok[-1]
@@ -85,8 +89,11 @@ def main() -> None:
             return value(first[col]) + slope * (32 - first[0])
 
         ms = at_32(6, lambda toks: 1 / toks) if first[6] and last[6] else None
-        print(f"| 32 (extrapolated) | {32 * LAYER_PARAMS / 1e9 + 0.26:.1f} B | - | {at_32(3) / 1e9:.1f} GB "
-              f"| {at_32(4):.0f} s | {at_32(5) / 1e9:.1f} GB | {f'{1 / ms:.1f} tok/s' if ms else '-'} | - |")
+        print(
+            f"| 32 (extrapolated) | {32 * LAYER_PARAMS / 1e9 + 0.26:.1f} B | - | {at_32(3) / 1e9:.1f} GB "
+            f"| {at_32(4):.0f} s | {at_32(5) / 1e9:.1f} GB | {f'{1 / ms:.1f} tok/s' if ms else '-'} | - |"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -16,15 +16,21 @@ from pathlib import Path
 
 from toolkit.build import plan_build
 from toolkit.export import export_model
+from toolkit.families import open_checkpoint
 from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, table
-from toolkit.families import open_checkpoint
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
 VARIANTS = [
     ("fp32 (builder)", ("export.precision=fp32",)),
-    ("int4 builder default (RTN, sym)", ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")),
-    ("int4 builder k_quant_mixed", ("quantize.method=k_quant_mixed", "quantize.symmetric=true", "quantize.block_size=32")),
+    (
+        "int4 builder default (RTN, sym)",
+        ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32"),
+    ),
+    (
+        "int4 builder k_quant_mixed",
+        ("quantize.method=k_quant_mixed", "quantize.symmetric=true", "quantize.block_size=32"),
+    ),
     ("int4 slmkit default (awq, block 64)", ()),
     ("int4 slmkit mse, block 64", ("quantize.method=mse",)),
     ("int4 slmkit mse, block 32", ("quantize.method=mse", "quantize.block_size=32")),
@@ -53,9 +59,12 @@ def main() -> None:
     print(table(rows))
     base = rows[2]
     for row in rows[4:]:
-        print(f"\n{row[0]} vs builder default: perplexity increase {row[2].ppl_increase:+.1%} vs "
-              f"{base[2].ppl_increase:+.1%} ({row[2].ppl_increase / base[2].ppl_increase:.2f}x the loss), "
-              f"size {row[1] / base[1]:.3f}x", end="")
+        print(
+            f"\n{row[0]} vs builder default: perplexity increase {row[2].ppl_increase:+.1%} vs "
+            f"{base[2].ppl_increase:+.1%} ({row[2].ppl_increase / base[2].ppl_increase:.2f}x the loss), "
+            f"size {row[1] / base[1]:.3f}x",
+            end="",
+        )
     print()
 
 

@@ -116,13 +116,22 @@ def main() -> None:
         status, _, output = run_child(RUNTIME, [str(v_out), str(golden_image(root / "image.png"))], None)
         if status:
             raise SystemExit(f"the runtime measurements failed:\n{output[-3000:]}")
-        lines = {tuple(line.split()[:2]) if line.startswith("ENCODE") else line.split()[0]: line.split()
-                 for line in output.splitlines() if line.split() and line.split()[0] in ("ENCODE", "TTFT", "DECODE")}
+        lines = {
+            tuple(line.split()[:2]) if line.startswith("ENCODE") else line.split()[0]: line.split()
+            for line in output.splitlines()
+            if line.split() and line.split()[0] in ("ENCODE", "TTFT", "DECODE")
+        }
         print()
         print("| export (int4 cpu, streamed) | parameters | peak RSS | wall |")
         print("|---|---|---|---|")
-        print(f"| Phi-3.5-vision-shaped, {args.layers} layers | {vision_params / 1e9:.2f} B | {v_peak / 1e9:.2f} GB | {v_wall:.0f} s |")
-        print(f"| text-only twin (Phi-3.5-mini-shaped) | {text_params / 1e9:.2f} B | {t_peak / 1e9:.2f} GB | {t_wall:.0f} s |")
+        print(
+            f"| Phi-3.5-vision-shaped, {args.layers} layers | {vision_params / 1e9:.2f} B "
+            f"| {v_peak / 1e9:.2f} GB | {v_wall:.0f} s |"
+        )
+        print(
+            f"| text-only twin (Phi-3.5-mini-shaped) | {text_params / 1e9:.2f} B | {t_peak / 1e9:.2f} GB "
+            f"| {t_wall:.0f} s |"
+        )
         print()
         print("| component | slmkit | published cpu int4 | ratio |")
         print("|---|---|---|---|")

@@ -87,7 +87,6 @@ def model_copy(tmp_path, tiny35):
     return dest
 
 
-
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct as a float32 Hugging Face folder, dequantized from the GGUF file of the

@@ -14,15 +14,15 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 COMMIT = "5a1b2c3d4e5f60718293a4b5c6d7e8f901234567"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
 
     def log_message(self, *args) -> None:  # quiet test output
         pass
@@ -40,8 +40,12 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "hang":
             time.sleep(self.server.hang_s)
             return True
-        codes = {"401": (401, "RepoNotFound"), "404": (404, "RepoNotFound"), "gated": (403, "GatedRepo"),
-                 "500": (500, "")}
+        codes = {
+            "401": (401, "RepoNotFound"),
+            "404": (404, "RepoNotFound"),
+            "gated": (403, "GatedRepo"),
+            "500": (500, ""),
+        }
         if mode in codes:
             code, error = codes[mode]
             body = json.dumps({"error": "refused by the test Hub"}).encode()
@@ -60,8 +64,15 @@ class _Handler(BaseHTTPRequestHandler):
             info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": p.name} for p in files]}
             self._send(200, json.dumps(info).encode(), {"Content-Type": "application/json"}, head)
         elif path.startswith(f"/api/models/{repo}/tree/"):
-            tree = [{"type": "file", "path": p.name, "size": p.stat().st_size,
-                     "oid": hashlib.sha1(p.read_bytes()).hexdigest()} for p in files]
+            tree = [
+                {
+                    "type": "file",
+                    "path": p.name,
+                    "size": p.stat().st_size,
+                    "oid": hashlib.sha1(p.read_bytes()).hexdigest(),
+                }
+                for p in files
+            ]
             self._send(200, json.dumps(tree).encode(), {"Content-Type": "application/json"}, head)
         elif path.startswith(f"/{repo}/resolve/"):
             name = path.rsplit("/", 1)[1]

@@ -21,8 +21,12 @@ def peak_growth(script: str, tmp_path: Path) -> tuple[int, dict[int, int]]:
     for layers in (2, 10):
         model = tmp_path / f"m{layers}"
         make_random_phi3(model, layers, hidden=512, heads=8, intermediate=2048, vocab=4096)
-        done = subprocess.run([sys.executable, "-c", script, str(model), str(tmp_path / f"w{layers}")],
-                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(model), str(tmp_path / f"w{layers}")],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         peaks[layers] = int(done.stdout.split()[-1])
     return peaks[10] - peaks[2], peaks

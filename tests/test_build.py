@@ -9,20 +9,23 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from toolkit.quantize import choices
-from toolkit.verify import device, golden
 from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import OutputError, StageError
 from toolkit.families import open_checkpoint
+from toolkit.quantize import choices
+from toolkit.verify import device, golden
 
 TARGETS = ["cpu", "android", "ios", "windows-dml", "linux-cuda"]
 
 
 def _nbits(bundle: Path) -> list[dict]:
     graph = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False).graph
-    return [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} | {"name": n.name}
-            for n in graph.node if n.op_type == "MatMulNBits"]
+    return [
+        {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} | {"name": n.name}
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    ]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -52,10 +55,15 @@ def test_mobile_and_gpu_specifics(bundles):
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["plan"]["optimize"]["context_cap"] == 4096  # not the checkpoint's 131072
         assert (bundle / "runner" / runner / "README.md").is_file()
-        assert f"the {runner} runner and its instrumented smoke test on a device" in manifest["verification"]["pending_on_device"]
+        assert (
+            f"the {runner} runner and its instrumented smoke test on a device"
+            in manifest["verification"]["pending_on_device"]
+        )
     for bundle, key in ((cuda, "cuda"), (dml, "dml")):
         genai = json.loads((bundle / "model" / "genai_config.json").read_text())
-        assert [name for entry in genai["model"]["decoder"]["session_options"]["provider_options"] for name in entry] == [key]
+        assert [
+            name for entry in genai["model"]["decoder"]["session_options"]["provider_options"] for name in entry
+        ] == [key]
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["verification"]["host"]["provider"] == "cpu"  # the same graph, run on the CPU here
         assert manifest["verification"]["pending_on_device"] == [device.DEVICE_ONLY[key]]
@@ -84,7 +92,9 @@ def test_two_builds_of_the_same_inputs_are_identical(tmp_path, bundles, tiny35):
 
 def test_set_override_reaches_the_graph(tmp_path, tiny35):
     src = open_checkpoint(str(tiny35))
-    plan = plan_build(src, None, "cpu", ("quantize.block_size=64", "optimize.context_cap=2048", "quantize.lm_head=int8"))
+    plan = plan_build(
+        src, None, "cpu", ("quantize.block_size=64", "optimize.context_cap=2048", "quantize.lm_head=int8")
+    )
     build(src, plan, tmp_path / "b", log=lambda _: None)
     nodes = _nbits(tmp_path / "b")
     assert {n["block_size"] for n in nodes} == {64}
@@ -107,7 +117,12 @@ def test_a_setting_the_builder_ignores_fails_the_build_naming_it(tmp_path, tiny3
     src = open_checkpoint(str(tiny35))
     out = tmp_path / "b"
     with pytest.raises(StageError) as e:
-        build(src, plan_build(src, None, "cpu", ("quantize.block_size=64", "export.engine=ort-genai")), out, log=lambda _: None)
+        build(
+            src,
+            plan_build(src, None, "cpu", ("quantize.block_size=64", "export.engine=ort-genai")),
+            out,
+            log=lambda _: None,
+        )
     assert "Stage 'optimize' failed: the built model does not match the plan:" in str(e.value)
     assert "block_size = 32, requested 64" in str(e.value)
     assert not out.exists()
@@ -151,8 +166,21 @@ def test_interrupted_build_leaves_nothing(tmp_path, tiny35, monkeypatch):
 
 def test_cli_build_dry_run_prints_the_plan_and_writes_nothing(tmp_path, tiny35):
     out = tmp_path / "b"
-    result = CliRunner().invoke(main, ["build", "--model", str(tiny35), "--target", "android", "-o", str(out),
-                                       "--dry-run", "--set", "quantize.block_size=128"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(tiny35),
+            "--target",
+            "android",
+            "-o",
+            str(out),
+            "--dry-run",
+            "--set",
+            "quantize.block_size=128",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"# source: {tiny35} (Phi3ForCausalLM, rope longrope, ")
     assert f"# output: {out}\n" in result.output
@@ -171,17 +199,31 @@ def test_cli_build_prints_where_and_what(tmp_path, tiny35):
     assert "Needs the device: the ios runner and its instrumented smoke test on a device" in result.output
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--target", "andriod"], "Error: Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. Did you mean 'android'?"),
-    (["--recipe", "phi-3.5-mini/andriod"], "Error: Unknown recipe 'phi-3.5-mini/andriod'."),
-    (["--target", "cpu", "--set", "quantize.blocksize=64"],
-     "Error: plan [quantize] (from phi-3.5-mini/cpu + cpu + --set): unknown key 'blocksize'. Valid keys: "
-     "accuracy_level, block_size, lm_head, method, symmetric. Did you mean 'block_size'?\n"),
-    (["--target", "cpu", "--set", "optimize.context_cap=262144"],
-     "Error: plan [optimize] (from phi-3.5-mini/cpu + cpu + --set): 'context_cap' = 262144 is out of range [64, 131072].\n"),
-    (["--target", "windows-dml", "--set", "export.precision=int8"],
-     "Error: Precision 'int8' is not available for execution provider 'dml'. Valid for dml: int4, fp16.\n"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--target", "andriod"],
+            "Error: Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. "
+            "Did you mean 'android'?",
+        ),
+        (["--recipe", "phi-3.5-mini/andriod"], "Error: Unknown recipe 'phi-3.5-mini/andriod'."),
+        (
+            ["--target", "cpu", "--set", "quantize.blocksize=64"],
+            "Error: plan [quantize] (from phi-3.5-mini/cpu + cpu + --set): unknown key 'blocksize'. Valid keys: "
+            "accuracy_level, block_size, lm_head, method, symmetric. Did you mean 'block_size'?\n",
+        ),
+        (
+            ["--target", "cpu", "--set", "optimize.context_cap=262144"],
+            "Error: plan [optimize] (from phi-3.5-mini/cpu + cpu + --set): 'context_cap' = 262144 is out of range "
+            "[64, 131072].\n",
+        ),
+        (
+            ["--target", "windows-dml", "--set", "export.precision=int8"],
+            "Error: Precision 'int8' is not available for execution provider 'dml'. Valid for dml: int4, fp16.\n",
+        ),
+    ],
+)
 def test_cli_build_bad_requests(tmp_path, tiny35, args, message):
     out = tmp_path / "b"
     result = CliRunner().invoke(main, ["build", "-m", str(tiny35), "-o", str(out), *args])
@@ -216,7 +258,9 @@ def test_allow_pickle_converts_without_unpickling_code(tmp_path, model_copy):
     (model_copy / "model.safetensors").unlink()
     result = CliRunner().invoke(main, ["build", "-m", str(model_copy), "-t", "cpu", "-o", str(tmp_path / "b")])
     assert result.exit_code == 1 and "pass --allow-pickle" in result.output
-    result = CliRunner().invoke(main, ["build", "-m", str(model_copy), "-t", "cpu", "-o", str(tmp_path / "b"), "--allow-pickle"])
+    result = CliRunner().invoke(
+        main, ["build", "-m", str(model_copy), "-t", "cpu", "-o", str(tmp_path / "b"), "--allow-pickle"]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert "pytorch_model.bin" in manifest["source"]["files"]
@@ -235,6 +279,9 @@ def test_eos_ids_of_config_and_generation_config_that_disagree_are_all_stop_ids(
     manifest = build(src, plan_build(src, None, "cpu", ()), tmp_path / "b", log=lambda _: None)
     genai = json.loads((tmp_path / "b" / "model" / "genai_config.json").read_text())
     assert genai["model"]["eos_token_id"] == [600, 5, 3, 607]
-    assert manifest["source"]["eos_token_id"] == {"generation_config.json": [5, 3], "config.json": [607],
-                                                  "stops_on": [600, 5, 3, 607]}
+    assert manifest["source"]["eos_token_id"] == {
+        "generation_config.json": [5, 3],
+        "config.json": [607],
+        "stops_on": [600, 5, 3, 607],
+    }
     assert manifest["verification"]["host"]["failed"] == 0

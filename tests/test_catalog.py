@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_names
 from toolkit.cli import main
-from toolkit.plan.config import resolve
 from toolkit.errors import UnknownNameError
+from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_names
+from toolkit.plan.config import resolve
 
 RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners"
 TARGETS = ["android", "cpu", "ios", "linux-cuda", "windows-dml"]
@@ -46,7 +46,9 @@ def test_unknown_names_suggest_the_closest():
     assert str(e.value) == (
         "Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. Did you mean 'android'?"
     )
-    with pytest.raises(UnknownNameError, match=r"Unknown recipe 'phi-3.5-mini/andriod'\..*Did you mean 'phi-3.5-mini/android'\?"):
+    with pytest.raises(
+        UnknownNameError, match=r"Unknown recipe 'phi-3.5-mini/andriod'\..*Did you mean 'phi-3.5-mini/android'\?"
+    ):
         load_recipe("phi-3.5-mini/andriod")
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.errors import ConfigError
 from toolkit.plan.catalog import load_recipe, load_recipe_file, load_target, load_target_file
 from toolkit.plan.config import parse_override, plan_from_dict, resolve, to_toml
-from toolkit.errors import ConfigError
 
 
 def plan(*overrides: str, recipe: str = "phi-3.5-mini/android"):

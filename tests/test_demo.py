@@ -11,7 +11,9 @@ def test_demo_builds_verifies_and_answers(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "Verified: " in result.output and " checks passed, top-1 agreement with the PyTorch reference " in result.output
+    assert (
+        "Verified: " in result.output and " checks passed, top-1 agreement with the PyTorch reference " in result.output
+    )
     assert "Answer: The capital of France is Paris." in result.output
     assert (out / "tiny-phi-3.5-cpu" / "manifest.json").is_file()
     again = CliRunner().invoke(main, ["demo", "-o", str(out)])

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 from click.testing import CliRunner
 
-from toolkit.plan import doctor
 from toolkit.cli import main
+from toolkit.plan import doctor
 
 
 def test_doctor_reports_packages_and_model_needs(tiny35):
@@ -15,9 +15,14 @@ def test_doctor_reports_packages_and_model_needs(tiny35):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert any(line.startswith("ok    onnxruntime-genai  0.18") for line in lines)
-    assert any(line.startswith("ok    model              Phi3ForCausalLM, rope longrope,") and
-               line.endswith("-> recipe phi-3.5-mini/android") for line in lines)
-    assert any(line.startswith("ok    disk ") for line in lines) and any(line.startswith("ok    memory ") for line in lines)
+    assert any(
+        line.startswith("ok    model              Phi3ForCausalLM, rope longrope,")
+        and line.endswith("-> recipe phi-3.5-mini/android")
+        for line in lines
+    )
+    assert any(line.startswith("ok    disk ") for line in lines) and any(
+        line.startswith("ok    memory ") for line in lines
+    )
 
 
 def test_doctor_fails_when_the_disk_is_too_small(tiny35, monkeypatch):
@@ -29,22 +34,30 @@ def test_doctor_fails_when_the_disk_is_too_small(tiny35, monkeypatch):
     assert result.output.rstrip().endswith("Run `slmkit doctor` after fixing it.")
 
 
-PHI35 = {"hidden_size": 3072, "intermediate_size": 8192, "vocab_size": 32064, "num_attention_heads": 32,
-         "num_key_value_heads": 32}
+PHI35 = {
+    "hidden_size": 3072,
+    "intermediate_size": 8192,
+    "vocab_size": 32064,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+}
 
 
 def test_memory_check_names_the_export_engine_and_the_reference(monkeypatch):
     monkeypatch.setattr(doctor, "total_memory_bytes", lambda: 24_000_000_000)
     builder = doctor.memory_check(3_820_000_000, PHI35, "ort-genai")
     assert not builder.ok
-    assert builder.detail == ("builder peak about 30.6 GB, float32 layer-by-layer reference for verification "
-                              "2.7 GB, the smoke test running the bundle 4.2 GB, for 3.82 B parameters; "
-                              "machine has 24.0 GB")
+    assert builder.detail == (
+        "builder peak about 30.6 GB, float32 layer-by-layer reference for verification "
+        "2.7 GB, the smoke test running the bundle 4.2 GB, for 3.82 B parameters; "
+        "machine has 24.0 GB"
+    )
     monkeypatch.setattr(doctor, "total_memory_bytes", lambda: 8_000_000_000)  # a small laptop
     streamed = doctor.memory_check(3_820_000_000, PHI35, "stream")
     assert streamed.ok
-    assert streamed.detail.startswith("streamed export peak about 2.6 GB, float32 layer-by-layer reference for "
-                                      "verification 2.7 GB")
+    assert streamed.detail.startswith(
+        "streamed export peak about 2.6 GB, float32 layer-by-layer reference for verification 2.7 GB"
+    )
     mse = doctor.memory_check(3_820_000_000, PHI35, "stream", "mse")
     assert not mse.ok and "streamed export + mse int4 (the whole float32 export) peak about 16.3 GB" in mse.detail
 
@@ -52,13 +65,21 @@ def test_memory_check_names_the_export_engine_and_the_reference(monkeypatch):
 def test_a_mixture_of_experts_too_big_to_run_here_is_refused_by_its_smoke_test(monkeypatch):
     """Phi-3.5-MoE: export and reference stay small (one tensor, one expert at a time), but the
     smoke test loads the whole int4 bundle, as any run of it does."""
-    moe = {"hidden_size": 4096, "intermediate_size": 6400, "vocab_size": 32064, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "num_local_experts": 16}
+    moe = {
+        "hidden_size": 4096,
+        "intermediate_size": 6400,
+        "vocab_size": 32064,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "num_local_experts": 16,
+    }
     monkeypatch.setattr(doctor, "total_memory_bytes", lambda: 24_000_000_000)
     check = doctor.memory_check(41_900_000_000, moe, "stream")
     assert not check.ok
-    assert check.detail == ("streamed export peak about 3.1 GB, float32 layer-by-layer reference for verification "
-                            "3.0 GB, the smoke test running the bundle 27.2 GB, for 41.90 B parameters; "
-                            "machine has 24.0 GB")
+    assert check.detail == (
+        "streamed export peak about 3.1 GB, float32 layer-by-layer reference for verification "
+        "3.0 GB, the smoke test running the bundle 27.2 GB, for 41.90 B parameters; "
+        "machine has 24.0 GB"
+    )
     monkeypatch.setattr(doctor, "total_memory_bytes", lambda: 64_000_000_000)
     assert doctor.memory_check(41_900_000_000, moe, "stream").ok

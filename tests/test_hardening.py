@@ -4,8 +4,8 @@ escape, and the CI workflow and archives users publish bundles with."""
 from __future__ import annotations
 
 import errno
-import json
 import io
+import json
 import os
 import signal
 import subprocess
@@ -18,11 +18,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from toolkit.bundle import layout as bundle_module
 from toolkit.build import build, plan_build
+from toolkit.bundle import layout as bundle_module
+from toolkit.bundle.pack import pack, unpack
 from toolkit.cli import main
 from toolkit.errors import InputModelError, OutputError
-from toolkit.bundle.pack import pack, unpack
 from toolkit.families import open_checkpoint
 
 
@@ -32,8 +32,12 @@ def _slmkit(*args: str) -> list[str]:
 
 def test_sigkill_mid_build_leaves_no_bundle_and_the_next_build_succeeds(tmp_path, tiny35):
     out = tmp_path / "b"
-    proc = subprocess.Popen(_slmkit("build", "-m", str(tiny35), "-t", "cpu", "-o", str(out)),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        _slmkit("build", "-m", str(tiny35), "-t", "cpu", "-o", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:  # kill it while the builder is writing the model
         if line.startswith("[2/5]"):
             time.sleep(0.5)
@@ -64,8 +68,15 @@ def test_full_disk_gives_a_clear_error_and_no_bundle(tmp_path, tiny35, monkeypat
 
 
 def test_concurrent_builds_into_different_outputs(tmp_path, tiny35):
-    procs = [subprocess.Popen(_slmkit("build", "-m", str(tiny35), "-t", "cpu", "-o", str(tmp_path / name)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for name in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            _slmkit("build", "-m", str(tiny35), "-t", "cpu", "-o", str(tmp_path / name)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
     outputs = [p.communicate()[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     a, b = ((tmp_path / n / "manifest.json").read_text() for n in ("a", "b"))
@@ -103,12 +114,15 @@ def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
     return info
 
 
-@pytest.mark.parametrize("entry,reason", [
-    (_file("b/../../x"), "it points outside the destination"),
-    (_file("/etc/x"), "it points outside the destination"),
-    (_link("b/model", "/etc"), "it is a symbolic link; bundles hold plain files only"),
-    (_link("b/hard", "b/manifest.json", tarfile.LNKTYPE), "it is a hard link; bundles hold plain files only"),
-])
+@pytest.mark.parametrize(
+    "entry,reason",
+    [
+        (_file("b/../../x"), "it points outside the destination"),
+        (_file("/etc/x"), "it points outside the destination"),
+        (_link("b/model", "/etc"), "it is a symbolic link; bundles hold plain files only"),
+        (_link("b/hard", "b/manifest.json", tarfile.LNKTYPE), "it is a hard link; bundles hold plain files only"),
+    ],
+)
 def test_unpack_refuses_escaping_entries_before_writing(tmp_path, entry, reason):
     archive = _archive(tmp_path / "evil.tar.gz", [_file("b/manifest.json"), entry])
     with pytest.raises(InputModelError) as e:
@@ -122,15 +136,16 @@ def test_unpack_refuses_escaping_entries_before_writing(tmp_path, entry, reason)
 def test_ci_init_writes_a_workflow_naming_every_target(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     install = "pip install 'slmkit @ git+https://github.com/me/slmkit@abc123'"
-    result = CliRunner().invoke(main, ["ci", "init", "--model", "microsoft/Phi-3.5-mini-instruct",
-                                       "--install", install])
+    result = CliRunner().invoke(
+        main, ["ci", "init", "--model", "microsoft/Phi-3.5-mini-instruct", "--install", install]
+    )
     assert result.exit_code == 0, result.output
     workflow = yaml.safe_load((tmp_path / ".github/workflows/slmkit.yml").read_text())
     job = workflow["jobs"]["bundle"]
     targets = ["cpu", "android", "ios", "windows-dml", "linux-cuda"]
     assert job["strategy"]["matrix"]["target"] == targets and job["runs-on"] == "ubuntu-latest"
     steps = {s.get("name", s.get("uses")): s for s in job["steps"]}
-    assert "slmkit build --model \"$MODEL\" --target ${{ matrix.target }}" in steps["Build and verify"]["run"]
+    assert 'slmkit build --model "$MODEL" --target ${{ matrix.target }}' in steps["Build and verify"]["run"]
     assert steps["actions/upload-artifact@v4"]["with"]["path"] == "bundle-${{ matrix.target }}.tar.gz"
     assert steps["Install slmkit"]["run"] == install  # quotes and all, as YAML reads it
     # The smoke tests: phone bundles on the hosted ARM64 runner (the phone's int4 kernels), GPU bundles'
@@ -138,15 +153,19 @@ def test_ci_init_writes_a_workflow_naming_every_target(tmp_path, monkeypatch):
     smoke = workflow["jobs"]["smoke"]
     assert smoke["needs"] == "bundle" and smoke["runs-on"] == "${{ matrix.runs_on }}"
     assert {i["target"]: (i["runs_on"], i["smoke_provider"]) for i in smoke["strategy"]["matrix"]["include"]} == {
-        "cpu": ("ubuntu-latest", "bundle"), "android": ("ubuntu-24.04-arm", "bundle"),
-        "ios": ("ubuntu-24.04-arm", "bundle"), "windows-dml": ("ubuntu-latest", "cpu"),
-        "linux-cuda": ("ubuntu-latest", "cpu")}
+        "cpu": ("ubuntu-latest", "bundle"),
+        "android": ("ubuntu-24.04-arm", "bundle"),
+        "ios": ("ubuntu-24.04-arm", "bundle"),
+        "windows-dml": ("ubuntu-latest", "cpu"),
+        "linux-cuda": ("ubuntu-latest", "cpu"),
+    }
     steps = {s.get("name", s.get("uses")): s for s in smoke["steps"]}
     unpack = steps["Unpack, and install the runtime version the manifest names"]["run"]
     assert "tar -xzf bundle-${{ matrix.target }}.tar.gz" in unpack and "['dependencies']['onnxruntime-genai']" in unpack
     assert "slmkit" not in unpack.replace("bundle-", "")
     assert steps["Smoke test (the bundle's own, runtime package only)"]["run"] == (
-        "python bundle-${{ matrix.target }}/tests/smoke_test.py --provider ${{ matrix.smoke_provider }}")
+        "python bundle-${{ matrix.target }}/tests/smoke_test.py --provider ${{ matrix.smoke_provider }}"
+    )
     assert workflow["env"]["MODEL"] == "microsoft/Phi-3.5-mini-instruct"
     again = CliRunner().invoke(main, ["ci", "init", "--model", "x/y"])
     assert again.exit_code == 1 and "already exists. Pass --force to overwrite it." in again.output
@@ -164,11 +183,16 @@ class _Dist:
         return None if self.direct_url is None else json.dumps(self.direct_url)
 
 
-@pytest.mark.parametrize("direct_url, expected", [
-    ({"url": "https://github.com/me/slmkit", "vcs_info": {"vcs": "git", "commit_id": "abc123"}},
-     "pip install 'slmkit @ git+https://github.com/me/slmkit@abc123'"),
-    (None, "pip install 'slmkit==0.1.0'"),
-])
+@pytest.mark.parametrize(
+    "direct_url, expected",
+    [
+        (
+            {"url": "https://github.com/me/slmkit", "vcs_info": {"vcs": "git", "commit_id": "abc123"}},
+            "pip install 'slmkit @ git+https://github.com/me/slmkit@abc123'",
+        ),
+        (None, "pip install 'slmkit==0.1.0'"),
+    ],
+)
 def test_ci_init_installs_the_slmkit_that_runs_it(tmp_path, monkeypatch, direct_url, expected):
     from toolkit.bundle import ci
 
@@ -185,5 +209,7 @@ def test_ci_init_from_a_local_install_asks_for_the_install_command(tmp_path, mon
     result = CliRunner().invoke(main, ["ci", "init", "--model", "x/y"])
     assert result.exit_code == 1
     assert result.output.startswith("Error: slmkit here was installed from file://")
-    assert "which a CI runner cannot reach (slmkit is not on the public package index). Pass the command" in result.output
+    assert (
+        "which a CI runner cannot reach (slmkit is not on the public package index). Pass the command" in result.output
+    )
     assert not (tmp_path / ".github").exists()

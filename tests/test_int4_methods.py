@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.quantize.blocks import quantize
+from toolkit.quantize.blocks import quantize, quantize8
 from toolkit.quantize.gptq import gptq
-from toolkit.quantize.blocks import quantize8
 
 
 def _correlated(k: int = 256, n: int = 96, seed: int = 0):
@@ -59,8 +58,9 @@ def test_gptq_build_of_the_tiny_model_verifies(tmp_path, tiny35):
     from toolkit.families import open_checkpoint
 
     src = open_checkpoint(str(tiny35))
-    plan = plan_build(src, None, "android", ("quantize.method=gptq", "quantize.symmetric=false",
-                                             "quantize.block_size=128"))  # hidden 64: one padded group
+    plan = plan_build(
+        src, None, "android", ("quantize.method=gptq", "quantize.symmetric=false", "quantize.block_size=128")
+    )  # hidden 64: one padded group
     manifest = build(src, plan, tmp_path / "b", log=lambda _: None)
     assert manifest["verification"]["host"]["failed"] == 0
     assert manifest["verification"]["host"]["top1_agreement"] >= 0.85
@@ -77,8 +77,10 @@ def test_gptq_refuses_what_it_does_not_write(tiny35):
     src = open_checkpoint(str(tiny35))
     with pytest.raises(ConfigError) as e:
         plan_build(src, None, "cpu", ("quantize.method=gptq", "quantize.symmetric=true"))
-    assert str(e.value) == ("quantize.method 'gptq' writes asymmetric blocks (a 4-bit zero point per block): "
-                            "set quantize.symmetric = false, or use method 'default' for symmetric int4.")
+    assert str(e.value) == (
+        "quantize.method 'gptq' writes asymmetric blocks (a 4-bit zero point per block): "
+        "set quantize.symmetric = false, or use method 'default' for symmetric int4."
+    )
     with pytest.raises(ConfigError) as e:
         plan_build(src, None, "cpu", ("quantize.method=gptq", "quantize.symmetric=false", "quantize.lm_head=int8"))
     assert str(e.value).startswith("quantize.method 'gptq' makes int4 weights only")
@@ -87,10 +89,18 @@ def test_gptq_refuses_what_it_does_not_write(tiny35):
 def test_gptq_memory_estimate_counts_every_layer_input_gram():
     from toolkit.plan.doctor import gptq_gram_bytes, memory_check
 
-    smol = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "vocab_size": 49152,
-            "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True}
+    smol = {
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "vocab_size": 49152,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "head_dim": 64,
+        "tie_word_embeddings": True,
+    }
     assert gptq_gram_bytes(smol, "mse") == 0
-    assert gptq_gram_bytes(smol, "gptq") == 8 * 30 * (3 * 576 ** 2 + 1536 ** 2) + 8 * 576 ** 2
+    assert gptq_gram_bytes(smol, "gptq") == 8 * 30 * (3 * 576**2 + 1536**2) + 8 * 576**2
     assert "every layer input X^T X" in memory_check(134_515_008, smol, "stream", "gptq").detail
 
 
@@ -100,9 +110,9 @@ def test_awq_scales_keep_the_float_function(tmp_path, variant, request):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from toolkit.quantize.calibration import linear_input_stats
-    from toolkit.quantize.awq import awq_checkpoint
     from toolkit.data import corpus
+    from toolkit.quantize.awq import awq_checkpoint
+    from toolkit.quantize.calibration import linear_input_stats
 
     src = request.getfixturevalue(variant)
     alphas = awq_checkpoint(src, tmp_path / "awq", linear_input_stats(src, [corpus()[:3000]], gram=True), 32)
@@ -171,15 +181,18 @@ def test_mixed_build_of_the_tiny_model_verifies_and_stays_small(tmp_path, tiny35
 
 
 def test_mixed_refuses_large_models_and_symmetric_blocks(tiny35, monkeypatch):
-    from toolkit.quantize import own
     from toolkit.build import plan_build
     from toolkit.errors import ConfigError
     from toolkit.families import open_checkpoint
+    from toolkit.quantize import own
 
     src = open_checkpoint(str(tiny35))
-    with pytest.raises(ConfigError, match="quantize.method 'mixed' writes asymmetric blocks"):
+    with pytest.raises(ConfigError, match=r"quantize\.method 'mixed' writes asymmetric blocks"):
         plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=true"))
     monkeypatch.setattr(own, "MIXED_MAX_PARAMS", 1000)
-    with pytest.raises(ConfigError, match=r"measures each matrix on the whole float32 model in memory, once per "
-                                          r"matrix: .*Use --set quantize.method=gptq \(or mse\) instead."):
+    with pytest.raises(
+        ConfigError,
+        match=r"measures each matrix on the whole float32 model in memory, once per "
+        r"matrix: .*Use --set quantize.method=gptq \(or mse\) instead.",
+    ):
         plan_build(src, None, "cpu", ("quantize.method=mixed", "quantize.symmetric=false"))

@@ -4,7 +4,8 @@ where the API takes a Long or a Double, an NSNumber where it takes an int32_t, o
 initializer fails here, not in a phone build.
 
 Needs (Debian): javac, kotlinc, JUnit 4, Android's org.json, clang and GNUstep's Foundation headers:
-    apt-get install -y --no-install-recommends default-jdk-headless kotlin junit4 libandroid-json-java clang libgnustep-base-dev
+    apt-get install -y --no-install-recommends default-jdk-headless kotlin junit4 libandroid-json-java clang \
+        libgnustep-base-dev
 A missing tool skips these tests with that line (pytest -ra lists it); with
 SLMKIT_REQUIRE_MOBILE_COMPILE=1, as .ci/run sets it, it fails them instead. SLMKIT_KOTLINC=/path/to/kotlinc
 selects another Kotlin compiler than the one on PATH.
@@ -115,14 +116,25 @@ def _mismatch(actual: str, expected: str) -> str:
 
 # (name, regex in the runner, replacement, regex the compiler's error for that file must match)
 KOTLIN_MISTAKES = [
-    ("removed in 0.6.0", r"\bTokenizer\(model\)", "model.createTokenizer()",
-     r"(?i)unresolved reference.*createTokenizer"),
-    ("Int where Long", r"getLastTokenInSequence\(0\)", "getLastTokenInSequence(out.size)",
-     _mismatch("Int", "Long")),
-    ("Int where Double", r'(setSearchOption\("max_length", [^\n]*?)\.toDouble\(\)\)', r"\1)",
-     r"(?i)none of the following.*setSearchOption\([^)]*\bDouble\)"),
-    ("Long where Int", r"val token: Int = generator\.getLastTokenInSequence\(0\)",
-     "val token: Int = generator.tokenCount()", _mismatch("Long", "Int")),
+    (
+        "removed in 0.6.0",
+        r"\bTokenizer\(model\)",
+        "model.createTokenizer()",
+        r"(?i)unresolved reference.*createTokenizer",
+    ),
+    ("Int where Long", r"getLastTokenInSequence\(0\)", "getLastTokenInSequence(out.size)", _mismatch("Int", "Long")),
+    (
+        "Int where Double",
+        r'(setSearchOption\("max_length", [^\n]*?)\.toDouble\(\)\)',
+        r"\1)",
+        r"(?i)none of the following.*setSearchOption\([^)]*\bDouble\)",
+    ),
+    (
+        "Long where Int",
+        r"val token: Int = generator\.getLastTokenInSequence\(0\)",
+        "val token: Int = generator.tokenCount()",
+        _mismatch("Long", "Int"),
+    ),
 ]
 
 
@@ -142,11 +154,12 @@ def test_kotlin_compile_rejects_calls_the_genai_api_does_not_have(kotlin, tmp_pa
     # One diagnostic: its 'file:line:col: error:' line and the indented lines that follow it.
     located = r"^\S[^\n]*?\.kt:\d+:\d+: "
     diagnostics = re.findall(located + r"error:.*?(?=" + located + r"|\Z)", output, flags=re.S | re.M)
-    for path, (what, _, _, expected) in zip(files, KOTLIN_MISTAKES):
+    for path, (what, _, _, expected) in zip(files, KOTLIN_MISTAKES, strict=True):
         errors = [d for d in diagnostics if f"{path.name}:" in d]
         assert errors, f"no compile error for '{what}' in {path.name}:\n{output}"
-        assert any(re.search(expected, d, flags=re.S) for d in errors), \
-            f"'{what}': {expected!r} not in\n" + "".join(errors)
+        assert any(re.search(expected, d, flags=re.S) for d in errors), f"'{what}': {expected!r} not in\n" + "".join(
+            errors
+        )
 
 
 # ---------------------------------------------------------------- Objective-C against ort_genai_objc.h
@@ -193,18 +206,24 @@ def objc(tmp_path_factory):
     _require("clang (clang)", clang)
     foundation = GNUSTEP / "Foundation/Foundation.h"
     _require(f"{foundation} (libgnustep-base-dev)", foundation.exists())
-    runtimes = sorted(glob("/usr/lib/gcc/*/*/include/objc/runtime.h"),
-                      key=lambda p: int(m.group(1)) if (m := re.search(r"/(\d+)/include/", p)) else 0)
+    runtimes = sorted(
+        glob("/usr/lib/gcc/*/*/include/objc/runtime.h"),
+        key=lambda p: int(m.group(1)) if (m := re.search(r"/(\d+)/include/", p)) else 0,
+    )
     _require("GCC's Objective-C runtime headers (libobjc-*-dev, with libgnustep-base-dev)", runtimes)
     gcc_include = Path(runtimes[-1]).parent.parent
     shim = tmp_path_factory.mktemp("objc-shim")
     (shim / "objc").mkdir()
     # GNUstep includes it when the compiler has blocks; Debian's GCC runtime has none.
-    (shim / "objc/blocks_runtime.h").write_text("void *_Block_copy(const void *);\nvoid _Block_release(const void *);\n")
+    (shim / "objc/blocks_runtime.h").write_text(
+        "void *_Block_copy(const void *);\nvoid _Block_release(const void *);\n"
+    )
     # GCC's runtime.h has two constructs that ARC rejects; a copy without them, found first.
     runtime = Path(runtimes[-1]).read_text()
-    for old, new in [("return object->class_pointer;", "return *(Class *)(__bridge void *)object;"),
-                     ("Protocol **", "Protocol * __unsafe_unretained *")]:
+    for old, new in [
+        ("return object->class_pointer;", "return *(Class *)(__bridge void *)object;"),
+        ("Protocol **", "Protocol * __unsafe_unretained *"),
+    ]:
         assert old in runtime, f"{runtimes[-1]} changed: update the ARC shim in {Path(__file__).name}"
         runtime = runtime.replace(old, new)
     (shim / "objc/runtime.h").write_text(re.sub(r'#include "(\w[\w-]*\.h)"', r"#include <objc/\1>", runtime))
@@ -212,11 +231,29 @@ def objc(tmp_path_factory):
     (shim / "ort_genai_objc.h").write_text(header)
     stubs = API / "objc_stubs"
     return [
-        clang, "-fsyntax-only", "-x", "objective-c", "-fobjc-arc", "-fobjc-runtime=gnustep-2.0", "-fblocks",
-        "-Wall", "-Werror",
-        "-DGNUSTEP", "-DGNUSTEP_BASE_LIBRARY=1", "-DGNU_RUNTIME=1", "-D_NATIVE_OBJC_EXCEPTIONS",
-        "-I", stubs, "-I", shim, "-isystem", GNUSTEP, "-idirafter", gcc_include,
-        "-include", stubs / "apple_foundation_compat.h",
+        clang,
+        "-fsyntax-only",
+        "-x",
+        "objective-c",
+        "-fobjc-arc",
+        "-fobjc-runtime=gnustep-2.0",
+        "-fblocks",
+        "-Wall",
+        "-Werror",
+        "-DGNUSTEP",
+        "-DGNUSTEP_BASE_LIBRARY=1",
+        "-DGNU_RUNTIME=1",
+        "-D_NATIVE_OBJC_EXCEPTIONS",
+        "-I",
+        stubs,
+        "-I",
+        shim,
+        "-isystem",
+        GNUSTEP,
+        "-idirafter",
+        gcc_include,
+        "-include",
+        stubs / "apple_foundation_compat.h",
     ]
 
 
@@ -236,14 +273,30 @@ def test_objc_smoke_test_compiles(objc):
 
 
 OBJC_MISTAKES = [
-    ("removed in 0.6.0", r"generateNextTokenWithError:", "computeLogitsWithError:",
-     r"no visible @interface for 'OGAGenerator' declares the selector 'computeLogitsWithError:'"),
-    ("misspelled selector", r"setSearchOption:@\"batch_size\" doubleValue:", 'setSearchOption:@"batch_size" intValue:',
-     r"no visible @interface for 'OGAGeneratorParams' declares the selector 'setSearchOption:intValue:error:'"),
-    ("NSNumber where int32_t", r"\[stream decode:token ", "[stream decode:@(token) ",
-     r"'NSNumber \*' to parameter of type 'int32_t'"),
-    ("unavailable initializer", r"\[\[OGAModel alloc\] initWithConfig:config error:error\]", "[[OGAModel alloc] init]",
-     r"'init' is unavailable"),
+    (
+        "removed in 0.6.0",
+        r"generateNextTokenWithError:",
+        "computeLogitsWithError:",
+        r"no visible @interface for 'OGAGenerator' declares the selector 'computeLogitsWithError:'",
+    ),
+    (
+        "misspelled selector",
+        r"setSearchOption:@\"batch_size\" doubleValue:",
+        'setSearchOption:@"batch_size" intValue:',
+        r"no visible @interface for 'OGAGeneratorParams' declares the selector 'setSearchOption:intValue:error:'",
+    ),
+    (
+        "NSNumber where int32_t",
+        r"\[stream decode:token ",
+        "[stream decode:@(token) ",
+        r"'NSNumber \*' to parameter of type 'int32_t'",
+    ),
+    (
+        "unavailable initializer",
+        r"\[\[OGAModel alloc\] initWithConfig:config error:error\]",
+        "[[OGAModel alloc] init]",
+        r"'init' is unavailable",
+    ),
 ]
 
 

@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_mobile_compile import KOTLIN_RUNNER, ORG_JSON, _mutate, _output, _require, _run
+
 from toolkit.verify.golden import write_prompt_format
 
 FAKES = Path(__file__).parent / "data" / "genai_fakes"
@@ -30,15 +30,22 @@ NATIVE = ["Config", "Model", "Tokenizer"]  # what a constructed runner holds unt
 
 # The leaking pattern each fix replaced; the copy of the runner with all three must be caught.
 LEAKS = [
-    ("Config made before the JSON is read",
-     r" *private val config: Config = Config\(modelDir\.path\)\n", ""),
-    ("Config made before the JSON is read",
-     r"(class SlmkitRunner\([^)]*\) : AutoCloseable \{\n)", r"\1    private val config: Config = Config(modelDir.path)\n"),
-    ("Config not closed when Model throws",
-     r"try \{ Model\(config\) \} catch \(e: Throwable\) \{ config\.close\(\); throw e \}", "Model(config)"),
-    ("Model and Config not closed when Tokenizer throws",
-     r"try \{ Tokenizer\(model\) \} catch \(e: Throwable\) \{ model\.close\(\); config\.close\(\); throw e \}",
-     "Tokenizer(model)"),
+    ("Config made before the JSON is read", r" *private val config: Config = Config\(modelDir\.path\)\n", ""),
+    (
+        "Config made before the JSON is read",
+        r"(class SlmkitRunner\([^)]*\) : AutoCloseable \{\n)",
+        r"\1    private val config: Config = Config(modelDir.path)\n",
+    ),
+    (
+        "Config not closed when Model throws",
+        r"try \{ Model\(config\) \} catch \(e: Throwable\) \{ config\.close\(\); throw e \}",
+        "Model(config)",
+    ),
+    (
+        "Model and Config not closed when Tokenizer throws",
+        r"try \{ Tokenizer\(model\) \} catch \(e: Throwable\) \{ model\.close\(\); config\.close\(\); throw e \}",
+        "Tokenizer(model)",
+    ),
 ]
 
 TEMPLATE = "<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
@@ -59,9 +66,17 @@ def _bundle(root: Path, name: str, genai_config, prompt_format: str | None = Non
 
 def _genai_config(eos, kind: str = "phi3") -> dict:
     """The part of a builder-made genai_config.json the runner reads, in its place."""
-    return {"model": {"bos_token_id": 1, "context_length": 64, "eos_token_id": eos, "pad_token_id": 0,
-                      "type": kind, "vocab_size": 32064},
-            "search": {"do_sample": False, "max_length": 64, "num_beams": 1, "top_k": 1}}
+    return {
+        "model": {
+            "bos_token_id": 1,
+            "context_length": 64,
+            "eos_token_id": eos,
+            "pad_token_id": 0,
+            "type": kind,
+            "vocab_size": 32064,
+        },
+        "search": {"do_sample": False, "max_length": 64, "num_beams": 1, "top_k": 1},
+    }
 
 
 def _scenarios(root: Path) -> list[str]:
@@ -96,8 +111,9 @@ def _scenarios(root: Path) -> list[str]:
         ("image_processor_throws", "NamedTensors", "5,6", vision),
         ("image_generator_throws", "Generator", "5,6", vision),
     ]
-    return ([f"{name}|{fail}|{script}|{model}|" for name, fail, script, model in rows]
-            + [f"{name}|{fail}|{script}|{model}|{picture}" for name, fail, script, model in images])
+    return [f"{name}|{fail}|{script}|{model}|" for name, fail, script, model in rows] + [
+        f"{name}|{fail}|{script}|{model}|{picture}" for name, fail, script, model in images
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -124,40 +140,62 @@ def reports(tmp_path_factory) -> dict[str, dict[str, dict]]:
     copies.mkdir()
     (copies / KOTLIN_RUNNER.name).write_text(leaky.replace(PACKAGE, f"{PACKAGE}.leaky", 1))
     (copies / DRIVER.name).write_text(DRIVER.read_text().replace(PACKAGE, f"{PACKAGE}.leaky", 1))
-    proc = _run([kotlinc, "-jvm-target", "1.8", "-cp", os.pathsep.join(map(str, [classes, ORG_JSON])),
-                 "-d", classes, KOTLIN_RUNNER, DRIVER, copies / KOTLIN_RUNNER.name, copies / DRIVER.name])
+    proc = _run(
+        [
+            kotlinc,
+            "-jvm-target",
+            "1.8",
+            "-cp",
+            os.pathsep.join(map(str, [classes, ORG_JSON])),
+            "-d",
+            classes,
+            KOTLIN_RUNNER,
+            DRIVER,
+            copies / KOTLIN_RUNNER.name,
+            copies / DRIVER.name,
+        ]
+    )
     assert proc.returncode == 0, f"kotlinc rejected the runner or the driver:\n{_output(proc)}"
 
     args = _scenarios(tmp / "bundles")
     classpath = os.pathsep.join(map(str, [classes, ORG_JSON, stdlib]))
     result = {}
-    for variant, main in [("runner", "ai.slmkit.runner.LeakDriverKt"),
-                          ("leaky", "ai.slmkit.runner.leaky.LeakDriverKt")]:
+    for variant, main in [
+        ("runner", "ai.slmkit.runner.LeakDriverKt"),
+        ("leaky", "ai.slmkit.runner.leaky.LeakDriverKt"),
+    ]:
         proc = _run([java, "-cp", classpath, main, *args])
         lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-        assert proc.returncode == 0 and len(lines) == len(args), \
+        assert proc.returncode == 0 and len(lines) == len(args), (
             f"the {variant} driver failed (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
         result[variant] = {r["scenario"]: r for r in lines}
     return result
 
 
-@pytest.mark.parametrize("scenario,exception", [
-    ("malformed_genai_config", "JSONException"),
-    ("malformed_prompt_format", "JSONException"),
-    ("genai_config_without_search", "JSONException"),
-    ("missing_genai_config", "FileNotFoundException"),
-])
+@pytest.mark.parametrize(
+    "scenario,exception",
+    [
+        ("malformed_genai_config", "JSONException"),
+        ("malformed_prompt_format", "JSONException"),
+        ("genai_config_without_search", "JSONException"),
+        ("missing_genai_config", "FileNotFoundException"),
+    ],
+)
 def test_bad_json_fails_before_any_native_object_exists(reports, scenario, exception):
     report = reports["runner"][scenario]
     assert report.get("threw") == exception and report["threw_in"] == "constructor", report
     assert report["created"] == [] and report["open"] == [], report
 
 
-@pytest.mark.parametrize("scenario,made", [
-    ("config_throws", []),
-    ("model_throws", ["Config"]),
-    ("tokenizer_throws", ["Config", "Model"]),
-])
+@pytest.mark.parametrize(
+    "scenario,made",
+    [
+        ("config_throws", []),
+        ("model_throws", ["Config"]),
+        ("tokenizer_throws", ["Config", "Model"]),
+    ],
+)
 def test_failed_native_constructor_closes_what_was_made(reports, scenario, made):
     report = reports["runner"][scenario]
     assert report.get("threw") == "GenAIException" and report["threw_in"] == "constructor", report
@@ -165,11 +203,14 @@ def test_failed_native_constructor_closes_what_was_made(reports, scenario, made)
     assert report["open"] == [] and report["bad_closes"] == 0, report
 
 
-@pytest.mark.parametrize("scenario,eos_ids,answer,prompt", [
-    ("int_eos", [2], "<5><6>", TEMPLATE.replace("{content}", "hi")),
-    ("array_eos", [2, 32000, 32007], "<5>", "<|user|>\nhi<|end|>\n<|assistant|>\n"),  # no prompt_format.json
-    ("max_new_tokens", [2, 32000, 32007], "".join(f"<{t}>" for t in range(10, 18)), None),
-])
+@pytest.mark.parametrize(
+    "scenario,eos_ids,answer,prompt",
+    [
+        ("int_eos", [2], "<5><6>", TEMPLATE.replace("{content}", "hi")),
+        ("array_eos", [2, 32000, 32007], "<5>", "<|user|>\nhi<|end|>\n<|assistant|>\n"),  # no prompt_format.json
+        ("max_new_tokens", [2, 32000, 32007], "".join(f"<{t}>" for t in range(10, 18)), None),
+    ],
+)
 def test_runner_answers_and_close_leaves_nothing_open(reports, scenario, eos_ids, answer, prompt):
     """Stops at any of the EOS ids (one int or a list in genai_config.json) or after maxNewTokens;
     each generation closes its Sequences, GeneratorParams, TokenizerStream and Generator, close()
@@ -204,16 +245,29 @@ def test_image_answer_closes_images_processor_and_inputs(reports):
     report = reports["runner"]["image_ask"]
     assert "threw" not in report and report["answer"] == "<5><6>", report
     assert report["prompt"] == TEMPLATE.replace("{content}", "<|image_1|>\nhi"), report
-    assert report["created"] == [*NATIVE, "Images", "MultiModalProcessor", "NamedTensors", "GeneratorParams",
-                                 "TokenizerStream", "Generator"], report
+    assert report["created"] == [
+        *NATIVE,
+        "Images",
+        "MultiModalProcessor",
+        "NamedTensors",
+        "GeneratorParams",
+        "TokenizerStream",
+        "Generator",
+    ], report
     assert report["open_after_ask"] == NATIVE and report["open"] == [] and report["bad_closes"] == 0, report
 
 
-@pytest.mark.parametrize("scenario,made", [
-    ("image_on_text_bundle", []),  # refused before any image object exists
-    ("image_processor_throws", ["Images", "MultiModalProcessor"]),
-    ("image_generator_throws", ["Images", "MultiModalProcessor", "NamedTensors", "GeneratorParams", "TokenizerStream"]),
-])
+@pytest.mark.parametrize(
+    "scenario,made",
+    [
+        ("image_on_text_bundle", []),  # refused before any image object exists
+        ("image_processor_throws", ["Images", "MultiModalProcessor"]),
+        (
+            "image_generator_throws",
+            ["Images", "MultiModalProcessor", "NamedTensors", "GeneratorParams", "TokenizerStream"],
+        ),
+    ],
+)
 def test_image_failures_close_what_was_made(reports, scenario, made):
     report = reports["runner"][scenario]
     expected = "GenAIException" if scenario == "image_generator_throws" else "IllegalArgumentException"

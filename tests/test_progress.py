@@ -52,10 +52,12 @@ def test_a_log_gets_a_line_every_ten_percent_then_a_closing_line(clock):
 
 def test_a_slow_step_in_a_log_still_prints_every_30_seconds(clock):
     lines = run_bar(io.StringIO(), clock, steps=3, seconds_each=40.0, total=1000).splitlines()
-    assert lines == ["      export: 1/1000 tensors, 0%, 0:40 elapsed, ETA 11:06:00",
-                     "      export: 2/1000 tensors, 0%, 1:20 elapsed, ETA 11:05:20",
-                     "      export: 3/1000 tensors, 0%, 2:00 elapsed, ETA 11:04:40",
-                     "      export: 3 tensors in 2:00"]
+    assert lines == [
+        "      export: 1/1000 tensors, 0%, 0:40 elapsed, ETA 11:06:00",
+        "      export: 2/1000 tensors, 0%, 1:20 elapsed, ETA 11:05:20",
+        "      export: 3/1000 tensors, 0%, 2:00 elapsed, ETA 11:04:40",
+        "      export: 3 tensors in 2:00",
+    ]
 
 
 def test_short_work_prints_nothing_in_a_log(clock):
@@ -105,4 +107,12 @@ def test_a_build_shows_each_long_stage_and_quiet_hides_it(tiny35, tmp_path, monk
     quiet = CliRunner().invoke(main, ["build", "-m", str(tiny35), "-t", "cpu", "-o", str(tmp_path / "b"), "--quiet"])
     assert quiet.exit_code == 0, quiet.output
     assert [line[:5] for line in quiet.output.splitlines()] == [
-        "Build", "[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "Bundl", "Verif"]
+        "Build",
+        "[1/5]",
+        "[2/5]",
+        "[3/5]",
+        "[4/5]",
+        "[5/5]",
+        "Bundl",
+        "Verif",
+    ]

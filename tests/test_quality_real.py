@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from toolkit.build import build, plan_build
 from toolkit.cli import main
-from toolkit.verify.quality import Reference, default_text, evaluate
-from toolkit.families import open_checkpoint
 from toolkit.data import corpus
+from toolkit.families import open_checkpoint
+from toolkit.verify.quality import Reference, default_text, evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,18 @@ def test_default_int4_is_slmkit_mixed_and_within_the_recipes_budget(smol_bundles
 def test_chat_answer_names_paris(smol_bundles):
     for name in ("fp32", "default"):
         bundle = smol_bundles[name]
-        proc = subprocess.run([sys.executable, str(bundle / "runner" / "run.py"), "--prompt",
-                               "What is the capital of France?", "--max-new-tokens", "40"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(bundle / "runner" / "run.py"),
+                "--prompt",
+                "What is the capital of France?",
+                "--max-new-tokens",
+                "40",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0, proc.stderr
         assert "Paris" in proc.stdout, (name, proc.stdout)
 
@@ -64,8 +73,21 @@ def test_chat_answer_names_paris(smol_bundles):
 def test_eval_cli_writes_the_manifest(smol_bundles, smollm2, tmp_path):
     text = tmp_path / "text.txt"
     text.write_text(corpus(), encoding="utf-8")  # any UTF-8 text file
-    result = CliRunner().invoke(main, ["eval", str(smol_bundles["default"]), "-r", str(smollm2),
-                                       "--text", str(text), "--max-tokens", "1024", "--window", "256"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            str(smol_bundles["default"]),
+            "-r",
+            str(smollm2),
+            "--text",
+            str(text),
+            "--max-tokens",
+            "1024",
+            "--window",
+            "256",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "fp32 reference (PyTorch)" in result.output and "the recipe's budget (+20%)" in result.output
     manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
@@ -80,8 +102,9 @@ def test_quality_budget_picks_the_smallest_within_budget(smollm2, tmp_path):
     +18.5% / +18.8% with mse (benchmarks/int4_methods.py; two machines of this kind for mse): a 22%
     budget sits 3.5 points or more from each, ten times the spread measured between machines."""
     budget = 0.22
-    result = CliRunner().invoke(main, ["build", "-m", str(smollm2), "-t", "cpu", "-o", str(tmp_path / "b"),
-                                       "--quality-budget", f"{budget:.0%}"])
+    result = CliRunner().invoke(
+        main, ["build", "-m", str(smollm2), "-t", "cpu", "-o", str(tmp_path / "b"), "--quality-budget", f"{budget:.0%}"]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     tried = manifest["quality"]["candidates"]

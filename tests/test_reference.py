@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from peak_memory import LAYER_BYTES, peak_growth
 
+from toolkit.families import open_checkpoint
 from toolkit.plan.config import VerifyConfig
-from toolkit.verify.quality import Reference
 from toolkit.reference.layerwise import layerwise_model
 from toolkit.source.checkpoint import eos_ids
-from toolkit.families import open_checkpoint
 from toolkit.verify.golden import reference_cases
+from toolkit.verify.quality import Reference
 
-from peak_memory import LAYER_BYTES, peak_growth
 
 def load_reference(path: Path):
     """The whole float32 model, as transformers loads it: what the layer-by-layer one must equal."""
@@ -53,13 +53,19 @@ def test_golden_tokens_in_one_batch_equal_the_whole_model_one_prompt_at_a_time(t
     eos = eos_ids(tiny35)
     cfg = VerifyConfig(prompts=TEXTS, chat_prompts=["What is the capital of France?"], new_tokens=12)
     cases, fmt = reference_cases(src.path, src.weight_files, cfg, eos)
-    tokenizer, whole = load_reference(src.path)
+    _, whole = load_reference(src.path)
     assert [c["prompt"] for c in cases] == TEXTS + [fmt.replace("{content}", "What is the capital of France?")]
     for case in cases:
         ids = torch.tensor([case["prompt_ids"]])
-        out = whole.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
-                             eos_token_id=eos, pad_token_id=eos[0])
-        expected = [int(t) for t in out[0, ids.shape[1]:]]
+        out = whole.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos[0],
+        )
+        expected = [int(t) for t in out[0, ids.shape[1] :]]
         assert case["expected_ids"] == expected[: len(case["expected_ids"])], case["prompt"]
         assert len(case["expected_ids"]) == 12 or case["expected_ids"][-1] in eos
 
@@ -71,7 +77,7 @@ def test_eval_reference_windows_in_batches_equal_one_at_a_time(tiny35):
     assert len(ref.windows) >= 9 and len(ref.windows[-1]) < 64  # batches of 4 and a shorter last window
     _, whole = load_reference(tiny35)
     with torch.no_grad():
-        for win, logprobs in zip(ref.windows, ref.logprobs):
+        for win, logprobs in zip(ref.windows, ref.logprobs, strict=True):
             expected = torch.log_softmax(whole(torch.tensor([win])).logits[0, :-1], -1).numpy()
             assert np.allclose(logprobs.astype(np.float32), expected, atol=2e-2), win[:4]  # stored as float16
 
@@ -100,23 +106,34 @@ def test_a_layer_tensor_of_the_wrong_shape_is_named(model_copy):
     from toolkit.errors import InputModelError
 
     weights = load_file(str(model_copy / "model.safetensors"))
-    weights["model.layers.1.self_attn.o_proj.weight"] = weights["model.layers.1.self_attn.o_proj.weight"][:, :32].contiguous()
+    weights["model.layers.1.self_attn.o_proj.weight"] = weights["model.layers.1.self_attn.o_proj.weight"][
+        :, :32
+    ].contiguous()
     save_file(weights, str(model_copy / "model.safetensors"))
     src = open_checkpoint(str(model_copy))
     _, model = layerwise_model(src.path, src.weight_files)
-    with pytest.raises(InputModelError, match=r"tensor 'model.layers.1.self_attn.o_proj.weight' has shape \[64, 32\] "
-                                              r"\(BF16, 4096 bytes\); the model's config.json asks for \[64, 64\]"):
+    with pytest.raises(
+        InputModelError,
+        match=r"tensor 'model.layers.1.self_attn.o_proj.weight' has shape \[64, 32\] "
+        r"\(BF16, 4096 bytes\); the model's config.json asks for \[64, 64\]",
+    ):
         model(torch.tensor([[1, 2, 3]]))
 
 
 def test_calibration_statistics_equal_the_whole_models(tiny35):
     """slmkit's mse calibration (mean squared input of every Linear) runs layer by layer too."""
-    from toolkit.quantize.calibration import activation_importance
-    from toolkit.quantize.calibration import calibration_texts
+    from toolkit.quantize.calibration import activation_importance, calibration_texts
 
-    hf_name = {"attn.qkv_proj": "self_attn.qkv_proj", "attn.o_proj": "self_attn.o_proj",
-               "mlp.gate_proj": "mlp.gate_up_proj", "mlp.up_proj": "mlp.gate_up_proj", "mlp.down_proj": "mlp.down_proj"}
-    weights = {f"model.layers.{i}.{w}.MatMul.weight": f"model.layers.{i}.{h}" for i in range(2) for w, h in hf_name.items()}
+    hf_name = {
+        "attn.qkv_proj": "self_attn.qkv_proj",
+        "attn.o_proj": "self_attn.o_proj",
+        "mlp.gate_proj": "mlp.gate_up_proj",
+        "mlp.up_proj": "mlp.gate_up_proj",
+        "mlp.down_proj": "mlp.down_proj",
+    }
+    weights = {
+        f"model.layers.{i}.{w}.MatMul.weight": f"model.layers.{i}.{h}" for i in range(2) for w, h in hf_name.items()
+    }
     weights["lm_head.MatMul.weight"] = "lm_head"
     texts = calibration_texts()[:2]
     got = activation_importance(tiny35, texts, list(weights), max_tokens=600)
@@ -128,6 +145,7 @@ def test_calibration_statistics_equal_the_whole_models(tiny35):
         def hook(_module, inputs, _output):
             x = inputs[0].double().reshape(-1, inputs[0].shape[-1])
             sums[name], counts[name] = sums.get(name, 0) + (x * x).sum(0), counts.get(name, 0) + x.shape[0]
+
         return hook
 
     hooks = [m.register_forward_hook(record(n)) for n, m in whole.named_modules() if isinstance(m, torch.nn.Linear)]

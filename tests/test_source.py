@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.source.checkpoint import eos_ids
 from toolkit.families import open_checkpoint
+from toolkit.source.checkpoint import eos_ids
 
-SUPPORTED = ("Supported: Phi3ForCausalLM (Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini); "
-             "LlamaForCausalLM (SmolLM2 and other Llama-architecture models); PhiMoEForCausalLM (Phi-3.5-MoE); "
-             "PhimoeForCausalLM (Phi-3.5-MoE re-saved by transformers 5); "
-             "Phi3VForCausalLM (Phi-3.5-vision, Phi-3-vision-128k).")
+SUPPORTED = (
+    "Supported: Phi3ForCausalLM (Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini); "
+    "LlamaForCausalLM (SmolLM2 and other Llama-architecture models); PhiMoEForCausalLM (Phi-3.5-MoE); "
+    "PhimoeForCausalLM (Phi-3.5-MoE re-saved by transformers 5); "
+    "Phi3VForCausalLM (Phi-3.5-vision, Phi-3-vision-128k)."
+)
 
 
 def _edit_config(folder: Path, **changes) -> Path:
@@ -78,7 +80,9 @@ def test_unsupported_architecture_names_the_supported_ones(model_copy):
 
 
 def test_remote_code_is_refused(model_copy):
-    cfg = _edit_config(model_copy, model_type="phi3_custom", auto_map={"AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"})
+    cfg = _edit_config(
+        model_copy, model_type="phi3_custom", auto_map={"AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}
+    )
     assert _refused(model_copy) == (
         f"{cfg} declares model_type 'phi3_custom', which transformers does not implement (expected 'phi3' "
         "for Phi3ForCausalLM): loading it would need trust_remote_code, and slmkit never runs code "
@@ -129,7 +133,10 @@ def test_garbage_safetensors(model_copy):
 
 
 def test_shard_index_naming_a_missing_shard(model_copy):
-    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    index = {
+        "metadata": {},
+        "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"},
+    }
     (model_copy / "model.safetensors.index.json").write_text(json.dumps(index))
     assert _refused(model_copy) == (
         f"{model_copy / 'model.safetensors.index.json'} lists shards that are not in the folder: "
@@ -138,7 +145,10 @@ def test_shard_index_naming_a_missing_shard(model_copy):
     )
 
 
-@pytest.mark.parametrize("key,value", [("hidden_size", 10**9), ("num_hidden_layers", -1), ("vocab_size", "32064"), ("num_attention_heads", True)])
+@pytest.mark.parametrize(
+    "key,value",
+    [("hidden_size", 10**9), ("num_hidden_layers", -1), ("vocab_size", "32064"), ("num_attention_heads", True)],
+)
 def test_absurd_sizes_are_refused_before_allocating(model_copy, key, value):
     cfg = _edit_config(model_copy, **{key: value})
     limit = {"hidden_size": 32768, "num_hidden_layers": 512, "vocab_size": 1048576, "num_attention_heads": 1024}[key]
@@ -158,7 +168,9 @@ def test_longrope_factors_must_match_the_head_size(model_copy):
     scaling = dict(cfg["rope_scaling"], short_factor=[1.0, 1.0])
     path = _edit_config(model_copy, rope_scaling=scaling)
     half = cfg["hidden_size"] // cfg["num_attention_heads"] // 2
-    assert _refused(model_copy) == f"{path}: longrope 'short_factor' must list head_dim/2 = {half} numbers, got 2 numbers."
+    assert (
+        _refused(model_copy) == f"{path}: longrope 'short_factor' must list head_dim/2 = {half} numbers, got 2 numbers."
+    )
 
 
 def test_hub_ids_are_not_fetched_when_a_local_path_is_meant(tmp_path):

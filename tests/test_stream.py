@@ -11,18 +11,16 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
+from peak_memory import LAYER_BYTES, peak_growth
 
 from toolkit.build import build, plan_build
 from toolkit.cli import main
-from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.errors import ConfigError, InputModelError
 from toolkit.export.builder import run_builder
-from toolkit.quantize.choices import builder_options
-from toolkit.families import open_checkpoint
 from toolkit.export.stream import export_stream
-
-from peak_memory import LAYER_BYTES, peak_growth
-
+from toolkit.families import open_checkpoint
+from toolkit.plan.config import ExportConfig, QuantizeConfig
+from toolkit.quantize.choices import builder_options
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +70,18 @@ def logits(folder: Path, ids: list[int]) -> np.ndarray:
     feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
     if "position_ids" in [i.name for i in session.get_inputs()]:  # DirectML's graph
         feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
-    empty = np.zeros((1, config["num_key_value_heads"], 0, config["head_size"]),
-                     dtype=np.float16 if float16 else np.float32)
+    empty = np.zeros(
+        (1, config["num_key_value_heads"], 0, config["head_size"]), dtype=np.float16 if float16 else np.float32
+    )
     for i in range(config["num_hidden_layers"]):
         feeds[f"past_key_values.{i}.key"] = feeds[f"past_key_values.{i}.value"] = empty
     return session.run(["logits"], feeds)[0]
 
 
-@pytest.mark.parametrize("ep, precision", [("cpu", "int4"), ("cpu", "fp32"), ("cuda", "int4"), ("cuda", "fp16"),
-                                           ("dml", "int4"), ("dml", "fp16")])
+@pytest.mark.parametrize(
+    "ep, precision",
+    [("cpu", "int4"), ("cpu", "fp32"), ("cuda", "int4"), ("cuda", "fp16"), ("dml", "int4"), ("dml", "fp16")],
+)
 @pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
 def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precision):
     built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig(), ep)
@@ -96,15 +97,19 @@ def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precis
     assert np.array_equal(logits(streamed, ids), logits(built, ids))
 
 
-@pytest.mark.parametrize("ep, precision, q", [
-    ("cpu", "int8", QuantizeConfig()),
-    ("cpu", "int4", QuantizeConfig(symmetric=False)),
-    ("cpu", "int4", QuantizeConfig(lm_head="int8")),
-    ("cpu", "int4", QuantizeConfig(block_size=64, accuracy_level=0)),
-    ("cuda", "int8", QuantizeConfig()),
-    ("cuda", "int4", QuantizeConfig(symmetric=False, block_size=128)),
-    ("dml", "int4", QuantizeConfig(symmetric=False, block_size=64, lm_head="int8")),
-], ids=["int8", "asymmetric", "lm_head-int8", "block64-acc0", "cuda-int8", "cuda-asym-block128", "dml-asym-block64"])
+@pytest.mark.parametrize(
+    "ep, precision, q",
+    [
+        ("cpu", "int8", QuantizeConfig()),
+        ("cpu", "int4", QuantizeConfig(symmetric=False)),
+        ("cpu", "int4", QuantizeConfig(lm_head="int8")),
+        ("cpu", "int4", QuantizeConfig(block_size=64, accuracy_level=0)),
+        ("cuda", "int8", QuantizeConfig()),
+        ("cuda", "int4", QuantizeConfig(symmetric=False, block_size=128)),
+        ("dml", "int4", QuantizeConfig(symmetric=False, block_size=64, lm_head="int8")),
+    ],
+    ids=["int8", "asymmetric", "lm_head-int8", "block64-acc0", "cuda-int8", "cuda-asym-block128", "dml-asym-block64"],
+)
 def test_stream_quantizes_like_the_builder(tiny35, tmp_path, ep, precision, q):
     built, streamed = both_engines(tiny35, tmp_path, precision, q, ep)
     expected, got = initializers(built), initializers(streamed)
@@ -124,11 +129,19 @@ def test_stream_bundle_gives_the_builders_tokens(tiny35, bundles, tmp_path):
     assert (streamed / "model" / "genai_config.json").read_bytes() == (out / "model" / "genai_config.json").read_bytes()
 
 
-@pytest.mark.parametrize("setting, message", [
-    (("--target", "linux-cuda", "--set", "export.engine=stream", "--set", "export.precision=fp32"),
-     "precision 'fp32' for cuda (it writes int4, int8, fp16)"),
-    (("--target", "cpu", "--set", "quantize.method=k_quant"), "quantize.method 'k_quant' (it quantizes with default"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            ("--target", "linux-cuda", "--set", "export.engine=stream", "--set", "export.precision=fp32"),
+            "precision 'fp32' for cuda (it writes int4, int8, fp16)",
+        ),
+        (
+            ("--target", "cpu", "--set", "quantize.method=k_quant"),
+            "quantize.method 'k_quant' (it quantizes with default",
+        ),
+    ],
+)
 def test_stream_refuses_what_it_does_not_write(tiny35, tmp_path, setting, message):
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", "--model", str(tiny35), *setting, "-o", str(out)])
@@ -140,9 +153,17 @@ def test_stream_refuses_what_it_does_not_write(tiny35, tmp_path, setting, messag
 
 def test_stream_refuses_rope_scaling_it_does_not_write(model_copy):
     config = json.loads((model_copy / "config.json").read_text())
-    config.update(architectures=["LlamaForCausalLM"], model_type="llama",
-                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    config.update(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
     (model_copy / "config.json").write_text(json.dumps(config))
     src = open_checkpoint(str(model_copy))
     with pytest.raises(ConfigError, match="rope scaling 'llama3' \\(it writes longrope or none\\)"):
@@ -163,9 +184,12 @@ def refuses_checkpoint(model: Path, out: Path, change, message: str) -> None:
 
 
 def test_stream_refuses_tensors_it_would_drop(model_copy, tmp_path):
-    refuses_checkpoint(model_copy, tmp_path / "out",
-                       lambda w: w.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(64, dtype=np.float32)}),
-                       "tensors the graphs do not use \\(model.layers.0.self_attn.o_proj.bias\\)")
+    refuses_checkpoint(
+        model_copy,
+        tmp_path / "out",
+        lambda w: w.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(64, dtype=np.float32)}),
+        "tensors the graphs do not use \\(model.layers.0.self_attn.o_proj.bias\\)",
+    )
 
 
 PEAK = """
@@ -175,7 +199,8 @@ from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.families import open_checkpoint
 from toolkit.export.stream import export_stream
 src = open_checkpoint(sys.argv[1])
-export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), Path(sys.argv[2]))
+export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(),
+              Path(sys.argv[2]))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
@@ -195,6 +220,9 @@ def test_stream_refuses_tied_int8_embeddings(tiny_llama):
 
 
 def test_stream_refuses_tensor_types_it_does_not_read(model_copy, tmp_path):
-    refuses_checkpoint(model_copy, tmp_path / "out",
-                       lambda w: w.update({"model.norm.weight": w["model.norm.weight"].view(np.int16).astype(np.int8)}),
-                       "tensor 'model.norm.weight' is I8; the streamed export reads BF16, F16, F32")
+    refuses_checkpoint(
+        model_copy,
+        tmp_path / "out",
+        lambda w: w.update({"model.norm.weight": w["model.norm.weight"].view(np.int16).astype(np.int8)}),
+        "tensor 'model.norm.weight' is I8; the streamed export reads BF16, F16, F32",
+    )

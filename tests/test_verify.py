@@ -13,8 +13,9 @@ from toolkit.cli import main
 
 
 def _smoke(bundle: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(bundle / "tests" / "smoke_test.py"), *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, str(bundle / "tests" / "smoke_test.py"), *args], capture_output=True, text=True
+    )
 
 
 def test_smoke_test_passes_on_cpu_runnable_bundles(bundles):
@@ -43,7 +44,10 @@ def test_one_changed_byte_is_named(copy_bundle):
     data.write_bytes(bytes(raw))
     proc = _smoke(bundle)
     assert proc.returncode == 1
-    assert "FAIL  file model/model.onnx.data: sha256 differs from manifest.json (the file was changed or corrupted)" in proc.stdout
+    assert (
+        "FAIL  file model/model.onnx.data: sha256 differs from manifest.json (the file was changed or corrupted)"
+        in proc.stdout
+    )
     assert "FAIL  model: skipped: fix the damaged files above first" in proc.stdout
     result = CliRunner().invoke(main, ["verify", str(bundle)])
     assert result.exit_code == 1
@@ -59,8 +63,9 @@ def test_a_truncated_download_is_reported_as_truncated(copy_bundle):
         f.truncate(size // 3)
     proc = _smoke(bundle)
     assert proc.returncode == 1
-    assert (f"FAIL  file model/model.onnx.data: truncated: {size // 3} of {size} bytes "
-            "(incomplete copy or download)") in proc.stdout
+    assert (
+        f"FAIL  file model/model.onnx.data: truncated: {size // 3} of {size} bytes (incomplete copy or download)"
+    ) in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
@@ -93,9 +98,11 @@ def test_verify_on_the_gpu_provider_needs_its_runtime_and_leaves_the_manifest(bu
     before = (bundle / "manifest.json").read_bytes()
     result = CliRunner().invoke(main, ["verify", str(bundle), "--provider", "cuda"])
     assert result.exit_code == 1
-    assert result.output.startswith(f"Error: Checking '{bundle}' with the cuda provider needs "
-                                    "onnxruntime-genai-cuda, which this Python does not have: on the GPU "
-                                    "machine, `pip install onnxruntime-genai-cuda==")
+    assert result.output.startswith(
+        f"Error: Checking '{bundle}' with the cuda provider needs "
+        "onnxruntime-genai-cuda, which this Python does not have: on the GPU "
+        "machine, `pip install onnxruntime-genai-cuda=="
+    )
     assert f"Without the GPU, `slmkit verify {bundle}` runs the same graph on the CPU provider." in result.output
     assert (bundle / "manifest.json").read_bytes() == before
 
@@ -105,13 +112,21 @@ def test_a_passing_gpu_run_moves_its_kernels_from_pending_to_checked():
 
     manifest = {"verification": {"pending_on_device": pending_on_device("cuda", "python")}}
     case = {"prompt": "p", "top1_agreement": 0.9, "greedy_prefix": 20, "bundle_prefix": 24, "tie": None}
-    passed = {"passed": 9, "failed": 0, "top1_agreement": 0.9, "min_top1_agreement": 0.8,
-              "runtime": "onnxruntime-genai-cuda 0.18.0", "cases": [case]}
+    passed = {
+        "passed": 9,
+        "failed": 0,
+        "top1_agreement": 0.9,
+        "min_top1_agreement": 0.8,
+        "runtime": "onnxruntime-genai-cuda 0.18.0",
+        "cases": [case],
+    }
     record_device(manifest, "cuda", passed, "NVIDIA H200 (driver 580, 143771 MiB)")
     v = manifest["verification"]
     assert v["pending_on_device"] == []
-    assert v["checked_on_device"] == [f"{DEVICE_ONLY['cuda']}: the smoke test passed on NVIDIA H200 (driver 580, "
-                                      "143771 MiB) with onnxruntime-genai-cuda 0.18.0, top-1 agreement 0.900"]
+    assert v["checked_on_device"] == [
+        f"{DEVICE_ONLY['cuda']}: the smoke test passed on NVIDIA H200 (driver 580, "
+        "143771 MiB) with onnxruntime-genai-cuda 0.18.0, top-1 agreement 0.900"
+    ]
     assert v["device"]["cuda"]["cases"] == [case] and v["device"]["cuda"]["passed"] == 9
     record_device(manifest, "cuda", {**passed, "passed": 8, "failed": 1}, "NVIDIA H200")  # a later run fails
     assert v["pending_on_device"] == [DEVICE_ONLY["cuda"]] and v["checked_on_device"] == []

@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_emulate import needs_emulator
 
 from toolkit.build import plan_build
-from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.errors import ConfigError, InputModelError
-from toolkit.families.phi3v.vision import image_tokens
+from toolkit.export.stream import export_stream
+from toolkit.families import open_checkpoint
 from toolkit.families.phi3v.cases import golden_image, write_png
 from toolkit.families.phi3v.reference import VisionReference
-from toolkit.families import open_checkpoint
-from toolkit.export.stream import export_stream
-
-from test_emulate import needs_emulator
+from toolkit.families.phi3v.vision import image_tokens
+from toolkit.plan.config import ExportConfig, QuantizeConfig
 
 TARGETS = ("cpu", "android", "ios", "linux-cuda", "windows-dml")
 
@@ -30,8 +29,14 @@ TARGETS = ("cpu", "android", "ios", "linux-cuda", "windows-dml")
 @pytest.fixture(scope="module")
 def fp32_export(tiny_vision, tmp_path_factory) -> Path:
     src = open_checkpoint(str(tiny_vision))
-    return export_stream(src.path, src.weight_files, src.config, ExportConfig(engine="stream", precision="fp32"),
-                         QuantizeConfig(), tmp_path_factory.mktemp("vision-export"))
+    return export_stream(
+        src.path,
+        src.weight_files,
+        src.config,
+        ExportConfig(engine="stream", precision="fp32"),
+        QuantizeConfig(),
+        tmp_path_factory.mktemp("vision-export"),
+    )
 
 
 def _vision(export: Path, grids: list[tuple[int, int]], seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,7 +45,7 @@ def _vision(export: Path, grids: list[tuple[int, int]], seed: int = 0) -> tuple[
     rng = np.random.default_rng(seed)
     pixels = rng.standard_normal((len(grids), 17, 3, 336, 336)).astype(np.float32)
     for i, (h, w) in enumerate(grids):
-        pixels[i, 1 + h * w:] = 0  # the processor zero-fills the crops an image does not use
+        pixels[i, 1 + h * w :] = 0  # the processor zero-fills the crops an image does not use
     sizes = np.array([[336 * h, 336 * w] for h, w in grids], dtype=np.int64)
     session = ort.InferenceSession(str(export / "vision.onnx"), providers=["CPUExecutionProvider"])
     return session.run(None, {"pixel_values": pixels, "image_sizes": sizes})[0], pixels, sizes
@@ -89,8 +94,9 @@ def test_embedding_places_image_rows_and_accepts_none(fp32_export):
     ids = np.array([[5, -1, -1, -1, 7]], dtype=np.int64)
     out = session.run(None, {"input_ids": ids, "image_features": features})[0]
     assert np.array_equal(out[0, 1:4], features)
-    text = session.run(None, {"input_ids": np.array([[5, 7]], dtype=np.int64),
-                              "image_features": np.zeros((0, hidden), np.float32)})[0]  # every step after the prompt
+    text = session.run(
+        None, {"input_ids": np.array([[5, 7]], dtype=np.int64), "image_features": np.zeros((0, hidden), np.float32)}
+    )[0]  # every step after the prompt
     assert np.array_equal(text[0], out[0, [0, 4]])
 
 
@@ -107,14 +113,20 @@ def test_every_target_builds_a_verified_phi3v_bundle(vision_bundles, target):
     model = bundle / "model"
     config = json.loads((model / "genai_config.json").read_text())["model"]
     assert config["type"] == "phi3v"
-    assert {config[s]["filename"] for s in ("vision", "embedding", "decoder")} == {"vision.onnx", "embedding.onnx", "model.onnx"}
+    assert {config[s]["filename"] for s in ("vision", "embedding", "decoder")} == {
+        "vision.onnx",
+        "embedding.onnx",
+        "model.onnx",
+    }
     assert "inputs_embeds" in config["decoder"]["inputs"]
     assert ("position_ids" in config["decoder"]["inputs"]) == (target == "windows-dml")
     assert (model / "processor_config.json").is_file() and (bundle / "tests" / "image.png").is_file()
     import onnx
 
-    ops = {(n.op_type, next((a.i for a in n.attribute if a.name == "bits"), None))
-           for n in onnx.load(str(model / "vision.onnx"), load_external_data=False).graph.node}
+    ops = {
+        (n.op_type, next((a.i for a in n.attribute if a.name == "bits"), None))
+        for n in onnx.load(str(model / "vision.onnx"), load_external_data=False).graph.node
+    }
     mobile_or_cpu = target in ("cpu", "android", "ios")
     assert (("MatMulNBits", 8) in ops) == mobile_or_cpu and (("MatMul", None) in ops) != mobile_or_cpu
     embedding = {n.op_type for n in onnx.load(str(model / "embedding.onnx"), load_external_data=False).graph.node}
@@ -123,8 +135,9 @@ def test_every_target_builds_a_verified_phi3v_bundle(vision_bundles, target):
     assert manifest["verification"]["host"]["failed"] == 0
     golden = json.loads((bundle / "tests" / "golden.json").read_text())
     assert [c.get("image") for c in golden["cases"]].count("image.png") == 1
-    proc = subprocess.run([sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", "cpu"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", "cpu"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "image tokens) encodes as the reference did" in proc.stdout
 
@@ -136,7 +149,9 @@ def _run(bundle: Path, *args: str) -> subprocess.CompletedProcess:
 def test_runner_answers_about_an_image(vision_bundles):
     bundle = vision_bundles("cpu")
     image = bundle / "tests" / "image.png"
-    tagged = _run(bundle, "--image", str(image), "--prompt", "<|image_1|>\nDescribe the image.", "--max-new-tokens", "6")
+    tagged = _run(
+        bundle, "--image", str(image), "--prompt", "<|image_1|>\nDescribe the image.", "--max-new-tokens", "6"
+    )
     untagged = _run(bundle, "--image", str(image), "--prompt", "Describe the image.", "--max-new-tokens", "6")
     assert tagged.returncode == 0 and tagged.stdout.strip(), tagged.stderr
     assert untagged.stdout == tagged.stdout  # the tag is added in front when the prompt has none
@@ -149,9 +164,16 @@ def test_runner_refuses_bad_image_input(vision_bundles, bundles, tmp_path):
     image = str(bundle / "tests" / "image.png")
     cases = [
         (bundles("cpu"), ["--image", image], "--image: this bundle's model (phi3) reads text only."),
-        (bundle, ["--image", image, "--image", image, "--prompt", "<|image_1|> and <|image_3|>"],
-         "The prompt's image tags (<|image_1|>, <|image_3|>) do not match the 2 image(s) given with --image"),
-        (bundle, ["--image", str(tmp_path / "missing.png")], "missing.png: cannot read it (No such file or directory)."),
+        (
+            bundle,
+            ["--image", image, "--image", image, "--prompt", "<|image_1|> and <|image_3|>"],
+            "The prompt's image tags (<|image_1|>, <|image_3|>) do not match the 2 image(s) given with --image",
+        ),
+        (
+            bundle,
+            ["--image", str(tmp_path / "missing.png")],
+            "missing.png: cannot read it (No such file or directory).",
+        ),
     ]
     (tmp_path / "notes.txt").write_text("not a picture")
     cases.append((bundle, ["--image", str(tmp_path / "notes.txt")], "notes.txt: not a PNG or JPEG image"))
@@ -177,12 +199,15 @@ def test_runner_refuses_images_past_the_context_cap(vision_bundles):
 
 def test_refusals_before_anything_is_written(tiny_vision, tmp_path):
     src = open_checkpoint(str(tiny_vision))
-    with pytest.raises(ConfigError, match="export.engine 'ort-genai' cannot build Phi3VForCausalLM"):
+    with pytest.raises(ConfigError, match=r"export\.engine 'ort-genai' cannot build Phi3VForCausalLM"):
         plan_build(src, None, "cpu", ("export.engine=ort-genai",))
-    with pytest.raises(ConfigError, match="quantize.method 'mse' for a vision model"):
+    with pytest.raises(ConfigError, match=r"quantize\.method 'mse' for a vision model"):
         plan_build(src, None, "cpu", ("quantize.method=mse", "quantize.symmetric=false"))
-    with pytest.raises(ConfigError, match=r"optimize.context_cap = 2048 cannot hold one image: .* 2509 tokens. "
-                                          r"Use --set optimize.context_cap=3021 or more"):
+    with pytest.raises(
+        ConfigError,
+        match=r"optimize.context_cap = 2048 cannot hold one image: .* 2509 tokens. "
+        r"Use --set optimize.context_cap=3021 or more",
+    ):
         plan_build(src, None, "cpu", ("optimize.context_cap=2048",))
     bad = tmp_path / "bad"
     shutil.copytree(tiny_vision, bad)
@@ -194,7 +219,9 @@ def test_refusals_before_anything_is_written(tiny_vision, tmp_path):
     save_file(tensors, str(bad / "model.safetensors"))
     src = open_checkpoint(str(bad))
     with pytest.raises(InputModelError, match="The vision tower takes 24x24 patches of 7 pixels; onnxruntime-genai's"):
-        export_stream(src.path, src.weight_files, src.config, ExportConfig(engine="stream"), QuantizeConfig(), tmp_path / "w")
+        export_stream(
+            src.path, src.weight_files, src.config, ExportConfig(engine="stream"), QuantizeConfig(), tmp_path / "w"
+        )
 
 
 def test_test_image_is_deterministic(tmp_path):
@@ -208,8 +235,8 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
     import onnxruntime_genai as og
     import torch
 
-    from toolkit.reference.layerwise import layerwise_model
     from toolkit.families.phi3v.reference import embed
+    from toolkit.reference.layerwise import layerwise_model
 
     bundle = vision_bundles("cpu", "export.precision=fp32", "export.vision_precision=fp32")
     model = og.Model(str(bundle / "model"))
@@ -223,8 +250,9 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
     logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1]
 
     src = open_checkpoint(str(tiny_vision))
-    features = VisionReference(src.path, src.weight_files).features(inputs["pixel_values"].as_numpy(),
-                                                                     inputs["image_sizes"].as_numpy())
+    features = VisionReference(src.path, src.weight_files).features(
+        inputs["pixel_values"].as_numpy(), inputs["image_sizes"].as_numpy()
+    )
     _, reference = layerwise_model(src.path, src.weight_files)
     with torch.no_grad():
         expected = reference(inputs_embeds=embed(reference, ids, features)).logits[0, -1].numpy()

@@ -3,8 +3,8 @@ in the package that owns it; the model's family answers what differs between fam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .bundle import layout, staging
 from .errors import ConfigError, StageError
@@ -41,8 +41,16 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
     return plan
 
 
-def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
-          skip_memory_check: bool = False, quality_budget: float | None = None, log: Log = print) -> dict:
+def build(
+    src: SourceModel,
+    plan: BuildPlan,
+    out: Path,
+    *,
+    force: bool = False,
+    skip_memory_check: bool = False,
+    quality_budget: float | None = None,
+    log: Log = print,
+) -> dict:
     """Build, verify and publish one bundle at `out`; return its manifest."""
     staging.check_output(out, force)
     doctor.preflight(src.num_params, src.config, plan, out.parent, skip_memory_check)
@@ -57,8 +65,10 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         if quality_budget is None:
             model_dir = export_model(src, plan, stage.work, log)
         else:
-            log(f"[2/5] quantization within +{quality_budget:.1%} perplexity of float32: "
-                "candidates from the smallest bundle up")
+            log(
+                f"[2/5] quantization within +{quality_budget:.1%} perplexity of float32: "
+                "candidates from the smallest bundle up"
+            )
             plan, model_dir, quality = budget.choose(src, plan, quality_budget, stage.work, log)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
         optimize.apply_context_cap(model_dir, plan.optimize)
@@ -67,8 +77,10 @@ def build(src: SourceModel, plan: BuildPlan, out: Path, *, force: bool = False,
         log("[4/5] bundle: model, runner, tests, manifest")
         layout.assemble(model_dir, stage.bundle, plan)
         layout.write_readme(stage.bundle, plan, src.origin if src.revision else src.path.name)
-        log("[5/5] verify: PyTorch reference tokens (float32, layer by layer), then the bundle's own smoke "
-            "test on this machine")
+        log(
+            "[5/5] verify: PyTorch reference tokens (float32, layer by layer), then the bundle's own smoke "
+            "test on this machine"
+        )
         cases, prompt_format = golden.reference_cases(src.path, src.weight_files, plan.verify, eos, stage.bundle)
         golden.write_prompt_format(stage.bundle, prompt_format)
         golden.write_golden(stage.bundle, cases, plan.verify)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from .verify.emulate import DEFAULT_CPUS
 from .errors import SlmkitError
+from .verify.emulate import DEFAULT_CPUS
 
 
 def _friendly(fn):
@@ -31,8 +31,7 @@ def _friendly(fn):
     return wrapper
 
 
-QUIET = click.option("--quiet", "-q", is_flag=True,
-                     help="No progress lines: only each stage's line and the result.")
+QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress lines: only each stage's line and the result.")
 
 
 def _missing_package(e: ImportError) -> str:
@@ -41,8 +40,10 @@ def _missing_package(e: ImportError) -> str:
     top = (e.name or "").split(".")[0]
     for module, dist, minimum, purpose in REQUIRED:
         if module == top:
-            return (f"The package {dist} ({purpose}) cannot be imported: {e}. Install it: "
-                    f"pip install '{dist}>={minimum}' (`slmkit doctor` checks every dependency).")
+            return (
+                f"The package {dist} ({purpose}) cannot be imported: {e}. Install it: "
+                f"pip install '{dist}>={minimum}' (`slmkit doctor` checks every dependency)."
+            )
     return f"A package slmkit needs cannot be imported: {e}. Reinstall slmkit with its dependencies."
 
 
@@ -57,25 +58,38 @@ def main() -> None:
 @click.option("--target", "-t", help="cpu, android, ios, windows-dml or linux-cuda (see `slmkit ls`).")
 @click.option("--recipe", "-r", help="Recipe name (phi-3.5-mini/android) or path of a .toml file.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Bundle folder [default: <model>-<target>].")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a plan value, e.g. --set quantize.block_size=64 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a plan value, e.g. --set quantize.block_size=64 (repeatable).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved plan and build nothing.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at the output path.")
-@click.option("--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (unpickled with weights_only=True).")
-@click.option("--skip-memory-check", is_flag=True, help="Build even if the builder's estimated peak memory exceeds RAM.")
-@click.option("--quality-budget", metavar="PCT",
-              help="Smallest quantization within this perplexity increase over float32, e.g. 5%.")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Accept pytorch_model.bin weights (unpickled with weights_only=True)."
+)
+@click.option(
+    "--skip-memory-check", is_flag=True, help="Build even if the builder's estimated peak memory exceeds RAM."
+)
+@click.option(
+    "--quality-budget",
+    metavar="PCT",
+    help="Smallest quantization within this perplexity increase over float32, e.g. 5%.",
+)
 @QUIET
 @_friendly
-def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget,
-          quiet):
+def build(
+    model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget, quiet
+):
     """Build, verify and publish one bundle."""
-    from .verify.budget import parse_budget
     from .build import build as run_build
     from .build import plan_build
+    from .families import open_checkpoint
     from .plan.config import to_toml
     from .progress import configure
-    from .families import open_checkpoint
+    from .verify.budget import parse_budget
 
     configure(quiet=quiet)
 
@@ -84,13 +98,16 @@ def build(model, target, recipe, output, overrides, dry_run, force, allow_pickle
     plan = plan_build(src, recipe, target, tuple(overrides))
     out = output or Path(f"{src.path.name}-{plan.target}")
     if dry_run:
-        click.echo(f"# source: {src.origin} ({src.architecture}, rope {src.rope_scaling}, "
-                   f"{src.num_params / 1e6:.1f} M parameters)\n# output: {out}")
+        click.echo(
+            f"# source: {src.origin} ({src.architecture}, rope {src.rope_scaling}, "
+            f"{src.num_params / 1e6:.1f} M parameters)\n# output: {out}"
+        )
         click.echo(to_toml(plan.to_dict()), nl=False)
         return
     click.echo(f"Building {plan.recipe} from {src.origin} into {out}")
-    manifest = run_build(src, plan, out, force=force, skip_memory_check=skip_memory_check,
-                         quality_budget=budget, log=click.echo)
+    manifest = run_build(
+        src, plan, out, force=force, skip_memory_check=skip_memory_check, quality_budget=budget, log=click.echo
+    )
     _print_result(out, manifest)
 
 
@@ -98,8 +115,10 @@ def _print_result(out: Path, manifest: dict) -> None:
     host = manifest["verification"]["host"]
     size = sum(f["size"] for f in manifest["files"].values())
     click.echo(f"Bundle written: {out} ({size / 1e6:.1f} MB, {len(manifest['files'])} files)")
-    click.echo(f"Verified on this machine ({host['provider']} provider): {host['passed']} checks passed, "
-               f"top-1 agreement with the reference {host['top1_agreement']:.3f}")
+    click.echo(
+        f"Verified on this machine ({host['provider']} provider): {host['passed']} checks passed, "
+        f"top-1 agreement with the reference {host['top1_agreement']:.3f}"
+    )
     for item in manifest["verification"]["pending_on_device"]:
         click.echo(f"Needs the device: {item}")
 
@@ -126,10 +145,7 @@ def show(name):
     from .plan.catalog import load_recipe, load_target
     from .plan.config import read_toml, resolve, to_toml
 
-    if name.endswith(".toml"):
-        is_recipe = "recipe" in read_toml(Path(name))
-    else:
-        is_recipe = "/" in name
+    is_recipe = "recipe" in read_toml(Path(name)) if name.endswith(".toml") else "/" in name
     if not is_recipe:
         target = load_target(name)
         click.echo(f"# {target.path}")
@@ -148,8 +164,8 @@ def show(name):
 @_friendly
 def cp(recipe, dest):
     """Copy a recipe to DEST to start a custom one (then: build --recipe DEST)."""
-    from .plan.catalog import load_recipe
     from .errors import OutputError
+    from .plan.catalog import load_recipe
 
     src = load_recipe(recipe)
     if dest.exists():
@@ -176,12 +192,20 @@ def doctor(model, target):
 
         src = open_checkpoint(model)
         plan = plan_build(src, None, target, ())
-        checks.append(doc.Check("model", True, f"{src.architecture}, rope {src.rope_scaling}, "
-                                f"{src.num_params / 1e9:.2f} B parameters -> recipe {plan.recipe}"))
-        need = doc.estimate_bundle_bytes(src.num_params, plan.export.precision,
-                                         src.config["vocab_size"], src.config["hidden_size"])
-        memory = doc.memory_check(src.num_params, src.config, plan.export.engine, plan.quantize.method,
-                                         plan.export.precision)
+        checks.append(
+            doc.Check(
+                "model",
+                True,
+                f"{src.architecture}, rope {src.rope_scaling}, "
+                f"{src.num_params / 1e9:.2f} B parameters -> recipe {plan.recipe}",
+            )
+        )
+        need = doc.estimate_bundle_bytes(
+            src.num_params, plan.export.precision, src.config["vocab_size"], src.config["hidden_size"]
+        )
+        memory = doc.memory_check(
+            src.num_params, src.config, plan.export.engine, plan.quantize.method, plan.export.precision
+        )
         checks += [doc.disk_check(Path.cwd(), 2 * need), memory]
     for c in checks:
         click.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name:<18} {c.detail}")
@@ -190,13 +214,24 @@ def doctor(model, target):
 
 @main.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--provider", type=click.Choice(["bundle", "cpu", "cuda", "dml"]),
-              help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU]. "
-                   "On the GPU machine, a GPU bundle's own (cuda) checks its kernels and records it in manifest.json.")
-@click.option("--emulate", type=click.Choice(["arm64"]),
-              help="Run the smoke test on emulated phone CPUs (qemu user mode) instead of this machine's.")
-@click.option("--cpu", "cpus", default=",".join(DEFAULT_CPUS), show_default=True,
-              help="With --emulate: the CPUs, comma-separated (qemu -cpu names).")
+@click.option(
+    "--provider",
+    type=click.Choice(["bundle", "cpu", "cuda", "dml"]),
+    help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU]. "
+    "On the GPU machine, a GPU bundle's own (cuda) checks its kernels and records it in manifest.json.",
+)
+@click.option(
+    "--emulate",
+    type=click.Choice(["arm64"]),
+    help="Run the smoke test on emulated phone CPUs (qemu user mode) instead of this machine's.",
+)
+@click.option(
+    "--cpu",
+    "cpus",
+    default=",".join(DEFAULT_CPUS),
+    show_default=True,
+    help="With --emulate: the CPUs, comma-separated (qemu -cpu names).",
+)
 @_friendly
 def verify(bundle, provider, emulate, cpus):
     """Re-check a bundle: settings read back from the graph, file hashes, tokens vs the reference."""
@@ -208,8 +243,10 @@ def verify(bundle, provider, emulate, cpus):
         runs, output = verify_emulated(bundle, [c.strip() for c in cpus.split(",") if c.strip()])
         click.echo(output)
         for r in runs:
-            click.echo(f"Emulated {r['cpu']}: {r['passed']} checks passed, top-1 agreement {r['top1_agreement']:.3f}"
-                       f" ({r['emulated']}; not a device speed)")
+            click.echo(
+                f"Emulated {r['cpu']}: {r['passed']} checks passed, top-1 agreement {r['top1_agreement']:.3f}"
+                f" ({r['emulated']}; not a device speed)"
+            )
         click.echo(f"Bundle {bundle} verified on emulated ARM64 CPUs; results saved in its manifest.json.")
         return
     summary, output = verify_bundle(bundle, provider)
@@ -223,9 +260,16 @@ def verify(bundle, provider, emulate, cpus):
 
 @main.command(name="eval")
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--reference", "-r", required=True, type=click.Path(path_type=Path),
-              help="The Hugging Face folder the bundle was built from (run in float32 as the reference).")
-@click.option("--text", type=click.Path(path_type=Path), help="UTF-8 text file [default: the text shipped with slmkit].")
+@click.option(
+    "--reference",
+    "-r",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The Hugging Face folder the bundle was built from (run in float32 as the reference).",
+)
+@click.option(
+    "--text", type=click.Path(path_type=Path), help="UTF-8 text file [default: the text shipped with slmkit]."
+)
 @click.option("--window", default=512, show_default=True, help="Tokens per scored window.")
 @click.option("--max-tokens", default=8192, show_default=True, help="Score at most this many tokens of the text.")
 @QUIET
@@ -290,10 +334,17 @@ def ci() -> None:
 
 @ci.command(name="init")
 @click.option("--model", "-m", required=True, help="Hub id (or path in the repository) the workflow builds.")
-@click.option("--targets", default="cpu,android,ios,windows-dml,linux-cuda", show_default=True,
-              help="Comma-separated targets, one matrix job each.")
-@click.option("--install", help="The command that installs slmkit on the runner [default: the git commit or "
-                                 "index version this slmkit came from].")
+@click.option(
+    "--targets",
+    default="cpu,android,ios,windows-dml,linux-cuda",
+    show_default=True,
+    help="Comma-separated targets, one matrix job each.",
+)
+@click.option(
+    "--install",
+    help="The command that installs slmkit on the runner [default: the git commit or "
+    "index version this slmkit came from].",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing workflow.")
 @_friendly
 def ci_init(model, targets, install, force):

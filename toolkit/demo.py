@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import OutputError
 
@@ -32,8 +32,10 @@ def run_demo(out: Path, force: bool = False, log: Callable[[str], None] = print)
     log(f"Building {plan.recipe} into {bundle}")
     manifest = build(src, plan, bundle, log=log)
     host = manifest["verification"]["host"]
-    log(f"Verified: {host['passed']} checks passed, top-1 agreement with the PyTorch reference "
-        f"{host['top1_agreement']:.3f}")
+    log(
+        f"Verified: {host['passed']} checks passed, top-1 agreement with the PyTorch reference "
+        f"{host['top1_agreement']:.3f}"
+    )
     log(f"\nAsking the bundle: {QUESTION}")
     runner = [sys.executable, str(bundle / "runner" / "run.py"), "--prompt", QUESTION, "--max-new-tokens", "40"]
     answer = subprocess.run(runner, capture_output=True, text=True)

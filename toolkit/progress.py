@@ -15,7 +15,8 @@ import contextlib
 import sys
 import threading
 import time
-from typing import Callable, Iterator, TextIO
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 INDENT = "      "
 LOG_AFTER_S = 10.0  # in a log, the first line only after this long: short work prints nothing
@@ -32,7 +33,7 @@ def configure(quiet: bool = False, stream: TextIO | None = None) -> None:
 
 def clock(seconds: float) -> str:
     """0:42, 12:05, 1:02:03."""
-    s = int(round(seconds))
+    s = round(seconds)
     h, m = divmod(s // 60, 60)
     return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
@@ -151,8 +152,11 @@ def waiting(label: str) -> Iterator[None]:
         while not stop.wait(1.0 if tty else LOG_EVERY_S):
             shown.append(True)
             elapsed = clock(time.monotonic() - start)
-            stream.write(f"\r\x1b[K{INDENT}{label}: {elapsed} elapsed" if tty
-                         else f"{INDENT}{label}: still running, {elapsed} elapsed\n")
+            stream.write(
+                f"\r\x1b[K{INDENT}{label}: {elapsed} elapsed"
+                if tty
+                else f"{INDENT}{label}: still running, {elapsed} elapsed\n"
+            )
             stream.flush()
 
     thread = threading.Thread(target=beat, daemon=True)

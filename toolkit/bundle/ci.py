@@ -7,8 +7,8 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from ..plan.catalog import target_names
 from ..errors import ConfigError, OutputError, did_you_mean
+from ..plan.catalog import target_names
 
 # Hosted runners have no GPU: GPU bundles run their graph on the CPU provider there. Phone bundles
 # run on the hosted ARM64 runner, whose int4 kernels are the phone's (KleidiAI), not x86's.
@@ -100,7 +100,7 @@ def default_install() -> str:
         f"slmkit here was installed from {direct.get('url', 'a local file')}, which a CI runner cannot reach "
         "(slmkit is not on the public package index). Pass the command that installs it on the runner, e.g. "
         "--install \"pip install 'slmkit @ git+https://github.com/OWNER/slmkit@COMMIT'\", or "
-        "--install \"pip install ./slmkit\" when this repository holds a copy."
+        '--install "pip install ./slmkit" when this repository holds a copy.'
     )
 
 
@@ -112,10 +112,17 @@ def workflow(model: str, targets: list[str], install: str | None) -> str:
     install = install or default_install()
     includes = "\n".join(
         f"          - target: {t}\n            runs_on: {SMOKE_RUNNER.get(t, X86_RUNNER)}\n"
-        f"            smoke_provider: {SMOKE_PROVIDER[t]}" for t in targets
+        f"            smoke_provider: {SMOKE_PROVIDER[t]}"
+        for t in targets
     )
-    return TEMPLATE.format(model=model, targets=", ".join(targets), includes=includes, x86=X86_RUNNER,
-                           install=json.dumps(install), recipe_glob="recipes/**")  # a JSON string is YAML
+    return TEMPLATE.format(
+        model=model,
+        targets=", ".join(targets),
+        includes=includes,
+        x86=X86_RUNNER,
+        install=json.dumps(install),
+        recipe_glob="recipes/**",
+    )  # a JSON string is YAML
 
 
 def write_workflow(root: Path, model: str, targets: list[str], install: str | None, force: bool) -> Path:

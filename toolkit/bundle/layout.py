@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..plan.config import BuildPlan
 from ..errors import VerificationError
+from ..plan.config import BuildPlan
 from ..source.checkpoint import SourceModel, eos_sources, sha256_file
 
 SCHEMA_VERSION = 1

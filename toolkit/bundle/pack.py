@@ -9,8 +9,8 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .layout import require_bundle
 from ..errors import InputModelError, OutputError, VerificationError
+from .layout import require_bundle
 
 # Fixed metadata: the archive depends on the bundle's bytes only.
 MTIME = 946684800  # 2000-01-01T00:00:00Z
@@ -30,10 +30,18 @@ def pack(bundle: Path, archive: Path) -> Path:
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkstemp(prefix=f".{archive.name}-", dir=archive.parent)[1])
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            dirs = sorted({root / PurePosixPath(*p.relative_to(bundle).parts[:i])
-                           for p in files for i in range(len(p.relative_to(bundle).parts))})
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            dirs = sorted(
+                {
+                    root / PurePosixPath(*p.relative_to(bundle).parts[:i])
+                    for p in files
+                    for i in range(len(p.relative_to(bundle).parts))
+                }
+            )
             for d in dirs:
                 tar.addfile(_info(str(d), tarfile.DIRTYPE, 0o755, 0))
             for path in files:
@@ -61,7 +69,9 @@ def _check_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
         raise InputModelError(f"{archive}: refusing entry '{member.name}': it points outside the destination.")
     if not (member.isfile() or member.isdir()):
         kind = "a symbolic link" if member.issym() else "a hard link" if member.islnk() else "a special file"
-        raise InputModelError(f"{archive}: refusing entry '{member.name}': it is {kind}; bundles hold plain files only.")
+        raise InputModelError(
+            f"{archive}: refusing entry '{member.name}': it is {kind}; bundles hold plain files only."
+        )
     return name
 
 
@@ -71,12 +81,13 @@ def unpack(archive: Path, dest: Path) -> Path:
     if dest.exists():
         raise OutputError(f"'{dest}' already exists; choose another -o.")
     try:
-        tar = tarfile.open(archive, mode="r:*")
+        tar = tarfile.open(archive, mode="r:*")  # noqa: SIM115 (entered below, once opening it succeeded)
     except OSError as e:
         raise InputModelError(f"Cannot open {archive} ({e.strerror or e}).") from None
     except tarfile.TarError:
-        raise InputModelError(f"{archive} is not a .tar.gz archive (nor any tar format). Pass a file "
-                              "written by `slmkit pack`.") from None
+        raise InputModelError(
+            f"{archive} is not a .tar.gz archive (nor any tar format). Pass a file written by `slmkit pack`."
+        ) from None
     with tar:
         members = tar.getmembers()
         names = [_check_member(m, archive) for m in members]
@@ -86,7 +97,7 @@ def unpack(archive: Path, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
         try:
-            for member, name in zip(members, names):
+            for member, name in zip(members, names, strict=True):
                 target = tmp.joinpath(*name.parts)
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)
@@ -98,4 +109,3 @@ def unpack(archive: Path, dest: Path) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return dest / tops.pop()
-

@@ -6,11 +6,12 @@ import contextlib
 import errno
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from ..plan.config import ExportConfig
 from ..errors import StageError
+from ..plan.config import ExportConfig
 from ..progress import waiting
 
 
@@ -69,8 +70,12 @@ def builder_call(log_path: Path, work: Path) -> Iterator[None]:
     except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise
-        raise StageError("export", f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
-                         f"Last lines of {log_path}:\n{log_tail(log_path)}", work) from e
+        raise StageError(
+            "export",
+            f"onnxruntime-genai builder raised {type(e).__name__}: {e}\n"
+            f"Last lines of {log_path}:\n{log_tail(log_path)}",
+            work,
+        ) from e
 
 
 def create_model(source: Path, out: Path, precision: str, provider: str, argv: list[str]) -> None:

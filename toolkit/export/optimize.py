@@ -67,27 +67,36 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
             attrs = _attributes(node)
             bits = expected_bits(plan.quantize, precision, "lm_head" in node.name)
             if attrs.get("bits") not in bits:
-                problems.append(f"{node.name}: bits = {attrs.get('bits')}, requested {' or '.join(map(str, sorted(bits)))}")
+                problems.append(
+                    f"{node.name}: bits = {attrs.get('bits')}, requested {' or '.join(map(str, sorted(bits)))}"
+                )
             want = {"block_size": plan.quantize.block_size, "accuracy_level": plan.quantize.accuracy_level}
             for key, value in want.items():
                 if attrs.get(key, 0) != value:
                     problems.append(f"{node.name}: {key} = {attrs.get(key)}, requested {value}")
             has_zp = len(node.input) > 3 and node.input[3] != ""
             if has_zp == plan.quantize.symmetric:
-                problems.append(f"{node.name}: {'has' if has_zp else 'no'} zero points, requested "
-                                f"{'symmetric' if plan.quantize.symmetric else 'asymmetric'} quantization")
+                problems.append(
+                    f"{node.name}: {'has' if has_zp else 'no'} zero points, requested "
+                    f"{'symmetric' if plan.quantize.symmetric else 'asymmetric'} quantization"
+                )
         for node in (n for n in graph.node if n.op_type == "QMoE"):  # a mixture of experts' expert weights
             attrs = _attributes(node)
             if attrs.get("expert_weight_bits") not in expected_bits(plan.quantize, precision, False):
-                problems.append(f"{node.name}: expert_weight_bits = {attrs.get('expert_weight_bits')}, "
-                                f"requested {precision}")
+                problems.append(
+                    f"{node.name}: expert_weight_bits = {attrs.get('expert_weight_bits')}, requested {precision}"
+                )
             if attrs.get("block_size") != plan.quantize.block_size:
-                problems.append(f"{node.name}: block_size = {attrs.get('block_size')}, "
-                                f"requested {plan.quantize.block_size}")
+                problems.append(
+                    f"{node.name}: block_size = {attrs.get('block_size')}, requested {plan.quantize.block_size}"
+                )
         weights = {i.name for i in graph.initializer}
         kept_float = family_for(architecture).float_matmuls  # e.g. a router
-        dense = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights
-                 and not any(part in n.name for part in kept_float)]
+        dense = [
+            n.name
+            for n in graph.node
+            if n.op_type == "MatMul" and n.input[1] in weights and not any(part in n.name for part in kept_float)
+        ]
         if dense:
             problems.append(f"precision {precision}: MatMul nodes left unquantized: {', '.join(dense[:5])}")
     elif nbits:
@@ -111,7 +120,9 @@ def _config_mismatches(
     if search.get("max_length") != plan.optimize.context_cap:
         problems.append(f"search.max_length = {search.get('max_length')}, requested {plan.optimize.context_cap}")
     if search["max_length"] > model.get("context_length", 0):
-        problems.append(f"search.max_length {search['max_length']} exceeds model.context_length {model.get('context_length')}")
+        problems.append(
+            f"search.max_length {search['max_length']} exceeds model.context_length {model.get('context_length')}"
+        )
     options = model["decoder"]["session_options"].get("provider_options", [])
     names = [name for entry in options for name in entry]
     key = PROVIDER_KEYS[plan.export.execution_provider]
@@ -130,12 +141,18 @@ def _config_mismatches(
     return problems
 
 
-def setting_mismatches(model_dir: Path, plan: BuildPlan, architecture: str, source_config: dict[str, Any] | None = None,
-                       eos_ids: list[int] | None = None) -> list[str]:
+def setting_mismatches(
+    model_dir: Path,
+    plan: BuildPlan,
+    architecture: str,
+    source_config: dict[str, Any] | None = None,
+    eos_ids: list[int] | None = None,
+) -> list[str]:
     """What in the graph and genai_config.json differs from the plan (`architecture`: the
     checkpoint's, which names its family); with the source's config and stop ids, also those."""
-    return (_graph_mismatches(model_dir, plan, architecture)
-            + _config_mismatches(model_dir, plan, source_config, eos_ids))
+    return _graph_mismatches(model_dir, plan, architecture) + _config_mismatches(
+        model_dir, plan, source_config, eos_ids
+    )
 
 
 def check_settings(model_dir: Path, plan: BuildPlan, source_config: dict[str, Any], eos_ids: list[int]) -> None:

@@ -44,8 +44,10 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
     elif precision not in PRECISIONS[ep]:
         found.append(f"precision '{precision}' for {ep} (it writes {', '.join(PRECISIONS[ep])})")
     elif precision not in ("fp32", "fp16") and q.method not in METHODS:
-        found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
-                     f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)")
+        found.append(
+            f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
+            f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)"
+        )
     else:
         found += family_of(src.config).stream_problems(src.config, precision, export, q)
     return found
@@ -55,8 +57,11 @@ def check_supported(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -
     """Refuse, before anything is written, what the streamed engine does not write."""
     found = problems(src, export, q)
     if found:
-        raise ConfigError("export.engine 'stream' cannot build " + "; ".join(found)
-                          + ". Add --set export.engine=ort-genai to use the onnxruntime-genai builder.")
+        raise ConfigError(
+            "export.engine 'stream' cannot build "
+            + "; ".join(found)
+            + ". Add --set export.engine=ort-genai to use the onnxruntime-genai builder."
+        )
 
 
 def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path) -> None:
@@ -65,16 +70,27 @@ def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path
     false; a full builder export sets it true (GroupQueryAttention shares the KV buffers), and so
     does this graph."""
     with builder_call(work / "export.log", work):
-        create_model(source, out, export.precision, export.execution_provider,
-                     ["config_only=true", "hf_remote=false", "hf_token=false"])
+        create_model(
+            source,
+            out,
+            export.precision,
+            export.execution_provider,
+            ["config_only=true", "hf_remote=false", "hf_token=false"],
+        )
     path = out / "genai_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["search"]["past_present_share_buffer"] = True
     path.write_text(json.dumps(config, indent=4), encoding="utf-8")  # as the builder writes it
 
 
-def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str, Any], export: ExportConfig,
-                  q: QuantizeConfig, work: Path) -> Path:
+def export_stream(
+    source: Path,
+    weight_files: tuple[str, ...],
+    config: dict[str, Any],
+    export: ExportConfig,
+    q: QuantizeConfig,
+    work: Path,
+) -> Path:
     """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export, and
     the family's other graphs (Phi-3-vision: vision.onnx, embedding.onnx, processor_config.json)."""
     family = family_of(config)
@@ -84,13 +100,13 @@ def export_stream(source: Path, weight_files: tuple[str, ...], config: dict[str,
     weights = CheckpointTensors(source, weight_files)
     family.prepare_weights(weights)
     expected, skipped = family.tensors(weights, shape, config)
-    unused = sorted(n for n in set(weights.entries) - expected - skipped
-                    if not n.endswith("rotary_emb.inv_freq"))
+    unused = sorted(n for n in set(weights.entries) - expected - skipped if not n.endswith("rotary_emb.inv_freq"))
     if unused:
         raise InputModelError(
             f"The checkpoint has tensors the graphs do not use ({', '.join(unused[:4])}"
             f"{', ...' if len(unused) > 4 else ''}): the streamed engine would drop them. "
-            "Use --set export.engine=ort-genai.")
+            "Use --set export.engine=ort-genai."
+        )
     out = work / "export"
     out.mkdir(parents=True)
     if family.write_configs is None:

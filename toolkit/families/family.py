@@ -4,9 +4,10 @@ none of them tests for a family by name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..graphs.ops import GraphWriter, Shape
 from ..plan.config import BuildPlan, ExportConfig, QuantizeConfig

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .ops import MS, ELEM, GraphWriter, Shape, rope_caches
+from .ops import ELEM, MS, GraphWriter, Shape, rope_caches
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,9 @@ def _mask_inputs(g: GraphWriter) -> tuple[str, str, str]:
     one = g.constant([1])
     reduced = g.node("ReduceSum", f"{sub}/ReduceSum", ["attention_mask", one], keepdims=0)
     seqlens = g.node("Cast", f"{sub}/Sub/Cast", [g.node("Sub", f"{sub}/Sub", [reduced, one])], to=6)
-    total = g.node("Gather", f"{sub}/Gather", [g.node("Shape", f"{sub}/Shape", ["attention_mask"]), g.constant(1)], axis=0)
+    total = g.node(
+        "Gather", f"{sub}/Gather", [g.node("Shape", f"{sub}/Shape", ["attention_mask"]), g.constant(1)], axis=0
+    )
     return seqlens, g.node("Cast", f"{sub}/Gather/Cast", [total], to=6), total
 
 
@@ -52,16 +54,29 @@ def attention_inputs(g: GraphWriter, shape: Shape, config: dict[str, Any], split
 
     def branch(kind: str) -> Any:
         nodes, outputs = [], []
-        for part, array in zip(("cos", "sin"), caches[kind]):
+        for part, array in zip(("cos", "sin"), caches[kind], strict=True):
             name = f"{part}_cache_{kind}"
-            nodes.append(helper.make_node("Constant", [], [name], name=f"/{kind}/{part}_cache/Constant",
-                                          value=numpy_helper.from_array(array.astype(g.dtype), "")))
+            nodes.append(
+                helper.make_node(
+                    "Constant",
+                    [],
+                    [name],
+                    name=f"/{kind}/{part}_cache/Constant",
+                    value=numpy_helper.from_array(array.astype(g.dtype), ""),
+                )
+            )
             outputs.append(helper.make_tensor_value_info(name, ELEM[g.dtype], list(array.shape)))
         return helper.make_graph(nodes, f"{kind}_rope_caches_graph", [], outputs)
 
     longer = g.node("Greater", "/model/rope_caches_subgraph/Greater", [total, g.constant(shape.original_context)])
-    g.node("If", "/model/rope_caches_subgraph/If", [longer], ["cos_cache", "sin_cache"],
-           then_branch=branch("large"), else_branch=branch("small"))
+    g.node(
+        "If",
+        "/model/rope_caches_subgraph/If",
+        [longer],
+        ["cos_cache", "sin_cache"],
+        then_branch=branch("large"),
+        else_branch=branch("small"),
+    )
     return AttentionInputs(seqlens, total_len, "cos_cache", "sin_cache", None)
 
 
@@ -82,32 +97,71 @@ def _split_inputs(g: GraphWriter, shape: Shape, caches: dict) -> AttentionInputs
     return AttentionInputs(seqlens, total_len, cos, sin, positions)
 
 
-def attention(g: GraphWriter, a: AttentionInputs, shape: Shape, layer: int, h: str,
-              qkv: np.ndarray, bias: np.ndarray | None = None) -> tuple[str, AttentionInputs]:
+def attention(
+    g: GraphWriter,
+    a: AttentionInputs,
+    shape: Shape,
+    layer: int,
+    h: str,
+    qkv: np.ndarray,
+    bias: np.ndarray | None = None,
+) -> tuple[str, AttentionInputs]:
     """One layer's attention on the normalized input `h`, from the q/k/v weight rows [q; k; v] (and
     their biases: PhiMoE; packed flavour only). Returns its output (before o_proj) and the inputs
     (DirectML fills in the lazily written caches)."""
     base, i = f"/model/layers.{layer}/attn", layer
     past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
     outputs = [f"{base}/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"]
-    common = dict(num_heads=shape.heads, kv_num_heads=shape.kv_heads, scale=float(1 / np.sqrt(shape.head)),
-                  local_window_size=-1, softcap=0.0, rotary_interleaved=0)
+    common = dict(
+        num_heads=shape.heads,
+        kv_num_heads=shape.kv_heads,
+        scale=float(1 / np.sqrt(shape.head)),
+        local_window_size=-1,
+        softcap=0.0,
+        rotary_interleaved=0,
+    )
     if a.positions is None:
         packed = g.matmul(f"{base}/qkv_proj", h, qkv)
         if bias is not None:
-            packed = g.node("Add", f"{base}/qkv_proj/Add", [packed, g.weight(f"model.layers.{i}.attn.qkv_proj.bias", bias)])
-        g.node("GroupQueryAttention", f"{base}/GroupQueryAttention",
-               [packed, "", "", *past, a.seqlens, a.total_len, a.cos, a.sin, "", "", ""], outputs, MS,
-               do_rotary=1, **common)
+            packed = g.node(
+                "Add", f"{base}/qkv_proj/Add", [packed, g.weight(f"model.layers.{i}.attn.qkv_proj.bias", bias)]
+            )
+        g.node(
+            "GroupQueryAttention",
+            f"{base}/GroupQueryAttention",
+            [packed, "", "", *past, a.seqlens, a.total_len, a.cos, a.sin, "", "", ""],
+            outputs,
+            MS,
+            do_rotary=1,
+            **common,
+        )
         return outputs[0], a
     q_rows, kv_rows = shape.heads * shape.head, shape.kv_heads * shape.head
-    parts = {"q": qkv[:q_rows], "k": qkv[q_rows:q_rows + kv_rows], "v": qkv[q_rows + kv_rows:]}
+    parts = {"q": qkv[:q_rows], "k": qkv[q_rows : q_rows + kv_rows], "v": qkv[q_rows + kv_rows :]}
     q, k, v = (g.matmul(f"{base}/{p}_proj", h, w) for p, w in parts.items())
     if a.pending is not None:
         cos, sin = a.pending
         a = AttentionInputs(a.seqlens, a.total_len, g.weight("cos_cache", cos), g.weight("sin_cache", sin), a.positions)
-    q, k = (g.node("RotaryEmbedding", f"{base}/{p}_rotary/RotaryEmbedding", [x, a.positions, a.cos, a.sin], None, MS,
-                   interleaved=0, num_heads=0, rotary_embedding_dim=0) for p, x in (("q", q), ("k", k)))
-    g.node("GroupQueryAttention", f"{base}/GroupQueryAttention",
-           [q, k, v, *past, a.seqlens, a.total_len, "", "", "", "", ""], outputs, MS, do_rotary=0, **common)
+    q, k = (
+        g.node(
+            "RotaryEmbedding",
+            f"{base}/{p}_rotary/RotaryEmbedding",
+            [x, a.positions, a.cos, a.sin],
+            None,
+            MS,
+            interleaved=0,
+            num_heads=0,
+            rotary_embedding_dim=0,
+        )
+        for p, x in (("q", q), ("k", k))
+    )
+    g.node(
+        "GroupQueryAttention",
+        f"{base}/GroupQueryAttention",
+        [q, k, v, *past, a.seqlens, a.total_len, "", "", "", "", ""],
+        outputs,
+        MS,
+        do_rotary=0,
+        **common,
+    )
     return outputs[0], a

@@ -1,9 +1,13 @@
 """One tensor at a time: read checkpoint tensors with plain file reads (no memory map, so pages
 already used do not stay resident) and append ONNX initializers to an external data file. Peak
 memory is then set by the largest tensor, not by the size of the model."""
+
 from __future__ import annotations
+
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
 import numpy as np
 
 
@@ -12,10 +16,10 @@ class ExternalData:
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = open(path, "wb")
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by __exit__: initializers are appended while the graph is written)
         self.offset = 0
 
-    def __enter__(self) -> "ExternalData":
+    def __enter__(self) -> ExternalData:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -42,9 +46,12 @@ class ExternalData:
     def _proto(self, name: str, shape: list[int], dtype: np.dtype, start: int) -> Any:
         import onnx
 
-        t = onnx.TensorProto(name=name, dims=shape, data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
-                             data_location=onnx.TensorProto.EXTERNAL)
+        t = onnx.TensorProto(
+            name=name,
+            dims=shape,
+            data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
+            data_location=onnx.TensorProto.EXTERNAL,
+        )
         for key, value in (("location", self.path.name), ("offset", start), ("length", self.offset - start)):
             t.external_data.add(key=key, value=str(value))
         return t
-

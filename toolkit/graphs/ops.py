@@ -33,17 +33,23 @@ class Shape:
     original_context: int
 
     @staticmethod
-    def of(config: dict[str, Any]) -> "Shape":
+    def of(config: dict[str, Any]) -> Shape:
         heads = config["num_attention_heads"]
         return Shape(
-            hidden=config["hidden_size"], heads=heads, kv_heads=config.get("num_key_value_heads") or heads,
+            hidden=config["hidden_size"],
+            heads=heads,
+            kv_heads=config.get("num_key_value_heads") or heads,
             head=config.get("head_dim") or config["hidden_size"] // heads,
-            intermediate=config["intermediate_size"], vocab=config["vocab_size"],
-            layers=config["num_hidden_layers"], eps=config.get("rms_norm_eps", 1e-5),
+            intermediate=config["intermediate_size"],
+            vocab=config["vocab_size"],
+            layers=config["num_hidden_layers"],
+            eps=config.get("rms_norm_eps", 1e-5),
             context=config["max_position_embeddings"],
-            original_context=(config.get("original_max_position_embeddings")
-                              or (config.get("rope_scaling") or {}).get("original_max_position_embeddings")
-                              or config["max_position_embeddings"]),
+            original_context=(
+                config.get("original_max_position_embeddings")
+                or (config.get("rope_scaling") or {}).get("original_max_position_embeddings")
+                or config["max_position_embeddings"]
+            ),
         )
 
 
@@ -71,7 +77,9 @@ def rope_caches(config: dict[str, Any], shape: Shape) -> dict[str, tuple[np.ndar
     mscale = {k: scaling.get(f"{k}_mscale") or default for k in ("short", "long")}
     return {
         "large": caches(torch.tensor(scaling["long_factor"], dtype=torch.float32), shape.context, mscale["long"]),
-        "small": caches(torch.tensor(scaling["short_factor"], dtype=torch.float32), shape.original_context, mscale["short"]),
+        "small": caches(
+            torch.tensor(scaling["short_factor"], dtype=torch.float32), shape.original_context, mscale["short"]
+        ),
     }
 
 
@@ -108,8 +116,9 @@ class GraphWriter:
         self.initializers: list[Any] = []
         self.constants: set[str] = set()
 
-    def node(self, op: str, name: str, inputs: list[str], outputs: list[str] | None = None,
-             domain: str = "", **attrs: Any) -> str:
+    def node(
+        self, op: str, name: str, inputs: list[str], outputs: list[str] | None = None, domain: str = "", **attrs: Any
+    ) -> str:
         from onnx import helper
 
         outputs = outputs or [f"{name}/output_0"]
@@ -125,8 +134,9 @@ class GraphWriter:
             return f"/model/constants/INT64/{label}"
         self.constants.add(label)
         tensor = numpy_helper.from_array(np.array(value, dtype=np.int64), "")
-        return self.node("Constant", f"/model/constant_nodes/INT64/{label}", [],
-                         [f"/model/constants/INT64/{label}"], value=tensor)
+        return self.node(
+            "Constant", f"/model/constant_nodes/INT64/{label}", [], [f"/model/constants/INT64/{label}"], value=tensor
+        )
 
     @property
     def elem(self) -> int:
@@ -164,9 +174,16 @@ class GraphWriter:
             attrs["accuracy_level"] = self.q.accuracy_level
         return names, attrs
 
-    def matmul(self, base: str, x: str, w_out_in: np.ndarray | None = None, lm_head: bool = False,
-               output: str = "", written: tuple[list[str], dict[str, Any]] | None = None,
-               float_weight: bool = False) -> str:
+    def matmul(
+        self,
+        base: str,
+        x: str,
+        w_out_in: np.ndarray | None = None,
+        lm_head: bool = False,
+        output: str = "",
+        written: tuple[list[str], dict[str, Any]] | None = None,
+        float_weight: bool = False,
+    ) -> str:
         """x @ W.T as MatMul (float precisions, or `float_weight`) or MatMulNBits, from a weight or
         from initializers `written`."""
         if float_weight:
@@ -196,6 +213,10 @@ def save_graph(g: GraphWriter, inputs: list[Any], outputs: list[Any], path: Path
     from onnx import helper
 
     graph = helper.make_graph(g.nodes, name, inputs, outputs, g.initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],
-                              ir_version=10, producer_name="slmkit stream engine")
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 22), helper.make_opsetid(MS, 1)],
+        ir_version=10,
+        producer_name="slmkit stream engine",
+    )
     onnx.save_model(model, str(path))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import Recipe, Target, check_sections, read_toml
 from ..errors import ConfigError, UnknownNameError, did_you_mean
+from .config import Recipe, Target, check_sections, read_toml
 
 _PACKAGE = Path(__file__).resolve().parent.parent  # toolkit/
 
@@ -47,9 +47,7 @@ def _header(raw: dict[str, Any], key: str, where: str, fields: dict[str, type]) 
     for name, tp in fields.items():
         if name not in head:
             raise ConfigError(f"{where} [{key}]: missing required key '{name}'.")
-        ok = isinstance(head[name], tp) and (
-            tp is not list or all(isinstance(v, str) for v in head[name])
-        )
+        ok = isinstance(head[name], tp) and (tp is not list or all(isinstance(v, str) for v in head[name]))
         if not ok:
             kind = "a list of strings" if tp is list else "a string"
             raise ConfigError(f"{where} [{key}]: '{name}' must be {kind}, got {head[name]!r}.")
@@ -103,9 +101,7 @@ def load_target(name: str) -> Target:
     path = targets_dir() / f"{name}.toml"
     if not path.is_file():
         names = target_names()
-        raise UnknownNameError(
-            f"Unknown target '{name}'. Available: {', '.join(names)}.{did_you_mean(name, names)}"
-        )
+        raise UnknownNameError(f"Unknown target '{name}'. Available: {', '.join(names)}.{did_you_mean(name, names)}")
     return load_target_file(path)
 
 
@@ -135,9 +131,7 @@ def choose_recipe(
 ) -> tuple[Recipe, Target]:
     """The recipe named, or the catalog recipe for this target that fits the checkpoint."""
     if recipe_name is None and target_name is None:
-        raise ConfigError(
-            f"Give --target ({', '.join(target_names())}) or --recipe (see `slmkit ls`)."
-        )
+        raise ConfigError(f"Give --target ({', '.join(target_names())}) or --recipe (see `slmkit ls`).")
     what = f"{architecture} (rope scaling: {rope_scaling})"
     if recipe_name is not None:
         recipe = load_recipe(recipe_name)

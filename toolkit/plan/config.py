@@ -8,11 +8,12 @@ a recipe file (recipes/<model>/<target>.toml) says which checkpoints it is for a
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from ..errors import ConfigError, did_you_mean
 
@@ -66,8 +67,9 @@ class QuantizeConfig:
     # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse". "mixed"
     # (toolkit/quantize/mixed.py): "gptq", then the matrices whose int4 error costs the most in int8 blocks,
     # within the bytes of the builder's default int4 (models up to 2 B parameters).
-    method: str = _choice("default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq",
-                          "mixed", default="default")
+    method: str = _choice(
+        "default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq", "mixed", default="default"
+    )
     block_size: int = _choice(*BLOCK_SIZES, default=32)
     # MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.
     accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
@@ -167,9 +169,7 @@ class BuildPlan:
 
 
 def _type_name(tp: Any) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, "a list of strings"
-    )
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, "a list of strings")
 
 
 def _check_value(where: str, key: str, f: dataclasses.Field, tp: Any, value: Any) -> Any:
@@ -182,9 +182,7 @@ def _check_value(where: str, key: str, f: dataclasses.Field, tp: Any, value: Any
             raise ConfigError(f"{where}: '{key}' must not be empty.")
         return tuple(value)
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{where}: '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})."
-        )
+        raise ConfigError(f"{where}: '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__}).")
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
         valid = ", ".join(str(c) for c in choices)
@@ -203,9 +201,7 @@ def strict_section(cls: type, data: dict[str, Any], where: str) -> Any:
     for key, value in data.items():
         if key not in fields:
             valid = ", ".join(sorted(fields))
-            raise ConfigError(
-                f"{where}: unknown key '{key}'. Valid keys: {valid}.{did_you_mean(key, fields)}"
-            )
+            raise ConfigError(f"{where}: unknown key '{key}'. Valid keys: {valid}.{did_you_mean(key, fields)}")
         values[key] = _check_value(where, key, fields[key], hints[key], value)
     return cls(**values)
 
@@ -261,9 +257,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 
 def resolve(recipe: Recipe, target: Target, overrides: tuple[str, ...] = ()) -> BuildPlan:
     if recipe.target != target.name:
-        raise ConfigError(
-            f"Recipe '{recipe.name}' is for target '{recipe.target}', not '{target.name}'."
-        )
+        raise ConfigError(f"Recipe '{recipe.name}' is for target '{recipe.target}', not '{target.name}'.")
     merged: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for source in (target.sections, recipe.sections):
         for name, body in source.items():
@@ -295,8 +289,10 @@ def _check_combination(plan: BuildPlan) -> None:
             "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
     if q.method in ("gptq", "mixed") and q.symmetric:
-        raise ConfigError(f"quantize.method '{q.method}' writes asymmetric blocks (a 4-bit zero point per block): "
-                          "set quantize.symmetric = false, or use method 'default' for symmetric int4.")
+        raise ConfigError(
+            f"quantize.method '{q.method}' writes asymmetric blocks (a 4-bit zero point per block): "
+            "set quantize.symmetric = false, or use method 'default' for symmetric int4."
+        )
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(
             f"Runner '{plan.runtime.runner}' cannot drive execution provider '{ep}'. "

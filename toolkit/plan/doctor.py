@@ -9,8 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import OWN_METHODS, BuildPlan, builder_precision
 from ..errors import ToolchainError
+from .config import OWN_METHODS, BuildPlan, builder_precision
 
 # (import name, distribution, minimum version, what it is for)
 REQUIRED = (
@@ -115,8 +115,9 @@ def reference_memory_bytes(config: dict) -> int:
 def smoke_memory_bytes(num_params: int, config: dict, precision: str) -> int:
     """The bundle's smoke test (verify stage) loads the whole model, as a user's run does: the bundle's
     size and the runtime (benchmarks/moe_slices.py: 0.9-1.5 GB above the bundle, 1.5-3.9 GB bundles)."""
-    return int(SMOKE_BASE_BYTES + estimate_bundle_bytes(num_params, precision, config["vocab_size"],
-                                                        config["hidden_size"]))
+    return int(
+        SMOKE_BASE_BYTES + estimate_bundle_bytes(num_params, precision, config["vocab_size"], config["hidden_size"])
+    )
 
 
 def gptq_gram_bytes(config: dict, method: str) -> int:
@@ -128,8 +129,7 @@ def gptq_gram_bytes(config: dict, method: str) -> int:
     return 8 * config["num_hidden_layers"] * (3 * h * h + i * i) + 8 * h * h  # + the lm_head's input
 
 
-def memory_check(num_params: int, config: dict, engine: str, method: str = "default",
-                 precision: str = "int4") -> Check:
+def memory_check(num_params: int, config: dict, engine: str, method: str = "default", precision: str = "int4") -> Check:
     """The build's peak: the export stage (slmkit's `mse` int4 loads the whole float32 export to
     quantize it), the layer-by-layer reference (verify stage, mse calibration), or the smoke test
     running the bundle (verify stage)."""
@@ -143,9 +143,11 @@ def memory_check(num_params: int, config: dict, engine: str, method: str = "defa
     reference = reference_memory_bytes(config)
     smoke = smoke_memory_bytes(num_params, config, precision)
     have = total_memory_bytes()
-    detail = (f"{who} peak about {export / 1e9:.1f} GB, float32 layer-by-layer reference for "
-              f"verification {reference / 1e9:.1f} GB, the smoke test running the bundle {smoke / 1e9:.1f} GB, "
-              f"for {num_params / 1e9:.2f} B parameters; machine has {have / 1e9:.1f} GB")
+    detail = (
+        f"{who} peak about {export / 1e9:.1f} GB, float32 layer-by-layer reference for "
+        f"verification {reference / 1e9:.1f} GB, the smoke test running the bundle {smoke / 1e9:.1f} GB, "
+        f"for {num_params / 1e9:.2f} B parameters; machine has {have / 1e9:.1f} GB"
+    )
     return Check("memory", max(export, reference, smoke) < have, detail)
 
 

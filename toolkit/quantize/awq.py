@@ -20,8 +20,16 @@ def _rtn_error(w_kn: np.ndarray, gram: np.ndarray, block: int) -> float:
     return float(np.einsum("kn,kj,jn->", e, gram, e, optimize=True))
 
 
-def awq_scale(weights_kn: list[np.ndarray], gram: np.ndarray, block: int, share: np.ndarray | None = None,
-              grid: np.ndarray = np.linspace(0.0, 1.0, 11)) -> tuple[np.ndarray, float]:
+ALPHAS = np.linspace(0.0, 1.0, 11)  # the exponents awq_scale tries
+
+
+def awq_scale(
+    weights_kn: list[np.ndarray],
+    gram: np.ndarray,
+    block: int,
+    share: np.ndarray | None = None,
+    grid: np.ndarray = ALPHAS,
+) -> tuple[np.ndarray, float]:
     """AWQ (Lin et al. 2023): per-input-feature scales s = rms(x)^alpha (normalised), alpha
     chosen on a grid to minimise the rounding error of W' = diag(s) W seen by inputs x / s.
     `share[c]` names the scale feature c must share with others (one value per index: the
@@ -29,7 +37,7 @@ def awq_scale(weights_kn: list[np.ndarray], gram: np.ndarray, block: int, share:
     rms = np.sqrt(np.maximum(np.diag(gram), 1e-12))
     best = (np.ones_like(rms), 0.0, np.inf)
     for alpha in grid:
-        s = rms ** alpha
+        s = rms**alpha
         if share is not None:
             s = np.exp(np.bincount(share, np.log(s)) / np.bincount(share))[share]
         s = s / np.sqrt(s.max() * s.min())
@@ -65,8 +73,10 @@ def awq_checkpoint(source: Path, out: Path, grams: dict[str, np.ndarray], block:
         fused_qkv, fused_mlp = a + "qkv_proj.weight" in sd, m + "gate_up_proj.weight" in sd
         attn_in = [a + "qkv_proj.weight"] if fused_qkv else [a + n + ".weight" for n in ("q_proj", "k_proj", "v_proj")]
         mlp_in = [m + "gate_up_proj.weight"] if fused_mlp else [m + "gate_proj.weight", m + "up_proj.weight"]
-        for norm, names, stat in ((p + "input_layernorm.weight", attn_in, attn_in[0]),
-                                  (p + "post_attention_layernorm.weight", mlp_in, mlp_in[0])):
+        for norm, names, stat in (
+            (p + "input_layernorm.weight", attn_in, attn_in[0]),
+            (p + "post_attention_layernorm.weight", mlp_in, mlp_in[0]),
+        ):
             s, alphas[norm] = awq_scale([sd[n].T for n in names], grams[stat[: -len(".weight")]], block)
             sd[norm] = sd[norm] / s
             for n in names:
@@ -75,20 +85,23 @@ def awq_checkpoint(source: Path, out: Path, grams: dict[str, np.ndarray], block:
         s, alphas[a + "o_proj"] = awq_scale([sd[a + "o_proj.weight"].T], grams[a + "o_proj"], block, share)
         t = np.zeros(kv * hd)
         t[share] = s
-        v_name, v_rows = (a + "qkv_proj.weight", slice((heads + kv) * hd, None)) if fused_qkv \
-            else (a + "v_proj.weight", slice(None))
+        v_name, v_rows = (
+            (a + "qkv_proj.weight", slice((heads + kv) * hd, None)) if fused_qkv else (a + "v_proj.weight", slice(None))
+        )
         sd[v_name][v_rows] /= t[:, None]
         sd[a + "o_proj.weight"] = sd[a + "o_proj.weight"] * s[None, :]
         s, alphas[m + "down_proj"] = awq_scale([sd[m + "down_proj.weight"].T], grams[m + "down_proj"], block)
         inter = sd[m + "down_proj.weight"].shape[1]
-        up_name, up_rows = (m + "gate_up_proj.weight", slice(inter, None)) if fused_mlp \
-            else (m + "up_proj.weight", slice(None))
+        up_name, up_rows = (
+            (m + "gate_up_proj.weight", slice(inter, None)) if fused_mlp else (m + "up_proj.weight", slice(None))
+        )
         sd[up_name][up_rows] /= s[:, None]
         sd[m + "down_proj.weight"] = sd[m + "down_proj.weight"] * s[None, :]
     out.mkdir(parents=True)
     for f in source.iterdir():
         if f.is_file() and f.suffix != ".safetensors" and f.name != "model.safetensors.index.json":
             shutil.copy(f, out / f.name)
-    save_file({k: v.astype(np.float32) for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.astype(np.float32) for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
+    )
     return alphas
-

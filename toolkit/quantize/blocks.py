@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 # Candidate shrinkage of the block range [min, max]; each candidate's scale is then refined by
 # weighted least squares with its codes fixed.
 SHRINK = np.linspace(0.7, 1.0, 13)
@@ -65,8 +64,9 @@ def _pack_nibbles(values: np.ndarray) -> np.ndarray:
     return (values[..., 0::2] | (values[..., 1::2] << 4)).astype(np.uint8)
 
 
-def quantize(w_kn: np.ndarray, block: int, importance: np.ndarray | None = None,
-             symmetric: bool = False, chunk_rows: int = 4096) -> Packed:
+def quantize(
+    w_kn: np.ndarray, block: int, importance: np.ndarray | None = None, symmetric: bool = False, chunk_rows: int = 4096
+) -> Packed:
     """Quantize W[K, N] (MatMul weight) to 4 bits per element. `importance` [K] weights each input
     feature's error (mean squared activation from calibration); None weighs all equally."""
     k, n = w_kn.shape
@@ -148,4 +148,3 @@ def quantize8(w_kn: np.ndarray, block: int) -> Packed:
     """Asymmetric 8-bit blocks (min-max: at 256 levels the rounding error is already small)."""
     q, s, z = _minmax(_blocks(w_kn, block), 255)
     return Packed(q.astype(np.uint8), s.astype(np.float32), z.astype(np.uint8), w_kn.shape[0], block, bits=8)
-

@@ -11,7 +11,6 @@ import numpy as np
 
 from ..progress import bar
 
-
 # A decoder layer's MatMul weight as the builder names it: (layer, "attn" or "mlp", projection).
 LAYER_WEIGHT = re.compile(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.weight$")
 
@@ -19,16 +18,20 @@ LAYER_WEIGHT = re.compile(r"model\.layers\.(\d+)\.(attn|mlp)\.(\w+)\.MatMul\.wei
 # ONNX weight role (builder naming) -> the Hugging Face Linear modules that read the same input.
 _ROLES = {
     "attn.qkv_proj": ("self_attn.qkv_proj", "self_attn.q_proj"),
-    "attn.q_proj": ("self_attn.q_proj",), "attn.k_proj": ("self_attn.k_proj",), "attn.v_proj": ("self_attn.v_proj",),
+    "attn.q_proj": ("self_attn.q_proj",),
+    "attn.k_proj": ("self_attn.k_proj",),
+    "attn.v_proj": ("self_attn.v_proj",),
     "attn.o_proj": ("self_attn.o_proj",),
     "mlp.gate_up_proj": ("mlp.gate_up_proj", "mlp.gate_proj"),
-    "mlp.gate_proj": ("mlp.gate_proj", "mlp.gate_up_proj"), "mlp.up_proj": ("mlp.up_proj", "mlp.gate_up_proj"),
+    "mlp.gate_proj": ("mlp.gate_proj", "mlp.gate_up_proj"),
+    "mlp.up_proj": ("mlp.up_proj", "mlp.gate_up_proj"),
     "mlp.down_proj": ("mlp.down_proj",),
 }
 
 
-def linear_input_stats(source: Path, texts: list[str], max_tokens: int = 2048,
-                       gram: bool = False) -> dict[str, np.ndarray]:
+def linear_input_stats(
+    source: Path, texts: list[str], max_tokens: int = 2048, gram: bool = False
+) -> dict[str, np.ndarray]:
     """Mean squared input activation per feature of every Linear of the float32 PyTorch model
     (run one decoder layer at a time, toolkit/reference/) on the calibration texts, keyed by the
     checkpoint's module names (model.layers.N.self_attn.q_proj, lm_head). With `gram`, the whole
@@ -82,8 +85,9 @@ def by_onnx_name(stats: dict[str, np.ndarray], onnx_weights: list[str]) -> dict[
     return out
 
 
-def activation_importance(source: Path, texts: list[str], onnx_weights: list[str],
-                          max_tokens: int = 2048) -> dict[str, np.ndarray]:
+def activation_importance(
+    source: Path, texts: list[str], onnx_weights: list[str], max_tokens: int = 2048
+) -> dict[str, np.ndarray]:
     """linear_input_stats' diagonal, keyed by ONNX weight name."""
     return by_onnx_name(linear_input_stats(source, texts, max_tokens), onnx_weights)
 
@@ -105,4 +109,3 @@ def calibration_texts() -> list[str]:
     from ..data import chat_pairs, corpus
 
     return [corpus()] + [f"{q}\n{a}" for q, a in chat_pairs()]
-

@@ -4,10 +4,12 @@ Only the builder's current option names are used (`block_size`, `accuracy_level`
 `algo_config`, `matmul_mixed_precision`): the old `int4_*` names are silently ignored by builder 0.18,
 and `export.optimize.check_settings` reads the graph back to prove each setting took.
 """
-from __future__ import annotations
-from typing import Any
-from ..plan.config import QuantizeConfig, builder_precision
 
+from __future__ import annotations
+
+from typing import Any
+
+from ..plan.config import QuantizeConfig, builder_precision
 
 QUANTIZED_PRECISIONS = ("int4", "int8")
 
@@ -35,4 +37,3 @@ def expected_bits(cfg: QuantizeConfig, precision: str, is_lm_head: bool) -> set[
     if is_lm_head and (cfg.lm_head == "int8" or cfg.method == "k_quant_last"):
         return {8}
     return {4}
-

@@ -44,8 +44,7 @@ def gptq(w_kn: np.ndarray, gram: np.ndarray | None, block: int, damp: float = 0.
             q = np.clip(np.round(wb[:, j] / s) + z, 0, 15)
             codes[:, b0 + j] = q
             e = (wb[:, j] - s * (q - z)) / u[b0 + j, b0 + j]
-            wb[:, j + 1:] -= np.outer(e, u[b0 + j, b0 + j + 1:b1])
+            wb[:, j + 1 :] -= np.outer(e, u[b0 + j, b0 + j + 1 : b1])
             err[:, j] = e
         w[:, b1:] -= err @ u[b0:b1, b1:]
     return Packed(_pack_nibbles(codes.reshape(n, k // block, block)), scales, _pack_nibbles(zps), k0, block)
-

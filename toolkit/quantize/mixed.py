@@ -12,14 +12,13 @@ GPTQ alone and +39.5% for the builder default at the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from .blocks import Packed, quantize8
 from .calibration import LAYER_WEIGHT
-from .blocks import Packed
-from .blocks import quantize8
 
 SENSITIVITY_TOKENS = 256
 # It holds the float32 model and runs it once per matrix (75 s for SmolLM2-135M's 151 on 2 cores;
@@ -53,8 +52,9 @@ def _targets(model, params: dict, name: str) -> list:
     return [params[prefix + p + ".weight"].data for p in ("q_proj", "k_proj", "v_proj")]
 
 
-def sensitivities(source: Path, packs: dict[str, Packed], texts: list[str],
-                  on_matrix: Callable[[], None] = lambda: None) -> dict[str, float]:
+def sensitivities(
+    source: Path, packs: dict[str, Packed], texts: list[str], on_matrix: Callable[[], None] = lambda: None
+) -> dict[str, float]:
     """KL(float32 || the model with only that matrix at its int4 values), per ONNX weight name."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -77,18 +77,19 @@ def sensitivities(source: Path, packs: dict[str, Packed], texts: list[str],
             kept = [t.clone() for t in targets]
             row = 0
             for t in targets:
-                t.copy_(w[row: row + t.shape[0]])
+                t.copy_(w[row : row + t.shape[0]])
                 row += t.shape[0]
             logp = torch.log_softmax(model(ids).logits[0], -1)
             out[name] = float((ref.exp() * (ref - logp)).sum(-1).mean())
-            for t, k in zip(targets, kept):
+            for t, k in zip(targets, kept, strict=True):
                 t.copy_(k)
             on_matrix()
     return out
 
 
-def promote(packs: dict[str, Packed], weight: Callable[[str], np.ndarray], cost: dict[str, float],
-            block: int) -> tuple[dict[str, Packed], list[str], int, int]:
+def promote(
+    packs: dict[str, Packed], weight: Callable[[str], np.ndarray], cost: dict[str, float], block: int
+) -> tuple[dict[str, Packed], list[str], int, int]:
     """int8 blocks for the matrices with the highest cost per extra byte while all of them stay
     within the builder default's bytes: (the packs, the names moved, bytes used, room)."""
     room = sum(builder_bytes(p.k, p.scales.shape[0]) - packed_bytes(p) for p in packs.values())
@@ -102,14 +103,22 @@ def promote(packs: dict[str, Packed], weight: Callable[[str], np.ndarray], cost:
     return chosen, moved, used, room
 
 
-def choose(source: Path, packs: dict[str, Packed], weight: Callable[[str], np.ndarray], texts: list[str],
-           block: int, log: Callable[[str], None]) -> dict[str, Packed]:
+def choose(
+    source: Path,
+    packs: dict[str, Packed],
+    weight: Callable[[str], np.ndarray],
+    texts: list[str],
+    block: int,
+    log: Callable[[str], None],
+) -> dict[str, Packed]:
     from ..progress import bar
 
     with bar("mixed precision: cost of each matrix", len(packs), "matrices") as progress:
         cost = sensitivities(source, packs, texts, on_matrix=progress.advance)
     chosen, moved, used, room = promote(packs, weight, cost, block)
     short = [m.replace(".MatMul.weight", "").replace("model.layers.", "") for m in moved[:4]]
-    log(f"mixed precision: {len(moved)} of {len(packs)} matrices in int8 ({used / 1e6:.2f} of the "
-        f"{room / 1e6:.2f} MB the builder default would use more), costliest first: {', '.join(short)}")
+    log(
+        f"mixed precision: {len(moved)} of {len(packs)} matrices in int8 ({used / 1e6:.2f} of the "
+        f"{room / 1e6:.2f} MB the builder default would use more), costliest first: {', '.join(short)}"
+    )
     return chosen

@@ -18,7 +18,8 @@ def check_size(cfg: QuantizeConfig, num_params: int) -> None:
         raise ConfigError(
             f"quantize.method 'mixed' measures each matrix on the whole float32 model in memory, once per "
             f"matrix: it is for models up to {MIXED_MAX_PARAMS / 1e9:.0f} B parameters, and this one has "
-            f"{num_params / 1e9:.2f} B. Use --set quantize.method=gptq (or mse) instead.")
+            f"{num_params / 1e9:.2f} B. Use --set quantize.method=gptq (or mse) instead."
+        )
 
 
 def apply_own_method(model_dir: Path, cfg: QuantizeConfig, source: Path, log) -> dict[str, int]:
@@ -44,14 +45,21 @@ def apply_own_method(model_dir: Path, cfg: QuantizeConfig, source: Path, log) ->
 
             finish = lambda packed, weight: choose(source, packed, weight, texts, block, log)  # noqa: E731
         return quantize_model(
-            model_dir, block, cfg.accuracy_level,
+            model_dir,
+            block,
+            cfg.accuracy_level,
             calibrate=lambda weights: by_onnx_name(linear_input_stats(source, more, GPTQ_TOKENS, gram=True), weights),
             quantizer=lambda _, w, gram: gptq(w, gram, block),
-            log=log, finish=finish,
+            log=log,
+            finish=finish,
         )
     return quantize_model(
-        model_dir, block, cfg.accuracy_level, cfg.symmetric,
-        calibrate=lambda weights: activation_importance(source, texts, weights), log=log,
+        model_dir,
+        block,
+        cfg.accuracy_level,
+        cfg.symmetric,
+        calibrate=lambda weights: activation_importance(source, texts, weights),
+        log=log,
     )
 
 
@@ -69,4 +77,3 @@ def awq_source(source: Path, cfg: QuantizeConfig, work: Path, log) -> Path:
     alphas = awq_checkpoint(source, out, linear_input_stats(source, calibration_texts(), gram=True), cfg.block_size)
     log(f"AWQ scales folded into {len(alphas)} groups (exponent mean {sum(alphas.values()) / len(alphas):.2f})")
     return out
-

@@ -19,8 +19,16 @@ def _int64(name: str, values: list[int]):
     return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
 
 
-def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: bool = False,
-                   calibrate=None, log=lambda _: None, quantizer=None, finish=None) -> dict[str, int]:
+def quantize_model(
+    model_dir: Path,
+    block: int,
+    accuracy_level: int,
+    symmetric: bool = False,
+    calibrate=None,
+    log=lambda _: None,
+    quantizer=None,
+    finish=None,
+) -> dict[str, int]:
     """Rewrite model_dir/model.onnx (a float32 builder export) in place: every MatMul with a
     weight initializer becomes MatMulNBits, the token embedding becomes GatherBlockQuantized
     (sharing the lm_head's codes when the embeddings are tied). `calibrate(weight names)` returns
@@ -35,8 +43,9 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    matmuls = [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits
-               and len(inits[n.input[1]].dims) == 2]
+    matmuls = [
+        n for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2
+    ]
     matmul_weights = list(dict.fromkeys(n.input[1] for n in matmuls))  # graph order, once each
     importance = calibrate(matmul_weights) if calibrate is not None else {}
     log(f"activation statistics for {len(importance)} of {len(matmul_weights)} weights")
@@ -56,8 +65,11 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
     with bar("int4 search", len(matmul_weights), "matrices") as progress:
         for weight in matmul_weights:
             w = numpy_helper.to_array(inits[weight]).astype(np.float32)
-            packed[weight] = (quantizer(weight, w, importance.get(weight)) if quantizer
-                              else quantize(w, block, importance.get(weight), symmetric))
+            packed[weight] = (
+                quantizer(weight, w, importance.get(weight))
+                if quantizer
+                else quantize(w, block, importance.get(weight), symmetric)
+            )
             progress.advance()
     if finish is not None:
         packed = finish(packed, lambda weight: numpy_helper.to_array(inits[weight]).astype(np.float32))
@@ -73,9 +85,20 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
         if node.op_type == "MatMul" and node.input[1] in packed:
             p, (q, s, z) = packed[node.input[1]], names[node.input[1]]
             inputs = [node.input[0], q, s] + ([z] if z else [])
-            new_nodes.append(helper.make_node(
-                "MatMulNBits", inputs, list(node.output), name=f"{node.name}_Q4", domain="com.microsoft",
-                K=p.k, N=p.scales.shape[0], bits=p.bits, block_size=p.block, accuracy_level=accuracy_level))
+            new_nodes.append(
+                helper.make_node(
+                    "MatMulNBits",
+                    inputs,
+                    list(node.output),
+                    name=f"{node.name}_Q4",
+                    domain="com.microsoft",
+                    K=p.k,
+                    N=p.scales.shape[0],
+                    bits=p.bits,
+                    block_size=p.block,
+                    accuracy_level=accuracy_level,
+                )
+            )
             dropped.add(node.input[1])
             counts["matmul"] += 1
             continue
@@ -88,8 +111,12 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
                 dropped.add(node.input[0])
                 counts["embedding"] += 1
                 continue
-        if node.op_type == "Gather" and node.input[0] in inits and len(inits[node.input[0]].dims) == 2 \
-                and "embed" in node.name:
+        if (
+            node.op_type == "Gather"
+            and node.input[0] in inits
+            and len(inits[node.input[0]].dims) == 2
+            and "embed" in node.name
+        ):
             table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
             p = quantize(table.T, block, None, symmetric)
             new_nodes += _embedding_nodes(node, p, add_packed(node.input[0], p), new_inits)
@@ -107,11 +134,19 @@ def quantize_model(model_dir: Path, block: int, accuracy_level: int, symmetric: 
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     data = model_dir / "model.onnx.data"
     data.unlink(missing_ok=True)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
     bits = sorted({p.bits for p in packed.values()})
-    log(f"quantized {counts['matmul']} MatMul weights and {counts['embedding']} embedding table(s) to "
-        f"{' and '.join(f'int{b}' for b in bits)}")
+    log(
+        f"quantized {counts['matmul']} MatMul weights and {counts['embedding']} embedding table(s) to "
+        f"{' and '.join(f'int{b}' for b in bits)}"
+    )
     return counts
 
 
@@ -127,13 +162,28 @@ def _embedding_nodes(gather, p: Packed, names: tuple[str, str, str | None], new_
     inputs = [f"{base}/Reshape/output_0", gather.input[1], names[1]] + ([names[2]] if names[2] else [])
     padded = nb * p.block != p.k
     out = f"{base}/GatherBlockQuantized/output_0" if padded else gather.output[0]
-    nodes.append(helper.make_node(
-        "GatherBlockQuantized", inputs, [out], name=f"{base}/GatherBlockQuantized", domain="com.microsoft",
-        bits=p.bits, block_size=p.block, gather_axis=0, quantize_axis=1))
+    nodes.append(
+        helper.make_node(
+            "GatherBlockQuantized",
+            inputs,
+            [out],
+            name=f"{base}/GatherBlockQuantized",
+            domain="com.microsoft",
+            bits=p.bits,
+            block_size=p.block,
+            gather_axis=0,
+            quantize_axis=1,
+        )
+    )
     if padded:
         for name, value in (("starts", 0), ("ends", p.k), ("axes", -1)):
             new_inits.append(_int64(f"{base}/slice_{name}", [value]))
-        nodes.append(helper.make_node("Slice", [out, f"{base}/slice_starts", f"{base}/slice_ends", f"{base}/slice_axes"],
-                                      [gather.output[0]], name=f"{base}/Slice"))
+        nodes.append(
+            helper.make_node(
+                "Slice",
+                [out, f"{base}/slice_starts", f"{base}/slice_ends", f"{base}/slice_axes"],
+                [gather.output[0]],
+                name=f"{base}/Slice",
+            )
+        )
     return nodes
-

@@ -12,8 +12,9 @@ pass reads every layer again: batch the prompts (generate() left-pads them).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputModelError
 from ..families import family_of
@@ -37,8 +38,10 @@ class Reader:
 
         e = self.weights.entry(key, "the reference model", index)
         if tuple(e.shape) != tuple(param.shape):
-            raise InputModelError(f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
-                                  f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}.")
+            raise InputModelError(
+                f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
+                f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}."
+            )
         raw = self.buffers.get((e.dtype, e.shape))
         if raw is None:
             dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[e.dtype]
@@ -81,8 +84,9 @@ def _lazy_layer_class():
     return LazyLayer
 
 
-def layerwise_model(source: Path, weight_files: tuple[str, ...],
-                    on_layer: Callable[[], None] = lambda: None) -> tuple[Any, Any]:
+def layerwise_model(
+    source: Path, weight_files: tuple[str, ...], on_layer: Callable[[], None] = lambda: None
+) -> tuple[Any, Any]:
     """(tokenizer, causal LM in eval mode) that reads each decoder layer when the forward pass
     reaches it; `on_layer` is called after each layer ran (progress)."""
     import torch
@@ -103,8 +107,11 @@ def layerwise_model(source: Path, weight_files: tuple[str, ...],
     first = inner.layers[0]
     if family.lazy_experts is not None:
         first.mlp.experts = family.lazy_experts(first.mlp.experts, reader)
-    for module, prefix in ((inner.embed_tokens, "model.embed_tokens."), (inner.norm, "model.norm."),
-                           (first, "model.layers.0.")):
+    for module, prefix in (
+        (inner.embed_tokens, "model.embed_tokens."),
+        (inner.norm, "model.norm."),
+        (first, "model.layers.0."),
+    ):
         module.to_empty(device="cpu")
         reader.load(module, prefix)
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in reader.weights:
@@ -136,10 +143,14 @@ def watch_linears(model: Any, record: Callable[[str, Any], None]) -> list[Any]:
         return lambda _module, inputs, _output: record(current[0] + name if in_layer else name, inputs[0])
 
     handles = [layer.register_forward_pre_hook(enter) for layer in layers]
-    handles += [m.register_forward_hook(watch(n, True)) for n, m in layers[0].shared[0].named_modules()
-                if isinstance(m, torch.nn.Linear)]
-    handles += [m.register_forward_hook(watch(n, False)) for n, m in model.named_modules()
-                if isinstance(m, torch.nn.Linear)]  # the lm_head: the layers' Linears are not registered
+    handles += [
+        m.register_forward_hook(watch(n, True))
+        for n, m in layers[0].shared[0].named_modules()
+        if isinstance(m, torch.nn.Linear)
+    ]
+    handles += [
+        m.register_forward_hook(watch(n, False)) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+    ]  # the lm_head: the layers' Linears are not registered
     return handles
 
 

@@ -10,9 +10,10 @@ import json
 import math
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InputModelError
 
@@ -48,8 +49,9 @@ class SourceModel:
         files = [p for p in sorted(self.path.iterdir()) if p.is_file() and not p.name.startswith(".")]
         total = sum(p.stat().st_size for p in files)
         with bar("hashing", total, "bytes hashed") as progress:
-            return {p.name: {"sha256": sha256_file(p, on_read=progress.advance), "size": p.stat().st_size}
-                    for p in files}
+            return {
+                p.name: {"sha256": sha256_file(p, on_read=progress.advance), "size": p.stat().st_size} for p in files
+            }
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..errors import InputModelError
 
@@ -26,8 +27,7 @@ def download(repo_id: str, cache_dir: Path | None) -> tuple[Path, str | None]:
     hub_logging.set_verbosity_error()  # its retry warnings: the error below says what happened
     try:
         with _request_timeouts(float(constants.HF_HUB_DOWNLOAD_TIMEOUT)), _progress() as progress:
-            folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir,
-                                       tqdm_class=progress)
+            folder = snapshot_download(repo_id, allow_patterns=HUB_PATTERNS, cache_dir=cache_dir, tqdm_class=progress)
     except Exception as e:  # huggingface_hub raises its own errors and its HTTP client's
         raise InputModelError(explain(repo_id, e, constants)) from None
     folder = Path(folder)
@@ -49,32 +49,50 @@ def explain(repo_id: str, e: BaseException, constants: Any) -> str:
     head = f"Could not download '{repo_id}' from the Hugging Face Hub"
     chain = _chain(e)
     names = {type(c).__name__ for c in chain}
-    status = next((c.response.status_code for c in chain if isinstance(c, errors.HfHubHTTPError)
-                   and getattr(c, "response", None) is not None), None)
+    status = next(
+        (
+            c.response.status_code
+            for c in chain
+            if isinstance(c, errors.HfHubHTTPError) and getattr(c, "response", None) is not None
+        ),
+        None,
+    )
     root = chain[-1]
     if constants.HF_HUB_OFFLINE:
-        return (f"{head}: HF_HUB_OFFLINE=1 is set and the model is not in the cache ({constants.HF_HUB_CACHE}). "
-                f"Unset HF_HUB_OFFLINE to download it, {LOCAL}.")
+        return (
+            f"{head}: HF_HUB_OFFLINE=1 is set and the model is not in the cache ({constants.HF_HUB_CACHE}). "
+            f"Unset HF_HUB_OFFLINE to download it, {LOCAL}."
+        )
     if isinstance(e, errors.GatedRepoError):
-        return (f"{head}: it is a gated model (HTTP 403). Accept its license on its Hub page, then log in "
-                f"(`hf auth login`, or set HF_TOKEN), {LOCAL}.")
+        return (
+            f"{head}: it is a gated model (HTTP 403). Accept its license on its Hub page, then log in "
+            f"(`hf auth login`, or set HF_TOKEN), {LOCAL}."
+        )
     if isinstance(e, errors.RepositoryNotFoundError) or status in (401, 404):
-        return (f"{head}: no such model, or it is private (HTTP {status}). Check the id (for example "
-                f"microsoft/Phi-3.5-mini-instruct); for a private model log in (`hf auth login`, or set "
-                f"HF_TOKEN), {LOCAL}.")
+        return (
+            f"{head}: no such model, or it is private (HTTP {status}). Check the id (for example "
+            f"microsoft/Phi-3.5-mini-instruct); for a private model log in (`hf auth login`, or set "
+            f"HF_TOKEN), {LOCAL}."
+        )
     if isinstance(e, errors.RevisionNotFoundError):
         return f"{head}: its main branch was not found (HTTP {status}). Check the id, {LOCAL}."
     if status is not None:
         return f"{head}: the Hub answered HTTP {status}. Try again later, {LOCAL}."
     if names & {"RemoteProtocolError", "ReadError", "IncompleteRead", "ChunkedEncodingError"}:
-        return (f"{head}: the download broke off ({root}). Run the same command again: finished files "
-                f"are kept in the cache ({constants.HF_HUB_CACHE}) and not fetched twice.")
+        return (
+            f"{head}: the download broke off ({root}). Run the same command again: finished files "
+            f"are kept in the cache ({constants.HF_HUB_CACHE}) and not fetched twice."
+        )
     if any("Timeout" in n for n in names) or any(isinstance(c, TimeoutError) for c in chain):
-        return (f"{head}: the Hub did not answer within {constants.HF_HUB_DOWNLOAD_TIMEOUT} s. Check your "
-                f"network or proxy (HTTPS_PROXY), raise HF_HUB_DOWNLOAD_TIMEOUT on a slow link, {LOCAL}.")
+        return (
+            f"{head}: the Hub did not answer within {constants.HF_HUB_DOWNLOAD_TIMEOUT} s. Check your "
+            f"network or proxy (HTTPS_PROXY), raise HF_HUB_DOWNLOAD_TIMEOUT on a slow link, {LOCAL}."
+        )
     if names & {"ConnectError", "ConnectionError", "gaierror", "ConnectionRefusedError", "ProxyError"}:
-        return (f"{head}: cannot reach {constants.ENDPOINT} ({root}). Check your network or proxy "
-                f"(HTTPS_PROXY); to build a model downloaded before, set HF_HUB_OFFLINE=1; {LOCAL}.")
+        return (
+            f"{head}: cannot reach {constants.ENDPOINT} ({root}). Check your network or proxy "
+            f"(HTTPS_PROXY); to build a model downloaded before, set HF_HUB_OFFLINE=1; {LOCAL}."
+        )
     return f"{head} ({type(root).__name__}: {root}). Check the id and your network, {LOCAL}."
 
 
@@ -86,8 +104,9 @@ def _request_timeouts(seconds: float) -> Iterator[None]:
 
     def limit(request: Any) -> None:
         asked = request.extensions.get("timeout") or {}
-        request.extensions["timeout"] = {k: seconds if asked.get(k) is None else asked[k]
-                                         for k in ("connect", "read", "write", "pool")}
+        request.extensions["timeout"] = {
+            k: seconds if asked.get(k) is None else asked[k] for k in ("connect", "read", "write", "pool")
+        }
 
     hooks = get_session().event_hooks["request"]
     hooks.append(limit)

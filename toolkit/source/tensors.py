@@ -1,15 +1,18 @@
 """One tensor at a time: read checkpoint tensors with plain file reads (no memory map, so pages
 already used do not stay resident) and append ONNX initializers to an external data file. Peak
 memory is then set by the largest tensor, not by the size of the model."""
+
 from __future__ import annotations
+
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+
 import numpy as np
+
 from ..errors import InputModelError
 from .checkpoint import safetensors_header
-
 
 ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
 
@@ -57,13 +60,16 @@ class CheckpointTensors:
         """A tensor's place in its file, checked: present, and its bytes what its shape needs; with
         `index`, the place of tensor[index] alone (one expert of a stacked [experts, ...] tensor)."""
         if name not in self.entries:
-            raise InputModelError(f"The checkpoint has no tensor '{name}', which {user} needs. "
-                                  "Re-download the checkpoint.")
+            raise InputModelError(
+                f"The checkpoint has no tensor '{name}', which {user} needs. Re-download the checkpoint."
+            )
         e = self.entries[name]
         count = math.prod(e.shape)
         if e.end - e.start != count * ITEM_BYTES[e.dtype]:
-            raise InputModelError(f"{e.file}: tensor '{name}' spans {e.end - e.start} bytes, its shape "
-                                  f"{list(e.shape)} of {e.dtype} needs {count * ITEM_BYTES[e.dtype]}.")
+            raise InputModelError(
+                f"{e.file}: tensor '{name}' spans {e.end - e.start} bytes, its shape "
+                f"{list(e.shape)} of {e.dtype} needs {count * ITEM_BYTES[e.dtype]}."
+            )
         if index is not None:
             step = (e.end - e.start) // e.shape[0]
             e = _Entry(e.file, e.dtype, e.shape[1:], e.start + index * step, e.start + (index + 1) * step)
@@ -85,4 +91,3 @@ class CheckpointTensors:
         if e.dtype == "BF16":  # bfloat16 is the top half of a float32
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
         return raw.astype(np.float32, copy=False).reshape(e.shape)
-

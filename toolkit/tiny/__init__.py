@@ -6,11 +6,14 @@ MAKERS names the tiny maker of every family (the tests build each family for eve
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .phi3 import make_tiny_model
 from .phi3v import make_tiny_phi3v
 from .phimoe import make_tiny_phimoe
 
-MAKERS: dict[str, Callable[..., object]] = {"decoder": make_tiny_model, "phimoe": make_tiny_phimoe,
-                                           "phi3v": make_tiny_phi3v}
+MAKERS: dict[str, Callable[..., object]] = {
+    "decoder": make_tiny_model,
+    "phimoe": make_tiny_phimoe,
+    "phi3v": make_tiny_phi3v,
+}

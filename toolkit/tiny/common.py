@@ -12,11 +12,19 @@ from typing import Any
 
 from ..data import chat_pairs, corpus
 
-
 # Phi-3's added tokens, in Phi-3's order (32000 <|endoftext|> ... 32010 <|user|>).
 PHI3_SPECIALS = [
-    "<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
-    "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>",
+    "<|endoftext|>",
+    "<|assistant|>",
+    "<|placeholder1|>",
+    "<|placeholder2|>",
+    "<|placeholder3|>",
+    "<|placeholder4|>",
+    "<|system|>",
+    "<|end|>",
+    "<|placeholder5|>",
+    "<|placeholder6|>",
+    "<|user|>",
 ]
 
 
@@ -41,11 +49,13 @@ def make_tokenizer(out: Path) -> int:
     bytes_ = [f"<0x{i:02X}>" for i in range(256)]
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
     # Merges never cross punctuation or digits: onnxruntime-genai's tokenizer and HF's then agree.
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True),
-        pre_tokenizers.Punctuation(),
-        pre_tokenizers.Digits(individual_digits=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True),
+            pre_tokenizers.Punctuation(),
+            pre_tokenizers.Digits(individual_digits=True),
+        ]
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=BPE_VOCAB, special_tokens=["<unk>", "<s>", "</s>", *bytes_], show_progress=False
     )
@@ -56,15 +66,22 @@ def make_tokenizer(out: Path) -> int:
     data = json.loads(tok.to_str())
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] in ("<unk>", "<s>", "</s>")]
     data["pre_tokenizer"] = None
-    data["normalizer"] = {"type": "Sequence", "normalizers": [
-        {"type": "Prepend", "prepend": "\u2581"},
-        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
-    ]}
-    data["decoder"] = {"type": "Sequence", "decoders": [
-        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-        {"type": "ByteFallback"}, {"type": "Fuse"},
-        {"type": "Strip", "content": " ", "start": 1, "stop": 0},
-    ]}
+    data["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "\u2581"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+        ],
+    }
+    data["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ],
+    }
     tok = Tokenizer.from_str(json.dumps(data))
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in PHI3_SPECIALS])
     tok.save(str(out / "tokenizer.json"))
@@ -138,4 +155,3 @@ def write_random_safetensors(path: Path, shapes: dict[str, tuple[int, ...]], see
                 values = rng.standard_normal(shape, dtype=np.float32) * np.float32(1 / np.sqrt(shape[1]))
             f.write((values.view(np.uint32) >> 16).astype(np.uint16).tobytes())
     return sum(int(np.prod(s)) for s in shapes.values())
-

@@ -16,7 +16,6 @@ from typing import Any
 
 from .common import PHI3_SPECIALS, fresh_folder, make_tokenizer, train, write_random_safetensors
 
-
 VARIANTS = ("phi-3.5", "phi-3-4k")
 
 
@@ -88,8 +87,15 @@ def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps:
     return out
 
 
-def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32, intermediate: int = 8192,
-                     vocab: int = 32064, seed: int = 0) -> int:
+def make_random_phi3(
+    out: Path,
+    layers: int,
+    hidden: int = 3072,
+    heads: int = 32,
+    intermediate: int = 8192,
+    vocab: int = 32064,
+    seed: int = 0,
+) -> int:
     """A Phi-3.5-shaped folder (longrope, 131072 context) with random bf16 weights, written one
     tensor at a time so that even the 3.8 B size never sits in memory. The defaults are
     Phi-3.5-mini's dimensions. Returns the parameter count."""
@@ -97,20 +103,31 @@ def make_random_phi3(out: Path, layers: int, hidden: int = 3072, heads: int = 32
     n_tokens = make_tokenizer(out)
     cfg = _config("phi-3.5", n_tokens, layers)
     half = hidden // heads // 2
-    cfg.update(hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads,
-               intermediate_size=intermediate, vocab_size=vocab)
-    cfg["rope_scaling"].update(short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
-                               long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)])
+    cfg.update(
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=intermediate,
+        vocab_size=vocab,
+    )
+    cfg["rope_scaling"].update(
+        short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
+        long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)],
+    )
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}"
-        shapes.update({
-            f"{p}.input_layernorm.weight": (hidden,), f"{p}.post_attention_layernorm.weight": (hidden,),
-            f"{p}.self_attn.qkv_proj.weight": (3 * hidden, hidden), f"{p}.self_attn.o_proj.weight": (hidden, hidden),
-            f"{p}.mlp.gate_up_proj.weight": (2 * intermediate, hidden),
-            f"{p}.mlp.down_proj.weight": (hidden, intermediate),
-        })
+        shapes.update(
+            {
+                f"{p}.input_layernorm.weight": (hidden,),
+                f"{p}.post_attention_layernorm.weight": (hidden,),
+                f"{p}.self_attn.qkv_proj.weight": (3 * hidden, hidden),
+                f"{p}.self_attn.o_proj.weight": (hidden, hidden),
+                f"{p}.mlp.gate_up_proj.weight": (2 * intermediate, hidden),
+                f"{p}.mlp.down_proj.weight": (hidden, intermediate),
+            }
+        )
     shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
     return write_random_safetensors(out / "model.safetensors", shapes, seed)
 
@@ -126,11 +143,20 @@ def make_tiny_llama(out: Path, seed: int = 0) -> Path:
     out.mkdir(parents=True)
     quiet()
     n_tokens = make_tokenizer(out)
-    config = LlamaConfig(vocab_size=n_tokens, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
-                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=n_tokens - len(PHI3_SPECIALS))
+    config = LlamaConfig(
+        vocab_size=n_tokens,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=n_tokens - len(PHI3_SPECIALS),
+    )
     torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
-

@@ -19,34 +19,65 @@ from .common import PHI3_SPECIALS, fresh_folder, make_tokenizer, train
 LAYOUTS = ("published", "fused")
 
 
-def phimoe_config(n_tokens: int, layers: int = 2, experts: int = 4, hidden: int = 64, heads: int = 4,
-                  kv_heads: int = 2, intermediate: int = 64) -> dict[str, Any]:
+def phimoe_config(
+    n_tokens: int,
+    layers: int = 2,
+    experts: int = 4,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 64,
+) -> dict[str, Any]:
     """config.json as Phi-3.5-MoE-instruct's, at a tiny size."""
     half = hidden // heads // 2
     base = n_tokens - len(PHI3_SPECIALS)
     return {
-        "architectures": ["PhiMoEForCausalLM"], "model_type": "phimoe",
-        "attention_bias": True, "lm_head_bias": True, "attention_dropout": 0.0, "hidden_dropout": 0.0,
-        "bos_token_id": 1, "eos_token_id": base, "pad_token_id": base, "hidden_act": "silu",
-        "hidden_size": hidden, "intermediate_size": intermediate, "initializer_range": 0.02,
-        "input_jitter_noise": 0.01, "router_jitter_noise": 0.01, "router_aux_loss_coef": 0.0,
-        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
-        "num_attention_heads": heads, "num_key_value_heads": kv_heads, "num_hidden_layers": layers,
-        "num_local_experts": experts, "num_experts_per_tok": 2, "output_router_logits": False,
-        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "sliding_window": 131072,
+        "architectures": ["PhiMoEForCausalLM"],
+        "model_type": "phimoe",
+        "attention_bias": True,
+        "lm_head_bias": True,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "bos_token_id": 1,
+        "eos_token_id": base,
+        "pad_token_id": base,
+        "hidden_act": "silu",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "initializer_range": 0.02,
+        "input_jitter_noise": 0.01,
+        "router_jitter_noise": 0.01,
+        "router_aux_loss_coef": 0.0,
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "num_hidden_layers": layers,
+        "num_local_experts": experts,
+        "num_experts_per_tok": 2,
+        "output_router_logits": False,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 10000.0,
+        "sliding_window": 131072,
         "rope_scaling": {
-            "type": "longrope", "original_max_position_embeddings": 4096,
+            "type": "longrope",
+            "original_max_position_embeddings": 4096,
             "short_factor": [round(1.0 + 0.02 * i, 4) for i in range(half)],
             "long_factor": [round(1.0 + 1.5 * i, 4) for i in range(half)],
-            "short_mscale": 1.243163121016122, "long_mscale": 1.243163121016122,
+            "short_mscale": 1.243163121016122,
+            "long_mscale": 1.243163121016122,
         },
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "transformers_version": "4.43.3",
-        "use_cache": True, "vocab_size": 640,
+        "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.43.3",
+        "use_cache": True,
+        "vocab_size": 640,
     }
 
 
-def make_tiny_phimoe(out: Path, layout: str = "published", layers: int = 2, experts: int = 4,
-                     steps: int = 300, seed: int = 0) -> Path:
+def make_tiny_phimoe(
+    out: Path, layout: str = "published", layers: int = 2, experts: int = 4, steps: int = 300, seed: int = 0
+) -> Path:
     """Write a tiny trained PhiMoE checkpoint folder at `out` (replaced if present) and return it."""
     import torch
     from safetensors.torch import save_file
@@ -73,8 +104,17 @@ def make_tiny_phimoe(out: Path, layout: str = "published", layers: int = 2, expe
     return out
 
 
-def make_random_phimoe(out: Path, layers: int, hidden: int = 4096, heads: int = 32, kv_heads: int = 8,
-                       intermediate: int = 6400, experts: int = 16, vocab: int = 32064, seed: int = 0) -> int:
+def make_random_phimoe(
+    out: Path,
+    layers: int,
+    hidden: int = 4096,
+    heads: int = 32,
+    kv_heads: int = 8,
+    intermediate: int = 6400,
+    experts: int = 16,
+    vocab: int = 32064,
+    seed: int = 0,
+) -> int:
     """A Phi-3.5-MoE-shaped folder (published layout, longrope, biases) with random bf16 weights,
     written one tensor at a time; the defaults are Phi-3.5-MoE-instruct's dimensions (about 1.3 B
     parameters a layer). Returns the parameter count."""
@@ -84,8 +124,10 @@ def make_random_phimoe(out: Path, layers: int, hidden: int = 4096, heads: int = 
     cfg = phimoe_config(make_tokenizer(out), layers, experts, hidden, heads, kv_heads, intermediate)
     half = hidden // heads // 2
     cfg["vocab_size"] = vocab
-    cfg["rope_scaling"].update(short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
-                               long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)])
+    cfg["rope_scaling"].update(
+        short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
+        long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)],
+    )
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     head, shapes = hidden // heads, {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(layers):
@@ -94,12 +136,25 @@ def make_random_phimoe(out: Path, layers: int, hidden: int = 4096, heads: int = 
             shapes.update({f"{p}.{norm}.weight": (hidden,), f"{p}.{norm}.bias": (hidden,)})
         for proj, rows in (("q", heads * head), ("k", kv_heads * head), ("v", kv_heads * head), ("o", hidden)):
             cols = heads * head if proj == "o" else hidden
-            shapes.update({f"{p}.self_attn.{proj}_proj.weight": (rows, cols), f"{p}.self_attn.{proj}_proj.bias": (rows,)})
+            shapes.update(
+                {f"{p}.self_attn.{proj}_proj.weight": (rows, cols), f"{p}.self_attn.{proj}_proj.bias": (rows,)}
+            )
         shapes[f"{p}.block_sparse_moe.gate.weight"] = (experts, hidden)
         for e in range(experts):
             moe = f"{p}.block_sparse_moe.experts.{e}"
-            shapes.update({f"{moe}.w1.weight": (intermediate, hidden), f"{moe}.w3.weight": (intermediate, hidden),
-                           f"{moe}.w2.weight": (hidden, intermediate)})
-    shapes.update({"model.norm.weight": (hidden,), "model.norm.bias": (hidden,), "lm_head.weight": (vocab, hidden),
-                   "lm_head.bias": (vocab,)})
+            shapes.update(
+                {
+                    f"{moe}.w1.weight": (intermediate, hidden),
+                    f"{moe}.w3.weight": (intermediate, hidden),
+                    f"{moe}.w2.weight": (hidden, intermediate),
+                }
+            )
+    shapes.update(
+        {
+            "model.norm.weight": (hidden,),
+            "model.norm.bias": (hidden,),
+            "lm_head.weight": (vocab, hidden),
+            "lm_head.bias": (vocab,),
+        }
+    )
     return write_random_safetensors(out / "model.safetensors", shapes, seed)

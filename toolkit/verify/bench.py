@@ -47,15 +47,19 @@ class BenchResult:
         rows = [
             ("time to first token", f"{self.ttft_s * 1000:.0f} ms ({self.prompt_tokens}-token prompt)"),
             ("prefill", f"{self.prefill_tok_s:.1f} tok/s"),
-            ("decode (median)", f"{self.decode_tok_s:.1f} tok/s (min {self.decode_tok_s_min:.1f}, "
-                                f"max {self.decode_tok_s_max:.1f}, {self.runs} runs of {self.new_tokens} tokens)"),
+            (
+                "decode (median)",
+                f"{self.decode_tok_s:.1f} tok/s (min {self.decode_tok_s_min:.1f}, "
+                f"max {self.decode_tok_s_max:.1f}, {self.runs} runs of {self.new_tokens} tokens)",
+            ),
             ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
             ("weights read per token", f"{self.weight_bytes / 1e6:.1f} MB"),
         ]
         if self.bandwidth_gb_s:
-            rows += [("copy bandwidth", f"{self.bandwidth_gb_s:.1f} GB/s ({self.bandwidth_of})"),
-                     ("roofline", f"{self.roofline_tok_s:.1f} tok/s; "
-                                  f"decode reaches {self.roofline_fraction:.0%} of it")]
+            rows += [
+                ("copy bandwidth", f"{self.bandwidth_gb_s:.1f} GB/s ({self.bandwidth_of})"),
+                ("roofline", f"{self.roofline_tok_s:.1f} tok/s; decode reaches {self.roofline_fraction:.0%} of it"),
+            ]
         else:
             rows.append(("roofline", f"not measured: timing a copy in {self.bandwidth_of} needs PyTorch with CUDA"))
         return "\n".join(f"{k:<24} {v}" for k, v in rows)
@@ -66,7 +70,8 @@ def refuse_emulated(bundle: Path) -> None:
         "slmkit bench does not time emulated CPUs: qemu translates every ARM instruction, so its tok/s "
         "says nothing of a phone (the SmolLM2-135M smoke test ran about 30x slower emulated than on this "
         f"host). `slmkit verify {bundle} --emulate arm64` checks the ARM kernels' tokens; measure speed on "
-        "the device (runner/README.md) or run `slmkit bench` on an ARM64 machine.")
+        "the device (runner/README.md) or run `slmkit bench` on an ARM64 machine."
+    )
 
 
 def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
@@ -106,8 +111,9 @@ def gpu_copy_bandwidth(megabytes: int = 1024, repeats: int = 10) -> float | None
     return 2 * megabytes * (1 << 20) / seconds / 1e9
 
 
-def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int = 5,
-        provider: str = "bundle") -> BenchResult:
+def run(
+    bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int = 5, provider: str = "bundle"
+) -> BenchResult:
     import numpy as np
     import onnxruntime_genai as og
 
@@ -115,8 +121,9 @@ def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int
     from .quality import bundle_runner, default_text
 
     require_bundle(bundle)
-    on_gpu = provider == "cuda" or (provider == "bundle" and read_manifest(bundle)["runtime"].get(
-        "execution_provider") == "cuda")
+    on_gpu = provider == "cuda" or (
+        provider == "bundle" and read_manifest(bundle)["runtime"].get("execution_provider") == "cuda"
+    )
     runner = bundle_runner()
     cap = runner.genai_config(bundle / "model")["search"]["max_length"]
     if runs < 1:
@@ -133,8 +140,9 @@ def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int
     ttfts, decodes = [], []
     for _ in range(runs + 1):  # the first run warms up (kernel packing, allocations) and is dropped
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=prompt_tokens + new_tokens, min_length=prompt_tokens + new_tokens,
-                                  do_sample=False)
+        params.set_search_options(
+            max_length=prompt_tokens + new_tokens, min_length=prompt_tokens + new_tokens, do_sample=False
+        )
         generator = og.Generator(model, params)
         start = time.perf_counter()
         generator.append_tokens(prompt)
@@ -151,9 +159,16 @@ def run(bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int
     ttfts, decodes = ttfts[1:], decodes[1:]
     ttft = statistics.median(ttfts)
     return BenchResult(
-        bundle=bundle.name, provider=provider, prompt_tokens=prompt_tokens, new_tokens=new_tokens, runs=runs,
-        ttft_s=ttft, prefill_tok_s=prompt_tokens / ttft, decode_tok_s=statistics.median(decodes),
-        decode_tok_s_min=min(decodes), decode_tok_s_max=max(decodes),
+        bundle=bundle.name,
+        provider=provider,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        runs=runs,
+        ttft_s=ttft,
+        prefill_tok_s=prompt_tokens / ttft,
+        decode_tok_s=statistics.median(decodes),
+        decode_tok_s_min=min(decodes),
+        decode_tok_s_max=max(decodes),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         weight_bytes=model_bytes(bundle / "model"),
         bandwidth_gb_s=gpu_copy_bandwidth() if on_gpu else copy_bandwidth(),

@@ -3,9 +3,10 @@ the first whose perplexity stays within the budget of the float32 reference."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ConfigError, StageError
 from ..export import export_model
@@ -25,12 +26,18 @@ from .quality import Reference, evaluate, model_bytes, selection_text, table
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
     ("int4 slmkit awq, block 64", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
     ("int4 slmkit mse, block 64", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
-    ("int4 slmkit mixed (int8 where it costs most), block 64",
-     {"method": "mixed", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    (
+        "int4 slmkit mixed (int8 where it costs most), block 64",
+        {"method": "mixed", "symmetric": False, "lm_head": "int4", "block_size": 64},
+        "int4",
+    ),
     ("int4 slmkit awq, block 32", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
     ("int4 slmkit mse, block 32", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
-    ("int4 builder k_quant_mixed", {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4",
-                                    "block_size": 32}, "int4"),
+    (
+        "int4 builder k_quant_mixed",
+        {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4", "block_size": 32},
+        "int4",
+    ),
     ("int8 builder", {"method": "default", "symmetric": True, "lm_head": "int4", "block_size": 32}, "int8"),
 ]
 
@@ -52,8 +59,9 @@ def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildP
     candidate the streamed engine cannot write (the builder's k_quant_mixed) uses the builder."""
     out = []
     for label, changes, precision in CANDIDATES:
-        candidate = replace(plan, export=replace(plan.export, precision=precision),
-                            quantize=replace(plan.quantize, **changes))
+        candidate = replace(
+            plan, export=replace(plan.export, precision=precision), quantize=replace(plan.quantize, **changes)
+        )
         try:
             _check_combination(candidate)
         except ConfigError:
@@ -86,8 +94,7 @@ def choose(src: SourceModel, plan: BuildPlan, budget: float, work: Path, log: Ca
         log(f"      {label}: {size / 1e6:.1f} MB, perplexity {quality.ppl_increase:+.1%} vs fp32")
         if ok:
             log(table([("fp32 reference", None, None, f"perplexity {ref.ppl:.2f}"), *rows]))
-            section = {"budget": budget, "text": name, "reference_ppl": ref.ppl, "chosen": label,
-                       "candidates": records}
+            section = {"budget": budget, "text": name, "reference_ppl": ref.ppl, "chosen": label, "candidates": records}
             return candidate, model_dir, section
     raise StageError(
         "quantize",

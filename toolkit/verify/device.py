@@ -10,7 +10,6 @@ from typing import Any
 
 from ..errors import VerificationError
 
-
 # What a host check on the CPU provider cannot tell about a GPU bundle.
 DEVICE_ONLY = {
     "cuda": "greedy tokens with the CUDA provider's fp16/int4 kernels (onnxruntime-genai-cuda on an NVIDIA GPU)",
@@ -42,8 +41,12 @@ def describe_device(execution_provider: str) -> str | None:
     if execution_provider != "cuda":
         return "a DirectML GPU"
     try:
-        proc = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                               "--format=csv,noheader"], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     rows = [r.split(", ") for r in proc.stdout.splitlines() if r.count(", ") == 2]
@@ -61,11 +64,14 @@ def require_device(path: Path, execution_provider: str, package: str, version: s
             f"Checking '{path}' with the {execution_provider} provider needs {package}, which this Python "
             f"does not have: on the GPU machine, `pip install {package}=={version} numpy` (the version "
             f"the bundle was built with), then run this again. Without the GPU, `slmkit verify {path}` runs the "
-            "same graph on the CPU provider.") from None
+            "same graph on the CPU provider."
+        ) from None
     device = describe_device(execution_provider)
     if device is None:
-        raise VerificationError(f"Checking '{path}' with the cuda provider needs an NVIDIA GPU, and nvidia-smi "
-                                "found none here: run it on the GPU machine (the driver's nvidia-smi on PATH).")
+        raise VerificationError(
+            f"Checking '{path}' with the cuda provider needs an NVIDIA GPU, and nvidia-smi "
+            "found none here: run it on the GPU machine (the driver's nvidia-smi on PATH)."
+        )
     return device
 
 
@@ -77,8 +83,10 @@ def run_record(result: dict[str, Any]) -> dict[str, Any]:
         "failed": result.get("failed", 1),
         "top1_agreement": result.get("top1_agreement"),
         "min_top1_agreement": result.get("min_top1_agreement"),
-        "cases": [{k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
-                  for c in result.get("cases", [])],
+        "cases": [
+            {k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
+            for c in result.get("cases", [])
+        ],
         **({"error": result["error"]} if "error" in result else {}),
     }
 
@@ -96,9 +104,10 @@ def record_device(manifest: dict[str, Any], execution_provider: str, result: dic
     if run["failed"] == 0:
         if note in pending:
             pending.remove(note)
-        checked.append(f"{note}: the smoke test passed on {device} with {run['runtime']}, "
-                       f"top-1 agreement {run['top1_agreement']:.3f}")
+        checked.append(
+            f"{note}: the smoke test passed on {device} with {run['runtime']}, "
+            f"top-1 agreement {run['top1_agreement']:.3f}"
+        )
     elif note not in pending:
         pending.append(note)
     verification["checked_on_device"] = checked
-

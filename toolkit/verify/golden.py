@@ -15,7 +15,6 @@ from ..progress import bar
 from ..reference.layerwise import LayerPasses, layerwise_model
 from ..source.checkpoint import read_config
 
-
 CONTENT = "{content}"
 
 
@@ -30,8 +29,9 @@ def prompt_format(tokenizer) -> str | None:
     return text if text.count(CONTENT) == 1 else None
 
 
-def reference_cases(source: Path, weight_files: tuple[str, ...], cfg: VerifyConfig, eos: list[int],
-                    bundle: Path | None = None) -> tuple[list[dict[str, Any]], str | None]:
+def reference_cases(
+    source: Path, weight_files: tuple[str, ...], cfg: VerifyConfig, eos: list[int], bundle: Path | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     """Greedy continuations of the recipe's prompts by the float32 PyTorch model, one decoder
     layer in memory at a time (toolkit/reference/), all prompts in one batch; and the
     single-turn prompt format. Chat prompts go through the checkpoint's chat template. With the
@@ -51,15 +51,22 @@ def reference_cases(source: Path, weight_files: tuple[str, ...], cfg: VerifyConf
     mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts])
     total = model.config.num_hidden_layers * cfg.new_tokens  # one pass over the layers per new token
     with torch.no_grad(), bar(f"reference ({len(prompts)} prompts)", total, "layer passes") as passes.bar:
-        out = model.generate(batch, attention_mask=mask, max_new_tokens=cfg.new_tokens, do_sample=False,
-                             eos_token_id=eos, pad_token_id=pad)
+        out = model.generate(
+            batch,
+            attention_mask=mask,
+            max_new_tokens=cfg.new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=pad,
+        )
     cases = []
-    for (text, chat), ids, row in zip(texts, prompts, out):
+    for (text, chat), ids, row in zip(texts, prompts, out, strict=True):
         cont = [int(t) for t in row[width:]]
         # generate() pads after the first EOS; keep the continuation up to and including it.
         stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
-        cases.append({"prompt": text, "chat": chat, "prompt_ids": [int(t) for t in ids],
-                      "expected_ids": cont[: stop + 1]})
+        cases.append(
+            {"prompt": text, "chat": chat, "prompt_ids": [int(t) for t in ids], "expected_ids": cont[: stop + 1]}
+        )
     if bundle is not None and family.extra_cases is not None:
         wrap = (lambda content: fmt.replace(CONTENT, content)) if fmt else None
         cases += family.extra_cases(bundle, source, weight_files, model, passes, cfg, eos, wrap)
@@ -69,8 +76,11 @@ def reference_cases(source: Path, weight_files: tuple[str, ...], cfg: VerifyConf
 def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -> None:
     golden = {
         "schema_version": 1,
-        "reference": {"engine": f"transformers {metadata.version('transformers')}", "dtype": "float32",
-                      "weights": "one decoder layer at a time"},
+        "reference": {
+            "engine": f"transformers {metadata.version('transformers')}",
+            "dtype": "float32",
+            "weights": "one decoder layer at a time",
+        },
         "min_top1_agreement": cfg.min_top1_agreement,
         "min_greedy_prefix": cfg.min_greedy_prefix,
         "tie_logit_margin": cfg.tie_logit_margin,
@@ -83,4 +93,3 @@ def write_prompt_format(bundle: Path, fmt: str | None) -> None:
     if fmt is not None:
         data = {"single_turn": fmt, "placeholder": CONTENT}
         (bundle / "model" / "prompt_format.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-

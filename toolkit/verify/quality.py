@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..progress import bar
 
@@ -80,13 +81,14 @@ class Reference:
 
     BATCH = 4
 
-    def __init__(self, source: Path, text: str, text_name: str, window: int = DEFAULT_WINDOW,
-                 max_tokens: int | None = 8192):
+    def __init__(
+        self, source: Path, text: str, text_name: str, window: int = DEFAULT_WINDOW, max_tokens: int | None = 8192
+    ):
         import numpy as np
         import torch
 
-        from ..reference.layerwise import layerwise_model
         from ..families import open_checkpoint
+        from ..reference.layerwise import layerwise_model
 
         tokenizer, model = layerwise_model(source, open_checkpoint(str(source)).weight_files)
         ids = tokenizer(text, add_special_tokens=False).input_ids[:max_tokens]
@@ -103,7 +105,7 @@ class Reference:
         with torch.no_grad(), bar("reference", len(self.windows), "windows") as progress:
             for group in groups:
                 logits = model(torch.tensor(group)).logits[:, :-1].float().numpy()
-                for win, row in zip(group, logits):
+                for win, row in zip(group, logits, strict=True):
                     lr = _log_softmax(row)
                     nll -= float(lr[np.arange(len(win) - 1), win[1:]].sum())
                     self.logprobs.append(lr.astype(np.float16))
@@ -126,7 +128,7 @@ def score(ref: Reference, logits_of) -> Quality:
     nll = kl = 0.0
     agree = 0
     with bar("bundle", len(ref.windows), "windows") as progress:
-        for win, lr16 in zip(ref.windows, ref.logprobs):
+        for win, lr16 in zip(ref.windows, ref.logprobs, strict=True):
             lb = _log_softmax(np.asarray(logits_of(win), dtype=np.float32)[: len(win) - 1])
             lr = lr16.astype(np.float32)
             rows, targets = np.arange(len(win) - 1), np.asarray(win[1:])
@@ -135,9 +137,13 @@ def score(ref: Reference, logits_of) -> Quality:
             agree += int((lr.argmax(-1) == lb.argmax(-1)).sum())
             progress.advance()
     return Quality(
-        tokens=ref.tokens, windows=len(ref.windows), ppl_reference=ref.ppl,
-        ppl_bundle=math.exp(nll / ref.tokens), top1_agreement=agree / ref.tokens,
-        mean_kl=kl / ref.tokens, text=ref.text_name,
+        tokens=ref.tokens,
+        windows=len(ref.windows),
+        ppl_reference=ref.ppl,
+        ppl_bundle=math.exp(nll / ref.tokens),
+        top1_agreement=agree / ref.tokens,
+        mean_kl=kl / ref.tokens,
+        text=ref.text_name,
     )
 
 
@@ -162,13 +168,16 @@ def table(rows: list[tuple[str, int | None, Quality | None, str]]) -> str:
         if q is None:
             out.append(f"{name:<{width}} {mb} {'-':>8} {'-':>8} {'-':>6} {'-':>7}  {note}")
         else:
-            out.append(f"{name:<{width}} {mb} {q.ppl_bundle:8.2f} {q.ppl_increase:+8.1%} {q.top1_agreement:6.3f} "
-                       f"{q.mean_kl:7.4f}  {note}")
+            out.append(
+                f"{name:<{width}} {mb} {q.ppl_bundle:8.2f} {q.ppl_increase:+8.1%} {q.top1_agreement:6.3f} "
+                f"{q.mean_kl:7.4f}  {note}"
+            )
     return "\n".join(out)
 
 
-def evaluate_bundle(bundle: Path, reference: Path, text_file: Path | None, window: int = DEFAULT_WINDOW,
-                    max_tokens: int = 8192) -> str:
+def evaluate_bundle(
+    bundle: Path, reference: Path, text_file: Path | None, window: int = DEFAULT_WINDOW, max_tokens: int = 8192
+) -> str:
     """`slmkit eval`: measure, store the result in manifest.json ("quality" -> "eval"), return the table."""
     from ..bundle.layout import read_manifest, require_bundle, save_manifest
     from ..errors import InputModelError
@@ -196,8 +205,12 @@ def evaluate_bundle(bundle: Path, reference: Path, text_file: Path | None, windo
     section["eval"] = quality.to_dict() | {"window": window, "max_ppl_increase": promised}
     manifest["quality"] = section
     save_manifest(bundle, manifest)
-    text = table([("fp32 reference (PyTorch)", None, None, f"perplexity {ref.ppl:.2f}"),
-                  (bundle.name, model_bytes(bundle / "model"), quality, f"{ref.tokens} tokens of {name}")])
+    text = table(
+        [
+            ("fp32 reference (PyTorch)", None, None, f"perplexity {ref.ppl:.2f}"),
+            (bundle.name, model_bytes(bundle / "model"), quality, f"{ref.tokens} tokens of {name}"),
+        ]
+    )
     if promised is not None:
         verdict = "within" if quality.ppl_increase <= promised else "OVER"
         text += f"\nPerplexity {quality.ppl_increase:+.1%} vs float32: {verdict} the recipe's budget (+{promised:.0%})."

@@ -20,7 +20,8 @@ def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
     with waiting("the bundle's greedy tokens (child process)"):
         proc = subprocess.run(
             [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
     return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
 
@@ -36,13 +37,25 @@ def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
         result_path = Path(tmp) / "result.json"
         with waiting("smoke test (child process)"):
             proc = subprocess.run(
-                [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--json",
-                 str(result_path)],
-                capture_output=True, text=True,
+                [
+                    sys.executable,
+                    str(bundle / "tests" / "smoke_test.py"),
+                    "--provider",
+                    provider,
+                    "--json",
+                    str(result_path),
+                ],
+                capture_output=True,
+                text=True,
             )
         output = proc.stdout + proc.stderr
         if not result_path.is_file():
-            return {"passed": 0, "failed": 1, "checks": [], "error": f"smoke test crashed (exit {proc.returncode})"}, output
+            return {
+                "passed": 0,
+                "failed": 1,
+                "checks": [],
+                "error": f"smoke test crashed (exit {proc.returncode})",
+            }, output
         return json.loads(result_path.read_text(encoding="utf-8")), output
 
 
@@ -104,4 +117,3 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
             lines = [result.get("error", "the smoke test failed") + "\n" + output.strip()]
         raise VerificationError(f"Bundle '{path}' failed verification:\n  - " + "\n  - ".join(lines))
     return summary, output
-

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...graphs.ops import Shape
 from ...plan.config import ExportConfig, QuantizeConfig
 from ...source.tensors import CheckpointTensors
-from ...graphs.ops import Shape
 from ..family import Family
 from .graph import expected_tensors, graph_io, write_decoder
 
@@ -20,15 +20,19 @@ def _tensors(weights: CheckpointTensors, shape: Shape, _config: dict[str, Any]) 
 def _stream_problems(config: dict[str, Any], precision: str, _export: ExportConfig, q: QuantizeConfig) -> list[str]:
     tied = bool(config.get("tie_word_embeddings"))
     if tied and precision not in ("fp32", "fp16") and (precision != "int4" or not q.symmetric or q.lm_head != "int4"):
-        return ["tied embeddings with int8 or asymmetric weights (it shares float32 or symmetric "
-                "int4 lm_head weights with the embedding)"]
+        return [
+            "tied embeddings with int8 or asymmetric weights (it shares float32 or symmetric "
+            "int4 lm_head weights with the embedding)"
+        ]
     return []
 
 
 FAMILY = Family(
     name="decoder",
-    architectures={"Phi3ForCausalLM": ("phi3", "Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini"),
-                   "LlamaForCausalLM": ("llama", "SmolLM2 and other Llama-architecture models")},
+    architectures={
+        "Phi3ForCausalLM": ("phi3", "Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini"),
+        "LlamaForCausalLM": ("llama", "SmolLM2 and other Llama-architecture models"),
+    },
     tensors=_tensors,
     write_decoder=write_decoder,
     decoder_io=graph_io,

@@ -37,22 +37,42 @@ from .vision import CROP, Tower, expected_tensors, image_tokens, vision_io, writ
 ARCHITECTURE = "Phi3VForCausalLM"
 MAX_IMAGE_TOKENS = image_tokens(4 * CROP, 4 * CROP)  # 16 crops: 2509
 MIN_CONTEXT = MAX_IMAGE_TOKENS + 512  # one image at most crops, and a conversation about it
-PROCESSOR = {"processor": {"name": "image_processing", "transforms": [
-    {"operation": {"name": "decode_image", "domain": "com.microsoft.extensions", "type": "DecodeImage",
-                   "attrs": {"color_space": "BGR"}}},
-    {"operation": {"name": "convert_to_rgb", "domain": "com.microsoft.extensions", "type": "ConvertRGB"}},
-    # onnxruntime-extensions' Phi3ImageTransform always cuts up to 16 crops (its attributes are not
-    # read): the value written says what it does.
-    {"operation": {"name": "phi3_image_transform", "domain": "com.microsoft.extensions", "type": "Phi3ImageTransform",
-                   "attrs": {"num_crops": 16, "num_img_tokens": 144}}},
-]}}
+PROCESSOR = {
+    "processor": {
+        "name": "image_processing",
+        "transforms": [
+            {
+                "operation": {
+                    "name": "decode_image",
+                    "domain": "com.microsoft.extensions",
+                    "type": "DecodeImage",
+                    "attrs": {"color_space": "BGR"},
+                }
+            },
+            {"operation": {"name": "convert_to_rgb", "domain": "com.microsoft.extensions", "type": "ConvertRGB"}},
+            # onnxruntime-extensions' Phi3ImageTransform always cuts up to 16 crops (its attributes are not
+            # read): the value written says what it does.
+            {
+                "operation": {
+                    "name": "phi3_image_transform",
+                    "domain": "com.microsoft.extensions",
+                    "type": "Phi3ImageTransform",
+                    "attrs": {"num_crops": 16, "num_img_tokens": 144},
+                }
+            },
+        ],
+    }
+}
 
 
 def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Phi-3 text model's config.json inside a phi3_v one (what transformers' Phi3 classes read)."""
     # Also without private keys: Phi-3.5-vision's names "_attn_implementation": "flash_attention_2".
-    text = {k: v for k, v in config.items() if k not in ("img_processor", "embd_layer", "auto_map")
-            and not k.startswith("_")}
+    text = {
+        k: v
+        for k, v in config.items()
+        if k not in ("img_processor", "embd_layer", "auto_map") and not k.startswith("_")
+    }
     text.update(architectures=["Phi3ForCausalLM"], model_type="phi3")
     return text
 
@@ -70,23 +90,31 @@ def vision_tensors(weights: CheckpointTensors) -> tuple[set[str], set[str]]:
     if tower.side != 24 or tower.patch * tower.side != 336:
         raise InputModelError(
             f"The vision tower takes {tower.side}x{tower.side} patches of {tower.patch} pixels; onnxruntime-genai's "
-            "phi3v image processor cuts 336-pixel crops for a patch-14 CLIP (24x24 patches, 144 tokens a crop).")
+            "phi3v image processor cuts 336-pixel crops for a patch-14 CLIP (24x24 patches, 144 tokens a crop)."
+        )
     return expected_tensors(tower)
 
 
 def write_configs(source: Path, config: dict[str, Any], export: ExportConfig, out: Path) -> None:
     sections = {
-        "embedding": {"filename": "embedding.onnx", "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
-                      "outputs": {"inputs_embeds": "inputs_embeds"}},
-        "vision": {"filename": "vision.onnx", "inputs": {"pixel_values": "pixel_values", "image_sizes": "image_sizes"},
-                   "outputs": {"image_features": "image_features"}},
+        "embedding": {
+            "filename": "embedding.onnx",
+            "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
+            "outputs": {"inputs_embeds": "inputs_embeds"},
+        },
+        "vision": {
+            "filename": "vision.onnx",
+            "inputs": {"pixel_values": "pixel_values", "image_sizes": "image_sizes"},
+            "outputs": {"image_features": "image_features"},
+        },
     }
     write_genai_config(source, config, export, out, "phi3v", sections, hf_config)
     (out / "processor_config.json").write_text(json.dumps(PROCESSOR, indent=2) + "\n", encoding="utf-8")
 
 
-def write_graphs(weights: CheckpointTensors, shape: Shape, export: ExportConfig, q: QuantizeConfig, dtype: type,
-                 out: Path) -> None:
+def write_graphs(
+    weights: CheckpointTensors, shape: Shape, export: ExportConfig, q: QuantizeConfig, dtype: type, out: Path
+) -> None:
     """vision.onnx and embedding.onnx (each with its .data). The vision graph computes in float32 on
     every target (the CPU provider has no float16 Conv and MultiHeadAttention kernels, and a GPU
     bundle is also checked there), its linear weights in export.vision_precision (MatMulNBits with
@@ -126,19 +154,23 @@ def check_plan(_src: Any, plan: BuildPlan) -> None:
         raise ConfigError(
             f"optimize.context_cap = {plan.optimize.context_cap} cannot hold one image: the runtime cuts a picture "
             f"into up to 16 crops, {MAX_IMAGE_TOKENS} tokens. Use --set optimize.context_cap={MIN_CONTEXT} "
-            "or more (each further image takes up to as many again).")
+            "or more (each further image takes up to as many again)."
+        )
     if plan.export.engine != "stream":
-        raise ConfigError(f"export.engine 'ort-genai' cannot build {ARCHITECTURE}: the builder writes its text "
-                          "decoder only and reads its config through the checkpoint's own code. Use "
-                          "--set export.engine=stream (the recipes' default), which writes all three graphs.")
+        raise ConfigError(
+            f"export.engine 'ort-genai' cannot build {ARCHITECTURE}: the builder writes its text "
+            "decoder only and reads its config through the checkpoint's own code. Use "
+            "--set export.engine=stream (the recipes' default), which writes all three graphs."
+        )
 
 
 FAMILY = Family(
     name="phi3v",
     architectures={ARCHITECTURE: ("phi3_v", "Phi-3.5-vision, Phi-3-vision-128k")},
     tensors=_tensors,
-    write_decoder=lambda g, weights, shape, config, provider: write_decoder(g, weights, shape, config, provider,
-                                                                            embeds=True),
+    write_decoder=lambda g, weights, shape, config, provider: write_decoder(
+        g, weights, shape, config, provider, embeds=True
+    ),
     decoder_io=lambda shape, dtype, provider: graph_io(shape, dtype, provider, embeds=True),
     write_configs=write_configs,
     write_more_graphs=write_graphs,

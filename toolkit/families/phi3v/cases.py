@@ -13,13 +13,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from ...plan.config import VerifyConfig
 from ...errors import StageError
+from ...plan.config import VerifyConfig
 from ...progress import bar, waiting
 
 IMAGE = "image.png"
@@ -52,8 +53,9 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 
     rows = b"".join(b"\x00" + rgb[y].astype(np.uint8).tobytes() for y in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -76,17 +78,33 @@ def processor_inputs(model_dir: Path, image: Path, prompts: list[str]) -> list[d
     """The runtime processor's input_ids, pixel_values and image_sizes for each prompt with the image."""
     with tempfile.TemporaryDirectory() as tmp, waiting("the runtime's image processor (child process)"):
         out = Path(tmp) / "inputs.npz"
-        proc = subprocess.run([sys.executable, "-c", _PROCESS, str(model_dir), str(image), str(out), *prompts],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROCESS, str(model_dir), str(image), str(out), *prompts],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
-            raise StageError("verify", f"the bundle's image processor failed:\n{(proc.stdout + proc.stderr).strip()}",
-                             model_dir.parent)
+            raise StageError(
+                "verify",
+                f"the bundle's image processor failed:\n{(proc.stdout + proc.stderr).strip()}",
+                model_dir.parent,
+            )
         data = np.load(out)
-        return [{k: data[f"{k}_{i}"] for k in ("input_ids", "pixel_values", "image_sizes")} for i in range(len(prompts))]
+        return [
+            {k: data[f"{k}_{i}"] for k in ("input_ids", "pixel_values", "image_sizes")} for i in range(len(prompts))
+        ]
 
 
-def image_cases(bundle: Path, source: Path, weight_files: tuple[str, ...], model: Any, passes: Any,
-                cfg: VerifyConfig, eos: list[int], wrap: Callable[[str], str] | None) -> list[dict[str, Any]]:
+def image_cases(
+    bundle: Path,
+    source: Path,
+    weight_files: tuple[str, ...],
+    model: Any,
+    passes: Any,
+    cfg: VerifyConfig,
+    eos: list[int],
+    wrap: Callable[[str], str] | None,
+) -> list[dict[str, Any]]:
     """Write tests/image.png into the bundle and return its golden cases: each image prompt, through
     `wrap` (the chat template's single turn; None without one), answered by the layer-by-layer
     reference `model` fed the reference's image features (`passes` counts its layer passes)."""
@@ -103,14 +121,27 @@ def image_cases(bundle: Path, source: Path, weight_files: tuple[str, ...], model
     cases = []
     total = model.config.num_hidden_layers * cfg.new_tokens * len(prompts)
     with torch.no_grad(), bar(f"reference ({len(prompts)} image prompts)", total, "layer passes") as passes.bar:
-        for prompt, given in zip(prompts, inputs):
+        for prompt, given in zip(prompts, inputs, strict=True):
             ids = [int(t) for t in given["input_ids"][0]]
             embeds = embed(model, ids, vision.features(given["pixel_values"], given["image_sizes"]))
-            out = model.generate(inputs_embeds=embeds, attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=cfg.new_tokens, do_sample=False, eos_token_id=eos,
-                                 pad_token_id=eos[0] if eos else 0)
+            out = model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=cfg.new_tokens,
+                do_sample=False,
+                eos_token_id=eos,
+                pad_token_id=eos[0] if eos else 0,
+            )
             cont = [int(t) for t in out[0]]
             stop = next((i for i, t in enumerate(cont) if t in eos), len(cont) - 1)
-            cases.append({"prompt": prompt, "chat": wrap is not None, "image": IMAGE, "prompt_ids": ids,
-                          "image_tokens": int(sum(t < 0 for t in ids)), "expected_ids": cont[: stop + 1]})
+            cases.append(
+                {
+                    "prompt": prompt,
+                    "chat": wrap is not None,
+                    "image": IMAGE,
+                    "prompt_ids": ids,
+                    "image_tokens": int(sum(t < 0 for t in ids)),
+                    "expected_ids": cont[: stop + 1],
+                }
+            )
     return cases

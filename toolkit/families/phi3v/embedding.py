@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ...source.tensors import CheckpointTensors
 from ...graphs.ops import FLOAT, INT64, MS, GraphWriter
+from ...source.tensors import CheckpointTensors
 
 
 def _token_rows(g: GraphWriter, weights: CheckpointTensors, ids: str, hidden: int) -> str:
@@ -30,8 +30,17 @@ def _token_rows(g: GraphWriter, weights: CheckpointTensors, ids: str, hidden: in
     block, bits = attrs["block_size"], attrs["bits"]
     padded = -(-hidden // block) * block
     codes = g.node("Reshape", "/embedding/Reshape", [codes, g.constant([table.shape[0], padded * bits // 8])])
-    out = g.node("GatherBlockQuantized", "/embedding/GatherBlockQuantized", [codes, ids, *rest], None, MS,
-                 bits=bits, block_size=block, gather_axis=0, quantize_axis=1)
+    out = g.node(
+        "GatherBlockQuantized",
+        "/embedding/GatherBlockQuantized",
+        [codes, ids, *rest],
+        None,
+        MS,
+        bits=bits,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
     if padded != hidden:
         out = g.node("Slice", "/embedding/Slice", [out, g.constant([0]), g.constant([hidden]), g.constant([-1])])
     return out
@@ -47,16 +56,23 @@ def write_embedding(g: GraphWriter, weights: CheckpointTensors, hidden: int) -> 
     features = "image_features"
     if g.elem != FLOAT:
         features = g.node("Cast", f"{base}/features/Cast", [features], to=g.elem)
-    padded = g.node("Concat", f"{base}/padded", [features, g.weight(f"{base}/zero_row", np.zeros((1, hidden), np.float32))],
-                    axis=0)
+    padded = g.node(
+        "Concat", f"{base}/padded", [features, g.weight(f"{base}/zero_row", np.zeros((1, hidden), np.float32))], axis=0
+    )
     picked = g.node("Gather", f"{base}/picked", [padded, row], axis=0)
-    g.node("Where", f"{base}/Where", [g.node("Unsqueeze", f"{base}/Unsqueeze", [image, g.constant([-1])]), picked, text],
-           ["inputs_embeds"])
+    g.node(
+        "Where",
+        f"{base}/Where",
+        [g.node("Unsqueeze", f"{base}/Unsqueeze", [image, g.constant([-1])]), picked, text],
+        ["inputs_embeds"],
+    )
 
 
 def embedding_io(elem: int, hidden: int) -> tuple[list[Any], list[Any]]:
     from onnx import helper
 
-    inputs = [helper.make_tensor_value_info("input_ids", INT64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info("image_features", FLOAT, ["num_image_tokens", hidden])]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", INT64, ["batch_size", "sequence_length"]),
+        helper.make_tensor_value_info("image_features", FLOAT, ["num_image_tokens", hidden]),
+    ]
     return inputs, [helper.make_tensor_value_info("inputs_embeds", elem, ["batch_size", "sequence_length", hidden])]

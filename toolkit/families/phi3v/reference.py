@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from .vision import CROP, PREFIX, TOWER, Tower
 from ...errors import InputModelError
 from ...source.tensors import CheckpointTensors
+from .vision import CROP, PREFIX, TOWER, Tower
 
 
 class VisionReference:
@@ -24,17 +24,29 @@ class VisionReference:
         weights = CheckpointTensors(source, weight_files)
         tower = Tower.of(weights)
         fc1 = weights.entry(TOWER + "encoder.layers.0.mlp.fc1.weight", "the vision reference").shape[0]
-        config = CLIPVisionConfig(hidden_size=tower.hidden, intermediate_size=fc1, num_attention_heads=tower.heads,
-                                  num_hidden_layers=tower.layers, image_size=tower.patch * tower.side,
-                                  patch_size=tower.patch, layer_norm_eps=tower.eps, hidden_act="quick_gelu")
+        config = CLIPVisionConfig(
+            hidden_size=tower.hidden,
+            intermediate_size=fc1,
+            num_attention_heads=tower.heads,
+            num_hidden_layers=tower.layers,
+            image_size=tower.patch * tower.side,
+            patch_size=tower.patch,
+            layer_norm_eps=tower.eps,
+            hidden_act="quick_gelu",
+        )
         self.clip = CLIPVisionModel(config).eval()
-        state = {n[len(TOWER):]: torch.from_numpy(weights.float32(n)) for n in weights.entries if n.startswith(TOWER)}
+        state = {n[len(TOWER) :]: torch.from_numpy(weights.float32(n)) for n in weights.entries if n.startswith(TOWER)}
         missing, unexpected = self.clip.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise InputModelError(f"The vision tower's tensors do not make a CLIP vision model: missing "
-                                  f"{missing[:3]}, unexpected {unexpected[:3]} (under {TOWER}).")
-        self.extra = {n[len(PREFIX):]: torch.from_numpy(weights.float32(n))
-                      for n in weights.entries if n.startswith(PREFIX) and not n.startswith(TOWER)}
+            raise InputModelError(
+                f"The vision tower's tensors do not make a CLIP vision model: missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]} (under {TOWER})."
+            )
+        self.extra = {
+            n[len(PREFIX) :]: torch.from_numpy(weights.float32(n))
+            for n in weights.entries
+            if n.startswith(PREFIX) and not n.startswith(TOWER)
+        }
         self.side = tower.side // 2
 
     def _merge(self, x: Any, hc: int, wc: int) -> Any:
@@ -57,14 +69,16 @@ class VisionReference:
 
         out = []
         with torch.no_grad():
-            for pixels, (height, width) in zip(pixel_values, image_sizes):
+            for pixels, (height, width) in zip(pixel_values, image_sizes, strict=True):
                 hc, wc = int(height) // CROP, int(width) // CROP
                 crops = torch.from_numpy(np.asarray(pixels[: 1 + hc * wc], dtype=np.float32))
                 hidden = self.clip(pixel_values=crops, output_hidden_states=True).hidden_states[-2][:, 1:]
                 glb = self._rows(self._merge(hidden[:1], 1, 1))
                 sub = self._rows(self._merge(hidden[1:], hc, wc))
                 x = torch.cat([sub, self.extra["glb_GN"].reshape(1, -1), glb])
-                x = torch.nn.functional.gelu(x @ self.extra["img_projection.0.weight"].T + self.extra["img_projection.0.bias"])
+                x = torch.nn.functional.gelu(
+                    x @ self.extra["img_projection.0.weight"].T + self.extra["img_projection.0.bias"]
+                )
                 out.append(x @ self.extra["img_projection.2.weight"].T + self.extra["img_projection.2.bias"])
         return torch.cat(out).numpy()
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from ...source.tensors import CheckpointTensors
 from ...graphs.ops import INT64, MS, GraphWriter, biased, layer_norm
+from ...source.tensors import CheckpointTensors
 
 PREFIX = "model.vision_embed_tokens."
 TOWER = PREFIX + "img_processor.vision_model."
@@ -44,24 +44,51 @@ class Tower:
         return max(1, self.hidden // HEAD)
 
     @staticmethod
-    def of(weights: CheckpointTensors) -> "Tower":
+    def of(weights: CheckpointTensors) -> Tower:
         """The tower's sizes from its weight shapes (no config keys needed)."""
         hidden, _, patch, _ = weights.entry(TOWER + "embeddings.patch_embedding.weight", "the vision graph").shape
-        layers = sum(1 for n in weights.entries if n.startswith(TOWER + "encoder.layers.") and n.endswith(".mlp.fc1.weight"))
+        layers = sum(
+            1 for n in weights.entries if n.startswith(TOWER + "encoder.layers.") and n.endswith(".mlp.fc1.weight")
+        )
         positions = weights.entry(TOWER + "embeddings.position_embedding.weight", "the vision graph").shape[0]
-        return Tower(hidden, layers, patch, int(round((positions - 1) ** 0.5)))
+        return Tower(hidden, layers, patch, round((positions - 1) ** 0.5))
 
 
 def expected_tensors(tower: Tower) -> tuple[set[str], set[str]]:
     """(tensors the vision graph reads, tensors of the checkpoint it leaves out: the last encoder
     layer and post_layernorm, which the features never pass through)."""
-    layer = ["layer_norm1", "layer_norm2", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-             "self_attn.out_proj", "mlp.fc1", "mlp.fc2"]
+    layer = [
+        "layer_norm1",
+        "layer_norm2",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.out_proj",
+        "mlp.fc1",
+        "mlp.fc2",
+    ]
     per = lambda i: {f"{TOWER}encoder.layers.{i}.{p}.{k}" for p in layer for k in ("weight", "bias")}  # noqa: E731
-    used = {TOWER + n for n in ("embeddings.class_embedding", "embeddings.patch_embedding.weight",
-                                "embeddings.position_embedding.weight", "pre_layrnorm.weight", "pre_layrnorm.bias")}
-    used |= {PREFIX + n for n in ("glb_GN", "sub_GN", "img_projection.0.weight", "img_projection.0.bias",
-                                  "img_projection.2.weight", "img_projection.2.bias")}
+    used = {
+        TOWER + n
+        for n in (
+            "embeddings.class_embedding",
+            "embeddings.patch_embedding.weight",
+            "embeddings.position_embedding.weight",
+            "pre_layrnorm.weight",
+            "pre_layrnorm.bias",
+        )
+    }
+    used |= {
+        PREFIX + n
+        for n in (
+            "glb_GN",
+            "sub_GN",
+            "img_projection.0.weight",
+            "img_projection.0.bias",
+            "img_projection.2.weight",
+            "img_projection.2.bias",
+        )
+    }
     for i in range(tower.layers - 1):
         used |= per(i)
     return used, per(tower.layers - 1) | {TOWER + "post_layernorm.weight", TOWER + "post_layernorm.bias"}
@@ -75,13 +102,17 @@ def _encoder_layer(g: GraphWriter, weights: CheckpointTensors, tower: Tower, i: 
     key, base = f"{TOWER}encoder.layers.{i}", f"/vision/layers.{i}"
     h = layer_norm(g, f"{base}/layer_norm1", x, weights, f"{key}.layer_norm1", tower.eps)
     q, k, v = (_linear(g, f"{base}/attn/{p}_proj", h, weights, f"{key}.self_attn.{p}_proj") for p in "qkv")
-    attn = g.node("MultiHeadAttention", f"{base}/attn/MultiHeadAttention", [q, k, v], None, MS,
-                  num_heads=tower.heads)
-    x = g.node("Add", f"{base}/attn_residual", [x, _linear(g, f"{base}/attn/out_proj", attn, weights,
-                                                           f"{key}.self_attn.out_proj")])
+    attn = g.node("MultiHeadAttention", f"{base}/attn/MultiHeadAttention", [q, k, v], None, MS, num_heads=tower.heads)
+    x = g.node(
+        "Add",
+        f"{base}/attn_residual",
+        [x, _linear(g, f"{base}/attn/out_proj", attn, weights, f"{key}.self_attn.out_proj")],
+    )
     h = layer_norm(g, f"{base}/layer_norm2", x, weights, f"{key}.layer_norm2", tower.eps)
     h = _linear(g, f"{base}/mlp/fc1", h, weights, f"{key}.mlp.fc1")
-    quick = g.node("Mul", f"{base}/mlp/quick_gelu/Mul_1", [h, g.weight(f"{base}/quick_gelu_alpha", np.array(1.702, np.float32))])
+    quick = g.node(
+        "Mul", f"{base}/mlp/quick_gelu/Mul_1", [h, g.weight(f"{base}/quick_gelu_alpha", np.array(1.702, np.float32))]
+    )
     h = g.node("Mul", f"{base}/mlp/quick_gelu/Mul", [h, g.node("Sigmoid", f"{base}/mlp/quick_gelu/Sigmoid", [quick])])
     return g.node("Add", f"{base}/mlp_residual", [x, _linear(g, f"{base}/mlp/fc2", h, weights, f"{key}.mlp.fc2")])
 
@@ -91,15 +122,28 @@ def _gather_crops(g: GraphWriter) -> tuple[str, str, str]:
     [images, 2]; and where each image's crops start in the batch [images]."""
     base = "/vision/crops"
     grid = g.node("Div", f"{base}/grid", ["image_sizes", g.constant(CROP)])
-    used = g.node("Add", f"{base}/used", [g.node("ReduceProd", f"{base}/ReduceProd", [grid, g.constant([1])],
-                                                 keepdims=0), g.constant(1)])
-    slots = g.node("Gather", f"{base}/slots", [g.node("Shape", f"{base}/Shape", ["pixel_values"]), g.constant(1)], axis=0)
+    used = g.node(
+        "Add",
+        f"{base}/used",
+        [g.node("ReduceProd", f"{base}/ReduceProd", [grid, g.constant([1])], keepdims=0), g.constant(1)],
+    )
+    slots = g.node(
+        "Gather", f"{base}/slots", [g.node("Shape", f"{base}/Shape", ["pixel_values"]), g.constant(1)], axis=0
+    )
     order = g.node("Range", f"{base}/Range", [g.constant(0), slots, g.constant(1)])
-    keep = g.node("Less", f"{base}/Less", [g.node("Unsqueeze", f"{base}/order", [order, g.constant([0])]),
-                                            g.node("Unsqueeze", f"{base}/count", [used, g.constant([1])])])
+    keep = g.node(
+        "Less",
+        f"{base}/Less",
+        [
+            g.node("Unsqueeze", f"{base}/order", [order, g.constant([0])]),
+            g.node("Unsqueeze", f"{base}/count", [used, g.constant([1])]),
+        ],
+    )
     picked = g.node("NonZero", f"{base}/NonZero", [g.node("Reshape", f"{base}/keep", [keep, g.constant([-1])])])
     flat = g.node("Reshape", f"{base}/flat", ["pixel_values", g.constant([-1, 3, CROP, CROP])])
-    crops = g.node("Gather", f"{base}/Gather", [flat, g.node("Reshape", f"{base}/index", [picked, g.constant([-1])])], axis=0)
+    crops = g.node(
+        "Gather", f"{base}/Gather", [flat, g.node("Reshape", f"{base}/index", [picked, g.constant([-1])])], axis=0
+    )
     starts = g.node("CumSum", f"{base}/starts", [used, g.constant(0)], exclusive=1)
     return crops, grid, starts
 
@@ -107,24 +151,52 @@ def _gather_crops(g: GraphWriter) -> tuple[str, str, str]:
 def _tower(g: GraphWriter, weights: CheckpointTensors, tower: Tower, crops: str) -> str:
     """CLIP features of the second-to-last layer, class token dropped: [crops, side*side, C]."""
     base, c = "/vision/embeddings", tower.hidden
-    conv = g.node("Conv", f"{base}/patch_embedding/Conv",
-                  [crops, g.weight(TOWER + "embeddings.patch_embedding.weight",
-                                   weights.float32(TOWER + "embeddings.patch_embedding.weight"))],
-                  strides=[tower.patch, tower.patch], kernel_shape=[tower.patch, tower.patch])
-    patches = g.node("Transpose", f"{base}/Transpose",
-                     [g.node("Reshape", f"{base}/Reshape", [conv, g.constant([0, c, -1])])], perm=[0, 2, 1])
-    cls = g.weight(TOWER + "embeddings.class_embedding",
-                   weights.float32(TOWER + "embeddings.class_embedding").reshape(1, 1, c))
-    batch = g.node("Slice", f"{base}/batch", [g.node("Shape", f"{base}/Shape", [crops]), g.constant([0]), g.constant([1])])
-    cls = g.node("Expand", f"{base}/class/Expand", [cls, g.node("Concat", f"{base}/class/shape",
-                                                                 [batch, g.constant([1, c])], axis=0)])
+    conv = g.node(
+        "Conv",
+        f"{base}/patch_embedding/Conv",
+        [
+            crops,
+            g.weight(
+                TOWER + "embeddings.patch_embedding.weight",
+                weights.float32(TOWER + "embeddings.patch_embedding.weight"),
+            ),
+        ],
+        strides=[tower.patch, tower.patch],
+        kernel_shape=[tower.patch, tower.patch],
+    )
+    patches = g.node(
+        "Transpose",
+        f"{base}/Transpose",
+        [g.node("Reshape", f"{base}/Reshape", [conv, g.constant([0, c, -1])])],
+        perm=[0, 2, 1],
+    )
+    cls = g.weight(
+        TOWER + "embeddings.class_embedding", weights.float32(TOWER + "embeddings.class_embedding").reshape(1, 1, c)
+    )
+    batch = g.node(
+        "Slice", f"{base}/batch", [g.node("Shape", f"{base}/Shape", [crops]), g.constant([0]), g.constant([1])]
+    )
+    cls = g.node(
+        "Expand",
+        f"{base}/class/Expand",
+        [cls, g.node("Concat", f"{base}/class/shape", [batch, g.constant([1, c])], axis=0)],
+    )
     x = g.node("Concat", f"{base}/Concat", [cls, patches], axis=1)
-    x = g.node("Add", f"{base}/position/Add", [x, g.weight(TOWER + "embeddings.position_embedding.weight",
-                                                           weights.float32(TOWER + "embeddings.position_embedding.weight"))])
+    x = g.node(
+        "Add",
+        f"{base}/position/Add",
+        [
+            x,
+            g.weight(
+                TOWER + "embeddings.position_embedding.weight",
+                weights.float32(TOWER + "embeddings.position_embedding.weight"),
+            ),
+        ],
+    )
     x = layer_norm(g, "/vision/pre_layrnorm", x, weights, TOWER + "pre_layrnorm", tower.eps)
     for i in range(tower.layers - 1):
         x = _encoder_layer(g, weights, tower, i, x)
-    return g.node("Slice", "/vision/features", [x, g.constant([1]), g.constant([tower.side ** 2 + 1]), g.constant([1])])
+    return g.node("Slice", "/vision/features", [x, g.constant([1]), g.constant([tower.side**2 + 1]), g.constant([1])])
 
 
 def _hd_layout_body(g: GraphWriter, tower: Tower, features: str, grid: str, starts: str, sub: str, glb: str) -> Any:
@@ -165,14 +237,24 @@ def _hd_layout_body(g: GraphWriter, tower: Tower, features: str, grid: str, star
     s_feat = n("Transpose", [s_feat], perm=[0, 2, 1, 3, 4])  # [h, 12, w, 12, 4C]
     h12, w12 = n("Mul", [h, twelve]), n("Mul", [w, twelve])
     s_rows = rows_with_separator(n("Reshape", [s_feat, n("Concat", [h12, w12, const([wide])], axis=0)]), h12, w12)
-    nodes.append(helper.make_node("Concat", ["acc", s_rows, glb, g_rows], ["acc_out"], name="/vision/hd/append", axis=0))
+    nodes.append(
+        helper.make_node("Concat", ["acc", s_rows, glb, g_rows], ["acc_out"], name="/vision/hd/append", axis=0)
+    )
     nodes.append(helper.make_node("Identity", ["cond"], ["cond_out"], name="/vision/hd/cond"))
     elem = g.elem
     return helper.make_graph(
-        nodes, "hd_layout",
-        [helper.make_tensor_value_info("i", INT64, []), helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
-         helper.make_tensor_value_info("acc", elem, None)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("acc_out", elem, None)])
+        nodes,
+        "hd_layout",
+        [
+            helper.make_tensor_value_info("i", INT64, []),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", elem, None),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", elem, None),
+        ],
+    )
 
 
 def write_vision(g: GraphWriter, weights: CheckpointTensors, tower: Tower) -> None:
@@ -184,13 +266,20 @@ def write_vision(g: GraphWriter, weights: CheckpointTensors, tower: Tower) -> No
     wide = 4 * tower.hidden
     sub = g.weight(PREFIX + "sub_GN", weights.float32(PREFIX + "sub_GN").reshape(1, 1, wide))
     glb = g.weight(PREFIX + "glb_GN", weights.float32(PREFIX + "glb_GN").reshape(1, wide))
-    empty = g.node("Constant", "/vision/hd/empty", [],
-                   value=numpy_helper.from_array(np.zeros((0, wide), dtype=g.dtype), ""))
-    images = g.node("Gather", "/vision/images", [g.node("Shape", "/vision/sizes_shape", ["image_sizes"]), g.constant(0)],
-                    axis=0)
+    empty = g.node(
+        "Constant", "/vision/hd/empty", [], value=numpy_helper.from_array(np.zeros((0, wide), dtype=g.dtype), "")
+    )
+    images = g.node(
+        "Gather", "/vision/images", [g.node("Shape", "/vision/sizes_shape", ["image_sizes"]), g.constant(0)], axis=0
+    )
     cond = g.node("Constant", "/vision/true", [], value=helper.make_tensor("", 9, [], [True]))
-    laid = g.node("Loop", "/vision/hd/Loop", [images, cond, empty], ["/vision/hd/Loop/output_0"],
-                  body=_hd_layout_body(g, tower, features, grid, starts, sub, glb))
+    laid = g.node(
+        "Loop",
+        "/vision/hd/Loop",
+        [images, cond, empty],
+        ["/vision/hd/Loop/output_0"],
+        body=_hd_layout_body(g, tower, features, grid, starts, sub, glb),
+    )
     x = _linear(g, "/vision/img_projection.0", laid, weights, PREFIX + "img_projection.0")
     x = g.node("Gelu", "/vision/img_projection.1/Gelu", [x])
     _linear(g, "/vision/img_projection.2", x, weights, PREFIX + "img_projection.2", output="image_features")
@@ -199,8 +288,10 @@ def write_vision(g: GraphWriter, weights: CheckpointTensors, tower: Tower) -> No
 def vision_io(dtype_elem: int, hidden: int) -> tuple[list[Any], list[Any]]:
     from onnx import helper
 
-    inputs = [helper.make_tensor_value_info("pixel_values", dtype_elem, ["num_images", "max_num_crops", 3, CROP, CROP]),
-              helper.make_tensor_value_info("image_sizes", INT64, ["num_images", 2])]
+    inputs = [
+        helper.make_tensor_value_info("pixel_values", dtype_elem, ["num_images", "max_num_crops", 3, CROP, CROP]),
+        helper.make_tensor_value_info("image_sizes", INT64, ["num_images", 2]),
+    ]
     return inputs, [helper.make_tensor_value_info("image_features", dtype_elem, ["num_image_tokens", hidden])]
 
 

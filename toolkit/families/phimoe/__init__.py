@@ -19,9 +19,10 @@ from .graph import expected_tensors, published, write_moe_decoder
 from .reference import lazy_experts, reference_key
 
 # Targets a mixture of experts is not built for, and why (the bundle size is added to the message).
+EVERY_EXPERT = "every expert stays loaded: top-2 routing picks other experts at every token"
 REFUSED = {
-    "android": "more than a phone's memory (every expert stays loaded: top-2 routing picks other experts at every token)",
-    "ios": "more than an iPhone's or iPad's memory (every expert stays loaded: top-2 routing picks other experts at every token)",
+    "android": f"more than a phone's memory ({EVERY_EXPERT})",
+    "ios": f"more than an iPhone's or iPad's memory ({EVERY_EXPERT})",
     "windows-dml": "and onnxruntime has no DirectML kernel for QMoE, the mixture-of-experts operator",
 }
 
@@ -33,7 +34,8 @@ def refuse_target(src: Any, target: str | None) -> None:
     raise ConfigError(
         f"{src.architecture} ({src.num_params / 1e9:.3g} B parameters, a mixture of "
         f"{src.config.get('num_local_experts')} experts) is not built for {target}: its int4 bundle would be about "
-        f"{size / 1e9:.3g} GB, {REFUSED[target]}. Build it with --target cpu or --target linux-cuda.")
+        f"{size / 1e9:.3g} GB, {REFUSED[target]}. Build it with --target cpu or --target linux-cuda."
+    )
 
 
 def _tensors(weights: CheckpointTensors, shape: Shape, config: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -43,8 +45,10 @@ def _tensors(weights: CheckpointTensors, shape: Shape, config: dict[str, Any]) -
 def _stream_problems(_config: dict[str, Any], precision: str, export: ExportConfig, _q: QuantizeConfig) -> list[str]:
     ep = export.execution_provider
     if ep not in ("cpu", "cuda") or precision not in ("int4", "int8"):
-        return [f"{precision} {ep} graphs of a mixture of experts (its experts are written int4 or int8, "
-                "as onnxruntime's QMoE, for the cpu and cuda providers)"]
+        return [
+            f"{precision} {ep} graphs of a mixture of experts (its experts are written int4 or int8, "
+            "as onnxruntime's QMoE, for the cpu and cuda providers)"
+        ]
     return []
 
 
@@ -54,8 +58,10 @@ def _write_configs(source: Any, config: dict[str, Any], export: ExportConfig, ou
 
 FAMILY = Family(
     name="phimoe",
-    architectures={"PhiMoEForCausalLM": ("phimoe", "Phi-3.5-MoE"),  # the published config's name
-                   "PhimoeForCausalLM": ("phimoe", "Phi-3.5-MoE re-saved by transformers 5")},
+    architectures={
+        "PhiMoEForCausalLM": ("phimoe", "Phi-3.5-MoE"),  # the published config's name
+        "PhimoeForCausalLM": ("phimoe", "Phi-3.5-MoE re-saved by transformers 5"),
+    },
     tensors=_tensors,
     write_decoder=lambda g, weights, shape, config, _provider: write_moe_decoder(g, weights, shape, config),
     decoder_io=graph_io,

@@ -13,13 +13,14 @@ Experts are read, quantized and written one at a time: memory stays flat in expe
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
-from ...source.tensors import CheckpointTensors
 from ...graphs.attention import attention, attention_inputs
 from ...graphs.ops import FLOAT, MS, GraphWriter, Shape, biased, blockwise, layer_norm
+from ...source.tensors import CheckpointTensors
 
 
 def published(weights: CheckpointTensors) -> bool:
@@ -36,7 +37,13 @@ def expected_tensors(shape: Shape, experts: int, is_published: bool) -> set[str]
     else:
         per_layer += ["mlp.router.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
     names = {f"model.layers.{i}.{p}" for i in range(shape.layers) for p in per_layer}
-    return names | {"model.embed_tokens.weight", "model.norm.weight", "model.norm.bias", "lm_head.weight", "lm_head.bias"}
+    return names | {
+        "model.embed_tokens.weight",
+        "model.norm.weight",
+        "model.norm.bias",
+        "lm_head.weight",
+        "lm_head.bias",
+    }
 
 
 def router_key(weights: CheckpointTensors, hf: str) -> str:
@@ -70,8 +77,9 @@ def _codes(w_nk: np.ndarray, bits: int, block: int, dtype: np.dtype) -> tuple[np
     return packed.reshape(w_nk.shape[0], -1), scales
 
 
-def _experts(g: GraphWriter, weights: CheckpointTensors, hf: str, base: str, n: int, shape: Shape,
-             bits: int) -> list[str]:
+def _experts(
+    g: GraphWriter, weights: CheckpointTensors, hf: str, base: str, n: int, shape: Shape, bits: int
+) -> list[str]:
     """fc1 (codes, scales) and fc2 (codes, scales): codes streamed expert by expert, scales kept."""
     block = g.q.block_size
     stem = f"{base}.moe"
@@ -84,7 +92,7 @@ def _experts(g: GraphWriter, weights: CheckpointTensors, hf: str, base: str, n: 
             gate_up, down = expert_sources(weights, hf, e)
             if which == "fc1":
                 rows = np.concatenate([weights.float32(key, index) for key, index in gate_up])
-                w = _interleave(rows[:shape.intermediate], rows[shape.intermediate:])
+                w = _interleave(rows[: shape.intermediate], rows[shape.intermediate :])
                 del rows
             else:
                 w = weights.float32(*down)
@@ -102,8 +110,10 @@ def _experts(g: GraphWriter, weights: CheckpointTensors, hf: str, base: str, n: 
 def _mixer(g: GraphWriter, base: str, logits: str, n: int, eps: float) -> str:
     """PhiMoE's top-2 sparse-mixer weights [tokens, experts] (zero off the two chosen), in float32."""
     axis = g.constant([-1])
-    ninf, zero, thresh = (g.weight(f"{base}/{name}", np.array(v, dtype=np.float32), keep=True)
-                          for name, v in (("ninf", -np.inf), ("zero", 0.0), ("two_eps", 2 * eps)))
+    ninf, zero, thresh = (
+        g.weight(f"{base}/{name}", np.array(v, dtype=np.float32), keep=True)
+        for name, v in (("ninf", -np.inf), ("zero", 0.0), ("two_eps", 2 * eps))
+    )
     experts = g.weight(f"{base}/experts", np.arange(n, dtype=np.int64))
     magnitude = g.node("Abs", f"{base}/Abs", [logits])
     total, scores = "", logits
@@ -112,8 +122,9 @@ def _mixer(g: GraphWriter, base: str, logits: str, n: int, eps: float) -> str:
         pick = g.node("ArgMax", f"{base}/ArgMax_{step}", [scores], axis=-1, keepdims=1)
         factor = g.node("Max", f"{base}/Max_{step}", [magnitude, top])
         gap = g.node("Div", f"{base}/Div_{step}", [g.node("Sub", f"{base}/Sub_{step}", [top, logits]), factor])
-        masked = g.node("Where", f"{base}/Mask_{step}",
-                        [g.node("Greater", f"{base}/Greater_{step}", [gap, thresh]), ninf, scores])
+        masked = g.node(
+            "Where", f"{base}/Mask_{step}", [g.node("Greater", f"{base}/Greater_{step}", [gap, thresh]), ninf, scores]
+        )
         soft = g.node("Softmax", f"{base}/Softmax_{step}", [masked], axis=-1)
         chosen = g.node("Equal", f"{base}/Equal_{step}", [experts, pick])
         weight = g.node("Where", f"{base}/Weight_{step}", [chosen, soft, zero])
@@ -122,8 +133,9 @@ def _mixer(g: GraphWriter, base: str, logits: str, n: int, eps: float) -> str:
     return total
 
 
-def moe_block(g: GraphWriter, weights: CheckpointTensors, hf: str, layer: int, h: str, shape: Shape,
-              config: dict[str, Any]) -> str:
+def moe_block(
+    g: GraphWriter, weights: CheckpointTensors, hf: str, layer: int, h: str, shape: Shape, config: dict[str, Any]
+) -> str:
     """The sparse MoE block on the normalized hidden state `h` [batch, sequence, hidden]."""
     base, n = f"/model/layers.{layer}/moe", config["num_local_experts"]
     flat = g.node("Reshape", f"{base}/Reshape", [h, g.constant([-1, shape.hidden])])
@@ -134,14 +146,28 @@ def moe_block(g: GraphWriter, weights: CheckpointTensors, hf: str, layer: int, h
         mixed = g.node("Cast", f"{base}/sparse_mixer/Cast", [mixed], to=g.elem)
     bits = 8 if g.precision == "int8" else 4
     fc1, fc1_scales, fc2, fc2_scales = _experts(g, weights, hf, f"model.layers.{layer}", n, shape, bits)
-    attrs = dict(k=config.get("num_experts_per_tok", 2), activation_type="swiglu", swiglu_fusion=1,
-                 activation_alpha=1.0, activation_beta=0.0, expert_weight_bits=bits,
-                 block_size=g.q.block_size, normalize_routing_weights=0, use_sparse_mixer=0,
-                 weights_prepacked=0)  # raw [E, N, K/pack] codes: each provider packs them its own way
+    attrs = dict(
+        k=config.get("num_experts_per_tok", 2),
+        activation_type="swiglu",
+        swiglu_fusion=1,
+        activation_alpha=1.0,
+        activation_beta=0.0,
+        expert_weight_bits=bits,
+        block_size=g.q.block_size,
+        normalize_routing_weights=0,
+        use_sparse_mixer=0,
+        weights_prepacked=0,
+    )  # raw [E, N, K/pack] codes: each provider packs them its own way
     if g.q.accuracy_level:
         attrs["accuracy_level"] = g.q.accuracy_level
-    out = g.node("QMoE", f"{base}/QMoE", [flat, logits, fc1, fc1_scales, "", fc2, fc2_scales, "", "", "", "",
-                                          "", "", "", mixed], None, MS, **attrs)
+    out = g.node(
+        "QMoE",
+        f"{base}/QMoE",
+        [flat, logits, fc1, fc1_scales, "", fc2, fc2_scales, "", "", "", "", "", "", "", mixed],
+        None,
+        MS,
+        **attrs,
+    )
     return g.node("Reshape", f"{base}/Reshape_out", [out, g.node("Shape", f"{base}/Shape", [h])])
 
 
@@ -160,8 +186,9 @@ def write_moe_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, 
         o = g.matmul(f"{base}/attn/o_proj", attn, weights.float32(f"{hf}.self_attn.o_proj.weight"))
         o = biased(g, f"{base}/attn/o_proj", o, weights, f"{hf}.self_attn.o_proj")
         residual = g.node("Add", f"{base}/attn_residual/Add", [residual, o])
-        h = layer_norm(g, f"{base}/post_attention_layernorm", residual, weights,
-                        f"{hf}.post_attention_layernorm", shape.eps)
+        h = layer_norm(
+            g, f"{base}/post_attention_layernorm", residual, weights, f"{hf}.post_attention_layernorm", shape.eps
+        )
         residual = g.node("Add", f"{base}/moe_residual/Add", [residual, moe_block(g, weights, hf, i, h, shape, config)])
     h = layer_norm(g, "/model/norm", residual, weights, "model.norm", shape.eps)
     logits = g.matmul("/lm_head", h, weights.float32("lm_head.weight"), lm_head=True)

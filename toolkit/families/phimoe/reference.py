@@ -24,7 +24,7 @@ def read_expert(reader: Any, hf: str, e: int, gate_up: Any, down: Any) -> None:
     row = 0
     for key, index in parts:
         rows = reader.weights.entry(key, "the reference model", index).shape[0]
-        reader.read(gate_up[row:row + rows], key, index)
+        reader.read(gate_up[row : row + rows], key, index)
         row += rows
     reader.read(down, down_key, down_index)
 
