@@ -28,38 +28,51 @@ def test_bundle_commands_name_a_missing_bundle(command, tmp_path):
 def test_eval_names_what_is_wrong(bundles, tiny35, tmp_path):
     bundle = str(bundles("cpu"))
     assert refused(["eval", bundle, "-r", str(tmp_path / "nothere")]).startswith(
-        f"Error: Model folder '{tmp_path / 'nothere'}' does not exist.")
-    assert refused(["eval", bundle, "-r", str(tiny35), "--window", "5"]) == "Error: --window 5: expected 16..8192 tokens.\n"
+        f"Error: Model folder '{tmp_path / 'nothere'}' does not exist."
+    )
+    assert (
+        refused(["eval", bundle, "-r", str(tiny35), "--window", "5"])
+        == "Error: --window 5: expected 16..8192 tokens.\n"
+    )
     text = tmp_path / "text.bin"
     text.write_bytes(b"\xff\xfe\x00bad")
     assert refused(["eval", bundle, "-r", str(tiny35), "--text", str(text)]).startswith(
-        f"Error: Cannot read --text {text} as UTF-8 text (")
+        f"Error: Cannot read --text {text} as UTF-8 text ("
+    )
 
 
 def test_bench_names_the_bad_option(bundles):
     bundle = str(bundles("cpu"))
     assert refused(["bench", bundle, "--runs", "0"]) == "Error: --runs 0: expected at least 1 timed run.\n"
-    assert refused(["bench", bundle, "--new-tokens", "1"]).startswith("Error: --prompt-tokens 128 + --new-tokens 1 must fit")
+    assert refused(["bench", bundle, "--new-tokens", "1"]).startswith(
+        "Error: --prompt-tokens 128 + --new-tokens 1 must fit"
+    )
     assert refused(["bench", bundle, "--emulate", "arm64"]).startswith(
-        "Error: slmkit bench does not time emulated CPUs: qemu translates every ARM instruction")
+        "Error: slmkit bench does not time emulated CPUs: qemu translates every ARM instruction"
+    )
 
 
 def test_unpack_of_a_file_that_is_no_archive(tmp_path):
     junk = tmp_path / "notes.txt"
     junk.write_text("not an archive\n")
     assert refused(["unpack", str(junk), "-o", str(tmp_path / "x")]) == (
-        f"Error: {junk} is not a .tar.gz archive (nor any tar format). Pass a file written by `slmkit pack`.\n")
+        f"Error: {junk} is not a .tar.gz archive (nor any tar format). Pass a file written by `slmkit pack`.\n"
+    )
     assert refused(["unpack", str(tmp_path / "none.tar.gz"), "-o", str(tmp_path / "x")]) == (
-        f"Error: Cannot open {tmp_path / 'none.tar.gz'} (No such file or directory).\n")
+        f"Error: Cannot open {tmp_path / 'none.tar.gz'} (No such file or directory).\n"
+    )
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("module, dist, args", [
-    ("onnxruntime_genai", "onnxruntime-genai", ["bench", "{bundle}", "--runs", "1"]),
-    ("onnxruntime_genai", "onnxruntime-genai", ["eval", "{bundle}", "-r", "{model}"]),
-    ("torch", "torch", ["eval", "{bundle}", "-r", "{model}"]),
-    ("onnx", "onnx", ["verify", "{bundle}"]),
-])
+@pytest.mark.parametrize(
+    "module, dist, args",
+    [
+        ("onnxruntime_genai", "onnxruntime-genai", ["bench", "{bundle}", "--runs", "1"]),
+        ("onnxruntime_genai", "onnxruntime-genai", ["eval", "{bundle}", "-r", "{model}"]),
+        ("torch", "torch", ["eval", "{bundle}", "-r", "{model}"]),
+        ("onnx", "onnx", ["verify", "{bundle}"]),
+    ],
+)
 def test_a_missing_package_is_named_with_its_install_command(bundles, tiny35, monkeypatch, module, dist, args):
     from toolkit.verify import quality
 
@@ -74,13 +87,27 @@ def test_a_missing_package_is_named_with_its_install_command(bundles, tiny35, mo
     assert out.rstrip().endswith("(`slmkit doctor` checks every dependency)."), out
 
 
-def test_bench_on_a_gpu_without_cuda_pytorch_says_the_roofline_was_not_measured():
-    from toolkit.verify.bench import BenchResult, gpu_copy_bandwidth
+def test_bench_on_a_gpu_without_cuda_pytorch_says_the_roofline_was_not_measured(bundles, monkeypatch):
+    """`slmkit bench` on a linux-cuda bundle with its own provider, where PyTorch has no CUDA: the
+    roofline of GPU memory cannot be timed, and the table and the JSON say so. No GPU here, so the
+    runner loads the same graph on the CPU provider; everything else is bench's own path."""
+    import json
 
-    assert gpu_copy_bandwidth() is None  # this machine's PyTorch is a CPU build
-    result = BenchResult(bundle="b", provider="cuda", prompt_tokens=128, new_tokens=128, runs=5, ttft_s=0.004,
-                         prefill_tok_s=32000.0, decode_tok_s=480.0, decode_tok_s_min=460.0, decode_tok_s_max=490.0,
-                         peak_rss_mb=800.0, weight_bytes=77_000_000, bandwidth_gb_s=None, bandwidth_of="GPU memory")
-    assert result.roofline_fraction is None and result.to_dict()["roofline_tok_s"] is None
-    assert result.table().splitlines()[-1] == ("roofline                 not measured: timing a copy in GPU memory "
-                                               "needs PyTorch with CUDA")
+    from toolkit.verify import bench
+    from toolkit.verify.quality import bundle_runner
+
+    runner = bundle_runner()
+    load = runner.load_model
+    monkeypatch.setattr(runner, "load_model", lambda model_dir, provider: load(model_dir, "cpu"))
+    assert bench.gpu_copy_bandwidth() is None  # this machine's PyTorch is a CPU build
+    args = ["bench", str(bundles("linux-cuda")), "--prompt-tokens", "8", "--new-tokens", "4", "--runs", "1"]
+    table = CliRunner().invoke(main, args)
+    assert table.exit_code == 0, table.output
+    assert table.output.splitlines()[-1] == (
+        "roofline                 not measured: timing a copy in GPU memory needs PyTorch with CUDA"
+    )
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["bandwidth_of"], data["bandwidth_gb_s"], data["roofline_fraction"]) == ("GPU memory", None, None)
+    assert data["decode_tok_s"] > 0 and data["provider"] == "bundle"

@@ -27,7 +27,10 @@ def _smoke_module():
 
 
 GOLDEN = {"min_greedy_prefix": 8, "tie_logit_margin": 1.0}
-CASE = {"bundle_ids": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14], "bundle_near": [[], [], [40, 41], [], [], [], [], [], [], []]}
+CASE = {
+    "bundle_ids": [5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+    "bundle_near": [[], [], [40, 41], [], [], [], [], [], [], []],
+}
 
 
 def test_greedy_check_tells_a_tie_from_a_defect():
@@ -50,7 +53,7 @@ def test_build_records_the_near_ties_of_every_greedy_step(bundles):
     assert golden["tie_logit_margin"] == 1.0
     for case in golden["cases"]:
         assert len(case["bundle_near"]) == len(case["bundle_ids"])
-        for step, near in zip(case["bundle_ids"], case["bundle_near"]):
+        for step, near in zip(case["bundle_ids"], case["bundle_near"], strict=True):
             assert step not in near and len(near) <= 8
 
 
@@ -99,8 +102,10 @@ def test_no_qemu_says_what_to_install(bundles, tmp_path, monkeypatch):
     _only(monkeypatch, tmp_path / "bin")
     result = CliRunner().invoke(main, ["verify", str(bundles("android")), "--emulate", "arm64"])
     assert result.exit_code == 1
-    assert ("ARM64 emulation needs qemu-aarch64 (qemu user mode) 8.0 or newer, and none is on PATH. Install it: "
-            "`apt-get install -t bookworm-backports qemu-user` (Debian 12)") in result.output
+    assert (
+        "ARM64 emulation needs qemu-aarch64 (qemu user mode) 8.0 or newer, and none is on PATH. Install it: "
+        "`apt-get install -t bookworm-backports qemu-user` (Debian 12)"
+    ) in result.output
 
 
 def test_old_qemu_is_refused_with_the_reason(bundles, tmp_path, monkeypatch):
@@ -112,8 +117,10 @@ def test_old_qemu_is_refused_with_the_reason(bundles, tmp_path, monkeypatch):
     assert "onnxruntime crashes at import" in result.output
 
 
-QEMU10 = ('[ "$1" = "--version" ] && echo "qemu-aarch64 version 10.0.2"; '
-          '[ "$1" = "-cpu" ] && printf "Available CPUs:\\n  cortex-a55\\n  cortex-a76\\n"; exit 0')
+QEMU10 = (
+    '[ "$1" = "--version" ] && echo "qemu-aarch64 version 10.0.2"; '
+    '[ "$1" = "-cpu" ] && printf "Available CPUs:\\n  cortex-a55\\n  cortex-a76\\n"; exit 0'
+)
 
 
 def test_unknown_cpu_names_the_known_ones(bundles, tmp_path, monkeypatch):
@@ -121,8 +128,10 @@ def test_unknown_cpu_names_the_known_ones(bundles, tmp_path, monkeypatch):
     _only(monkeypatch, tmp_path / "bin")
     result = CliRunner().invoke(main, ["verify", str(bundles("android")), "--emulate", "arm64", "--cpu", "cortex_a55"])
     assert result.exit_code == 1
-    assert "Unknown emulated CPU 'cortex_a55'. Did you mean 'cortex-a55'? qemu-aarch64 knows: cortex-a55, cortex-a76." \
+    assert (
+        "Unknown emulated CPU 'cortex_a55'. Did you mean 'cortex-a55'? qemu-aarch64 knows: cortex-a55, cortex-a76."
         in result.output
+    )
 
 
 def test_no_mmdebstrap_says_what_to_install_and_leaves_no_cache(bundles, tmp_path, monkeypatch):
@@ -131,20 +140,28 @@ def test_no_mmdebstrap_says_what_to_install_and_leaves_no_cache(bundles, tmp_pat
     monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
     result = CliRunner().invoke(main, ["verify", str(bundles("android")), "--emulate", "arm64"])
     assert result.exit_code == 1
-    assert ("an arm64 Debian sysroot, made with mmdebstrap, which is not on PATH. "
-            "Install it: `apt-get install mmdebstrap`.") in result.output
+    assert (
+        "an arm64 Debian sysroot, made with mmdebstrap, which is not on PATH. Install it: `apt-get install mmdebstrap`."
+    ) in result.output
     assert not list(tmp_path.rglob("sysroot-*"))
 
 
 def test_runtime_wheels_that_cannot_be_had_are_named(tmp_path):
-    from toolkit.verify.emulate import runtime_wheels
+    """A version the package index does not have is named as such, with the versions it has (pip
+    reached the index: a network failure would give another message, and fail this test)."""
     from toolkit.errors import ToolchainError
+    from toolkit.verify.emulate import runtime_wheels
 
     versions = {"onnxruntime-genai": "0.0.0", "onnxruntime": "1.32.0", "numpy": "2.0.0"}
     with pytest.raises(ToolchainError) as err:
         runtime_wheels(tmp_path, versions)
-    assert "pip (the aarch64 wheels of onnxruntime-genai==0.0.0 onnxruntime==1.32.0 numpy==2.0.0: is each " \
-           "version on the package index for Linux aarch64?) failed" in str(err.value)
+    assert str(err.value).startswith(
+        "Could not prepare ARM64 emulation: the package index has no Linux aarch64 wheel of "
+        "onnxruntime-genai==0.0.0 for Python 3.11 (it has "
+    )
+    assert "0.18.0" in str(err.value) and str(err.value).endswith(
+        "The bundle's manifest names that version; rebuild the bundle with a runtime that has ARM64 wheels."
+    )
     assert not list(tmp_path.rglob("site-*"))  # no partial folder is left
 
 
@@ -155,8 +172,8 @@ def test_gpu_bundles_are_refused(bundles):
 
 
 def _emulation_ready() -> bool:
-    from toolkit.verify.emulate import find_qemu
     from toolkit.errors import ToolchainError
+    from toolkit.verify.emulate import find_qemu
 
     try:
         find_qemu()

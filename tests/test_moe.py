@@ -13,13 +13,15 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.plan.config import ExportConfig, QuantizeConfig
-from toolkit.families import open_checkpoint
 from toolkit.export.stream import export_stream
+from toolkit.families import open_checkpoint
+from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.tiny.phimoe import make_tiny_phimoe
 
-TEXT = ("The capital of France is Paris. Paris lies on the river Seine, and it is known for its "
-        "museums, its cafes and its long history. def fibonacci(n): return n if n < 2 else")
+TEXT = (
+    "The capital of France is Paris. Paris lies on the river Seine, and it is known for its "
+    "museums, its cafes and its long history. def fibonacci(n): return n if n < 2 else"
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,8 @@ def test_sparse_mixer_weights_equal_transformers(tmp_path):
     from transformers.models.phimoe.modeling_phimoe import sparsemixer
 
     from toolkit.families.phimoe.graph import _mixer
-    from toolkit.graphs.ops import FLOAT, GraphWriter
     from toolkit.graphs.external import ExternalData
+    from toolkit.graphs.ops import FLOAT, GraphWriter
 
     experts, eps = 16, 0.01
     rng = np.random.default_rng(0)
@@ -48,11 +50,17 @@ def test_sparse_mixer_weights_equal_transformers(tmp_path):
     with ExternalData(tmp_path / "m.onnx.data") as data:
         g = GraphWriter(data, "fp32", QuantizeConfig())
         g.node("Identity", "out", [_mixer(g, "/mixer", "logits", experts, eps)], ["weights"])
-    graph = helper.make_graph(g.nodes, "mixer", [helper.make_tensor_value_info("logits", FLOAT, [None, experts])],
-                              [helper.make_tensor_value_info("weights", FLOAT, [None, experts])], g.initializers)
+    graph = helper.make_graph(
+        g.nodes,
+        "mixer",
+        [helper.make_tensor_value_info("logits", FLOAT, [None, experts])],
+        [helper.make_tensor_value_info("weights", FLOAT, [None, experts])],
+        g.initializers,
+    )
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]), str(tmp_path / "m.onnx"))
     got = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(
-        None, {"logits": logits})[0]
+        None, {"logits": logits}
+    )[0]
     weights, chosen = sparsemixer(torch.from_numpy(logits), jitter_eps=eps, training=False)
     want = np.zeros_like(logits)
     np.put_along_axis(want, chosen.numpy(), weights.numpy(), axis=1)
@@ -70,15 +78,24 @@ def _graph_logits(model: Path, tmp: Path, precision: str, ep: str = "cpu") -> tu
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = open_checkpoint(str(model))
-    out = export_stream(src.path, src.weight_files, src.config, ExportConfig(execution_provider=ep, precision=precision),
-                        QuantizeConfig(block_size=32), tmp)
+    out = export_stream(
+        src.path,
+        src.weight_files,
+        src.config,
+        ExportConfig(execution_provider=ep, precision=precision),
+        QuantizeConfig(block_size=32),
+        tmp,
+    )
     ids = AutoTokenizer.from_pretrained(model)(TEXT, return_tensors="np").input_ids
     c = src.config
     head = c["hidden_size"] // c["num_attention_heads"]
     dtype = np.float16 if ep == "cuda" else np.float32
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    feeds |= {f"past_key_values.{i}.{p}": np.zeros((1, c["num_key_value_heads"], 0, head), dtype)
-              for i in range(c["num_hidden_layers"]) for p in ("key", "value")}
+    feeds |= {
+        f"past_key_values.{i}.{p}": np.zeros((1, c["num_key_value_heads"], 0, head), dtype)
+        for i in range(c["num_hidden_layers"])
+        for p in ("key", "value")
+    }
     session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(["logits"], feeds)[0][0].astype(np.float32)
     ref_model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
@@ -88,7 +105,9 @@ def _graph_logits(model: Path, tmp: Path, precision: str, ep: str = "cpu") -> tu
         top = torch.sort(scores, dim=-1, descending=True).values
         margins.append(torch.minimum(top[:, 0] - top[:, 1], top[:, 1] - top[:, 2]).numpy())
 
-    hooks = [layer.mlp.router.register_forward_hook(lambda m, i, o: gaps(m, i, o[0])) for layer in ref_model.model.layers]
+    hooks = [
+        layer.mlp.router.register_forward_hook(lambda m, i, o: gaps(m, i, o[0])) for layer in ref_model.model.layers
+    ]
     with torch.no_grad():
         ref = ref_model(torch.from_numpy(ids)).logits[0].numpy()
     for h in hooks:
@@ -119,28 +138,36 @@ def test_int4_experts_keep_the_top_token(moe, tmp_path, ep):
 
 def test_experts_are_read_one_at_a_time(moe, tmp_path):
     """transformers 5's layout stacks a layer's experts in one tensor; the export reads one expert's
-    slice at a time, never the whole stack (peak memory flat in the number of experts)."""
+    slice at a time, never the whole stack (peak memory flat in the number of experts): every
+    stacked tensor of every layer, gate_up and down alike, is read as its experts' slices, each once."""
     from toolkit.families.phimoe import graph as moe_graph
     from toolkit.source.tensors import CheckpointTensors
 
     src = open_checkpoint(str(moe["fused"]))
-    reads: list[int] = []
+    reads: list[tuple[str, int, int]] = []
     original = CheckpointTensors.read_into
 
     def spy(self, e, buffer):
-        reads.append(e.end - e.start)
+        reads.append((str(e.file), e.start, e.end))
         return original(self, e, buffer)
 
     CheckpointTensors.read_into = spy
     try:
-        export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), tmp_path)
+        export_stream(
+            src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(), tmp_path
+        )
     finally:
         CheckpointTensors.read_into = original
     weights = CheckpointTensors(src.path, src.weight_files)
-    stack = weights.entries["model.layers.0.mlp.experts.gate_up_proj"]
-    one_expert = (stack.end - stack.start) // stack.shape[0]
-    assert one_expert in reads and (stack.end - stack.start) not in reads
     assert moe_graph.published(weights) is False
+    experts = src.config["num_local_experts"]
+    stacks = [n for n in weights.entries if n.endswith(("mlp.experts.gate_up_proj", "mlp.experts.down_proj"))]
+    assert len(stacks) == 2 * src.config["num_hidden_layers"]
+    for name in stacks:
+        stack = weights.entries[name]
+        step = (stack.end - stack.start) // experts
+        inside = sorted((s, e) for f, s, e in reads if f == str(stack.file) and stack.start <= s < stack.end)
+        assert inside == [(stack.start + i * step, stack.start + (i + 1) * step) for i in range(experts)], name
 
 
 @pytest.mark.parametrize("target, layout", [("cpu", "published"), ("linux-cuda", "fused")])
@@ -152,7 +179,10 @@ def test_bundles_build_verify_and_generate(moe, tmp_path, target, layout):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["plan"]["recipe"] == f"phi-3.5-moe/{target}"
     genai = json.loads((out / "model" / "genai_config.json").read_text())
-    assert genai["model"]["type"] == "phimoe" and genai["model"]["eos_token_id"] == manifest["source"]["eos_token_id"]["stops_on"]
+    assert (
+        genai["model"]["type"] == "phimoe"
+        and genai["model"]["eos_token_id"] == manifest["source"]["eos_token_id"]["stops_on"]
+    )
     golden = json.loads((out / "tests" / "golden.json").read_text())
     assert all(c["bundle_ids"][:8] == c["expected_ids"][:8] for c in golden["cases"])
     import onnx
@@ -163,14 +193,18 @@ def test_bundles_build_verify_and_generate(moe, tmp_path, target, layout):
     assert len(qmoe) == 2 and all(n.input[14].endswith(mixer) for n in qmoe)
 
 
-@pytest.mark.parametrize("target, why", [
-    ("android", "more than a phone's memory"),
-    ("ios", "more than an iPhone's or iPad's memory"),
-    ("windows-dml", "onnxruntime has no DirectML kernel for QMoE"),
-])
+@pytest.mark.parametrize(
+    "target, why",
+    [
+        ("android", "more than a phone's memory"),
+        ("ios", "more than an iPhone's or iPad's memory"),
+        ("windows-dml", "onnxruntime has no DirectML kernel for QMoE"),
+    ],
+)
 def test_targets_it_is_not_for_are_refused_with_the_size(moe, tmp_path, target, why):
-    result = CliRunner().invoke(main, ["build", "--model", str(moe["published"]), "--target", target,
-                                       "-o", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        main, ["build", "--model", str(moe["published"]), "--target", target, "-o", str(tmp_path / "x")]
+    )
     assert result.exit_code == 1
     assert result.output.startswith("Error: PhiMoEForCausalLM (")
     assert f"a mixture of 4 experts) is not built for {target}: its int4 bundle would be about " in result.output
@@ -179,8 +213,20 @@ def test_targets_it_is_not_for_are_refused_with_the_size(moe, tmp_path, target, 
 
 
 def test_float_experts_are_refused_before_anything_is_written(moe, tmp_path):
-    result = CliRunner().invoke(main, ["build", "--model", str(moe["published"]), "--target", "cpu",
-                                       "--set", "export.precision=fp32", "-o", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(moe["published"]),
+            "--target",
+            "cpu",
+            "--set",
+            "export.precision=fp32",
+            "-o",
+            str(tmp_path / "x"),
+        ],
+    )
     assert result.exit_code == 1
     assert "fp32 cpu graphs of a mixture of experts (its experts are written int4 or int8" in result.output
     assert not (tmp_path / "x").exists()

@@ -1,13 +1,16 @@
 """build(): the whole job, top to bottom. Each stage is a plain function of its own plan section."""
+
 from __future__ import annotations
+
 import contextlib
 import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+
 from ..errors import OutputError, StageError
 
 
@@ -57,6 +60,13 @@ def remove_stale_staging(out: Path) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def readable(folder: Path) -> None:
+    """Every user of the device can read what it receives: folders 0755, files 0644, scripts 0755,
+    whatever the tools that wrote them chose (onnx writes external data files 0600)."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() or path.suffix == ".py" else 0o644)
+
+
 @contextlib.contextmanager
 def staging(out: Path, force: bool) -> Iterator[Staging]:
     """Build beside the output and move it into place by one rename when everything passed.
@@ -84,6 +94,7 @@ def staging(out: Path, force: bool) -> Iterator[Staging]:
                 "(`slmkit doctor --model ...` estimates what a build needs)."
             ) from None
         raise
+    readable(stage.bundle)
     try:
         if out.exists():
             check_output(out, force)  # the folder may have appeared or changed while we built
@@ -91,4 +102,3 @@ def staging(out: Path, force: bool) -> Iterator[Staging]:
         stage.bundle.rename(out)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-

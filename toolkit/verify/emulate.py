@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,22 @@ DEFAULT_CPUS = ("cortex-a55", "cortex-a76")  # a phone's little and big cores (b
 QEMU_MIN = (8, 0)
 SUITE = "bookworm"  # its python3 is 3.11: the wheels are fetched for that
 PYTHON = "3.11"
-SYSROOT_PACKAGES = ("python3", "python3-minimal", "libpython3.11-stdlib", "libstdc++6", "libgomp1",
-                    "zlib1g", "libffi8", "libssl3", "ca-certificates")
+SYSROOT_PACKAGES = (
+    "python3",
+    "python3-minimal",
+    "libpython3.11-stdlib",
+    "libstdc++6",
+    "libgomp1",
+    "zlib1g",
+    "libffi8",
+    "libssl3",
+    "ca-certificates",
+)
 RUNTIME = ("onnxruntime-genai", "onnxruntime", "numpy")  # what the smoke test imports
-QEMU_FIX = ("Install it: `apt-get install -t bookworm-backports qemu-user` (Debian 12) or "
-            "`apt-get install qemu-user` (Ubuntu 24.04 and newer).")
+QEMU_FIX = (
+    "Install it: `apt-get install -t bookworm-backports qemu-user` (Debian 12) or "
+    "`apt-get install qemu-user` (Ubuntu 24.04 and newer)."
+)
 KLEIDIAI = "on (onnxruntime's default for int4 MatMulNBits on ARM64)"
 
 
@@ -43,15 +55,19 @@ def find_qemu() -> tuple[str, str]:
     """(path, version) of qemu-aarch64 8.0 or newer; a ToolchainError naming the fix otherwise."""
     path = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
     if path is None:
-        raise ToolchainError(f"ARM64 emulation needs qemu-aarch64 (qemu user mode) {QEMU_MIN[0]}.0 or newer, "
-                             f"and none is on PATH. {QEMU_FIX}")
+        raise ToolchainError(
+            f"ARM64 emulation needs qemu-aarch64 (qemu user mode) {QEMU_MIN[0]}.0 or newer, "
+            f"and none is on PATH. {QEMU_FIX}"
+        )
     out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
     found = re.search(r"version (\d+)\.(\d+)\.?(\d*)", out)
     if found is None or tuple(int(x) for x in found.groups()[:2]) < QEMU_MIN:
         version = found.group(0).split()[1] if found else "an unknown version"
-        raise ToolchainError(f"{path} is qemu {version}; ARM64 emulation needs {QEMU_MIN[0]}.0 or newer (older "
-                             "ones pass this host's x86 /proc/cpuinfo to the guest and onnxruntime crashes at "
-                             f"import). {QEMU_FIX}")
+        raise ToolchainError(
+            f"{path} is qemu {version}; ARM64 emulation needs {QEMU_MIN[0]}.0 or newer (older "
+            "ones pass this host's x86 /proc/cpuinfo to the guest and onnxruntime crashes at "
+            f"import). {QEMU_FIX}"
+        )
     return path, found.group(0).split()[1]
 
 
@@ -60,16 +76,39 @@ def check_cpus(qemu: str, cpus: list[str]) -> None:
     known = [line.split()[0] for line in out.splitlines() if line.strip() and not line.startswith("Available")]
     for cpu in cpus:
         if cpu not in known:
-            raise VerificationError(f"Unknown emulated CPU '{cpu}'.{did_you_mean(cpu, known)} "
-                                    f"{os.path.basename(qemu)} knows: {', '.join(known)}.")
+            raise VerificationError(
+                f"Unknown emulated CPU '{cpu}'.{did_you_mean(cpu, known)} "
+                f"{os.path.basename(qemu)} knows: {', '.join(known)}."
+            )
 
 
-def _run_or_fail(cmd: list[str], what: str, partial: Path) -> None:
+def _run_or_fail(
+    cmd: list[str], what: str, partial: Path, explain: Callable[[str], str | None] = lambda _: None
+) -> None:
+    """Run cmd; on failure remove `partial` and raise ToolchainError: `explain(output)`'s message
+    when it recognises the failure, else what failed with the last lines of its output."""
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
-        tail = "\n    ".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
+        output = proc.stdout + proc.stderr
+        known = explain(output)
+        if known:
+            raise ToolchainError(f"Could not prepare ARM64 emulation: {known}")
+        tail = "\n    ".join(output.strip().splitlines()[-6:])
         raise ToolchainError(f"Could not prepare ARM64 emulation: {what} failed (exit {proc.returncode}):\n    {tail}")
+
+
+def _missing_wheel(output: str) -> str | None:
+    """pip's answer when the index has no such version for the platform, as one sentence."""
+    found = re.search(r"No matching distribution found for (\S+)", output)
+    if found is None:
+        return None
+    have = re.search(rf"requirement {re.escape(found.group(1))} \(from versions: ([^)]*)\)", output)
+    versions = f" (it has {have.group(1)})" if have else ""
+    return (
+        f"the package index has no Linux aarch64 wheel of {found.group(1)} for Python {PYTHON}{versions}. "
+        "The bundle's manifest names that version; rebuild the bundle with a runtime that has ARM64 wheels."
+    )
 
 
 def sysroot(cache: Path) -> Path:
@@ -79,15 +118,27 @@ def sysroot(cache: Path) -> Path:
         return root
     tool = shutil.which("mmdebstrap")
     if tool is None:
-        raise ToolchainError("ARM64 emulation needs an arm64 Debian sysroot, made with mmdebstrap, which is "
-                             "not on PATH. Install it: `apt-get install mmdebstrap`.")
+        raise ToolchainError(
+            "ARM64 emulation needs an arm64 Debian sysroot, made with mmdebstrap, which is "
+            "not on PATH. Install it: `apt-get install mmdebstrap`."
+        )
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     with waiting(f"arm64 {SUITE} sysroot (mmdebstrap, about 80 MB, once)"):
-        _run_or_fail([tool, "--quiet", "--variant=extract", "--architectures=arm64",
-                      f"--include={','.join(SYSROOT_PACKAGES)}", SUITE, str(partial)],
-                     f"mmdebstrap (an arm64 {SUITE} sysroot from deb.debian.org)", partial)
+        _run_or_fail(
+            [
+                tool,
+                "--quiet",
+                "--variant=extract",
+                "--architectures=arm64",
+                f"--include={','.join(SYSROOT_PACKAGES)}",
+                SUITE,
+                str(partial),
+            ],
+            f"mmdebstrap (an arm64 {SUITE} sysroot from deb.debian.org)",
+            partial,
+        )
     partial.rename(root)
     return root
 
@@ -101,12 +152,30 @@ def runtime_wheels(cache: Path, versions: dict[str, str]) -> Path:
     partial = site.with_name(site.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     with waiting(f"aarch64 wheels of {', '.join(pins)}"):
-        _run_or_fail([sys.executable, "-m", "pip",
-                      "install", "--quiet", "--disable-pip-version-check", "--no-deps", "--only-binary=:all:",
-                      "--platform", "manylinux_2_28_aarch64", "--python-version", PYTHON,
-                      "--implementation", "cp", "--target", str(partial), *pins],
-                     f"pip (the aarch64 wheels of {' '.join(pins)}: is each version on the package index "
-                     "for Linux aarch64?)", partial)
+        _run_or_fail(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--platform",
+                "manylinux_2_28_aarch64",
+                "--python-version",
+                PYTHON,
+                "--implementation",
+                "cp",
+                "--target",
+                str(partial),
+                *pins,
+            ],
+            f"pip (the aarch64 wheels of {' '.join(pins)}: can it reach the package index?)",
+            partial,
+            _missing_wheel,
+        )
     (partial / ".complete").write_text("\n".join(pins) + "\n", encoding="utf-8")
     partial.rename(site)
     return site
@@ -116,19 +185,36 @@ def runtime_versions(manifest: dict[str, Any], path: Path) -> dict[str, str]:
     deps = manifest.get("dependencies", {})
     missing = [name for name in RUNTIME if name not in deps]
     if missing:
-        raise VerificationError(f"{path}/manifest.json names no version of {', '.join(missing)} "
-                                "(dependencies): rebuild the bundle with this slmkit.")
+        raise VerificationError(
+            f"{path}/manifest.json names no version of {', '.join(missing)} "
+            "(dependencies): rebuild the bundle with this slmkit."
+        )
     return {name: deps[name] for name in RUNTIME}
 
 
 def run_smoke_test(bundle: Path, cpu: str, qemu: str, root: Path, site: Path) -> tuple[dict[str, Any], str]:
     """The bundle's tests/smoke_test.py under qemu-aarch64 -cpu CPU; (its JSON results, its output)."""
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1",
-           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8", "HOME": str(Path.home())}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(site),
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "LANG": "C.UTF-8",
+        "HOME": str(Path.home()),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        cmd = [qemu, "-cpu", cpu, "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"),
-               str(bundle.resolve() / "tests" / "smoke_test.py"), "--json", str(result_path)]
+        cmd = [
+            qemu,
+            "-cpu",
+            cpu,
+            "-L",
+            str(root),
+            str(root / "usr" / "bin" / f"python{PYTHON}"),
+            str(bundle.resolve() / "tests" / "smoke_test.py"),
+            "--json",
+            str(result_path),
+        ]
         with waiting(f"smoke test on an emulated {cpu}"):
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         output = proc.stdout + proc.stderr
@@ -163,7 +249,8 @@ def record(manifest: dict[str, Any], runs: list[dict[str, Any]]) -> None:
             pending.remove(ARM_NOTE)
         verification["checked_under_emulation"] = [
             f"the ARM64 int4 kernels (KleidiAI): the bundle's smoke test passed on emulated {', '.join(checked)} "
-            f"({runs[0]['emulated']}); not a device speed"]
+            f"({runs[0]['emulated']}); not a device speed"
+        ]
     elif ARM_NOTE not in pending:
         pending.append(ARM_NOTE)
         verification.pop("checked_under_emulation", None)
@@ -178,8 +265,10 @@ def verify_emulated(path: Path, cpus: list[str]) -> tuple[list[dict[str, Any]], 
     manifest = read_manifest(path)
     provider = manifest.get("runtime", {}).get("execution_provider")
     if provider != "cpu":
-        raise VerificationError(f"Bundle '{path}' is for the {provider} execution provider; an emulated ARM64 CPU "
-                                "runs CPU bundles only (android, ios, cpu). Check a GPU bundle on its GPU.")
+        raise VerificationError(
+            f"Bundle '{path}' is for the {provider} execution provider; an emulated ARM64 CPU "
+            "runs CPU bundles only (android, ios, cpu). Check a GPU bundle on its GPU."
+        )
     versions = runtime_versions(manifest, path)
     qemu, qemu_version = find_qemu()
     check_cpus(qemu, cpus)
@@ -194,6 +283,8 @@ def verify_emulated(path: Path, cpus: list[str]) -> tuple[list[dict[str, Any]], 
     save_manifest(path, manifest)
     failed = [r for r in runs if r["failed"]]
     if failed:
-        raise VerificationError(f"Bundle '{path}' failed its smoke test on emulated "
-                                f"{', '.join(r['cpu'] for r in failed)}:\n" + "\n".join(outputs))
+        raise VerificationError(
+            f"Bundle '{path}' failed its smoke test on emulated "
+            f"{', '.join(r['cpu'] for r in failed)}:\n" + "\n".join(outputs)
+        )
     return runs, "\n".join(outputs)
