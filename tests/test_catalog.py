@@ -35,6 +35,37 @@ def test_every_target_has_a_recipe_per_family_and_a_runner():
             assert (RUNNERS / runner).is_dir(), f"{name}: no runner template for {runner}"
 
 
+def test_every_family_is_in_the_catalog_for_every_target_it_does_not_refuse():
+    """Each family's architectures have a recipe for every target (or the family refuses that
+    target, saying why), every recipe's architectures belong to a family, and each family has a
+    tiny checkpoint maker (the tests build its bundles from it)."""
+    from types import SimpleNamespace
+
+    from toolkit.errors import ConfigError
+    from toolkit.families import FAMILIES as REGISTERED
+    from toolkit.tiny import MAKERS
+
+    assert set(MAKERS) == set(REGISTERED)
+    architectures = {arch for f in REGISTERED.values() for arch in f.architectures}
+    recipes = [load_recipe(n) for n in recipe_names()]
+    assert {a for r in recipes for a in r.architectures} <= architectures
+    for family in REGISTERED.values():
+        for arch in family.architectures:
+            src = SimpleNamespace(
+                architecture=arch,
+                num_params=4_000_000_000,
+                config={"vocab_size": 32064, "hidden_size": 3072, "num_local_experts": 16},
+            )
+            for target in TARGETS:
+                try:
+                    family.refuse_target(src, target)
+                except ConfigError as refusal:
+                    assert f"is not built for {target}" in str(refusal)
+                    assert not [r for r in recipes if r.target == target and arch in r.architectures]
+                    continue
+                assert [r for r in recipes if r.target == target and arch in r.architectures], (arch, target)
+
+
 def test_mobile_targets_cap_the_context():
     for t in ("android", "ios"):
         assert resolve(load_recipe(f"phi-3.5-mini/{t}"), load_target(t)).optimize.context_cap == 4096
