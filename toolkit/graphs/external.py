@@ -55,3 +55,26 @@ class ExternalData:
         for key, value in (("location", self.path.name), ("offset", start), ("length", self.offset - start)):
             t.external_data.add(key=key, value=str(value))
         return t
+
+
+def compact(path: Path, tensors: list[Any], chunk: int = 1 << 24) -> None:
+    """Rewrite the external data file `path` with only the bytes of `tensors` (in their order),
+    and point each at its new offset: a file written with alternatives (mixed precision's int8
+    blocks) keeps the chosen ones only. Streamed: memory holds one chunk."""
+    fresh = path.with_name(path.name + ".compact")
+    offset = 0
+    with open(path, "rb") as src, open(fresh, "wb") as out:
+        for t in tensors:
+            entries = {e.key: e for e in t.external_data}
+            if t.data_location != 1 or entries["location"].value != path.name:
+                continue
+            start, length = int(entries["offset"].value), int(entries["length"].value)
+            src.seek(start)
+            left = length
+            while left:
+                block = src.read(min(chunk, left))
+                out.write(block)
+                left -= len(block)
+            entries["offset"].value = str(offset)
+            offset += length
+    fresh.replace(path)

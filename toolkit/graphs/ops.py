@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -107,14 +107,42 @@ def _stem(base: str) -> str:
     return base.lstrip("/").replace("/", ".") + ".MatMul.weight"
 
 
-class GraphWriter:
-    """Nodes in order, with initializers appended to the external data file as they are made."""
+class Quantizer(Protocol):
+    """Calibrated weights for a GraphWriter (toolkit/quantize/sequential.py): told where the writer
+    is, it returns each matrix's blocks (and an int8 alternative it may choose at the end)."""
 
-    def __init__(self, data: ExternalData, precision: str, q: QuantizeConfig, dtype: type = np.float32):
+    def layer(self, index: int | None) -> None: ...  # layer `index` comes next; None: the final norm and lm_head
+
+    def packed(self, base: str, w_out_in: np.ndarray) -> tuple[Any, Any]: ...  # (blocks, int8 blocks or None)
+
+    def table(self, base: str, table: np.ndarray) -> Any: ...  # a token table's blocks (rows = tokens)
+
+    def promoted(self) -> set[str]: ...  # the matrices whose int8 alternative is used
+
+
+class GraphWriter:
+    """Nodes in order, with initializers appended to the external data file as they are made. With a
+    `quantizer`, int4 weights are its calibrated blocks instead of the builder's round-to-nearest."""
+
+    def __init__(
+        self,
+        data: ExternalData,
+        precision: str,
+        q: QuantizeConfig,
+        dtype: type = np.float32,
+        quantizer: Quantizer | None = None,
+    ):
         self.data, self.precision, self.q, self.dtype = data, precision, q, np.dtype(dtype)
+        self.quantizer = quantizer
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.constants: set[str] = set()
+        self.alternatives: dict[str, list[str]] = {}  # matrix -> its int8 initializers (mixed precision)
+
+    def layer(self, index: int | None) -> None:
+        """The writer starts decoder layer `index` (None: the final norm and lm_head)."""
+        if self.quantizer is not None:
+            self.quantizer.layer(index)
 
     def node(
         self, op: str, name: str, inputs: list[str], outputs: list[str] | None = None, domain: str = "", **attrs: Any
@@ -160,6 +188,11 @@ class GraphWriter:
         import torch
 
         stem = _stem(base)
+        if self.quantizer is not None and self.precision == "int4":
+            blocks, alternative = self.quantizer.packed(base, w_out_in)
+            if alternative is not None:
+                self.alternatives[base] = self._blocks(f"{stem}_int8", alternative)
+            return self._blocks(stem, blocks), self._attributes(blocks)
         w_kn = torch.from_numpy(w_out_in).T.contiguous().numpy()  # 3x numpy's transpose copy, 2 cores
         if self.precision in ("fp32", "fp16"):
             return [self.weight(stem, w_kn)], {}
@@ -173,6 +206,42 @@ class GraphWriter:
         if self.q.accuracy_level:
             attrs["accuracy_level"] = self.q.accuracy_level
         return names, attrs
+
+    def _blocks(self, stem: str, p: Any) -> list[str]:
+        """The initializers of calibrated blocks (toolkit/quantize/blocks.py Packed)."""
+        names = [self.weight(f"{stem}_Q{p.bits}", p.codes), self.weight(f"{stem}_scales", p.scales)]
+        if p.zero_points is not None:
+            names.append(self.weight(f"{stem}_zero_points", p.zero_points))
+        return names
+
+    def _attributes(self, p: Any) -> dict[str, Any]:
+        attrs = {"K": p.k, "N": p.scales.shape[0], "bits": p.bits, "block_size": p.block}
+        if self.q.accuracy_level:
+            attrs["accuracy_level"] = self.q.accuracy_level
+        return attrs
+
+    def table(self, base: str, table: np.ndarray) -> tuple[list[str], dict[str, Any]]:
+        """A token table [rows, width] in the quantizer's blocks, for gather_blocks."""
+        p = self.quantizer.table(base, table)
+        return self._blocks(base.lstrip("/").replace("/", ".") + ".weight", p), self._attributes(p)
+
+    def use_alternatives(self) -> None:
+        """Point each matrix the quantizer promoted at its int8 initializers; the unused blocks
+        stay in the data file until ExternalData.compact drops them."""
+        chosen = self.quantizer.promoted() if self.quantizer is not None else set()
+        unused: set[str] = set()
+        for base, names in self.alternatives.items():
+            if base not in chosen:
+                unused.update(names)
+                continue
+            node = next(n for n in self.nodes if n.op_type == "MatMulNBits" and n.name.startswith(f"{base}/MatMul"))
+            unused.update(node.input[1:])
+            del node.input[1:]
+            node.input.extend(names)
+            for attr in node.attribute:
+                if attr.name == "bits":
+                    attr.i = 8
+        self.initializers = [t for t in self.initializers if t.name not in unused]
 
     def matmul(
         self,
@@ -206,6 +275,43 @@ def biased(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: s
     """x + the checkpoint's `key`.bias (a Linear's bias after its MatMul)."""
     bias = g.weight(f"{key}.bias", weights.float32(f"{key}.bias"))
     return g.node("Add", f"{name}/Add", [x, bias], [output] if output else None)
+
+
+def gather_blocks(
+    g: GraphWriter,
+    base: str,
+    names: list[str],
+    attrs: dict[str, Any],
+    ids: str,
+    rows: int,
+    width: int,
+    output: str | None = None,
+    const: Any = None,
+) -> str:
+    """Rows `ids` of a table [rows, width] stored as MatMulNBits blocks along its width (the
+    builder's tied int4 embedding): Reshape of the codes, GatherBlockQuantized, and a Slice back to
+    `width` when the blocks pad it. `const` makes the int64 shapes (default: Constant nodes)."""
+    const = const or g.constant
+    block, bits = attrs["block_size"], attrs["bits"]
+    padded = -(-width // block) * block
+    codes = g.node("Reshape", f"{base}/Reshape", [names[0], const([rows, padded * bits // 8])])
+    last = output if output and padded == width else None
+    out = g.node(
+        "GatherBlockQuantized",
+        f"{base}/GatherBlockQuantized",
+        [codes, ids, *names[1:]],
+        [last] if last else None,
+        MS,
+        bits=bits,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+    if padded != width:
+        out = g.node(
+            "Slice", f"{base}/Slice", [out, const([0]), const([width]), const([-1])], [output] if output else None
+        )
+    return out
 
 
 def save_graph(g: GraphWriter, inputs: list[Any], outputs: list[Any], path: Path, name: str = "main_graph") -> None:

@@ -53,20 +53,19 @@ class ExportConfig:
     embedding_precision: str = _choice("float", "int4", default="float")
 
 
-# quantize.method values slmkit quantizes itself, from a float32 export (the builder does the rest).
+# quantize.method values slmkit calibrates itself in its streamed export (the builder does the rest).
 OWN_METHODS = ("mse", "gptq", "awq", "mixed")
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     # The builder's algo_config: "default" and "rtn" are round-to-nearest, "k_quant" searches scales,
-    # "k_quant_last" / "k_quant_mixed" keep the lm_head / some layers in int8. "mse" is slmkit's own
-    # (toolkit/quantize/blocks.py): asymmetric blocks whose scale and zero point minimise the error weighted by
-    # calibration activations, applied to a float32 export; the embedding shares the lm_head's codes.
-    # "gptq" (toolkit/quantize/gptq.py): the same blocks, codes chosen by GPTQ's error feedback.
-    # "awq": AWQ scales folded into a float32 copy of the checkpoint first, then "mse". "mixed"
-    # (toolkit/quantize/mixed.py): "gptq", then the matrices whose int4 error costs the most in int8 blocks,
-    # within the bytes of the builder's default int4 (models up to 2 B parameters).
+    # "k_quant_last" / "k_quant_mixed" keep the lm_head / some layers in int8. slmkit's own, calibrated
+    # one decoder layer at a time in the streamed export (toolkit/quantize/sequential.py): "mse",
+    # blocks whose scale (and zero point) minimise the error weighted by the inputs' mean squares;
+    # "gptq", codes chosen by GPTQ's error feedback; "awq", AWQ scales folded into the layer, then
+    # "mse"; "mixed", "gptq", then the matrices whose int4 error costs the most per byte in int8
+    # blocks, within the bytes of the builder's default int4. The token table is int4 blocks too.
     method: str = _choice(
         "default", "rtn", "k_quant", "k_quant_last", "k_quant_mixed", "mse", "gptq", "awq", "mixed", default="default"
     )
@@ -75,11 +74,6 @@ class QuantizeConfig:
     accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
     symmetric: bool = True
     lm_head: str = _choice("int4", "int8", default="int4")
-
-
-def builder_precision(cfg: QuantizeConfig, precision: str) -> str:
-    """slmkit's own methods quantize a float32 export; the builder quantizes everything else."""
-    return "fp32" if cfg.method in OWN_METHODS and precision == "int4" else precision
 
 
 @dataclass(frozen=True)
@@ -288,10 +282,11 @@ def _check_combination(plan: BuildPlan) -> None:
             f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "
             "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
-    if q.method in ("gptq", "mixed") and q.symmetric:
+    if q.method in OWN_METHODS and plan.export.engine != "stream":
         raise ConfigError(
-            f"quantize.method '{q.method}' writes asymmetric blocks (a 4-bit zero point per block): "
-            "set quantize.symmetric = false, or use method 'default' for symmetric int4."
+            f"quantize.method '{q.method}' is slmkit's calibrated int4, written by its streamed export: "
+            "use --set export.engine=stream, or a builder method (default, k_quant, k_quant_last, "
+            "k_quant_mixed) with the onnxruntime-genai builder."
         )
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(

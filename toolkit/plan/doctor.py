@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ToolchainError
-from .config import OWN_METHODS, BuildPlan, builder_precision
+from .config import OWN_METHODS, BuildPlan
 
 # (import name, distribution, minimum version, what it is for)
 REQUIRED = (
@@ -120,26 +120,39 @@ def smoke_memory_bytes(num_params: int, config: dict, precision: str) -> int:
     )
 
 
-def gptq_gram_bytes(config: dict, method: str) -> int:
-    """GPTQ's and AWQ's calibration keeps X^T X (float64) of every Linear input of every layer at
-    once: the attention and MLP inputs and o_proj's (hidden^2 each) and down_proj's (intermediate^2)."""
-    if method not in ("gptq", "awq", "mixed"):
-        return 0
+CALIBRATION_TOKENS = 8192  # toolkit/quantize/calibration.py
+
+
+def calibration_memory_bytes(config: dict) -> int:
+    """slmkit's calibrated int4 (toolkit/quantize/sequential.py), beside the streamed export: the
+    reference's float32 embedding and lm_head, one float32 layer (its module and the writer's
+    copy), the X^T X of its inputs (float64: attention, o_proj and MLP inputs hidden^2 each,
+    down_proj's intermediate^2), GPTQ's working copies of the widest one, and the calibration
+    states (in, out, a batch's activations)."""
     h, i = config["hidden_size"], config.get("intermediate_size") or 4 * config["hidden_size"]
-    return 8 * config["num_hidden_layers"] * (3 * h * h + i * i) + 8 * h * h  # + the lm_head's input
+    widest = max(h, i)
+    table = config["vocab_size"] * h
+    one_expert = dict(config, num_local_experts=1)
+    states = 3 * CALIBRATION_TOKENS * h * 4 + 2048 * 2 * i * 4
+    return int(
+        REFERENCE_BASE_BYTES
+        + 4 * 2 * table
+        + 2 * 4 * layer_params(one_expert)
+        + 8 * (3 * h * h + i * i)
+        + 3 * 8 * widest * widest
+        + states
+    )
 
 
 def memory_check(num_params: int, config: dict, engine: str, method: str = "default", precision: str = "int4") -> Check:
-    """The build's peak: the export stage (slmkit's `mse` int4 loads the whole float32 export to
-    quantize it), the layer-by-layer reference (verify stage, mse calibration), or the smoke test
-    running the bundle (verify stage)."""
+    """The build's peak: the export stage (with slmkit's calibrated int4: plus one layer's
+    calibration), the layer-by-layer reference (verify stage), or the smoke test running the
+    bundle (verify stage)."""
     export = export_memory_bytes(num_params, config, engine)
     who = "streamed export" if engine == "stream" else "builder"
     if method in OWN_METHODS:
-        models = 2 if method == "mixed" else 1  # mixed also runs the float32 PyTorch model, whole
-        export = max(export, int(REFERENCE_BASE_BYTES + 4 * models * num_params + gptq_gram_bytes(config, method)))
-        who += f" + {method} int4 (the whole float32 export{', every layer input X^T X' if method != 'mse' else ''}"
-        who += ", the float32 model)" if method == "mixed" else ")"
+        export += calibration_memory_bytes(config)
+        who += f" + calibrated {method} int4 (one layer, its inputs' X^T X, the calibration states)"
     reference = reference_memory_bytes(config)
     smoke = smoke_memory_bytes(num_params, config, precision)
     have = total_memory_bytes()
@@ -162,8 +175,8 @@ def preflight(num_params: int, config: dict, plan: BuildPlan, out_parent: Path, 
     """Packages, disk beside the output, and memory for the build's peak; ToolchainError naming
     each check that failed."""
     need = estimate_bundle_bytes(num_params, plan.export.precision, config["vocab_size"], config["hidden_size"])
-    if builder_precision(plan.quantize, plan.export.precision) != plan.export.precision:
-        need += estimate_bundle_bytes(num_params, "fp32", config["vocab_size"], config["hidden_size"])
+    if plan.quantize.method == "mixed":  # its int8 alternatives sit in the data file until the end
+        need += estimate_bundle_bytes(num_params, "int8", config["vocab_size"], config["hidden_size"])
     checks = package_checks() + [disk_check(out_parent, 2 * need)]
     if not skip_memory_check:
         mem = memory_check(num_params, config, plan.export.engine, plan.quantize.method, plan.export.precision)

@@ -1,11 +1,11 @@
 """AWQ-style input scaling: per-input-feature scales chosen on the calibration inputs' second
-moments and folded into a float32 copy of the checkpoint (the same float function), so that the
-int4 search that follows spends its levels where the activations are large.
+moments and folded into the layer (the same float function), so that the int4 search that follows
+spends its levels where the activations are large.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,60 +48,60 @@ def awq_scale(
     return best[0], best[1]
 
 
-def awq_checkpoint(source: Path, out: Path, grams: dict[str, np.ndarray], block: int) -> dict[str, float]:
-    """Write a copy of the checkpoint in `source` with AWQ scales folded in, so the float model
-    computes the same function: input_layernorm / post_attention_layernorm weights divided by s
-    (the attention and MLP input projections' columns times s), v_proj rows divided by the
-    o_proj's s (tied across the query heads of each key/value head), up_proj rows divided by the
-    down_proj's s. Llama and Phi-3 layouts (fused qkv_proj / gate_up_proj). Returns alpha per group."""
-    import json
-    import shutil
+def fold_layer(layer: Any, grams: dict[str, Any], shape: Any, block: int) -> dict[str, float]:
+    """Fold AWQ scales into one decoder layer (a torch module, Llama or Phi-3 layout: fused qkv_proj /
+    gate_up_proj or not) so that it computes the same function: input_layernorm and
+    post_attention_layernorm weights divided by s and the projections reading them times s; v_proj
+    rows divided by o_proj's s (tied across the query heads of each key/value head), o_proj columns
+    times s; up_proj rows divided by down_proj's s, down_proj columns times s. `grams` (each
+    Linear's mean X^T X, torch) become those of the scaled inputs. Returns alpha per group."""
+    import torch
 
-    from safetensors.numpy import save_file
-    from safetensors.torch import load_file
-
-    cfg = json.loads((source / "config.json").read_text(encoding="utf-8"))
-    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
-    files = sorted(source.glob("*.safetensors"))
-    sd = {k: v.float().numpy() for f in files for k, v in load_file(str(f)).items()}
+    params = dict(layer.named_parameters())
+    heads, kv, hd = shape.heads, shape.kv_heads, shape.head
     share = (np.arange(heads * hd) // hd // (heads // kv)) * hd + np.arange(heads * hd) % hd
+    attn_in = (
+        ["self_attn.qkv_proj"]
+        if "self_attn.qkv_proj.weight" in params
+        else ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+    )
+    mlp_in = ["mlp.gate_up_proj"] if "mlp.gate_up_proj.weight" in params else ["mlp.gate_proj", "mlp.up_proj"]
+    weight = {n: params[f"{n}.weight"] for n in (*attn_in, *mlp_in, "self_attn.o_proj", "mlp.down_proj")}
     alphas = {}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        a, m = p + "self_attn.", p + "mlp."
-        fused_qkv, fused_mlp = a + "qkv_proj.weight" in sd, m + "gate_up_proj.weight" in sd
-        attn_in = [a + "qkv_proj.weight"] if fused_qkv else [a + n + ".weight" for n in ("q_proj", "k_proj", "v_proj")]
-        mlp_in = [m + "gate_up_proj.weight"] if fused_mlp else [m + "gate_proj.weight", m + "up_proj.weight"]
-        for norm, names, stat in (
-            (p + "input_layernorm.weight", attn_in, attn_in[0]),
-            (p + "post_attention_layernorm.weight", mlp_in, mlp_in[0]),
-        ):
-            s, alphas[norm] = awq_scale([sd[n].T for n in names], grams[stat[: -len(".weight")]], block)
-            sd[norm] = sd[norm] / s
-            for n in names:
-                sd[n] = sd[n] * s[None, :]
-        # o_proj's input comes from v_proj's rows; down_proj's from up_proj's rows.
-        s, alphas[a + "o_proj"] = awq_scale([sd[a + "o_proj.weight"].T], grams[a + "o_proj"], block, share)
+
+    def scaled(names: list[str], s: np.ndarray) -> None:
+        """Inputs divided by s: the weights' columns times s, their X^T X divided by s s^T."""
+        st = torch.from_numpy(s).to(weight[names[0]].device)
+        for n in names:
+            weight[n].mul_(st.float()[None, :])
+            grams[n] = grams[n] / torch.outer(st, st)
+
+    def gram(name: str) -> np.ndarray:
+        return grams[name].cpu().numpy()
+
+    with torch.no_grad():
+        for norm, names in (("input_layernorm", attn_in), ("post_attention_layernorm", mlp_in)):
+            s, alphas[norm] = awq_scale([weight[n].cpu().numpy().T for n in names], gram(names[0]), block)
+            params[f"{norm}.weight"].div_(torch.from_numpy(s).float().to(weight[names[0]].device))
+            scaled(names, s)
+        # o_proj reads v_proj's rows (head by head); down_proj reads up_proj's rows.
+        o, down = weight["self_attn.o_proj"], weight["mlp.down_proj"]
+        s, alphas["o_proj"] = awq_scale([o.cpu().numpy().T], gram("self_attn.o_proj"), block, share)
         t = np.zeros(kv * hd)
         t[share] = s
-        v_name, v_rows = (
-            (a + "qkv_proj.weight", slice((heads + kv) * hd, None)) if fused_qkv else (a + "v_proj.weight", slice(None))
+        v, rows = (
+            (weight["self_attn.qkv_proj"], slice((heads + kv) * hd, None))
+            if "self_attn.qkv_proj" in weight
+            else (weight["self_attn.v_proj"], slice(None))
         )
-        sd[v_name][v_rows] /= t[:, None]
-        sd[a + "o_proj.weight"] = sd[a + "o_proj.weight"] * s[None, :]
-        s, alphas[m + "down_proj"] = awq_scale([sd[m + "down_proj.weight"].T], grams[m + "down_proj"], block)
-        inter = sd[m + "down_proj.weight"].shape[1]
-        up_name, up_rows = (
-            (m + "gate_up_proj.weight", slice(inter, None)) if fused_mlp else (m + "up_proj.weight", slice(None))
+        v[rows] /= torch.from_numpy(t).float().to(v.device)[:, None]
+        scaled(["self_attn.o_proj"], s)
+        s, alphas["down_proj"] = awq_scale([down.cpu().numpy().T], gram("mlp.down_proj"), block)
+        up, rows = (
+            (weight["mlp.gate_up_proj"], slice(shape.intermediate, None))
+            if "mlp.gate_up_proj" in weight
+            else (weight["mlp.up_proj"], slice(None))
         )
-        sd[up_name][up_rows] /= s[:, None]
-        sd[m + "down_proj.weight"] = sd[m + "down_proj.weight"] * s[None, :]
-    out.mkdir(parents=True)
-    for f in source.iterdir():
-        if f.is_file() and f.suffix != ".safetensors" and f.name != "model.safetensors.index.json":
-            shutil.copy(f, out / f.name)
-    save_file(
-        {k: v.astype(np.float32) for k, v in sd.items()}, str(out / "model.safetensors"), metadata={"format": "pt"}
-    )
+        up[rows] /= torch.from_numpy(s).float().to(up.device)[:, None]
+        scaled(["mlp.down_proj"], s)
     return alphas

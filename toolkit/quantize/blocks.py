@@ -47,6 +47,32 @@ class Packed:
         w = (q - zp[..., None]) * self.scales[..., None]
         return w.reshape(n, nb * self.block)[:, : self.k].T
 
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes + (self.zero_points.nbytes if self.zero_points is not None else 0)
+
+    def rows(self, start: int, stop: int) -> Packed:
+        """Output features start..stop (a part of a fused weight: q of qkv, gate of gate_up)."""
+        zp = self.zero_points[start:stop] if self.zero_points is not None else None
+        return Packed(self.codes[start:stop], self.scales[start:stop], zp, self.k, self.block, self.bits)
+
+    @staticmethod
+    def stack(parts: list[Packed]) -> Packed:
+        """The output features of several weights of one input, one after the other (q, k, v)."""
+        if len(parts) == 1:
+            return parts[0]
+        zps = [p.zero_points for p in parts]
+        zp = None if zps[0] is None else np.concatenate(zps)
+        first = parts[0]
+        return Packed(
+            np.concatenate([p.codes for p in parts]),
+            np.concatenate([p.scales for p in parts]),
+            zp,
+            first.k,
+            first.block,
+            first.bits,
+        )
+
 
 def _blocks(w_kn: np.ndarray, block: int) -> np.ndarray:
     """[N, n_blocks, block] view of W^T, zero-padded along K."""
@@ -79,61 +105,53 @@ def quantize(
     codes = np.empty((n, nb, block), dtype=np.uint8)
     scales = np.empty((n, nb), dtype=np.float32)
     zps = np.empty((n, nb), dtype=np.uint8)
-    search = _search_symmetric if symmetric else _search_asymmetric
     for r0 in range(0, n, chunk_rows):
         x = _blocks(w_kn[:, r0 : r0 + chunk_rows], block)
-        q, s, z = search(x, h)
+        q, s, z = _search(x, h, symmetric)
         codes[r0 : r0 + len(x)], scales[r0 : r0 + len(x)], zps[r0 : r0 + len(x)] = q, s, z
     return Packed(_pack_nibbles(codes), scales, None if symmetric else _pack_nibbles(zps), k, block)
 
 
-def _refine(x, h, q, zp):
-    """Least-squares scale for fixed codes: argmin_s sum h (x - s (q - zp))^2."""
-    d = q - zp
-    num = (h * x * d).sum(-1)
-    den = (h * d * d).sum(-1)
-    return np.where(den > 0, num / np.maximum(den, 1e-30), 0.0)
+def _search(
+    x: np.ndarray, h: np.ndarray, symmetric: bool, shrink: np.ndarray = SHRINK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each block of x [..., block] (weights h, broadcast), the (codes, scale, zero point) of
+    least weighted error among the shrink candidates of its range: each candidate's scale is refit
+    by least squares with its codes fixed, and the codes recomputed. Asymmetric: the range
+    [min(x, 0), max(x, 0)] with a zero point 0..15; symmetric: +-max|x| with zero point 8. Runs
+    with torch (its threads), on numpy arrays."""
+    import torch
 
-
-def _search(x: np.ndarray, h: np.ndarray, grid):
-    """For each block, the (codes, scale, zero point) of least weighted error among the shrink
-    candidates. `grid(f)` gives the starting scale and the zero point of candidate f; the scale is
-    then refit by least squares with the codes fixed, and the codes recomputed."""
-    best_err = np.full(x.shape[:-1], np.inf, dtype=np.float32)
-    best_q = np.zeros(x.shape, dtype=np.uint8)
-    best_s = np.zeros(x.shape[:-1], dtype=np.float32)
-    best_z = np.zeros(x.shape[:-1], dtype=np.uint8)
-    for f in SHRINK:
-        s, zp = grid(f)
-        q = np.clip(np.round(x / s[..., None]) + zp[..., None], 0, 15)
-        s = _refine(x, h, q, zp[..., None])
-        s = np.where(s > 0, s, 1.0)
-        q = np.clip(np.round(x / s[..., None]) + zp[..., None], 0, 15)
-        err = (h * (x - s[..., None] * (q - zp[..., None])) ** 2).sum(-1)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    ht = torch.from_numpy(np.ascontiguousarray(h, dtype=np.float32))
+    if symmetric:
+        amax = xt.abs().amax(-1)
+        zp = torch.full_like(amax, 8.0)
+    else:
+        lo, hi = torch.clamp(xt.amin(-1), max=0.0), torch.clamp(xt.amax(-1), min=0.0)
+    best_err = torch.full(xt.shape[:-1], float("inf"))
+    best_s = torch.zeros(xt.shape[:-1])
+    best_z = torch.zeros(xt.shape[:-1])
+    for f in shrink.tolist():
+        if symmetric:
+            s = torch.where(amax > 0, amax * f / 8.0, torch.ones_like(amax))
+        else:
+            s = (hi - lo) * f / 15.0
+            s = torch.where(s > 0, s, torch.ones_like(s))
+            zp = torch.clamp(torch.round(-lo * f / s), 0, 15)
+        q = torch.clamp(torch.round(xt / s[..., None]) + zp[..., None], 0, 15)
+        d = q - zp[..., None]  # least-squares scale for these codes: argmin_s sum h (x - s d)^2
+        num, den = (ht * xt * d).sum(-1), (ht * d * d).sum(-1)
+        s = torch.where(den > 0, num / torch.clamp(den, min=1e-30), torch.zeros_like(num))
+        s = torch.where(s > 0, s, torch.ones_like(s))
+        q = torch.clamp(torch.round(xt / s[..., None]) + zp[..., None], 0, 15)
+        err = (ht * (xt - s[..., None] * (q - zp[..., None])) ** 2).sum(-1)
         better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_q = np.where(better[..., None], q, best_q).astype(np.uint8)
-        best_s = np.where(better, s, best_s)
-        best_z = np.where(better, zp, best_z).astype(np.uint8)
-    return best_q, best_s.astype(np.float32), best_z
-
-
-def _search_asymmetric(x: np.ndarray, h: np.ndarray):
-    # The range holds 0, so the zero point fits 0..15.
-    lo, hi = np.minimum(x.min(-1), 0.0), np.maximum(x.max(-1), 0.0)
-
-    def grid(f):
-        s = (hi - lo) * f / 15.0
-        s = np.where(s > 0, s, 1.0)
-        return s, np.clip(np.round(-lo * f / s), 0, 15)
-
-    return _search(x, h, grid)
-
-
-def _search_symmetric(x: np.ndarray, h: np.ndarray):
-    amax = np.abs(x).max(-1)
-    eight = np.full(amax.shape, 8.0)
-    return _search(x, h, lambda f: (np.where(amax > 0, amax * f / 8.0, 1.0), eight))
+        best_err = torch.where(better, err, best_err)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, zp, best_z)
+    codes = torch.clamp(torch.round(xt / best_s[..., None]) + best_z[..., None], 0, 15)
+    return codes.to(torch.uint8).numpy(), best_s.numpy(), best_z.to(torch.uint8).numpy()
 
 
 def _minmax(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

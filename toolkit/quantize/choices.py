@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..plan.config import QuantizeConfig, builder_precision
+from ..plan.config import OWN_METHODS, QuantizeConfig
 
 QUANTIZED_PRECISIONS = ("int4", "int8")
 
 
 def builder_options(cfg: QuantizeConfig, precision: str) -> dict[str, Any]:
-    if precision not in QUANTIZED_PRECISIONS or builder_precision(cfg, precision) != precision:
+    if precision not in QUANTIZED_PRECISIONS or cfg.method in OWN_METHODS:
         return {}
     options: dict[str, Any] = {
         "block_size": cfg.block_size,

@@ -1,50 +1,144 @@
-"""GPTQ: a weight's int4 codes chosen column by column with each column's error pushed onto the
-columns not yet quantized, through the inputs' second moments (the same Packed blocks as blocks.py).
-benchmarks/int4_methods.py measures it against the other methods.
+"""GPTQ: a weight's 4-bit codes chosen column by column, each column's rounding error pushed onto the
+columns not yet rounded through the inputs' second moments (Frantar et al. 2022), in the Packed
+blocks of blocks.py. Columns go in decreasing order of their input's mean square ("act order"),
+with static groups: every group's scale (and zero point) is chosen first, on the weights as they
+are. Measured on SmolLM2-135M (block 64, float-trained checkpoint): +12.7% perplexity on the
+evaluation text with act order, +17.9% without.
+
+Rows are independent: quantizing q, k and v apart with one input's X^T X gives the rows of
+quantizing them stacked. Runs with torch on the calibration's device, on W transposed (a column
+of W is then a contiguous row).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .blocks import Packed, _pack_nibbles, _search_asymmetric, quantize
+from .blocks import Packed, _pack_nibbles, quantize
+
+CHUNK_ROWS = 4096
+# The static groups' scale candidates (fractions of the range, each refit by least squares with its
+# codes fixed). SmolLM2-135M, block 64, float-trained: mean KL 0.247 with these six, 0.258 with
+# (0.8, 0.9, 1.0), and 0.279 with the range alone.
+SHRINK = (0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
-def gptq(w_kn: np.ndarray, gram: np.ndarray | None, block: int, damp: float = 0.01) -> Packed:
-    """GPTQ (Frantar et al. 2022) with static asymmetric 4-bit groups of `block` inputs: the
-    columns of W^T are quantized in input order and each one's error is pushed onto the columns
-    not yet quantized through the Cholesky factor of H^-1 (H = mean X^T X of the layer's input).
-    Each group's scale and zero point are chosen, when the group is reached, by int4's search
-    on the error-updated weights. Without `gram` (a weight calibration never reached), that
-    search alone, unweighted."""
+def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0.01) -> Packed:
+    """GPTQ of a Linear weight w [out, in] (a torch tensor or an array) with 4-bit groups of `block`
+    inputs, given gram = mean X^T X of its input [in, in] (None: blocks.quantize's search alone,
+    unweighted)."""
+    import torch
+
     if gram is None:
-        return quantize(w_kn, block)
-    k0, n = w_kn.shape
+        return quantize(np.asarray(torch.as_tensor(w).cpu().numpy(), dtype=np.float32).T, block, None, symmetric)
+    w = torch.as_tensor(w)
+    device = w.device
+    n, k0 = w.shape
     k = -(-k0 // block) * block  # the last group padded with dead inputs
-    w = np.zeros((n, k))
-    w[:, :k0] = w_kn.T
-    h = np.zeros((k, k))
-    h[:k0, :k0] = gram
-    dead = np.diag(h) <= 0
+    wt = torch.zeros((k, n), dtype=torch.float32, device=device)
+    wt[:k0] = w.T
+    h = torch.zeros((k, k), dtype=torch.float64, device=device)
+    h[:k0, :k0] = torch.as_tensor(gram, device=device)
+    dead = torch.diagonal(h) <= 0
     h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h[np.diag_indices(k)] += damp * np.mean(np.diag(h))
-    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper: H^-1 = U^T U
-    codes = np.empty((n, k), dtype=np.uint8)
-    scales = np.empty((n, k // block), dtype=np.float32)
-    zps = np.empty((n, k // block), dtype=np.uint8)
-    for g, b0 in enumerate(range(0, k, block)):
+    wt[dead] = 0.0
+    h.diagonal().add_(damp * torch.diagonal(h).mean())
+    s, z = group_scales(wt, torch.diagonal(h).float(), block, symmetric)  # [k // block, n] each
+    perm = torch.argsort(torch.diagonal(h), descending=True)
+    u = _inverse_factor(h[perm][:, perm])
+    del h
+    wt = wt[perm]
+    s_col, z_col = s.repeat_interleave(block, 0)[perm], z.repeat_interleave(block, 0)[perm]
+    codes = torch.empty((k, n), dtype=torch.uint8, device=device)
+    for b0 in range(0, k, block):  # lazy batches of `block` columns (not the groups: those are static)
         b1 = b0 + block
-        wb = w[:, b0:b1]
-        _, s, z = _search_asymmetric(wb[:, None, :].astype(np.float32), np.diag(h)[None, None, b0:b1])
-        s, z = s[:, 0].astype(np.float64), z[:, 0].astype(np.float64)
-        scales[:, g], zps[:, g] = s, z
-        err = np.empty_like(wb)
+        err = torch.empty((block, n), dtype=torch.float32, device=device)
         for j in range(block):
-            q = np.clip(np.round(wb[:, j] / s) + z, 0, 15)
-            codes[:, b0 + j] = q
-            e = (wb[:, j] - s * (q - z)) / u[b0 + j, b0 + j]
-            wb[:, j + 1 :] -= np.outer(e, u[b0 + j, b0 + j + 1 : b1])
-            err[:, j] = e
-        w[:, b1:] -= err @ u[b0:b1, b1:]
-    return Packed(_pack_nibbles(codes.reshape(n, k // block, block)), scales, _pack_nibbles(zps), k0, block)
+            c = b0 + j
+            q = torch.clamp(torch.round(wt[c] / s_col[c]) + z_col[c], 0, 15)
+            codes[c] = q.to(torch.uint8)
+            e = (wt[c] - s_col[c] * (q - z_col[c])) / u[c, c]
+            wt[c + 1 : b1].addr_(u[c, c + 1 : b1], e, alpha=-1.0)
+            err[j] = e
+        wt[b1:].addmm_(u[b0:b1, b1:].T, err, alpha=-1.0)
+    codes = codes[torch.argsort(perm)].T.contiguous()
+    zps = None if symmetric else _pack_nibbles(z.T.contiguous().to(torch.uint8).cpu().numpy())
+    packed = _pack_nibbles(codes.cpu().numpy().reshape(n, k // block, block))
+    return Packed(packed, s.T.contiguous().cpu().numpy(), zps, k0, block)
+
+
+def group_scales(wt: Any, importance: Any, block: int, symmetric: bool) -> tuple[Any, Any]:
+    """Each group's scale and zero point [groups, n] for W^T [k, n]: of SHRINK's fractions of the
+    group's range (asymmetric: [min(w, 0), max(w, 0)], zero point 0..15; symmetric: +-max|w|, zero
+    point 8), with each candidate's codes fixed and its scale refit by least squares, the one of
+    least error weighted by the inputs' mean squares `importance` [k]."""
+    import torch
+
+    k, n = wt.shape
+    scales = torch.empty((k // block, n), dtype=torch.float32, device=wt.device)
+    zeros = torch.empty_like(scales)
+    hk = importance.reshape(k // block, block, 1)
+    for c0 in range(0, n, CHUNK_ROWS):  # temporaries of a few hundred MB
+        x = wt[:, c0 : c0 + CHUNK_ROWS].reshape(k // block, block, -1)
+        hx = hk * x
+        energy = (hx * x).sum(1)
+        if symmetric:
+            amax = x.abs().amax(1)
+            zero = torch.full_like(amax, 8.0)
+        else:
+            lo, hi = torch.clamp(x.amin(1), max=0.0), torch.clamp(x.amax(1), min=0.0)
+        best_err = torch.full_like(energy, float("inf"))
+        best_s, best_z = torch.ones_like(energy), torch.zeros_like(energy)
+        for f in SHRINK:
+            if symmetric:
+                s = torch.where(amax > 0, amax * f / 8.0, torch.ones_like(amax))
+            else:
+                s = torch.clamp((hi - lo) * f / 15.0, min=1e-30)
+                zero = torch.clamp(torch.round(-lo * f / s), 0, 15)
+            d = torch.clamp(torch.round(x / s[:, None]) + zero[:, None], 0, 15) - zero[:, None]
+            num, den = (hx * d).sum(1), (hk * d * d).sum(1)
+            fit = torch.where(den > 0, num / torch.clamp(den, min=1e-30), torch.zeros_like(num))
+            err = energy - fit * num  # the weighted error of the refit scale, sum h (x - fit d)^2
+            better = (err < best_err) & (fit > 0)
+            best_err = torch.where(better, err, best_err)
+            best_s = torch.where(better, fit, best_s)
+            best_z = torch.where(better, zero, best_z)
+        scales[:, c0 : c0 + CHUNK_ROWS], zeros[:, c0 : c0 + CHUNK_ROWS] = best_s, best_z
+    return scales, zeros
+
+
+def _inverse_factor(h: Any) -> Any:
+    """The upper Cholesky factor U of H^-1 (H^-1 = U^T U), float32, from one factorisation: with P
+    the order reversal and P H P = L L^T, U = P L^-1 P. X^T X summed in float32 from fewer distinct
+    inputs than features (the first layer sees only the calibration text's tokens) is singular,
+    and rounding leaves eigenvalues below zero that the damping may not cover: then the diagonal
+    is raised tenfold, and tenfold again."""
+    import torch
+
+    step = torch.diagonal(h).mean()
+    flipped = h.flip(0, 1).float()
+    eye = torch.eye(h.shape[0], dtype=torch.float32, device=h.device)
+    for extra in (0.0, 0.1, 1.0):
+        lower, info = torch.linalg.cholesky_ex(flipped + float(extra * step) * eye)
+        if int(info) == 0:
+            return _lower_inverse(lower).flip(0, 1)
+    raise ValueError("X^T X is not positive definite even with its diagonal doubled: the inputs hold NaN or inf")
+
+
+def _lower_inverse(lower: Any) -> Any:
+    """The inverse of a lower triangular matrix, by halves: [[A, 0], [C, D]]^-1 is
+    [[A^-1, 0], [-D^-1 C A^-1, D^-1]]. Matrix products run at a CPU's full speed, a triangular
+    solve against the identity at a third of it (8192 x 8192: 2.1 s against 3.6 s on 2 cores)."""
+    import torch
+
+    n = lower.shape[0]
+    if n <= 1024:
+        return torch.linalg.solve_triangular(lower, torch.eye(n, dtype=lower.dtype, device=lower.device), upper=False)
+    m = n // 2
+    a, d = _lower_inverse(lower[:m, :m]), _lower_inverse(lower[m:, m:])
+    out = torch.zeros_like(lower)
+    out[:m, :m], out[m:, m:] = a, d
+    out[m:, :m] = -(d @ (lower[m:, :m] @ a))
+    return out

@@ -67,7 +67,9 @@ def _lazy_layer_class():
             self.shared = [shared]  # a list: not registered, so .to() and .parameters() never touch it
             self.index, self.reader, self.on_layer = index, reader, on_layer
 
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
+        def load(self) -> Any:
+            """This layer's float32 weights into the shared layer, which then runs as this layer
+            (its KV cache index, a lazy module's tensor names); returns the shared layer."""
             layer = self.shared[0]
             self.reader.load(layer, f"model.layers.{self.index}.")
             experts = getattr(getattr(layer, "mlp", None), "experts", None)
@@ -76,10 +78,18 @@ def _lazy_layer_class():
             for module in layer.modules():
                 if hasattr(module, "layer_idx"):
                     module.layer_idx = self.index
+            return layer
+
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            """The shared layer with the weights it holds (no read: calibration changes them)."""
             try:
-                return layer(*args, **kwargs)
+                return self.shared[0](*args, **kwargs)
             finally:
                 self.on_layer()
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            self.load()
+            return self.run(*args, **kwargs)
 
     return LazyLayer
 
@@ -163,3 +173,31 @@ class LayerPasses:
     def __call__(self) -> None:
         if self.bar is not None:
             self.bar.advance()
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the first decoder layer's arguments are captured."""
+
+
+def layer_arguments(model: Any, inputs_embeds: Any) -> dict[str, Any]:
+    """The keyword arguments the model's own forward passes each decoder layer for a batch shaped
+    like `inputs_embeds` [batch, sequence, hidden] with no padding and no cache: the causal mask
+    and the position ids and embeddings, as transformers makes them (the calibration then calls
+    the layers itself, one at a time over all its sequences)."""
+    import torch
+
+    captured: dict[str, Any] = {}
+
+    def grab(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        captured.update(kwargs)
+        raise _Captured
+
+    handle = model.model.layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.model(inputs_embeds=inputs_embeds, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return captured

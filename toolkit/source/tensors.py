@@ -31,6 +31,9 @@ class CheckpointTensors:
 
     def __init__(self, folder: Path, files: tuple[str, ...]):
         self.entries: dict[str, _Entry] = {}
+        # Tensors that replace the checkpoint's while they are set: the calibrated int4 pass puts
+        # the layer it holds here (AWQ-scaled norms included), so the writer reads them, not the file.
+        self.overlay: dict[str, np.ndarray] = {}
         self.on_read: Callable[[int], None] = lambda nbytes: None  # progress: bytes of each tensor read
         for name in files:
             header, base = safetensors_header(folder / name)
@@ -85,6 +88,9 @@ class CheckpointTensors:
     def float32(self, name: str, index: int | None = None) -> np.ndarray:
         """The tensor as a new float32 array (bf16 and fp16 widen exactly); with `index`, only
         tensor[index] is read (one expert of a stacked [experts, ...] tensor)."""
+        if index is None and name in self.overlay:
+            self.on_read(self.nbytes([name]))  # read by the calibration instead: counted once, here
+            return self.overlay[name]
         e = self.entry(name, index=index)
         raw = np.empty(math.prod(e.shape), dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
         self.read_into(e, memoryview(raw).cast("B"))

@@ -11,8 +11,7 @@ from typing import Any
 from ..errors import ConfigError, StageError
 from ..export import export_model
 from ..export.stream import problems
-from ..plan.config import BuildPlan, _check_combination
-from ..quantize.own import check_size
+from ..plan.config import OWN_METHODS, BuildPlan, _check_combination
 from ..source.checkpoint import SourceModel
 from .quality import Reference, evaluate, model_bytes, selection_text, table
 
@@ -62,16 +61,14 @@ def candidate_plans(plan: BuildPlan, src: SourceModel) -> list[tuple[str, BuildP
         candidate = replace(
             plan, export=replace(plan.export, precision=precision), quantize=replace(plan.quantize, **changes)
         )
+        if candidate.export.engine == "stream" and problems(src, candidate.export, candidate.quantize):
+            if changes["method"] in OWN_METHODS:  # slmkit's calibrated int4 is the streamed engine's only
+                continue
+            candidate = replace(candidate, export=replace(candidate.export, engine="ort-genai"))
         try:
             _check_combination(candidate)
         except ConfigError:
             continue
-        try:
-            check_size(candidate.quantize, src.num_params)
-        except ConfigError:
-            continue
-        if candidate.export.engine == "stream" and problems(src, candidate.export, candidate.quantize):
-            candidate = replace(candidate, export=replace(candidate.export, engine="ort-genai"))
         out.append((label, candidate))
     return out
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from ...graphs.ops import Shape
-from ...plan.config import ExportConfig, QuantizeConfig
+from ...plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ...source.tensors import CheckpointTensors
 from ..family import Family
-from .graph import expected_tensors, graph_io, write_decoder
+from .graph import expected_tensors, graph_io, hf_rows, write_decoder
 
 
 def _tensors(weights: CheckpointTensors, shape: Shape, _config: dict[str, Any]) -> tuple[set[str], set[str]]:
@@ -19,7 +19,8 @@ def _tensors(weights: CheckpointTensors, shape: Shape, _config: dict[str, Any]) 
 
 def _stream_problems(config: dict[str, Any], precision: str, _export: ExportConfig, q: QuantizeConfig) -> list[str]:
     tied = bool(config.get("tie_word_embeddings"))
-    if tied and precision not in ("fp32", "fp16") and (precision != "int4" or not q.symmetric or q.lm_head != "int4"):
+    rounded = precision != "int4" or not q.symmetric or q.lm_head != "int4"  # what the builder would share
+    if tied and precision not in ("fp32", "fp16") and q.method not in OWN_METHODS and rounded:
         return [
             "tied embeddings with int8 or asymmetric weights (it shares float32 or symmetric "
             "int4 lm_head weights with the embedding)"
@@ -37,4 +38,5 @@ FAMILY = Family(
     write_decoder=write_decoder,
     decoder_io=graph_io,
     stream_problems=_stream_problems,
+    hf_rows=hf_rows,
 )

@@ -6,13 +6,17 @@ result equals its export byte for byte.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from ...graphs.attention import attention, attention_inputs
-from ...graphs.ops import ELEM, INT64, MS, GraphWriter, Shape
+from ...graphs.ops import ELEM, INT64, MS, GraphWriter, Shape, gather_blocks
 from ...source.tensors import CheckpointTensors
+
+TIED_EMBEDDING = "/model/embed_tokens/output_0"  # the calibrated tied table's rows (written last)
 
 
 def _tied_embedding(g: GraphWriter, shape: Shape, weight: np.ndarray) -> tuple[str, tuple[list[str], dict[str, Any]]]:
@@ -24,23 +28,38 @@ def _tied_embedding(g: GraphWriter, shape: Shape, weight: np.ndarray) -> tuple[s
     if not attrs:
         table = g.node("Transpose", f"{base}/Transpose", names, perm=[1, 0])
         return g.node("Gather", f"{base}/Gather", [table, "input_ids"]), written
-    block = attrs["block_size"]
-    padded = -(-shape.hidden // block) * block
-    codes = g.node("Reshape", f"{base}/Reshape", [names[0], g.constant([shape.vocab, padded * attrs["bits"] // 8])])
-    out = g.node(
-        "GatherBlockQuantized",
-        f"{base}/GatherBlockQuantized",
-        [codes, "input_ids", *names[1:]],
-        None,
-        MS,
-        bits=attrs["bits"],
-        block_size=block,
-        gather_axis=0,
-        quantize_axis=1,
+    return gather_blocks(g, base, names, attrs, "input_ids", shape.vocab, shape.hidden), written
+
+
+def _calibrated_tied_embedding(g: GraphWriter, shape: Shape, weight: np.ndarray, at: int) -> tuple[list[str], dict]:
+    """The tied table's GatherBlockQuantized once the lm_head is calibrated (its input, the last
+    layer's output, is known only at the end): the lm_head's initializers are written now and the
+    embedding's nodes go back to position `at`, before the first layer that reads TIED_EMBEDDING."""
+    written = g.linear("/lm_head", weight, lm_head=True)
+    first = len(g.nodes)
+    gather_blocks(
+        g,
+        "/model/embed_tokens",
+        *written,
+        "input_ids",
+        shape.vocab,
+        shape.hidden,
+        output=TIED_EMBEDDING,
+        const=lambda values: _own_constant(g, "/model/embed_tokens", values),
     )
-    if padded != shape.hidden:
-        out = g.node("Slice", f"{base}/Slice", [out, g.constant([0]), g.constant([shape.hidden]), g.constant([-1])])
-    return out, written
+    nodes = g.nodes[first:]
+    del g.nodes[first:]
+    g.nodes[at:at] = nodes
+    return written
+
+
+def _own_constant(g: GraphWriter, base: str, values: list[int]) -> str:
+    """An int64 Constant node of its own (not GraphWriter.constant's shared one, which a layer may
+    have made after the place these nodes go to)."""
+    from onnx import numpy_helper
+
+    name = f"{base}/Constant_{'_'.join(map(str, values))}"
+    return g.node("Constant", name, [], value=numpy_helper.from_array(np.array(values, dtype=np.int64), ""))
 
 
 def _skip_norm(
@@ -77,6 +96,32 @@ def _qkv(weights: CheckpointTensors, hf: str) -> np.ndarray:
     return np.concatenate([weights.float32(f"{hf}.self_attn.{p}_proj.weight") for p in "qkv"])
 
 
+LAYER_MATMUL = re.compile(r"/model/layers\.(\d+)/(attn|mlp)/(\w+)$")
+Rows = tuple[str, "int | None", "int | None"]  # a Hugging Face Linear (module name) and a span of its rows
+
+
+def hf_rows(base: str, shape: Shape, has: Callable[[str], bool]) -> list[Rows]:
+    """The rows of the Hugging Face Linear weights that the decoder's MatMul `base` is made of, in
+    order, as _qkv and _gate_up lay them out (`has(module)`: whether the checkpoint has it)."""
+    if base == "/lm_head":
+        return [("lm_head", None, None)]
+    layer, part, proj = LAYER_MATMUL.match(base).groups()
+    hf = f"model.layers.{layer}."
+    if proj in ("o_proj", "down_proj"):
+        return [(f"{hf}{'self_attn' if part == 'attn' else 'mlp'}.{proj}", None, None)]
+    if part == "attn":
+        q, kv = shape.heads * shape.head, shape.kv_heads * shape.head
+        spans = {"q_proj": (0, q), "k_proj": (q, q + kv), "v_proj": (q + kv, q + 2 * kv), "qkv_proj": (None, None)}
+        if has(hf + "self_attn.qkv_proj"):
+            return [(hf + "self_attn.qkv_proj", *spans[proj])]
+        names = ("q_proj", "k_proj", "v_proj") if proj == "qkv_proj" else (proj,)
+        return [(f"{hf}self_attn.{name}", None, None) for name in names]
+    if has(hf + "mlp.gate_up_proj"):
+        i = shape.intermediate
+        return [(hf + "mlp.gate_up_proj", *((0, i) if proj == "gate_proj" else (i, 2 * i)))]
+    return [(f"{hf}mlp.{proj}", None, None)]
+
+
 def _gate_up(weights: CheckpointTensors, hf: str, intermediate: int) -> tuple[np.ndarray, np.ndarray]:
     if f"{hf}.mlp.gate_up_proj.weight" in weights:
         gate_up = weights.float32(f"{hf}.mlp.gate_up_proj.weight")
@@ -95,18 +140,24 @@ def write_decoder(
     """The decoder, layer by layer: each weight is read, converted and written, then freed. With
     `embeds` it starts from an `inputs_embeds` input (a multimodal model's embedding graph makes it)."""
     a = attention_inputs(g, shape, config, split=provider == "dml")
-    head = None
+    head, deferred = None, None
+    tied = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
     if embeds:
         hidden = "inputs_embeds"
+    elif config.get("tie_word_embeddings") and g.quantizer is not None:
+        hidden, deferred = TIED_EMBEDDING, len(g.nodes)
     elif config.get("tie_word_embeddings"):
-        tied = "lm_head.weight" if "lm_head.weight" in weights else "model.embed_tokens.weight"
         hidden, head = _tied_embedding(g, shape, weights.float32(tied))
+    elif g.quantizer is not None:  # calibrated int4: the table in int4 blocks too
+        written = g.table("/model/embed_tokens", weights.float32("model.embed_tokens.weight"))
+        hidden = gather_blocks(g, "/model/embed_tokens", *written, "input_ids", shape.vocab, shape.hidden)
     else:
         embed = g.weight("model.embed_tokens.weight", weights.float32("model.embed_tokens.weight"))
         hidden = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
     skip, x = hidden, ""
     for i in range(shape.layers):
         hf, onnx_layer = f"model.layers.{i}", f"/model/layers.{i}"
+        g.layer(i)
         norm = weights.float32(f"{hf}.input_layernorm.weight")
         if i == 0:
             w = g.weight(f"{hf}.input_layernorm.weight", norm)
@@ -144,6 +195,7 @@ def write_decoder(
             g.node("Mul", f"{onnx_layer}/mlp/Mul", [act, up]),
             weights.float32(f"{hf}.mlp.down_proj.weight"),
         )
+    g.layer(None)
     h, _ = _skip_norm(
         g,
         f"layers.{shape.layers}",
@@ -154,6 +206,8 @@ def write_decoder(
         shape.eps,
         last=True,
     )
+    if deferred is not None:
+        head = _calibrated_tied_embedding(g, shape, weights.float32(tied), deferred)
     if head is None:
         g.matmul("/lm_head", h, weights.float32("lm_head.weight"), lm_head=True, output="logits")
     else:

@@ -27,7 +27,7 @@ from ...plan.config import BuildPlan, ExportConfig, QuantizeConfig
 from ...source.checkpoint import read_config
 from ...source.tensors import CheckpointTensors
 from ..decoder.graph import expected_tensors as decoder_tensors
-from ..decoder.graph import graph_io, write_decoder
+from ..decoder.graph import graph_io, hf_rows, write_decoder
 from ..family import Family
 from ..genai_config import write_genai_config
 from .cases import image_cases
@@ -143,12 +143,6 @@ def _tensors(weights: CheckpointTensors, shape: Shape, _config: dict[str, Any]) 
     return decoder_tensors(shape, "model.layers.0.self_attn.qkv_proj.weight" in weights) | used, skipped
 
 
-def _stream_problems(_config: dict[str, Any], _precision: str, export: ExportConfig, q: QuantizeConfig) -> list[str]:
-    if q.method != "default" and export.precision not in ("fp32", "fp16"):
-        return [f"quantize.method '{q.method}' for a vision model (its int4 decoder is quantized with default)"]
-    return []
-
-
 def check_plan(_src: Any, plan: BuildPlan) -> None:
     if plan.optimize.context_cap < MIN_CONTEXT:
         raise ConfigError(
@@ -174,8 +168,8 @@ FAMILY = Family(
     decoder_io=lambda shape, dtype, provider: graph_io(shape, dtype, provider, embeds=True),
     write_configs=write_configs,
     write_more_graphs=write_graphs,
-    stream_problems=_stream_problems,
     check_plan=check_plan,
+    hf_rows=hf_rows,
     hf_config=hf_config,
     prepare_weights=share_embedding,
     extra_cases=image_cases,
