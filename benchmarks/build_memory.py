@@ -9,12 +9,14 @@ engines built, decode speed of both outputs is measured too (same prompt, greedy
 Then the whole `slmkit build` (hashing, export, the layer-by-layer float32 reference, bundle, and
 the smoke test's child process) for each of --targets, its peak the largest sum of the RSS of the
 build process and its children, sampled every 0.1 s. Random weights: the verify thresholds are
-set to 0 agreement and a 1-token greedy prefix (the tokens of a random model are noise). With
---baseline DIR (another slmkit checkout, e.g. `git worktree add DIR <commit>`) the same builds
-of that version run first, as the anchor of the ratio columns.
+set to 0 agreement and a 1-token greedy prefix (the tokens of a random model are noise). Each whole
+build runs once per --methods entry: `recipe` (the recipe's quantize.method: slmkit's calibrated
+int4) and e.g. `default` (--set quantize.method=default: the builder's round-to-nearest, the fast
+build). With --baseline DIR (another slmkit checkout, e.g. `git worktree add DIR <commit>`) the same
+builds of that version run first, as the anchor of the ratio columns.
 
-    python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--baseline DIR]
-                                      [--work DIR] [--keep]
+    python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--methods recipe,default]
+                                      [--baseline DIR] [--work DIR] [--keep] [--skip-exports]
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="8,32", help="comma-separated layer counts [8,32]")
     ap.add_argument("--targets", default="cpu,linux-cuda", help="whole builds: comma-separated targets ('' for none)")
+    ap.add_argument("--methods", default="recipe", help="whole builds: quantize.method per build ('recipe': its own)")
+    ap.add_argument("--skip-exports", action="store_true", help="only the whole builds, not the export-only rows")
     ap.add_argument("--baseline", type=Path, help="another slmkit checkout whose whole builds are the anchor")
     ap.add_argument("--work", type=Path, default=ROOT / ".slmkit-cache" / "build-memory")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and exports")
@@ -190,7 +194,7 @@ def main() -> None:
             f"{layers} layers: {params / 1e9:.2f} B parameters written in {time.perf_counter() - t0:.0f} s", flush=True
         )
         built = {}
-        for engine in ("ort-genai", "stream"):
+        for engine in () if args.skip_exports else ("ort-genai", "stream"):
             work = args.work / f"out-{layers}L-{engine}"
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir(parents=True)
@@ -212,48 +216,57 @@ def main() -> None:
         versions = ([("baseline", args.baseline)] if args.baseline else []) + [("this", ROOT)]
         for target in [t for t in args.targets.split(",") if t]:
             for version, root in versions:
-                out = args.work / f"bundle-{layers}L-{target}-{version}"
-                shutil.rmtree(out, ignore_errors=True)
-                status, peak, wall = whole_build(model, target, out, root)
-                whole.append([layers, params, target, version, status, peak, wall])
-                print(
-                    f"  whole build {target} ({version}): {status}, peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
-                    flush=True,
-                )
+                for method in args.methods.split(","):
+                    out = args.work / f"bundle-{layers}L-{target}-{version}-{method}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    extra = () if method == "recipe" else ("--set", f"quantize.method={method}")
+                    status, peak, wall = whole_build(model, target, out, root, extra)
+                    whole.append([layers, params, target, f"{version}, {method}", status, peak, wall])
+                    print(
+                        f"  whole build {target} ({version}, {method}): {status}, "
+                        f"peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
+                        flush=True,
+                    )
                 if not args.keep:
                     shutil.rmtree(out, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(model, ignore_errors=True)
             for engine in ("ort-genai", "stream"):
                 shutil.rmtree(args.work / f"out-{layers}L-{engine}", ignore_errors=True)
-    print(
-        f"\nint4 cpu export (block 32, symmetric, accuracy level 4); {os.cpu_count()} cores, "
-        f"{total / 1e9:.1f} GB memory; builder under a {builder_limit / 1e9:.1f} GB address-space limit\n"
-    )
-    print(
-        "| layers | params | engine | result | peak RSS GB | wall s | decode tok/s | peak vs builder "
-        "| wall vs builder | decode vs builder |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for layers, params, engine, status, peak, wall, speed in rows:
-        anchor = next(r for r in rows if r[0] == layers and r[2] == "ort-genai")
-        ok = anchor[3] == "ok" and status == "ok"
+    if rows:
         print(
-            f"| {layers} | {params / 1e9:.2f} B | {engine} | {status} | {peak / 1e9:.2f} | {wall:.0f} | "
-            f"{f'{speed:.2f}' if speed else '-'} | {f'{peak / anchor[4]:.2f}' if ok else '-'} | "
-            f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | "
-            f"{f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |"
+            f"\nint4 cpu export (block 32, symmetric, accuracy level 4); {os.cpu_count()} cores, "
+            f"{total / 1e9:.1f} GB memory; builder under a {builder_limit / 1e9:.1f} GB address-space limit\n"
         )
-    if whole:
-        print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process)\n")
         print(
-            "| layers | params | target | slmkit | result | peak RSS GB | wall s | peak vs baseline "
-            "| wall vs baseline |"
+            "| layers | params | engine | result | peak RSS GB | wall s | decode tok/s | peak vs builder "
+            "| wall vs builder | decode vs builder |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for layers, params, engine, status, peak, wall, speed in rows:
+            anchor = next(r for r in rows if r[0] == layers and r[2] == "ort-genai")
+            ok = anchor[3] == "ok" and status == "ok"
+            print(
+                f"| {layers} | {params / 1e9:.2f} B | {engine} | {status} | {peak / 1e9:.2f} | {wall:.0f} | "
+                f"{f'{speed:.2f}' if speed else '-'} | {f'{peak / anchor[4]:.2f}' if ok else '-'} | "
+                f"{f'{wall / anchor[5]:.2f}' if ok else '-'} | "
+                f"{f'{speed / anchor[6]:.2f}' if ok and speed and anchor[6] else '-'} |"
+            )
+    if whole:
+        print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process); the anchor")
+        print("of the ratios: the baseline checkout's same build, else this checkout's round-to-nearest build\n")
+        print(
+            "| layers | params | target | slmkit, quantize.method | result | peak RSS GB | wall s | peak vs anchor "
+            "| wall vs anchor |"
         )
         print("|---|---|---|---|---|---|---|---|---|")
         for layers, params, target, version, status, peak, wall in whole:
-            base = next((r for r in whole if r[:4] == [layers, params, target, "baseline"] and r[4] == "ok"), None)
-            ratio = f"{peak / base[5]:.2f} | {wall / base[6]:.2f}" if base and version == "this" else "- | -"
+            method = version.split(", ")[1]
+            anchor = next(
+                (r for r in whole if r[:4] == [layers, params, target, f"baseline, {method}"] and r[4] == "ok"),
+                next((r for r in whole if r[:4] == [layers, params, target, "this, default"] and r[4] == "ok"), None),
+            )
+            ratio = f"{peak / anchor[5]:.2f} | {wall / anchor[6]:.2f}" if anchor and anchor[3] != version else "- | -"
             print(
                 f"| {layers} | {params / 1e9:.2f} B | {target} | {version} | {status} | {peak / 1e9:.2f} | "
                 f"{wall:.0f} | {ratio} |"

@@ -19,12 +19,13 @@ def plan(*overrides: str, recipe: str = "phi-3.5-mini/android"):
 def test_target_defaults_then_recipe_then_set():
     p = plan()
     assert (p.export.execution_provider, p.export.precision) == ("cpu", "int4")
-    assert (p.quantize.block_size, p.quantize.accuracy_level) == (32, 4)
-    assert p.optimize.context_cap == 4096
+    assert (p.quantize.method, p.quantize.block_size, p.quantize.accuracy_level) == ("mixed", 64, 4)  # recipe
+    assert (p.quantize.symmetric, p.quantize.lm_head) == (False, "int4")
+    assert p.optimize.context_cap == 4096  # target
     assert p.runtime.runner == "android"
     assert p.verify.min_top1_agreement == 0.85
-    p = plan("quantize.block_size=64", "optimize.context_cap=2048", 'verify.prompts=["a", "b"]')
-    assert (p.quantize.block_size, p.optimize.context_cap, p.verify.prompts) == (64, 2048, ("a", "b"))
+    p = plan("quantize.block_size=128", "optimize.context_cap=2048", 'verify.prompts=["a", "b"]')
+    assert (p.quantize.block_size, p.optimize.context_cap, p.verify.prompts) == (128, 2048, ("a", "b"))
 
 
 def test_unknown_key_lists_valid_keys_and_suggests():
@@ -86,6 +87,6 @@ def test_bad_files(tmp_path: Path):
 
 
 def test_plan_round_trips_through_the_manifest_form():
-    p = plan("quantize.lm_head=int8")
+    p = plan("quantize.method=default", "quantize.lm_head=int8")
     assert plan_from_dict(p.to_dict(), "manifest") == p
     assert 'lm_head = "int8"' in to_toml(p.to_dict())

@@ -193,3 +193,39 @@ def test_quality_budget_argument_errors(tiny35):
     result = CliRunner().invoke(main, ["build", "-m", str(tiny35), "-t", "cpu", "--quality-budget", "lots"])
     assert result.exit_code == 1
     assert result.output == "Error: --quality-budget 'lots': expected a perplexity increase such as 5% or 0.05.\n"
+
+
+def test_quality_budget_tries_the_smallest_first_and_keeps_the_first_within(tiny35, tmp_path, monkeypatch):
+    """Order and bookkeeping of --quality-budget, on the tiny model with its scores set: the first
+    candidate (gptq, block 64) over the budget is marked so, the second (mixed) is chosen and
+    built; the manifest keeps both with their figures."""
+    from toolkit.verify import budget
+    from toolkit.verify.quality import Quality
+
+    scores = iter([0.30, 0.04])
+
+    class Stub:
+        def __init__(self, *_args):
+            self.ppl, self.tokens = 10.0, 500
+
+    def scored(_model_dir, _ref):
+        increase = next(scores)
+        return Quality(500, 1, 10.0, 10.0 * (1 + increase), 0.9, 0.1, "stub text")
+
+    monkeypatch.setattr(budget, "Reference", Stub)
+    monkeypatch.setattr(budget, "evaluate", scored)
+    result = CliRunner().invoke(
+        main, ["build", "-m", str(tiny35), "-t", "cpu", "-o", str(tmp_path / "b"), "--quality-budget", "5%"]
+    )
+    assert result.exit_code == 0, result.output
+    quality = json.loads((tmp_path / "b" / "manifest.json").read_text())["quality"]
+    assert [c["variant"] for c in quality["candidates"]] == [
+        "int4 slmkit gptq, block 64",
+        "int4 slmkit mixed (int8 where it costs most), block 64",
+    ]
+    assert [c["within_budget"] for c in quality["candidates"]] == [False, True]
+    assert quality["chosen"] == "int4 slmkit mixed (int8 where it costs most), block 64"
+    rows = [line for line in result.output.splitlines() if line.startswith("int4 slmkit")]
+    assert rows[0].endswith("over budget") and rows[1].endswith("chosen")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["plan"]["quantize"]["method"] == "mixed" and manifest["verification"]["host"]["failed"] == 0

@@ -23,7 +23,8 @@ def smol_bundles(tmp_path_factory, smollm2):
     root = tmp_path_factory.mktemp("smol")
     src = open_checkpoint(str(smollm2))
     out = {}
-    for name, overrides in (("fp32", ("export.precision=fp32",)), ("default", ())):
+    rtn = ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")  # the builder's int4
+    for name, overrides in (("fp32", ("export.precision=fp32",)), ("default", ()), ("rtn", rtn)):
         plan = plan_build(src, None, "cpu", overrides)
         build(src, plan, root / name, log=lambda _: None)
         out[name] = root / name
@@ -94,46 +95,48 @@ def test_eval_cli_writes_the_manifest(smol_bundles, smollm2, tmp_path):
     assert manifest["quality"]["eval"]["text"] == "text.txt" and manifest["quality"]["eval"]["tokens"] > 400
 
 
-def test_quality_budget_picks_the_smallest_within_budget(smollm2, tmp_path):
-    """Behaviour, not one machine's figures: candidates are tried smallest first (the likelier fit
-    first at one size), each is logged with the figures the manifest records, the over-budget one
-    is marked, the first within the budget is built. On the selection text this checkpoint
-    (dequantized from a Q4_1 GGUF, its weights on mse's grid) lost +26.9% with awq at block 64 and
-    +18.5% / +18.8% with mse (benchmarks/int4_methods.py; two machines of this kind for mse): a 22%
-    budget sits 3.5 points or more from each, ten times the spread measured between machines."""
-    budget = 0.22
+def test_quality_budget_builds_the_smallest_within_budget(smollm2, tmp_path):
+    """The smallest candidate, slmkit's calibrated gptq at block 64, measured +19% to +24% on the
+    selection text with this checkpoint (benchmarks/int4_methods.py): within a 30% budget, it is
+    the one tried, logged with the figures the manifest records, and built. The order and the
+    over-budget path: tests/test_int4.py."""
+    budget = 0.30
     result = CliRunner().invoke(
         main, ["build", "-m", str(smollm2), "-t", "cpu", "-o", str(tmp_path / "b"), "--quality-budget", f"{budget:.0%}"]
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     tried = manifest["quality"]["candidates"]
-    assert [c["variant"] for c in tried] == ["int4 slmkit awq, block 64", "int4 slmkit mse, block 64"], result.output
-    assert abs(tried[0]["model_bytes"] - tried[1]["model_bytes"]) < 1e-3 * tried[1]["model_bytes"]  # one layout
-    for c in tried:
-        line = f"{c['variant']}: {c['model_bytes'] / 1e6:.1f} MB, perplexity {c['ppl_increase']:+.1%} vs fp32"
-        assert line in result.output
-        assert c["within_budget"] == (c["ppl_increase"] <= budget)
-    assert 0.24 < tried[0]["ppl_increase"] < 0.32 and not tried[0]["within_budget"], tried[0]
-    assert 0.15 < tried[1]["ppl_increase"] <= budget and tried[1]["within_budget"], tried[1]
+    assert [c["variant"] for c in tried] == ["int4 slmkit gptq, block 64"], result.output
+    c = tried[0]
+    line = f"{c['variant']}: {c['model_bytes'] / 1e6:.1f} MB, perplexity {c['ppl_increase']:+.1%} vs fp32"
+    assert line in result.output and c["within_budget"] and 0.0 < c["ppl_increase"] <= budget, c
+    assert c["model_bytes"] < 80e6  # block 64 with zero points: below the builder default's 86.5 MB
     rows = [line for line in result.output.splitlines() if line.startswith("int4 slmkit")]
-    assert rows[0].endswith("over budget") and rows[1].endswith("chosen"), result.output
-    assert manifest["quality"]["chosen"] == "int4 slmkit mse, block 64"
-    assert manifest["plan"]["quantize"]["method"] == "mse"  # the bundle is the chosen candidate
+    assert rows[0].endswith("chosen"), result.output
+    assert manifest["quality"]["chosen"] == "int4 slmkit gptq, block 64"
+    assert manifest["plan"]["quantize"]["method"] == "gptq"  # the bundle is the chosen candidate
 
 
 def test_streamed_engine_writes_the_builders_model(smol_bundles, smollm2, tmp_path):
-    """The default SmolLM2 bundle comes from the streamed engine; the builder's float32 export
-    quantized the same way gives the same bytes in every initializer."""
+    """The streamed engine's round-to-nearest int4 equals the builder's: the same bytes in every
+    initializer of SmolLM2's model."""
     import onnx
     from onnx import numpy_helper
 
-    manifest = json.loads((smol_bundles["default"] / "manifest.json").read_text())
+    manifest = json.loads((smol_bundles["rtn"] / "manifest.json").read_text())
     assert manifest["plan"]["export"]["engine"] == "stream"
     src = open_checkpoint(str(smollm2))
-    build(src, plan_build(src, None, "cpu", ("export.engine=ort-genai",)), tmp_path / "b", log=lambda _: None)
+    overrides = (
+        *(
+            f"{k}={v}"
+            for k, v in (("quantize.method", "default"), ("quantize.symmetric", "true"), ("quantize.block_size", 32))
+        ),
+        "export.engine=ort-genai",
+    )
+    build(src, plan_build(src, None, "cpu", overrides), tmp_path / "b", log=lambda _: None)
     arrays = []
-    for bundle in (smol_bundles["default"], tmp_path / "b"):
+    for bundle in (smol_bundles["rtn"], tmp_path / "b"):
         model = onnx.load(str(bundle / "model" / "model.onnx"))
         arrays.append({t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer})
     assert arrays[0].keys() == arrays[1].keys()

@@ -118,12 +118,13 @@ def test_stream_quantizes_like_the_builder(tiny35, tmp_path, ep, precision, q):
     assert nodes(streamed) == nodes(built)
 
 
-def test_stream_bundle_gives_the_builders_tokens(tiny35, bundles, tmp_path):
+def test_stream_bundle_gives_the_builders_tokens(tiny35, tmp_path):
     src = open_checkpoint(str(tiny35))
-    streamed = bundles("cpu")
+    rtn = ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")  # the builder's int4
+    streamed, out = tmp_path / "streamed-bundle", tmp_path / "builder-bundle"
+    build(src, plan_build(src, None, "cpu", rtn), streamed, log=lambda _: None)
     assert json.loads((streamed / "manifest.json").read_text())["plan"]["export"]["engine"] == "stream"
-    out = tmp_path / "builder-bundle"
-    build(src, plan_build(src, None, "cpu", ("export.engine=ort-genai",)), out, log=lambda _: None)
+    build(src, plan_build(src, None, "cpu", (*rtn, "export.engine=ort-genai")), out, log=lambda _: None)
     golden = [json.loads((b / "tests" / "golden.json").read_text()) for b in (streamed, out)]
     assert [c["bundle_ids"] for c in golden[0]["cases"]] == [c["bundle_ids"] for c in golden[1]["cases"]]
     assert (streamed / "model" / "genai_config.json").read_bytes() == (out / "model" / "genai_config.json").read_bytes()

@@ -200,7 +200,7 @@ def test_runner_refuses_images_past_the_context_cap(vision_bundles):
 def test_refusals_before_anything_is_written(tiny_vision, tmp_path):
     src = open_checkpoint(str(tiny_vision))
     with pytest.raises(ConfigError, match=r"export\.engine 'ort-genai' cannot build Phi3VForCausalLM"):
-        plan_build(src, None, "cpu", ("export.engine=ort-genai",))
+        plan_build(src, None, "cpu", ("export.engine=ort-genai", "quantize.method=default"))
     assert plan_build(src, None, "cpu", ("quantize.method=gptq",)).quantize.method == "gptq"  # its text decoder
     with pytest.raises(
         ConfigError,

@@ -70,10 +70,13 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
                 problems.append(
                     f"{node.name}: bits = {attrs.get('bits')}, requested {' or '.join(map(str, sorted(bits)))}"
                 )
-            want = {"block_size": plan.quantize.block_size, "accuracy_level": plan.quantize.accuracy_level}
-            for key, value in want.items():
-                if attrs.get(key, 0) != value:
-                    problems.append(f"{node.name}: {key} = {attrs.get(key)}, requested {value}")
+            if attrs.get("block_size") != plan.quantize.block_size:
+                problems.append(
+                    f"{node.name}: block_size = {attrs.get('block_size')}, requested {plan.quantize.block_size}"
+                )
+            if attrs.get("accuracy_level", 0) != plan.quantize.accuracy_level:
+                requested = plan.quantize.accuracy_level
+                problems.append(f"{node.name}: accuracy_level = {attrs.get('accuracy_level')}, requested {requested}")
             has_zp = len(node.input) > 3 and node.input[3] != ""
             if has_zp == plan.quantize.symmetric:
                 problems.append(

@@ -119,7 +119,7 @@ def export_stream(
     else:
         family.write_configs(source, config, export, out)
     calibration = None
-    if q.method in OWN_METHODS:
+    if q.method in OWN_METHODS and export.precision == "int4":  # float exports have nothing to calibrate
         from ..quantize.sequential import Calibration
 
         calibration = Calibration(source, weight_files, config, q, weights, work / "calibration", log)

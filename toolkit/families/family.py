@@ -53,6 +53,8 @@ class Family:
     # hf_rows(MatMul name, shape, has(module)): the Hugging Face Linear rows a MatMul of the graph is
     # made of, for slmkit's calibrated int4 (toolkit/quantize/sequential.py); None: not calibrated
     hf_rows: Callable[[str, Shape, Callable[[str], bool]], list[tuple[str, Any, Any]]] | None = None
+    # Hugging Face Linear modules of a decoder layer that stay float (a router)
+    float_linears: tuple[str, ...] = ()
     # -- what it refuses, and why (ConfigError with the reason) --------------------------------
     refuse_target: Callable[[Any, str | None], None] = _nothing  # (source model, target name)
     check_plan: Callable[[Any, BuildPlan], None] = _nothing  # (source model, resolved plan)

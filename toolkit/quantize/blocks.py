@@ -56,6 +56,11 @@ class Packed:
         zp = self.zero_points[start:stop] if self.zero_points is not None else None
         return Packed(self.codes[start:stop], self.scales[start:stop], zp, self.k, self.block, self.bits)
 
+    def take(self, order: np.ndarray) -> Packed:
+        """The output features in `order` (QMoE's fc1 interleaves gate and up rows)."""
+        zp = self.zero_points[order] if self.zero_points is not None else None
+        return Packed(self.codes[order], self.scales[order], zp, self.k, self.block, self.bits)
+
     @staticmethod
     def stack(parts: list[Packed]) -> Packed:
         """The output features of several weights of one input, one after the other (q, k, v)."""
@@ -162,7 +167,14 @@ def _minmax(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.clip(np.round(x / s[..., None]) + z[..., None], 0, top), s, z
 
 
-def quantize8(w_kn: np.ndarray, block: int) -> Packed:
-    """Asymmetric 8-bit blocks (min-max: at 256 levels the rounding error is already small)."""
-    q, s, z = _minmax(_blocks(w_kn, block), 255)
+def quantize8(w_kn: np.ndarray, block: int, symmetric: bool = False) -> Packed:
+    """8-bit blocks of W[K, N], min-max (at 256 levels the rounding error is already small):
+    asymmetric with a zero point per block, or symmetric around MatMulNBits' default 128."""
+    x = _blocks(w_kn, block)
+    if symmetric:
+        amax = np.abs(x).max(-1)
+        s = np.where(amax > 0, amax / 127.0, 1.0)
+        q = np.clip(np.round(x / s[..., None]) + 128, 1, 255)
+        return Packed(q.astype(np.uint8), s.astype(np.float32), None, w_kn.shape[0], block, bits=8)
+    q, s, z = _minmax(x, 255)
     return Packed(q.astype(np.uint8), s.astype(np.float32), z.astype(np.uint8), w_kn.shape[0], block, bits=8)

@@ -35,6 +35,7 @@ from .mixed import Candidate, choose_promotions, int8_bytes
 
 WINDOW = 512  # tokens per calibration sequence
 BATCH = 4  # sequences per forward call (2048 tokens: the MLP's activations stay a few hundred MB)
+MIN_EXPERT_TOKENS = 128  # fewer calibration tokens than this: an expert's X^T X says too little for GPTQ
 
 
 class Calibration:
@@ -70,6 +71,8 @@ class Calibration:
         self.candidates: dict[str, Candidate] = {}  # ONNX matrix -> what mixed precision weighs
         self.pending: int | None = None  # the layer whose quantized run is due
         self.chosen: set[str] = set()
+        self.expert_packs: dict[tuple[str, int], tuple[Packed, Packed]] = {}  # a mixture's, layer by layer
+        self.experts_seen = self.fallbacks = 0
         self.tokens = int(ids.numel())
         log(f"calibration: {self.tokens} tokens in {ids.shape[0]} sequences of {WINDOW}, on {self.device}")
         self.sensitivity: dict[str, np.ndarray] = {}  # mixed: each Linear output feature's E[(dL/dy)^2]
@@ -90,8 +93,16 @@ class Calibration:
 
         lazy = self.inner.layers[index]
         layer = lazy.load()
-        grams = self._grams(lazy)
-        linears = _linears(layer)
+        experts = getattr(getattr(layer, "mlp", None), "experts", None)
+        routed: list[tuple[Any, Any]] = []  # a mixture's inputs and their experts, chunk by chunk
+        if hasattr(experts, "observe"):
+            experts.observe = lambda x, top_k: routed.append((x.detach(), top_k.detach()))
+        try:
+            grams = self._grams(lazy)
+        finally:
+            if hasattr(experts, "observe"):
+                experts.observe = None
+        linears = self._linears(layer)
         if self.q.method == "awq":
             from .awq import fold_layer
 
@@ -101,6 +112,8 @@ class Calibration:
             self.weights.overlay = {prefix + n: p.detach().cpu().numpy() for n, p in layer.named_parameters()}
             for name, module in linears.items():
                 self._quantize(prefix + name, module.weight, grams[name])
+            if routed:
+                self._experts(experts, f"model.layers.{index}", routed)
         self.pending = index
 
     def packed(self, base: str, w_out_in: np.ndarray) -> tuple[Packed, Packed | None]:
@@ -112,12 +125,18 @@ class Calibration:
                 f"{base}: calibrated blocks of {blocks.scales.shape[0]}x{blocks.k}, "
                 f"the writer's weight is {w_out_in.shape[0]}x{w_out_in.shape[1]}"
             )
-        if self.q.method != "mixed" or base == "/lm_head":
-            return (quantize8(w_out_in.T, self.q.block_size) if base in self.chosen else blocks), None
+        if base == "/lm_head" and base in self.chosen:
+            return quantize8(w_out_in.T, self.q.block_size, self.q.symmetric), None
+        if self.q.method != "mixed":
+            return blocks, None
         error = sum(self._cost(n, a, b) for n, a, b in rows)
-        eight = quantize8(w_out_in.T, self.q.block_size)
+        eight = quantize8(w_out_in.T, self.q.block_size, self.q.symmetric)
         self.candidates[base] = Candidate(base, error, blocks.nbytes, eight.nbytes, *w_out_in.shape[::-1])
         return blocks, eight
+
+    def expert(self, hf: str, e: int) -> tuple[Packed, Packed]:
+        """Expert e of layer `hf` (model.layers.N): (gate_up blocks [2I rows: gate, then up], down's)."""
+        return self.expert_packs[(hf, e)]
 
     def table(self, base: str, table: np.ndarray) -> Packed:
         """A token table (rows: tokens): the per-block search, unweighted (no input to calibrate on)."""
@@ -158,7 +177,7 @@ class Calibration:
 
             return hook
 
-        handles = [m.register_forward_hook(record(n)) for n, m in _linears(layer).items()]
+        handles = [m.register_forward_hook(record(n)) for n, m in self._linears(layer).items()]
         total: dict[int, Any] = {}
         try:
             with torch.no_grad():
@@ -178,17 +197,51 @@ class Calibration:
         """The blocks of one Linear weight [out, in], and each row's output error e H e^T."""
         import torch
 
-        w = weight.detach().float()
+        w, block = weight.detach().float(), self.q.block_size
         if self.q.method in ("gptq", "mixed"):
-            p = gptq(w, gram, self.q.block_size, self.q.symmetric)
+            p = gptq(w, gram, block, self.q.symmetric)
         else:
-            p = quantize(
-                w.cpu().numpy().T, self.q.block_size, torch.diagonal(gram).float().cpu().numpy(), self.q.symmetric
-            )
+            p = quantize(w.cpu().numpy().T, block, torch.diagonal(gram).float().cpu().numpy(), self.q.symmetric)
         if self.q.method == "mixed":
             error = w - torch.from_numpy(np.ascontiguousarray(p.dequantize().T)).to(w.device)
             self.errors[name] = ((error @ gram.float()) * error).sum(1).double().cpu().numpy()
         self.packs[name] = p
+
+    def _linears(self, layer: Any) -> dict[str, Any]:
+        """The layer's Linears that get int4 blocks (not the ones the family keeps float: a router)."""
+        import torch
+
+        return {
+            n: m
+            for n, m in layer.named_modules()
+            if isinstance(m, torch.nn.Linear) and n not in self.family.float_linears
+        }
+
+    def _experts(self, experts: Any, hf: str, routed: list[tuple[Any, Any]]) -> None:
+        """A mixture's experts, one at a time, each calibrated on the tokens routed to it: GPTQ of
+        gate_up on their inputs' X^T X and of down on its inputs' (the activations the expert makes
+        of them), symmetric blocks as QMoE reads them. An expert sent fewer than MIN_EXPERT_TOKENS
+        tokens takes the per-block search weighted by the layer's input statistics instead."""
+        import torch
+
+        x = torch.cat([chunk.reshape(-1, chunk.shape[-1]) for chunk, _ in routed]).float()
+        routes = torch.cat([top_k.reshape(-1, top_k.shape[-1]) for _, top_k in routed])
+        layer_diag = (x * x).mean(0).cpu().numpy()
+        block = self.q.block_size
+        for e in range(experts.count):
+            gate_up, down = (t.float() for t in experts.load(e))
+            tokens = x[(routes == e).any(-1)]
+            if tokens.shape[0] >= MIN_EXPERT_TOKENS:
+                gate, up = (tokens @ gate_up.T).chunk(2, dim=-1)
+                middle = experts.act_fn(gate) * up
+                fc1 = gptq(gate_up, (tokens.T @ tokens).double() / tokens.shape[0], block, True)
+                fc2 = gptq(down, (middle.T @ middle).double() / tokens.shape[0], block, True)
+            else:
+                self.fallbacks += 1
+                fc1 = quantize(gate_up.cpu().numpy().T, block, layer_diag, True)
+                fc2 = quantize(down.cpu().numpy().T, block, None, True)
+            self.expert_packs[(hf, e)] = (fc1, fc2)
+            self.experts_seen += 1
 
     def _cost(self, name: str, start: int | None, stop: int | None) -> float:
         """What rows start..stop of a Linear cost at the model's output with their int4 blocks: each
@@ -204,13 +257,30 @@ class Calibration:
 
         lazy = self.inner.layers[self.pending]
         prefix = f"model.layers.{self.pending}."
+        layer = lazy.shared[0]
+        experts = getattr(getattr(layer, "mlp", None), "experts", None)
+        hf = f"model.layers.{self.pending}"
+
+        def quantized_expert(e: int, gate_up: Any, down: Any) -> None:
+            fc1, fc2 = self.expert_packs[(hf, e)]
+            gate_up.copy_(torch.from_numpy(np.ascontiguousarray(fc1.dequantize().T)))
+            down.copy_(torch.from_numpy(np.ascontiguousarray(fc2.dequantize().T)))
+
         with torch.no_grad():
-            for name, module in _linears(lazy.shared[0]).items():
+            for name, module in self._linears(layer).items():
                 dequantized = np.ascontiguousarray(self.packs[prefix + name].dequantize().T)
                 module.weight.copy_(torch.from_numpy(dequantized))
-            self.hidden = torch.cat([lazy.run(chunk, **self.kwargs) for chunk in self._chunks()])
+            if hasattr(experts, "override"):
+                experts.override = quantized_expert
+            try:
+                self.hidden = torch.cat([lazy.run(chunk, **self.kwargs) for chunk in self._chunks()])
+            finally:
+                if hasattr(experts, "override"):
+                    experts.override = None
         for name in [n for n in self.packs if n.startswith(prefix)]:
             del self.packs[name]
+        for key in [k for k in self.expert_packs if k[0] == hf]:
+            del self.expert_packs[key]
         self.weights.overlay = {}
         self.pending = None
 
@@ -226,26 +296,25 @@ class Calibration:
             head = self.model.get_output_embeddings().weight.to(self.device)
             self._quantize("lm_head", head, gram)
         if self.q.method == "mixed":
-            n, k = head.shape
-            self.candidates["/lm_head"] = Candidate(
-                "/lm_head",
-                self._cost("lm_head", None, None),
-                self.packs["lm_head"].nbytes,
-                int8_bytes(k, n, self.q.block_size),
-                k,
-                n,
-            )
-            self.chosen, used, room = choose_promotions(list(self.candidates.values()))
+            self._choose(head, gram)
+        if self.experts_seen:
             self.log(
-                f"mixed precision: {len(self.chosen)} of {len(self.candidates)} matrices in int8 "
-                f"({used / 1e6:.2f} of the {room / 1e6:.2f} MB the builder default would use more)"
+                f"experts: {self.experts_seen - self.fallbacks} of {self.experts_seen} calibrated on the tokens "
+                f"routed to them; {self.fallbacks} sent fewer than {MIN_EXPERT_TOKENS} took the per-block "
+                "search on the layer's statistics"
             )
 
-
-def _linears(layer: Any) -> dict[str, Any]:
-    import torch
-
-    return {n: m for n, m in layer.named_modules() if isinstance(m, torch.nn.Linear)}
+    def _choose(self, head: Any, gram: Any) -> None:
+        """mixed: the matrices promoted to int8 within the builder default's bytes."""
+        n, k = head.shape
+        cost = self._cost("lm_head", None, None)
+        int8 = int8_bytes(k, n, self.q.block_size)
+        candidates = [*self.candidates.values(), Candidate("/lm_head", cost, self.packs["lm_head"].nbytes, int8, k, n)]
+        self.chosen, used, room = choose_promotions(candidates)
+        self.log(
+            f"mixed precision: {len(self.chosen)} of {len(candidates)} matrices in int8 ({used / 1e6:.2f} of "
+            f"the {room / 1e6:.2f} MB the builder default would use more)"
+        )
 
 
 def _on(value: Any, device: str) -> Any:

@@ -15,23 +15,20 @@ from ..plan.config import OWN_METHODS, BuildPlan, _check_combination
 from ..source.checkpoint import SourceModel
 from .quality import Reference, evaluate, model_bytes, selection_text, table
 
-# (label, quantize changes, precision), in order of bundle size, the likelier fit first at each
-# size. Measured on SmolLM2-135M (benchmarks/int4_methods.py, quality.py): 79, 79, 86, 89, 89, 114
-# and 259 MB of weights. awq beat mse on a float-trained checkpoint (+18.2% vs +22.4% on the
-# selection text) and lost on one dequantized from a Q4_1 GGUF (+26.9% vs +18.5%), so both are
-# tried. mixed fills the bytes of the builder's default int4 (+12.7% / +9.3% on the selection text
-# of the two checkpoints) and is skipped above 2 B parameters. The builder's default RTN int4
-# (86.5 MB) is not a candidate: these are no larger and closer to float32.
+# (label, quantize changes, precision), in order of bundle size. Measured on SmolLM2-135M
+# (benchmarks/int4_methods.py, float-trained checkpoint, the evaluation text): slmkit's calibrated
+# gptq block 64 at 79.2 MB +12.7% perplexity, mixed block 64 at 86.5 MB +11.0% (the builder's
+# default there: +44.6%), gptq block 32 at 88.6 MB +11.2%; the builder's k_quant_mixed (112 MB)
+# and int8 (259 MB) follow. The builder's default RTN int4 (86.5 MB) is not a candidate: mixed is
+# no larger and closer to float32.
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
-    ("int4 slmkit awq, block 64", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
-    ("int4 slmkit mse, block 64", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit gptq, block 64", {"method": "gptq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
     (
         "int4 slmkit mixed (int8 where it costs most), block 64",
         {"method": "mixed", "symmetric": False, "lm_head": "int4", "block_size": 64},
         "int4",
     ),
-    ("int4 slmkit awq, block 32", {"method": "awq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
-    ("int4 slmkit mse, block 32", {"method": "mse", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
+    ("int4 slmkit gptq, block 32", {"method": "gptq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
     (
         "int4 builder k_quant_mixed",
         {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4", "block_size": 32},

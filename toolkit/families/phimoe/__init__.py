@@ -9,10 +9,10 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...graphs.ops import Shape
-from ...plan.config import ExportConfig, QuantizeConfig
+from ...plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ...plan.doctor import estimate_bundle_bytes
 from ...source.tensors import CheckpointTensors
-from ..decoder.graph import graph_io
+from ..decoder.graph import graph_io, hf_rows
 from ..family import Family
 from ..genai_config import write_genai_config
 from .graph import expected_tensors, published, write_moe_decoder
@@ -42,12 +42,17 @@ def _tensors(weights: CheckpointTensors, shape: Shape, config: dict[str, Any]) -
     return expected_tensors(shape, config["num_local_experts"], published(weights)), set()
 
 
-def _stream_problems(_config: dict[str, Any], precision: str, export: ExportConfig, _q: QuantizeConfig) -> list[str]:
+def _stream_problems(_config: dict[str, Any], precision: str, export: ExportConfig, q: QuantizeConfig) -> list[str]:
     ep = export.execution_provider
     if ep not in ("cpu", "cuda") or precision not in ("int4", "int8"):
         return [
             f"{precision} {ep} graphs of a mixture of experts (its experts are written int4 or int8, "
             "as onnxruntime's QMoE, for the cpu and cuda providers)"
+        ]
+    if q.method in OWN_METHODS and (q.method not in ("gptq", "mse") or not q.symmetric):
+        return [
+            f"quantize.method '{q.method}'{'' if q.symmetric else ' with asymmetric blocks'} for a mixture of "
+            "experts (QMoE takes symmetric int4 experts: gptq or mse with quantize.symmetric = true)"
         ]
     return []
 
@@ -71,4 +76,6 @@ FAMILY = Family(
     refuse_target=refuse_target,
     reference_key=reference_key,
     lazy_experts=lazy_experts,
+    hf_rows=hf_rows,  # attention's q, k, v and o; the experts: sequential.py, by expert
+    float_linears=("mlp.router",),
 )

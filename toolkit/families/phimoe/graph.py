@@ -70,6 +70,11 @@ def _interleave(gate: np.ndarray, up: np.ndarray) -> np.ndarray:
     return np.stack([gate, up], axis=1).reshape(2 * gate.shape[0], gate.shape[1])
 
 
+def _interleaved(intermediate: int) -> np.ndarray:
+    """The order of gate_up's rows (gate, then up) in fc1: gate 0, up 0, gate 1, up 1, ..."""
+    return np.stack([np.arange(intermediate), intermediate + np.arange(intermediate)], axis=1).reshape(-1)
+
+
 def _codes(w_nk: np.ndarray, bits: int, block: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric codes [N, K*bits/8] (zero point 2^(bits-1), QMoE's default) and scales [N, K/block],
     from onnxruntime's own MatMulNBits quantizer."""
@@ -87,8 +92,14 @@ def _experts(
 
     def parts(which: str) -> Iterator[np.ndarray]:
         """Each expert's fc1 (its gate and up rows, interleaved) or fc2 (its down): each pass reads
-        only the tensors it writes."""
+        only the tensors it writes; calibrated experts come from the quantizer (symmetric blocks)."""
         for e in range(n):
+            if g.quantizer is not None:
+                fc1, fc2 = g.quantizer.expert(hf, e)
+                p = fc1.take(_interleaved(shape.intermediate)) if which == "fc1" else fc2
+                fc_scales[which].append(p.scales.astype(g.dtype))
+                yield p.codes.reshape(p.codes.shape[0], -1)
+                continue
             gate_up, down = expert_sources(weights, hf, e)
             if which == "fc1":
                 rows = np.concatenate([weights.float32(key, index) for key, index in gate_up])
@@ -178,6 +189,7 @@ def write_moe_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, 
     residual = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
     for i in range(shape.layers):
         hf, base = f"model.layers.{i}", f"/model/layers.{i}"
+        g.layer(i)
         h = layer_norm(g, f"{base}/input_layernorm", residual, weights, f"{hf}.input_layernorm", shape.eps)
         qkv = np.concatenate([weights.float32(f"{hf}.self_attn.{p}_proj.weight") for p in "qkv"])
         bias = np.concatenate([weights.float32(f"{hf}.self_attn.{p}_proj.bias") for p in "qkv"])
@@ -190,6 +202,7 @@ def write_moe_decoder(g: GraphWriter, weights: CheckpointTensors, shape: Shape, 
             g, f"{base}/post_attention_layernorm", residual, weights, f"{hf}.post_attention_layernorm", shape.eps
         )
         residual = g.node("Add", f"{base}/moe_residual/Add", [residual, moe_block(g, weights, hf, i, h, shape, config)])
+    g.layer(None)
     h = layer_norm(g, "/model/norm", residual, weights, "model.norm", shape.eps)
     logits = g.matmul("/lm_head", h, weights.float32("lm_head.weight"), lm_head=True)
     biased(g, "/lm_head", logits, weights, "lm_head", output="logits")

@@ -40,11 +40,24 @@ def lazy_experts(experts: Any, reader: Any) -> Any:
             super().__init__()
             self.count, self.act_fn, self.reader = experts.num_experts, experts.act_fn, reader
             self.hf = ""  # the checkpoint's name of the layer running: set by the reference's LazyLayer
-            self.gate_up = torch.empty(experts.gate_up_proj.shape[1:])
-            self.down = torch.empty(experts.down_proj.shape[1:])
+            # buffers, so that moving the layer to a device moves them (not parameters: never loaded as such)
+            self.register_buffer("gate_up", torch.empty(experts.gate_up_proj.shape[1:]), persistent=False)
+            self.register_buffer("down", torch.empty(experts.down_proj.shape[1:]), persistent=False)
+            # Calibration (toolkit/quantize/sequential.py): `observe(inputs, top_k_index)` sees each
+            # forward's routing; `override(e, gate_up, down)` fills expert e instead of the checkpoint.
+            self.observe: Any = None
+            self.override: Any = None
+
+        def load(self, e: int) -> tuple[Any, Any]:
+            """Expert e's float32 weights (gate_up [2I, H]: gate rows, then up; down [H, I]), in the
+            shared buffers."""
+            read_expert(self.reader, self.hf, e, self.gate_up, self.down)
+            return self.gate_up, self.down
 
         def forward(self, hidden_states: Any, top_k_index: Any, top_k_weights: Any) -> Any:
             final = torch.zeros_like(hidden_states)
+            if self.observe is not None:
+                self.observe(hidden_states, top_k_index)
             with torch.no_grad():
                 mask = torch.nn.functional.one_hot(top_k_index, num_classes=self.count + 1).permute(2, 1, 0)
                 hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
@@ -52,7 +65,10 @@ def lazy_experts(experts: Any, reader: Any) -> Any:
                 if e == self.count:
                     continue
                 top_k_pos, token_idx = torch.where(mask[e])
-                read_expert(self.reader, self.hf, e, self.gate_up, self.down)
+                if self.override is not None:
+                    self.override(e, self.gate_up, self.down)
+                else:
+                    read_expert(self.reader, self.hf, e, self.gate_up, self.down)
                 gate, up = torch.nn.functional.linear(hidden_states[token_idx], self.gate_up).chunk(2, dim=-1)
                 out = torch.nn.functional.linear(self.act_fn(gate) * up, self.down)
                 final.index_add_(0, token_idx, out * top_k_weights[token_idx, top_k_pos, None])
