@@ -1,6 +1,8 @@
 """Peak memory and wall time of the int4 cpu export, onnxruntime-genai builder vs slmkit's streamed
 engine, on Phi-3.5-mini-shaped checkpoints with random bf16 weights (hidden 3072, 32 heads,
-intermediate 8192, vocab 32064, longrope; 32 layers is the real 3.8 B size). Each export runs in a
+intermediate 8192, vocab 32064, longrope; 32 layers is the real 3.8 B size), or with --shape
+phi-4-mini Phi-4-mini-shaped ones (24 query and 8 key/value heads, partial rotary 0.75, a tied
+200064-token table: 3.84 B at 32 layers). Each export runs in a
 child process; its peak RSS comes from the kernel (wait4). The builder child runs under an
 address-space limit a little below this machine's memory, so that where it needs more it fails
 with an out-of-memory error (a table row) instead of waking the OOM killer. For each model both
@@ -16,6 +18,7 @@ build). With --baseline DIR (another slmkit checkout, e.g. `git worktree add DIR
 builds of that version run first, as the anchor of the ratio columns.
 
     python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--methods recipe,default]
+                                      [--shape phi-3.5-mini|phi-4-mini]
                                       [--baseline DIR] [--work DIR] [--keep] [--skip-exports]
 """
 
@@ -32,7 +35,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from toolkit.tiny.phi3 import make_random_phi3  # noqa: E402
+from toolkit.tiny.phi3 import make_random_phi3, make_random_phi4  # noqa: E402
+
+SHAPES = {"phi-3.5-mini": make_random_phi3, "phi-4-mini": make_random_phi4}
 
 CHILD = """
 import sys, time
@@ -176,6 +181,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="8,32", help="comma-separated layer counts [8,32]")
     ap.add_argument("--targets", default="cpu,linux-cuda", help="whole builds: comma-separated targets ('' for none)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="phi-3.5-mini", help="the checkpoint's shape")
     ap.add_argument("--methods", default="recipe", help="whole builds: quantize.method per build ('recipe': its own)")
     ap.add_argument("--skip-exports", action="store_true", help="only the whole builds, not the export-only rows")
     ap.add_argument("--baseline", type=Path, help="another slmkit checkout whose whole builds are the anchor")
@@ -186,10 +192,10 @@ def main() -> None:
     builder_limit = int(total * 0.9)
     rows, whole = [], []
     for layers in [int(x) for x in args.layers.split(",")]:
-        model = args.work / f"phi35-shaped-{layers}L"
-        shutil.rmtree(args.work / f"phi35-shaped-{layers}L", ignore_errors=True)
+        model = args.work / f"{args.shape}-shaped-{layers}L"
+        shutil.rmtree(model, ignore_errors=True)
         t0 = time.perf_counter()
-        params = make_random_phi3(model, layers)
+        params = SHAPES[args.shape](model, layers)
         print(
             f"{layers} layers: {params / 1e9:.2f} B parameters written in {time.perf_counter() - t0:.0f} s", flush=True
         )

@@ -47,9 +47,11 @@ VARIANTS = [
     ("awq b64", ("quantize.method=awq", "quantize.symmetric=false", "quantize.block_size=64")),
     ("gptq b64", ("quantize.method=gptq", "quantize.symmetric=false", "quantize.block_size=64")),
     ("gptq sym b32", ("quantize.method=gptq", "quantize.symmetric=true", "quantize.block_size=32")),
-    ("mixed b64", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64")),
-    ("mixed b32", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=32")),
-    ("mixed sym b32", ("quantize.method=mixed", "quantize.symmetric=true", "quantize.block_size=32")),
+    (
+        "mixed b64 (the recipes' default)",
+        ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64"),
+    ),
+    ("mixed sym b64", ("quantize.method=mixed", "quantize.symmetric=true", "quantize.block_size=64")),
 ]
 
 

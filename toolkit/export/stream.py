@@ -138,4 +138,21 @@ def export_stream(
         save_graph(g, *family.decoder_io(shape, dtype, export.execution_provider), out / "model.onnx")
         if family.write_more_graphs is not None:
             family.write_more_graphs(weights, shape, export, q, dtype, out)
+    if calibration is not None:
+        del g, calibration
+        _give_back_memory()
     return out
+
+
+def _give_back_memory() -> None:
+    """Return the calibration's freed memory to the system: its layers, X^T X and states are
+    garbage now, but the C heap keeps freed blocks, and the build's later stages (the reference,
+    the smoke test's child process) would stack on top of them (measured: 4.1 GB still resident
+    after a 3.8 B calibrated export, 1.9 GB after a round-to-nearest one)."""
+    import contextlib
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)

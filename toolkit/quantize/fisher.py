@@ -35,17 +35,17 @@ def output_sensitivity(model: Any, ids: Any, kwargs: dict[str, Any], work: Path,
         for i, lazy in enumerate(inner.layers):
             torch.save(hidden.cpu(), work / f"{i}.pt")
             hidden = lazy(hidden, **kwargs)
-    sensitivity: dict[str, np.ndarray] = {}
+    sensitivity: dict[str, np.ndarray] = {"lm_head": 0}
     hidden.requires_grad_(True)
     norm, head = inner.norm.to(device), model.get_output_embeddings().to(device)
-    with torch.enable_grad():
-        logits = head(norm(hidden))
-        logits.retain_grad()
-        loss = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1).to(device), reduction="sum"
-        )
-        loss.backward()
-    sensitivity["lm_head"] = _squares(logits.grad)
+    for j in range(hidden.shape[0]):  # one sequence at a time: its logits are 512 x vocab
+        with torch.enable_grad():
+            logits = head(norm(hidden[j]))
+            logits.retain_grad()
+            loss = torch.nn.functional.cross_entropy(logits[:-1], ids[j, 1:].to(device), reduction="sum")
+            loss.backward()
+        sensitivity["lm_head"] += _squares(logits.grad)
+        del logits, loss
     grad = hidden.grad
     for i in reversed(range(len(inner.layers))):
         lazy = inner.layers[i]
@@ -65,8 +65,9 @@ def output_sensitivity(model: Any, ids: Any, kwargs: dict[str, Any], work: Path,
             if isinstance(m, torch.nn.Linear)
         ]
         try:
-            with torch.enable_grad():
-                lazy.run(x, **kwargs).backward(grad)
+            for j in range(x.shape[0]):  # one sequence at a time: a quarter of the activations
+                with torch.enable_grad():
+                    lazy.run(x[j : j + 1], **kwargs).backward(grad[j : j + 1])
         finally:
             for h in handles:
                 h.remove()
@@ -77,5 +78,5 @@ def output_sensitivity(model: Any, ids: Any, kwargs: dict[str, Any], work: Path,
 
 
 def _squares(grad: Any) -> np.ndarray:
-    g = grad.detach().reshape(-1, grad.shape[-1]).double()
-    return (g * g).sum(0).cpu().numpy()
+    g = grad.detach().reshape(-1, grad.shape[-1])
+    return (g * g).sum(0).double().cpu().numpy()

@@ -39,7 +39,7 @@ def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0
     k = -(-k0 // block) * block  # the last group padded with dead inputs
     wt = torch.zeros((k, n), dtype=torch.float32, device=device)
     wt[:k0] = w.T
-    h = torch.zeros((k, k), dtype=torch.float64, device=device)
+    h = torch.zeros((k, k), dtype=torch.float32, device=device)  # float32: down_proj's is 8192^2, 268 MB
     h[:k0, :k0] = torch.as_tensor(gram, device=device)
     dead = torch.diagonal(h) <= 0
     h[dead, dead] = 1.0
@@ -47,8 +47,11 @@ def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0
     h.diagonal().add_(damp * torch.diagonal(h).mean())
     s, z = group_scales(wt, torch.diagonal(h).float(), block, symmetric)  # [k // block, n] each
     perm = torch.argsort(torch.diagonal(h), descending=True)
-    u = _inverse_factor(h[perm][:, perm])
+    flipped = h[perm.flip(0)]  # H in act order, reversed (for _inverse_factor), one copy at a time
     del h
+    flipped = flipped[:, perm.flip(0)]
+    u = _inverse_factor(flipped)
+    del flipped
     wt = wt[perm]
     s_col, z_col = s.repeat_interleave(block, 0)[perm], z.repeat_interleave(block, 0)[perm]
     codes = torch.empty((k, n), dtype=torch.uint8, device=device)
@@ -109,21 +112,24 @@ def group_scales(wt: Any, importance: Any, block: int, symmetric: bool) -> tuple
     return scales, zeros
 
 
-def _inverse_factor(h: Any) -> Any:
-    """The upper Cholesky factor U of H^-1 (H^-1 = U^T U), float32, from one factorisation: with P
-    the order reversal and P H P = L L^T, U = P L^-1 P. X^T X summed in float32 from fewer distinct
-    inputs than features (the first layer sees only the calibration text's tokens) is singular,
-    and rounding leaves eigenvalues below zero that the damping may not cover: then the diagonal
-    is raised tenfold, and tenfold again."""
+def _inverse_factor(flipped: Any) -> Any:
+    """The upper Cholesky factor U of H^-1 (H^-1 = U^T U), float32, from one factorisation of
+    `flipped` = P H P (P the order reversal; its diagonal is raised in place): with P H P = L L^T,
+    U = P L^-1 P. X^T X summed in float32 from fewer distinct inputs than features (the first layer
+    sees only the calibration text's tokens) is singular, and rounding leaves eigenvalues below
+    zero that the damping may not cover: then the diagonal is raised by a tenth of its mean, and
+    by its mean."""
     import torch
 
-    step = torch.diagonal(h).mean()
-    flipped = h.flip(0, 1).float()
-    eye = torch.eye(h.shape[0], dtype=torch.float32, device=h.device)
+    step = float(torch.diagonal(flipped).mean())
+    raised = 0.0
     for extra in (0.0, 0.1, 1.0):
-        lower, info = torch.linalg.cholesky_ex(flipped + float(extra * step) * eye)
+        flipped.diagonal().add_((extra - raised) * step)
+        raised = extra
+        lower, info = torch.linalg.cholesky_ex(flipped)
         if int(info) == 0:
             return _lower_inverse(lower).flip(0, 1)
+        del lower
     raise ValueError("X^T X is not positive definite even with its diagonal doubled: the inputs hold NaN or inf")
 
 
