@@ -25,6 +25,13 @@ def tiny3(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny4(tmp_path_factory) -> Path:
+    """Phi-4-mini-shaped: partial rotary 0.75 (48 of 64 dims), longrope, 2 query heads to 1 key/value
+    head, tied embeddings."""
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-phi-4-mini", "phi-4-mini")
+
+
+@pytest.fixture(scope="session")
 def bundles(tmp_path_factory, tiny35):
     """target name -> bundle folder built from tiny35, built on first use."""
     root = tmp_path_factory.mktemp("bundles")

@@ -138,10 +138,23 @@ def test_mse_with_blocks_larger_than_the_hidden_size(tmp_path, tiny35):
 def test_mse_refuses_int8_layers(tiny35):
     src = open_checkpoint(str(tiny35))
     with pytest.raises(ConfigError) as e:
-        plan_build(src, None, "cpu", ("quantize.method=mse", "quantize.lm_head=int8"))
+        plan_build(src, None, "cpu", ("quantize.method=mse", "export.precision=int8"))
     assert str(e.value).startswith(
-        "quantize.method 'mse' makes int4 weights only (precision = 'int4', lm_head = 'int8')."
+        "quantize.method 'mse' makes int4 weights (int8 only for the lm_head, with quantize.lm_head = int8, "
+        "and where mixed chooses it), not precision 'int8'."
     )
+
+
+def test_calibrated_lm_head_int8_keeps_the_output_projection_in_int8(tiny35, tmp_path):
+    src = open_checkpoint(str(tiny35))
+    plan = plan_build(src, None, "cpu", ("quantize.method=gptq", "quantize.lm_head=int8"))
+    build(src, plan, tmp_path / "b", log=lambda _: None)
+    graph = onnx.load(str(tmp_path / "b/model/model.onnx"), load_external_data=False).graph
+    bits = {
+        n.name: next(a.i for a in n.attribute if a.name == "bits") for n in graph.node if n.op_type == "MatMulNBits"
+    }
+    head = next(name for name in bits if name.startswith("/lm_head/MatMul"))
+    assert bits.pop(head) == 8 and set(bits.values()) == {4}
 
 
 def test_eval_and_bench_cli_on_a_tiny_bundle(copy_bundle, tiny35):

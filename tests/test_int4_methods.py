@@ -231,8 +231,8 @@ def test_calibrated_methods_refuse_what_they_do_not_write(tiny35):
         "with the onnxruntime-genai builder."
     )
     with pytest.raises(ConfigError) as e:
-        plan_build(src, None, "cpu", ("quantize.method=gptq", "quantize.lm_head=int8"))
-    assert str(e.value).startswith("quantize.method 'gptq' makes int4 weights only")
+        plan_build(src, None, "cpu", ("quantize.method=gptq", "export.precision=int8"))
+    assert str(e.value).startswith("quantize.method 'gptq' makes int4 weights (int8 only for the lm_head")
 
 
 def test_calibration_memory_stays_flat_in_layers():

@@ -36,7 +36,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
-@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
+@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama", "tiny4"])
 def test_layerwise_logits_equal_the_whole_model(request, variant):
     model_dir = request.getfixturevalue(variant)
     src = open_checkpoint(str(model_dir))

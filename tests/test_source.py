@@ -11,7 +11,7 @@ from toolkit.families import open_checkpoint
 from toolkit.source.checkpoint import eos_ids
 
 SUPPORTED = (
-    "Supported: Phi3ForCausalLM (Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini); "
+    "Supported: Phi3ForCausalLM (Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini); "
     "LlamaForCausalLM (SmolLM2 and other Llama-architecture models); PhiMoEForCausalLM (Phi-3.5-MoE); "
     "PhimoeForCausalLM (Phi-3.5-MoE re-saved by transformers 5); "
     "Phi3VForCausalLM (Phi-3.5-vision, Phi-3-vision-128k)."

@@ -82,7 +82,7 @@ def logits(folder: Path, ids: list[int]) -> np.ndarray:
     "ep, precision",
     [("cpu", "int4"), ("cpu", "fp32"), ("cuda", "int4"), ("cuda", "fp16"), ("dml", "int4"), ("dml", "fp16")],
 )
-@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama"])
+@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama", "tiny4"])
 def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precision):
     built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig(), ep)
     expected, got = initializers(built), initializers(streamed)

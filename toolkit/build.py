@@ -25,7 +25,7 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
     the family, the quantizer or the export engine cannot build it so."""
     family = family_of(src.config)
     family.refuse_target(src, target)
-    chosen, tgt = choose_recipe(recipe, target, src.architecture, src.rope_scaling)
+    chosen, tgt = choose_recipe(recipe, target, src.architecture, src.rope_scaling, src.partial_rotary_factor)
     plan = resolve(chosen, tgt, overrides)
     limit = src.config.get("max_position_embeddings", 0)
     if plan.optimize.context_cap > limit:

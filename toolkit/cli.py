@@ -34,6 +34,11 @@ def _friendly(fn):
 QUIET = click.option("--quiet", "-q", is_flag=True, help="No progress lines: only each stage's line and the result.")
 
 
+def _partial(src) -> str:
+    """', partial rotary 0.75' for a checkpoint whose heads turn only in part (Phi-4-mini)."""
+    return f", partial rotary {src.partial_rotary_factor:g}" if src.partial_rotary_factor != 1.0 else ""
+
+
 def _missing_package(e: ImportError) -> str:
     from .plan.doctor import REQUIRED
 
@@ -99,7 +104,7 @@ def build(
     out = output or Path(f"{src.path.name}-{plan.target}")
     if dry_run:
         click.echo(
-            f"# source: {src.origin} ({src.architecture}, rope {src.rope_scaling}, "
+            f"# source: {src.origin} ({src.architecture}, rope {src.rope_scaling}{_partial(src)}, "
             f"{src.num_params / 1e6:.1f} M parameters)\n# output: {out}"
         )
         click.echo(to_toml(plan.to_dict()), nl=False)
@@ -196,7 +201,7 @@ def doctor(model, target):
             doc.Check(
                 "model",
                 True,
-                f"{src.architecture}, rope {src.rope_scaling}, "
+                f"{src.architecture}, rope {src.rope_scaling}{_partial(src)}, "
                 f"{src.num_params / 1e9:.2f} B parameters -> recipe {plan.recipe}",
             )
         )

@@ -139,6 +139,7 @@ def attention(
     q_rows, kv_rows = shape.heads * shape.head, shape.kv_heads * shape.head
     parts = {"q": qkv[:q_rows], "k": qkv[q_rows : q_rows + kv_rows], "v": qkv[q_rows + kv_rows :]}
     q, k, v = (g.matmul(f"{base}/{p}_proj", h, w) for p, w in parts.items())
+    partial = shape.rotary != shape.head
     if a.pending is not None:
         cos, sin = a.pending
         a = AttentionInputs(a.seqlens, a.total_len, g.weight("cos_cache", cos), g.weight("sin_cache", sin), a.positions)
@@ -150,10 +151,11 @@ def attention(
             None,
             MS,
             interleaved=0,
-            num_heads=0,
-            rotary_embedding_dim=0,
+            # the builder's: 0 and 0 when the whole head turns; else the heads and the rotated dims
+            num_heads=heads if partial else 0,
+            rotary_embedding_dim=shape.rotary if partial else 0,
         )
-        for p, x in (("q", q), ("k", k))
+        for p, x, heads in (("q", q, shape.heads), ("k", k, shape.kv_heads))
     )
     g.node(
         "GroupQueryAttention",

@@ -31,15 +31,17 @@ class Shape:
     eps: float
     context: int
     original_context: int
+    rotary: int  # dimensions of each head that rotary embeddings turn (head, or less: Phi-4-mini's 96 of 128)
 
     @staticmethod
     def of(config: dict[str, Any]) -> Shape:
         heads = config["num_attention_heads"]
+        head = config.get("head_dim") or config["hidden_size"] // heads
         return Shape(
             hidden=config["hidden_size"],
             heads=heads,
             kv_heads=config.get("num_key_value_heads") or heads,
-            head=config.get("head_dim") or config["hidden_size"] // heads,
+            head=head,
             intermediate=config["intermediate_size"],
             vocab=config["vocab_size"],
             layers=config["num_hidden_layers"],
@@ -50,11 +52,13 @@ class Shape:
                 or (config.get("rope_scaling") or {}).get("original_max_position_embeddings")
                 or config["max_position_embeddings"]
             ),
+            rotary=int(head * (config.get("partial_rotary_factor") or 1.0)),
         )
 
 
 def rope_caches(config: dict[str, Any], shape: Shape) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """cos/sin caches [positions, head/2], computed as the builder computes them (torch, float32):
+    """cos/sin caches [positions, rotary/2] (rotary: the rotated dims of a head, all of them unless
+    the config has a partial_rotary_factor), computed as the builder computes them (torch, float32):
     one pair, or for longrope a short pair (up to the original context) and a long pair, each
     scaled by sqrt(1 + ln(context / original) / ln(original))."""
     import torch
@@ -63,7 +67,7 @@ def rope_caches(config: dict[str, Any], shape: Shape) -> dict[str, tuple[np.ndar
     theta = config.get("rope_theta") or scaling.get("rope_theta") or 10000.0
 
     def caches(factors: Any, length: int, mscale: Any) -> tuple[np.ndarray, np.ndarray]:
-        dim = shape.head
+        dim = shape.rotary
         inv_freq = 1.0 / (factors * (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)))
         t = torch.arange(length, dtype=torch.int64).type_as(inv_freq)
         emb = torch.cat((torch.outer(t, inv_freq),) * 2, dim=-1)

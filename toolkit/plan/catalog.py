@@ -34,7 +34,9 @@ def recipe_names() -> list[str]:
     return sorted(f"{p.parent.name}/{p.stem}" for p in root.glob("*/*.toml"))
 
 
-def _header(raw: dict[str, Any], key: str, where: str, fields: dict[str, type]) -> dict[str, Any]:
+def _header(
+    raw: dict[str, Any], key: str, where: str, fields: dict[str, type], optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
     head = raw.get(key)
     if not isinstance(head, dict):
         raise ConfigError(f"{where}: missing the [{key}] table.")
@@ -46,11 +48,17 @@ def _header(raw: dict[str, Any], key: str, where: str, fields: dict[str, type]) 
             )
     for name, tp in fields.items():
         if name not in head:
+            if name in optional:
+                continue
             raise ConfigError(f"{where} [{key}]: missing required key '{name}'.")
-        ok = isinstance(head[name], tp) and (tp is not list or all(isinstance(v, str) for v in head[name]))
+        value = head[name]
+        if tp is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, tp) and (tp is not list or all(isinstance(v, str) for v in value))
         if not ok:
-            kind = "a list of strings" if tp is list else "a string"
-            raise ConfigError(f"{where} [{key}]: '{name}' must be {kind}, got {head[name]!r}.")
+            kind = {list: "a list of strings", float: "a number"}.get(tp, "a string")
+            raise ConfigError(f"{where} [{key}]: '{name}' must be {kind}, got {value!r}.")
     return head
 
 
@@ -67,12 +75,15 @@ _RECIPE_FIELDS = {
     "architectures": list,
     "rope_scaling": str,
     "examples": list,
+    # Optional: the checkpoint's partial_rotary_factor this recipe is for (1.0: the whole head
+    # turns). Phi-4-mini is Phi3ForCausalLM with longrope like Phi-3.5-mini; 0.75 tells it apart.
+    "partial_rotary_factor": float,
 }
 
 
 def load_recipe_file(path: Path, name: str | None = None) -> Recipe:
     raw = read_toml(path)
-    head = _header(raw, "recipe", str(path), _RECIPE_FIELDS)
+    head = _header(raw, "recipe", str(path), _RECIPE_FIELDS, optional=("partial_rotary_factor",))
     if head["rope_scaling"] not in ("longrope", "none", "any"):
         raise ConfigError(
             f"{path} [recipe]: 'rope_scaling' = {head['rope_scaling']!r} is not allowed. "
@@ -85,6 +96,7 @@ def load_recipe_file(path: Path, name: str | None = None) -> Recipe:
         description=head["description"],
         architectures=tuple(head["architectures"]),
         rope_scaling=head["rope_scaling"],
+        partial_rotary_factor=float(head.get("partial_rotary_factor", 1.0)),
         examples=tuple(head["examples"]),
         sections=sections,
         path=path,
@@ -122,17 +134,30 @@ def recipes_for_target(target: str) -> list[Recipe]:
     return [load_recipe(n) for n in recipe_names() if n.endswith(f"/{target}")]
 
 
-def recipe_fits(recipe: Recipe, architecture: str, rope_scaling: str) -> bool:
-    return architecture in recipe.architectures and recipe.rope_scaling in ("any", rope_scaling)
+def recipe_fits(recipe: Recipe, architecture: str, rope_scaling: str, partial_rotary_factor: float = 1.0) -> bool:
+    return (
+        architecture in recipe.architectures
+        and recipe.rope_scaling in ("any", rope_scaling)
+        and abs(recipe.partial_rotary_factor - partial_rotary_factor) < 1e-9
+    )
+
+
+def _rope_words(rope_scaling: str, partial_rotary_factor: float) -> str:
+    partial = f", partial rotary factor {partial_rotary_factor:g}" if partial_rotary_factor != 1.0 else ""
+    return f"rope scaling: {rope_scaling}{partial}"
 
 
 def choose_recipe(
-    recipe_name: str | None, target_name: str | None, architecture: str, rope_scaling: str
+    recipe_name: str | None,
+    target_name: str | None,
+    architecture: str,
+    rope_scaling: str,
+    partial_rotary_factor: float = 1.0,
 ) -> tuple[Recipe, Target]:
     """The recipe named, or the catalog recipe for this target that fits the checkpoint."""
     if recipe_name is None and target_name is None:
         raise ConfigError(f"Give --target ({', '.join(target_names())}) or --recipe (see `slmkit ls`).")
-    what = f"{architecture} (rope scaling: {rope_scaling})"
+    what = f"{architecture} ({_rope_words(rope_scaling, partial_rotary_factor)})"
     if recipe_name is not None:
         recipe = load_recipe(recipe_name)
         if target_name is not None and target_name != recipe.target:
@@ -140,14 +165,16 @@ def choose_recipe(
                 f"Recipe '{recipe.name}' is for target '{recipe.target}', but --target is '{target_name}'. "
                 "Drop --target, or pick the recipe for that target."
             )
-        if not recipe_fits(recipe, architecture, rope_scaling):
+        if not recipe_fits(recipe, architecture, rope_scaling, partial_rotary_factor):
             raise ConfigError(
-                f"Recipe '{recipe.name}' is for {', '.join(recipe.architectures)} with rope scaling "
-                f"'{recipe.rope_scaling}'; this checkpoint is {what}."
+                f"Recipe '{recipe.name}' is for {', '.join(recipe.architectures)} with "
+                f"{_rope_words(recipe.rope_scaling, recipe.partial_rotary_factor)}; this checkpoint is {what}."
             )
         return recipe, load_target(recipe.target)
     target = load_target(target_name)
-    fits = [r for r in recipes_for_target(target.name) if recipe_fits(r, architecture, rope_scaling)]
+    fits = [
+        r for r in recipes_for_target(target.name) if recipe_fits(r, architecture, rope_scaling, partial_rotary_factor)
+    ]
     if not fits:
         names = [r.name for r in recipes_for_target(target.name)]
         raise ConfigError(

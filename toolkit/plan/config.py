@@ -142,6 +142,7 @@ class Recipe:
     examples: tuple[str, ...]
     sections: dict[str, dict[str, Any]]
     path: Path
+    partial_rotary_factor: float = 1.0  # the checkpoint's, for a recipe of a partial-rotary model
 
 
 @dataclass(frozen=True)
@@ -276,11 +277,11 @@ def _check_combination(plan: BuildPlan) -> None:
             f"Valid for {ep}: {', '.join(PRECISIONS_BY_PROVIDER[ep])}."
         )
     q = plan.quantize
-    if q.method in OWN_METHODS and (precision == "int8" or q.lm_head != "int4"):
+    if q.method in OWN_METHODS and precision == "int8":
         raise ConfigError(
-            f"quantize.method '{q.method}' makes int4 weights only (precision = {precision!r}, lm_head = "
-            f"{q.lm_head!r}). Use precision int4 with lm_head int4, or a builder method (default, "
-            "k_quant, k_quant_last, k_quant_mixed) for int8 layers."
+            f"quantize.method '{q.method}' makes int4 weights (int8 only for the lm_head, with quantize.lm_head "
+            "= int8, and where mixed chooses it), not precision 'int8'. Use precision int4, or a builder method "
+            "(default, k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
     if q.method in OWN_METHODS and plan.export.engine != "stream":
         raise ConfigError(

@@ -2,9 +2,10 @@
 costs the most per extra byte moved to int8 blocks, inside the bytes the builder's default int4
 (symmetric, block 32, float32 scales) gives the same matrices.
 
-A matrix's cost is layer-local: its output error with the int4 blocks on the calibration
-states, sum over tokens and output features of (x (W - Q))^2 = tr(E X^T X E^T), which GPTQ has
-just minimised (sequential.py). Nothing runs the whole model per matrix, so it serves any size.
+A matrix's cost is layer-local: each output feature's error with the int4 blocks on the
+calibration states, (x (W - Q))^2 summed over tokens, times that feature's mean squared gradient
+of the loss, E[(dL/dy)^2] (fisher.py): the first-order estimate of what the error costs at the
+model's output. Nothing runs the whole model per matrix, so it serves any size (sequential.py).
 """
 
 from __future__ import annotations

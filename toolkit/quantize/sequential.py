@@ -117,6 +117,8 @@ class Calibration:
         self.pending = index
 
     def packed(self, base: str, w_out_in: np.ndarray) -> tuple[Packed, Packed | None]:
+        if base == "/lm_head" and self.q.lm_head == "int8":
+            return quantize8(w_out_in.T, self.q.block_size, self.q.symmetric), None
         rows = self.family.hf_rows(base, self.shape, lambda name: name in self.packs)
         parts = [self.packs[n] if a is None else self.packs[n].rows(a, b) for n, a, b in rows]
         blocks = Packed.stack(parts)
@@ -153,7 +155,7 @@ class Calibration:
         return [self.hidden[i : i + BATCH] for i in range(0, self.hidden.shape[0], BATCH)]
 
     def _grams(self, lazy: Any) -> dict[str, Any]:
-        """Mean X^T X (float64) of each Linear's input on the calibration states; Linears fed the
+        """Mean X^T X (float32) of each Linear's input on the calibration states; Linears fed the
         same tensor (q, k, v) share one."""
         import torch
 
@@ -172,7 +174,7 @@ class Calibration:
                     alive.append(x)
                     seen[key] = len(sums)
                     flat = x.reshape(-1, x.shape[-1]).float()
-                    sums[seen[key]] = (flat.T @ flat).double()
+                    sums[seen[key]] = flat.T @ flat  # float32: down_proj's is 8192^2, 268 MB
                 owner.setdefault(name, seen[key])
 
             return hook
@@ -187,11 +189,16 @@ class Calibration:
                     alive.clear()
                     lazy.run(chunk, **self.kwargs)
                     for group, value in sums.items():
-                        total[group] = total[group] + value if group in total else value
+                        if group in total:
+                            total[group].add_(value)
+                        else:
+                            total[group] = value
         finally:
             for h in handles:
                 h.remove()
-        return {name: total[group] / self.tokens for name, group in owner.items()}
+        for value in total.values():
+            value.div_(self.tokens)
+        return {name: total[group] for name, group in owner.items()}
 
     def _quantize(self, name: str, weight: Any, gram: Any) -> None:
         """The blocks of one Linear weight [out, in], and each row's output error e H e^T."""
@@ -289,14 +296,15 @@ class Calibration:
         promotions: every matrix's cost is known."""
         import torch
 
-        with torch.no_grad():
-            normed = self.inner.norm.to(self.device)(self.hidden)
-            flat = normed.reshape(-1, normed.shape[-1])
-            gram = (flat.T @ flat).double() / flat.shape[0]
-            head = self.model.get_output_embeddings().weight.to(self.device)
-            self._quantize("lm_head", head, gram)
+        if self.q.lm_head == "int4":  # else int8 blocks, which need no calibration
+            with torch.no_grad():
+                normed = self.inner.norm.to(self.device)(self.hidden)
+                flat = normed.reshape(-1, normed.shape[-1])
+                gram = (flat.T @ flat).double() / flat.shape[0]
+                head = self.model.get_output_embeddings().weight.to(self.device)
+                self._quantize("lm_head", head, gram)
         if self.q.method == "mixed":
-            self._choose(head, gram)
+            self._choose()
         if self.experts_seen:
             self.log(
                 f"experts: {self.experts_seen - self.fallbacks} of {self.experts_seen} calibrated on the tokens "
@@ -304,12 +312,14 @@ class Calibration:
                 "search on the layer's statistics"
             )
 
-    def _choose(self, head: Any, gram: Any) -> None:
+    def _choose(self) -> None:
         """mixed: the matrices promoted to int8 within the builder default's bytes."""
-        n, k = head.shape
-        cost = self._cost("lm_head", None, None)
-        int8 = int8_bytes(k, n, self.q.block_size)
-        candidates = [*self.candidates.values(), Candidate("/lm_head", cost, self.packs["lm_head"].nbytes, int8, k, n)]
+        candidates = list(self.candidates.values())
+        if self.q.lm_head == "int4":  # else int8 already, outside the budget (as the builder's would be)
+            n, k = self.model.get_output_embeddings().weight.shape
+            cost = self._cost("lm_head", None, None)
+            int8 = int8_bytes(k, n, self.q.block_size)
+            candidates.append(Candidate("/lm_head", cost, self.packs["lm_head"].nbytes, int8, k, n))
         self.chosen, used, room = choose_promotions(candidates)
         self.log(
             f"mixed precision: {len(self.chosen)} of {len(candidates)} matrices in int8 ({used / 1e6:.2f} of "

@@ -42,6 +42,10 @@ class SourceModel:
     num_params: int
     weight_files: tuple[str, ...]
 
+    @property
+    def partial_rotary_factor(self) -> float:
+        return partial_rotary_factor(self.config)
+
     def file_hashes(self) -> dict[str, dict[str, Any]]:
         """sha256 and size of every file the build reads from the source folder."""
         from ..progress import bar
@@ -60,6 +64,7 @@ class SourceModel:
             "revision": self.revision,
             "architecture": self.architecture,
             "rope_scaling": self.rope_scaling,
+            "partial_rotary_factor": self.partial_rotary_factor,
             "num_params": self.num_params,
         }
 
@@ -132,17 +137,36 @@ def _check_sizes(config: dict[str, Any], cfg_path: Path) -> None:
         )
 
 
+def partial_rotary_factor(config: dict[str, Any], cfg_path: Path | str = "config.json") -> float:
+    """The fraction of each head's dimensions that rotary embeddings turn (Phi-4-mini: 0.75; 1.0
+    when the config does not say)."""
+    value = config.get("partial_rotary_factor")
+    if value is None:
+        return 1.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise InputModelError(f"{cfg_path}: 'partial_rotary_factor' = {value!r} must be a number in (0, 1].")
+    return float(value)
+
+
 def rope_kind(config: dict[str, Any], cfg_path: Path) -> str:
     scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
     kind = scaling.get("type") or scaling.get("rope_type") or "none"
     kind = {"su": "longrope", "default": "none"}.get(kind, kind)
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    fraction = partial_rotary_factor(config, cfg_path)
+    rotary = int(head_dim * fraction)
+    if rotary % 2:
+        raise InputModelError(
+            f"{cfg_path}: partial_rotary_factor {fraction} of head_dim {head_dim} rotates {rotary} dimensions, "
+            "an odd number: rotary embeddings turn pairs of dimensions."
+        )
     if kind == "longrope":
-        head_dim = config["hidden_size"] // config["num_attention_heads"]
+        width = f"head_dim/2 = {head_dim // 2}" if fraction == 1.0 else f"{rotary}/2 = {rotary // 2} (the rotated dims)"
         for key in ("short_factor", "long_factor"):
             factors = scaling.get(key)
-            if not isinstance(factors, list) or len(factors) != head_dim // 2:
+            if not isinstance(factors, list) or len(factors) != rotary // 2:
                 raise InputModelError(
-                    f"{cfg_path}: longrope '{key}' must list head_dim/2 = {head_dim // 2} numbers, "
+                    f"{cfg_path}: longrope '{key}' must list {width} numbers, "
                     f"got {factors if not isinstance(factors, list) else f'{len(factors)} numbers'}."
                 )
         if "original_max_position_embeddings" not in config:

@@ -16,11 +16,11 @@ from typing import Any
 
 from .common import PHI3_SPECIALS, fresh_folder, make_tokenizer, train, write_random_safetensors
 
-VARIANTS = ("phi-3.5", "phi-3-4k")
+VARIANTS = ("phi-3.5", "phi-3-4k", "phi-4-mini")
 
 
 def _config(variant: str, n_tokens: int, layers: int) -> dict[str, Any]:
-    hidden, heads = 64, 4
+    hidden, heads = (128, 2) if variant == "phi-4-mini" else (64, 4)
     head_dim = hidden // heads
     base = n_tokens - len(PHI3_SPECIALS)
     cfg: dict[str, Any] = {
@@ -52,14 +52,25 @@ def _config(variant: str, n_tokens: int, layers: int) -> dict[str, Any]:
         "use_cache": True,
         "vocab_size": 640,
     }
-    if variant == "phi-3.5":
-        # Same shape of factors as Phi-3.5-mini's config.json (head_dim / 2 numbers each).
+    rotary = head_dim
+    if variant == "phi-4-mini":
+        # Phi-4-mini-instruct's layout at a tiny size: heads of 64 (its are 128) of which 0.75 turn,
+        # grouped key/values, tied embeddings, <|end|> as config.json's EOS.
+        rotary = 48
+        cfg |= {
+            "partial_rotary_factor": 0.75,
+            "num_key_value_heads": 1,
+            "tie_word_embeddings": True,
+            "eos_token_id": base + 7,
+        }
+    if variant in ("phi-3.5", "phi-4-mini"):
+        # Same shape of factors as the real config.json (rotated dims / 2 numbers each).
         cfg["max_position_embeddings"] = 131072
         cfg["sliding_window"] = 262144
         cfg["rope_scaling"] = {
             "type": "longrope",
-            "short_factor": [round(1.0 + 0.02 * i, 4) for i in range(head_dim // 2)],
-            "long_factor": [round(1.0 + 1.5 * i, 4) for i in range(head_dim // 2)],
+            "short_factor": [round(1.0 + 0.02 * i, 4) for i in range(rotary // 2)],
+            "long_factor": [round(1.0 + 1.5 * i, 4) for i in range(rotary // 2)],
         }
     return cfg
 
@@ -73,9 +84,11 @@ def make_tiny_model(out: Path, variant: str = "phi-3.5", layers: int = 2, steps:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     n_tokens = make_tokenizer(fresh_folder(out))
     cfg = _config(variant, n_tokens, layers)
-    base = cfg["eos_token_id"]
+    base = cfg["pad_token_id"]
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
-    generation = {"bos_token_id": 1, "eos_token_id": [base + 7, base + 1, base], "pad_token_id": base}
+    # Phi-3.5 stops on <|end|>, <|assistant|> and <|endoftext|>; Phi-4-mini on <|end|> and <|endoftext|>.
+    stops = [base + 7, base] if variant == "phi-4-mini" else [base + 7, base + 1, base]
+    generation = {"bos_token_id": 1, "eos_token_id": stops, "pad_token_id": base}
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2))
 
     torch.manual_seed(seed)
@@ -95,21 +108,29 @@ def make_random_phi3(
     intermediate: int = 8192,
     vocab: int = 32064,
     seed: int = 0,
+    kv_heads: int | None = None,
+    partial_rotary: float = 1.0,
+    tied: bool = False,
 ) -> int:
     """A Phi-3.5-shaped folder (longrope, 131072 context) with random bf16 weights, written one
     tensor at a time so that even the 3.8 B size never sits in memory. The defaults are
-    Phi-3.5-mini's dimensions. Returns the parameter count."""
+    Phi-3.5-mini's dimensions (make_random_phi4: Phi-4-mini's). Returns the parameter count."""
     out.mkdir(parents=True)
     n_tokens = make_tokenizer(out)
     cfg = _config("phi-3.5", n_tokens, layers)
-    half = hidden // heads // 2
+    head = hidden // heads
+    kv_heads = kv_heads or heads
+    half = int(head * partial_rotary) // 2
     cfg.update(
         hidden_size=hidden,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=kv_heads,
         intermediate_size=intermediate,
         vocab_size=vocab,
+        tie_word_embeddings=tied,
     )
+    if partial_rotary != 1.0:
+        cfg["partial_rotary_factor"] = partial_rotary
     cfg["rope_scaling"].update(
         short_factor=[round(1.0 + 0.01 * i, 4) for i in range(half)],
         long_factor=[round(1.0 + 1.25 * i, 4) for i in range(half)],
@@ -122,14 +143,23 @@ def make_random_phi3(
             {
                 f"{p}.input_layernorm.weight": (hidden,),
                 f"{p}.post_attention_layernorm.weight": (hidden,),
-                f"{p}.self_attn.qkv_proj.weight": (3 * hidden, hidden),
+                f"{p}.self_attn.qkv_proj.weight": ((heads + 2 * kv_heads) * head, hidden),
                 f"{p}.self_attn.o_proj.weight": (hidden, hidden),
                 f"{p}.mlp.gate_up_proj.weight": (2 * intermediate, hidden),
                 f"{p}.mlp.down_proj.weight": (hidden, intermediate),
             }
         )
-    shapes.update({"model.norm.weight": (hidden,), "lm_head.weight": (vocab, hidden)})
+    shapes["model.norm.weight"] = (hidden,)
+    if not tied:
+        shapes["lm_head.weight"] = (vocab, hidden)
     return write_random_safetensors(out / "model.safetensors", shapes, seed)
+
+
+def make_random_phi4(out: Path, layers: int, seed: int = 0) -> int:
+    """Phi-4-mini-instruct's published shape with random bf16 weights: hidden 3072, 24 query and 8
+    key/value heads of 128 (96 dims turn: partial rotary 0.75), MLP 8192, a tied 200064-token
+    table; 32 layers is the real 3.84 B."""
+    return make_random_phi3(out, layers, heads=24, vocab=200064, seed=seed, kv_heads=8, partial_rotary=0.75, tied=True)
 
 
 def make_tiny_llama(out: Path, seed: int = 0) -> Path:

@@ -20,21 +20,21 @@ from .quality import Reference, evaluate, model_bytes, selection_text, table
 # gptq block 64 at 79.2 MB +12.7% perplexity, mixed block 64 at 86.5 MB +11.0% (the builder's
 # default there: +44.6%), gptq block 32 at 88.6 MB +11.2%; the builder's k_quant_mixed (112 MB)
 # and int8 (259 MB) follow. The builder's default RTN int4 (86.5 MB) is not a candidate: mixed is
-# no larger and closer to float32.
+# no larger and closer to float32. quantize.lm_head stays the recipe's (Phi-4-mini's is int8).
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
-    ("int4 slmkit gptq, block 64", {"method": "gptq", "symmetric": False, "lm_head": "int4", "block_size": 64}, "int4"),
+    ("int4 slmkit gptq, block 64", {"method": "gptq", "symmetric": False, "block_size": 64}, "int4"),
     (
         "int4 slmkit mixed (int8 where it costs most), block 64",
-        {"method": "mixed", "symmetric": False, "lm_head": "int4", "block_size": 64},
+        {"method": "mixed", "symmetric": False, "block_size": 64},
         "int4",
     ),
-    ("int4 slmkit gptq, block 32", {"method": "gptq", "symmetric": False, "lm_head": "int4", "block_size": 32}, "int4"),
+    ("int4 slmkit gptq, block 32", {"method": "gptq", "symmetric": False, "block_size": 32}, "int4"),
     (
         "int4 builder k_quant_mixed",
-        {"method": "k_quant_mixed", "symmetric": True, "lm_head": "int4", "block_size": 32},
+        {"method": "k_quant_mixed", "symmetric": True, "block_size": 32},
         "int4",
     ),
-    ("int8 builder", {"method": "default", "symmetric": True, "lm_head": "int4", "block_size": 32}, "int8"),
+    ("int8 builder", {"method": "default", "symmetric": True, "block_size": 32}, "int8"),
 ]
 
 

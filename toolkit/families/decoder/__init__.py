@@ -31,7 +31,7 @@ def _stream_problems(config: dict[str, Any], precision: str, _export: ExportConf
 FAMILY = Family(
     name="decoder",
     architectures={
-        "Phi3ForCausalLM": ("phi3", "Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini"),
+        "Phi3ForCausalLM": ("phi3", "Phi-3-mini-4k, Phi-3-mini-128k, Phi-3.5-mini, Phi-4-mini"),
         "LlamaForCausalLM": ("llama", "SmolLM2 and other Llama-architecture models"),
     },
     tensors=_tensors,
