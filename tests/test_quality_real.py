@@ -23,7 +23,14 @@ def smol_bundles(tmp_path_factory, smollm2):
     root = tmp_path_factory.mktemp("smol")
     src = open_checkpoint(str(smollm2))
     out = {}
-    rtn = ("quantize.method=default", "quantize.symmetric=true", "quantize.block_size=32")  # the builder's int4
+    # the builder's int4, the anchor: its top-1 on the recipe's prompts is below the recipe's 0.7
+    # (0.625 measured), which the recipe sets for its calibrated default
+    rtn = (
+        "quantize.method=default",
+        "quantize.symmetric=true",
+        "quantize.block_size=32",
+        "verify.min_top1_agreement=0.5",
+    )
     for name, overrides in (("fp32", ("export.precision=fp32",)), ("default", ()), ("rtn", rtn)):
         plan = plan_build(src, None, "cpu", overrides)
         build(src, plan, root / name, log=lambda _: None)
