@@ -17,8 +17,8 @@ from .quality import Reference, evaluate, model_bytes, selection_text, table
 
 # (label, quantize changes, precision), in order of bundle size. Measured on SmolLM2-135M
 # (benchmarks/int4_methods.py, float-trained checkpoint, the evaluation text): slmkit's calibrated
-# gptq block 64 at 79.2 MB +12.7% perplexity, mixed block 64 at 86.5 MB +11.0% (the builder's
-# default there: +44.6%), gptq block 32 at 88.6 MB +11.2%; the builder's k_quant_mixed (112 MB)
+# gptq block 64 at 79.2 MB +13.8% perplexity, mixed block 64 at 86.5 MB +11.7% (the builder's
+# default there: +44.6%), gptq block 32 at 88.6 MB +11.2% (an earlier run); the builder's k_quant_mixed (112 MB)
 # and int8 (259 MB) follow. The builder's default RTN int4 (86.5 MB) is not a candidate: mixed is
 # no larger and closer to float32. quantize.lm_head stays the recipe's (Phi-4-mini's is int8).
 CANDIDATES: list[tuple[str, dict[str, Any], str]] = [
