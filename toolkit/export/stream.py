@@ -49,8 +49,8 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
         found.append(f"quantize.method '{q.method}' (it quantizes with {', '.join(METHODS)})")
     elif q.method in OWN_METHODS and family.hf_rows is None:
         found.append(
-            f"quantize.method '{q.method}' for {src.architecture} (slmkit's calibrated int4 is written "
-            "for the decoder and Phi-3.5-vision families)"
+            f"quantize.method '{q.method}' for {src.architecture} (its family does not map its graph's "
+            "matrices to the checkpoint's rows, which slmkit's calibrated int4 needs)"
         )
     else:
         found += family.stream_problems(src.config, precision, export, q)
@@ -147,8 +147,8 @@ def export_stream(
 def _give_back_memory() -> None:
     """Return the calibration's freed memory to the system: its layers, X^T X and states are
     garbage now, but the C heap keeps freed blocks, and the build's later stages (the reference,
-    the smoke test's child process) would stack on top of them (measured: 4.1 GB still resident
-    after a 3.8 B calibrated export, 1.9 GB after a round-to-nearest one)."""
+    the smoke test's child process) would stack on top of them. Measured with it: 1.15 GB resident
+    after a 2-layer Phi-3.5-mini-width calibrated export whose peak was 4.40 GB."""
     import contextlib
     import ctypes
     import gc

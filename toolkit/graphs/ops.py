@@ -196,7 +196,9 @@ class GraphWriter:
             blocks, alternative = self.quantizer.packed(base, w_out_in)
             if alternative is not None:
                 self.alternatives[base] = self._blocks(f"{stem}_int8", alternative)
-            return self._blocks(stem, blocks), self._attributes(blocks)
+            return self._blocks(stem, blocks), self._attributes(
+                blocks.k, blocks.scales.shape[0], blocks.bits, blocks.block
+            )
         w_kn = torch.from_numpy(w_out_in).T.contiguous().numpy()  # 3x numpy's transpose copy, 2 cores
         if self.precision in ("fp32", "fp16"):
             return [self.weight(stem, w_kn)], {}
@@ -206,10 +208,7 @@ class GraphWriter:
         names = [self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
         if not self.q.symmetric:
             names.append(self.weight(f"{stem}_zero_points", zero_points))
-        attrs = {"K": w_out_in.shape[1], "N": w_out_in.shape[0], "bits": bits, "block_size": self.q.block_size}
-        if self.q.accuracy_level:
-            attrs["accuracy_level"] = self.q.accuracy_level
-        return names, attrs
+        return names, self._attributes(w_out_in.shape[1], w_out_in.shape[0], bits, self.q.block_size)
 
     def _blocks(self, stem: str, p: Any) -> list[str]:
         """The initializers of calibrated blocks (toolkit/quantize/blocks.py Packed)."""
@@ -218,8 +217,9 @@ class GraphWriter:
             names.append(self.weight(f"{stem}_zero_points", p.zero_points))
         return names
 
-    def _attributes(self, p: Any) -> dict[str, Any]:
-        attrs = {"K": p.k, "N": p.scales.shape[0], "bits": p.bits, "block_size": p.block}
+    def _attributes(self, k: int, n: int, bits: int, block: int) -> dict[str, Any]:
+        """MatMulNBits attributes of a [K, N] weight in blocks of `block` inputs."""
+        attrs = {"K": k, "N": n, "bits": bits, "block_size": block}
         if self.q.accuracy_level:
             attrs["accuracy_level"] = self.q.accuracy_level
         return attrs
@@ -227,7 +227,9 @@ class GraphWriter:
     def table(self, base: str, table: np.ndarray) -> tuple[list[str], dict[str, Any]]:
         """A token table [rows, width] in the quantizer's blocks, for gather_blocks."""
         p = self.quantizer.table(base, table)
-        return self._blocks(base.lstrip("/").replace("/", ".") + ".weight", p), self._attributes(p)
+        return self._blocks(base.lstrip("/").replace("/", ".") + ".weight", p), self._attributes(
+            p.k, p.scales.shape[0], p.bits, p.block
+        )
 
     def use_alternatives(self) -> None:
         """Point each matrix the quantizer promoted at its int8 initializers; the unused blocks

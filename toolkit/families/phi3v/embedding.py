@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...graphs.ops import FLOAT, INT64, MS, GraphWriter
+from ...graphs.ops import FLOAT, INT64, GraphWriter, gather_blocks
 from ...source.tensors import CheckpointTensors
 
 
@@ -26,24 +26,8 @@ def _token_rows(g: GraphWriter, weights: CheckpointTensors, ids: str, hidden: in
     table = weights.float32("model.embed_tokens.weight")
     if g.precision in ("fp32", "fp16"):
         return g.node("Gather", "/embedding/Gather", [g.weight("model.embed_tokens.weight", table), ids])
-    (codes, *rest), attrs = g.linear("/embedding/embed_tokens", table)
-    block, bits = attrs["block_size"], attrs["bits"]
-    padded = -(-hidden // block) * block
-    codes = g.node("Reshape", "/embedding/Reshape", [codes, g.constant([table.shape[0], padded * bits // 8])])
-    out = g.node(
-        "GatherBlockQuantized",
-        "/embedding/GatherBlockQuantized",
-        [codes, ids, *rest],
-        None,
-        MS,
-        bits=bits,
-        block_size=block,
-        gather_axis=0,
-        quantize_axis=1,
-    )
-    if padded != hidden:
-        out = g.node("Slice", "/embedding/Slice", [out, g.constant([0]), g.constant([hidden]), g.constant([-1])])
-    return out
+    names, attrs = g.linear("/embedding/embed_tokens", table)
+    return gather_blocks(g, "/embedding", names, attrs, ids, table.shape[0], hidden)
 
 
 def write_embedding(g: GraphWriter, weights: CheckpointTensors, hidden: int) -> None:
