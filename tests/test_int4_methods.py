@@ -109,6 +109,29 @@ def test_loss_gradients_are_measured_at_every_linear_output(tiny35, tmp_path):
     assert not list((tmp_path / "g").iterdir())  # the layer inputs kept for the backward are gone
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_head_gradients_in_row_chunks_equal_autograd(monkeypatch, dtype):
+    """The lm_head's loss gradients, computed a few vocabulary rows at a time from a table kept in
+    its stored dtype, equal autograd's on the whole float32 logits (a 200k-token table never
+    becomes one float32 logits tensor)."""
+    import toolkit.quantize.fisher as fisher
+
+    monkeypatch.setattr(fisher, "HEAD_ROWS", 7)  # 50 rows: 8 chunks, the last one short
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = torch.randn(12, 16, generator=g), torch.randn(50, 16, generator=g).to(dtype), torch.randn(50)
+    targets = torch.randint(0, 50, (12,), generator=g)
+    targets[[5, 11]] = -1  # no next token there
+    grad, squares = fisher.head_gradients(x, targets, weight, bias)
+
+    leaf = x.clone().requires_grad_(True)
+    logits = leaf @ weight.float().T + bias
+    logits.retain_grad()
+    live = targets >= 0
+    torch.nn.functional.cross_entropy(logits[live], targets[live], reduction="sum").backward()
+    assert torch.allclose(grad, leaf.grad, atol=1e-5)
+    assert np.allclose(squares, (logits.grad**2).sum(0).double().numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["tiny35", "tiny_llama"])
 def test_awq_scales_keep_the_layer_function(variant, request):
     """Fused (Phi-3.5: qkv_proj, gate_up_proj) and separate, grouped-query (Llama) layouts: a layer

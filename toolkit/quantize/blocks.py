@@ -167,14 +167,24 @@ def _minmax(x: np.ndarray, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.clip(np.round(x / s[..., None]) + z[..., None], 0, top), s, z
 
 
-def quantize8(w_kn: np.ndarray, block: int, symmetric: bool = False) -> Packed:
+def quantize8(w_kn: np.ndarray, block: int, symmetric: bool = False, chunk_rows: int = 4096) -> Packed:
     """8-bit blocks of W[K, N], min-max (at 256 levels the rounding error is already small):
-    asymmetric with a zero point per block, or symmetric around MatMulNBits' default 128."""
-    x = _blocks(w_kn, block)
-    if symmetric:
-        amax = np.abs(x).max(-1)
-        s = np.where(amax > 0, amax / 127.0, 1.0)
-        q = np.clip(np.round(x / s[..., None]) + 128, 1, 255)
-        return Packed(q.astype(np.uint8), s.astype(np.float32), None, w_kn.shape[0], block, bits=8)
-    q, s, z = _minmax(x, 255)
-    return Packed(q.astype(np.uint8), s.astype(np.float32), z.astype(np.uint8), w_kn.shape[0], block, bits=8)
+    asymmetric with a zero point per block, or symmetric around MatMulNBits' default 128. Output
+    features are done `chunk_rows` at a time: a 200k-token table's temporaries stay small."""
+    k, n = w_kn.shape
+    nb = -(-k // block)
+    codes = np.empty((n, nb, block), dtype=np.uint8)
+    scales = np.empty((n, nb), dtype=np.float32)
+    zps = None if symmetric else np.empty((n, nb), dtype=np.uint8)
+    for r0 in range(0, n, chunk_rows):
+        x = _blocks(w_kn[:, r0 : r0 + chunk_rows], block)
+        rows = slice(r0, r0 + len(x))
+        if symmetric:
+            amax = np.abs(x).max(-1)
+            s = np.where(amax > 0, amax / 127.0, 1.0)
+            codes[rows] = np.clip(np.round(x / s[..., None]) + 128, 1, 255)
+        else:
+            q, s, z = _minmax(x, 255)
+            codes[rows], zps[rows] = q, z
+        scales[rows] = s
+    return Packed(codes, scales, zps, k, block, bits=8)

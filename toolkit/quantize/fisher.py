@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 GRADIENT_TOKENS = 2048  # 4 sequences of 512: one forward and one backward of the model
+HEAD_ROWS = 8192  # the lm_head's rows (tokens of the vocabulary) widened and multiplied at a time
 
 
 def output_sensitivity(model: Any, ids: Any, kwargs: dict[str, Any], work: Path, device: str) -> dict[str, np.ndarray]:
@@ -31,21 +32,20 @@ def output_sensitivity(model: Any, ids: Any, kwargs: dict[str, Any], work: Path,
         module.requires_grad_(False)  # gradients of the activations only
     work.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        hidden = inner.embed_tokens(ids.cpu()).to(device)
+        hidden = inner.embed_tokens(ids.cpu()).float().to(device)
         for i, lazy in enumerate(inner.layers):
             torch.save(hidden.cpu(), work / f"{i}.pt")
             hidden = lazy(hidden, **kwargs)
-    sensitivity: dict[str, np.ndarray] = {"lm_head": 0}
     hidden.requires_grad_(True)
-    norm, head = inner.norm.to(device), model.get_output_embeddings().to(device)
-    for j in range(hidden.shape[0]):  # one sequence at a time: its logits are 512 x vocab
-        with torch.enable_grad():
-            logits = head(norm(hidden[j]))
-            logits.retain_grad()
-            loss = torch.nn.functional.cross_entropy(logits[:-1], ids[j, 1:].to(device), reduction="sum")
-            loss.backward()
-        sensitivity["lm_head"] += _squares(logits.grad)
-        del logits, loss
+    norm = inner.norm.to(device)
+    with torch.enable_grad():
+        normed = norm(hidden)
+    flat = normed.detach().reshape(-1, normed.shape[-1])
+    targets = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -1)], 1).reshape(-1).to(device)  # -1: no next token
+    lm_head = model.get_output_embeddings()
+    grad, head = head_gradients(flat, targets, lm_head.weight, lm_head.bias)
+    normed.backward(grad.reshape(normed.shape))
+    sensitivity: dict[str, np.ndarray] = {"lm_head": head}
     grad = hidden.grad
     for i in reversed(range(len(inner.layers))):
         lazy = inner.layers[i]
@@ -75,6 +75,38 @@ def output_sensitivity(model: Any, ids: Any, kwargs: dict[str, Any], work: Path,
         grad = x.grad
         (work / f"{i}.pt").unlink()
     return sensitivity
+
+
+def head_gradients(x: Any, targets: Any, weight: Any, bias: Any = None) -> tuple[Any, np.ndarray]:
+    """For logits x W^T + b (x [tokens, hidden] float32, W [vocab, hidden] in any float dtype) and the
+    next-token loss summed over `targets` (-1: none): (dL/dx, the sum over tokens of (dL/dlogit)^2
+    per vocabulary row). The logits are never whole: HEAD_ROWS rows of W at a time, widened to
+    float32, in two passes (the log-sum-exp, then softmax - one-hot), so a 200k-token table costs
+    a few hundred MB above itself whatever its dtype."""
+    import torch
+
+    rows = weight.shape[0]
+    device = x.device
+
+    def logits(r0: int) -> tuple[Any, Any]:
+        w = weight[r0 : r0 + HEAD_ROWS].detach().to(device, torch.float32)
+        z = x @ w.T
+        return (z if bias is None else z + bias[r0 : r0 + HEAD_ROWS].detach().to(device, torch.float32)), w
+
+    lse = torch.full((x.shape[0],), float("-inf"), device=device)
+    for r0 in range(0, rows, HEAD_ROWS):
+        lse = torch.logaddexp(lse, torch.logsumexp(logits(r0)[0], 1))
+    live = (targets >= 0).float()[:, None]
+    grad = torch.zeros_like(x)
+    squares = np.zeros(rows)
+    for r0 in range(0, rows, HEAD_ROWS):
+        z, w = logits(r0)
+        g = torch.exp(z - lse[:, None]) * live  # softmax: dL/dlogit, less the target's one
+        hit = ((targets >= r0) & (targets < r0 + w.shape[0])).nonzero().squeeze(1)
+        g[hit, targets[hit] - r0] -= 1.0
+        squares[r0 : r0 + w.shape[0]] = _squares(g)
+        grad.addmm_(g, w)
+    return grad, squares
 
 
 def _squares(grad: Any) -> np.ndarray:

@@ -19,6 +19,7 @@ Where torch sees a CUDA device, the layer runs and GPTQ run there.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,11 @@ class Calibration:
         self.family = family_of(config)
         self.shape = Shape.of(config)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        tokenizer, self.model = layerwise_model(source, weight_files)
+        tokenizer, self.model = layerwise_model(source, weight_files, stored_tables=True)
         self.inner = self.model.model
         ids = calibration_ids(tokenizer, WINDOW)
         with torch.no_grad():
-            self.hidden = self.inner.embed_tokens(ids).to(self.device)
+            self.hidden = self.inner.embed_tokens(ids).float().to(self.device)
         self.kwargs = _on(layer_arguments(self.model, self.hidden[:BATCH].cpu()), self.device)
         self.shared = self.inner.layers[0].shared[0].to(self.device)
         self.packs: dict[str, Packed] = {}  # Hugging Face Linear name -> its blocks (rows: output features)
@@ -296,15 +297,20 @@ class Calibration:
         promotions: every matrix's cost is known."""
         import torch
 
+        head = self.model.get_output_embeddings().weight
         if self.q.lm_head == "int4":  # else int8 blocks, which need no calibration
             with torch.no_grad():
                 normed = self.inner.norm.to(self.device)(self.hidden)
                 flat = normed.reshape(-1, normed.shape[-1])
                 gram = (flat.T @ flat).double() / flat.shape[0]
-                head = self.model.get_output_embeddings().weight.to(self.device)
-                self._quantize("lm_head", head, gram)
+                self._quantize("lm_head", head.to(self.device), gram)
         if self.q.method == "mixed":
-            self._choose()
+            self._choose(tuple(head.shape))
+        # The model is done with: its token tables go before the writer reads the lm_head's float32
+        # (Phi-4-mini: 1.2 GB of bf16 table freed before 2.5 GB are read).
+        del head
+        self.model = self.inner = self.shared = self.hidden = None
+        gc.collect()
         if self.experts_seen:
             self.log(
                 f"experts: {self.experts_seen - self.fallbacks} of {self.experts_seen} calibrated on the tokens "
@@ -312,11 +318,11 @@ class Calibration:
                 "search on the layer's statistics"
             )
 
-    def _choose(self) -> None:
+    def _choose(self, head_shape: tuple[int, int]) -> None:
         """mixed: the matrices promoted to int8 within the builder default's bytes."""
         candidates = list(self.candidates.values())
         if self.q.lm_head == "int4":  # else int8 already, outside the budget (as the builder's would be)
-            n, k = self.model.get_output_embeddings().weight.shape
+            n, k = head_shape
             cost = self._cost("lm_head", None, None)
             int8 = int8_bytes(k, n, self.q.block_size)
             candidates.append(Candidate("/lm_head", cost, self.packs["lm_head"].nbytes, int8, k, n))

@@ -19,18 +19,19 @@ from typing import Any
 from ..errors import InputModelError
 from ..families import family_of
 from ..source.checkpoint import read_config
-from ..source.tensors import CheckpointTensors
+from ..source.tensors import WIDEN, CheckpointTensors
 
 
 class Reader:
-    """Reads checkpoint tensors into float32 parameters, widening on the way (torch converts
-    bf16/fp16 in one multithreaded copy); the raw buffers are reused from layer to layer.
-    `key_of(weights, parameter name)` is the family's: the checkpoint tensor a parameter reads, or
-    None for one its lazy modules read themselves."""
+    """Reads checkpoint tensors into parameters: in place when the parameter has the stored dtype,
+    else a piece at a time through one reused buffer per dtype, widened by torch's multithreaded
+    copy (a tensor's only full copy is the parameter). `key_of(weights, parameter name)` is the
+    family's: the checkpoint tensor a parameter reads, or None for one its lazy modules read
+    themselves."""
 
     def __init__(self, weights: CheckpointTensors, key_of: Callable[[CheckpointTensors, str], str | None]):
         self.weights, self.key_of = weights, key_of
-        self.buffers: dict[tuple[str, tuple[int, ...]], Any] = {}
+        self.buffers: dict[str, Any] = {}
 
     def read(self, param: Any, key: str, index: int | None = None) -> None:
         """Read tensor `key` (or its [index] sub-tensor: one expert of a stacked tensor) into param."""
@@ -42,13 +43,20 @@ class Reader:
                 f"{e.file}: tensor '{key}' has shape {list(e.shape)} ({e.dtype}, "
                 f"{e.end - e.start} bytes); the model's config.json asks for {list(param.shape)}."
             )
-        raw = self.buffers.get((e.dtype, e.shape))
+        if not param.is_contiguous():
+            raise AssertionError(f"{key}: the parameter it is read into is not contiguous")
+        flat, dtype = param.data.view(-1), _torch_dtype(e.dtype)
+        if param.dtype == dtype:
+            self.weights.read_into(e, memoryview(flat.view(torch.uint8).numpy()))
+            return
+        raw = self.buffers.get(e.dtype)
         if raw is None:
-            dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[e.dtype]
-            raw = self.buffers[(e.dtype, e.shape)] = torch.empty(e.shape, dtype=dtype)
-        self.weights.read_into(e, memoryview(raw.view(torch.uint8).numpy().reshape(-1)))
-        with torch.no_grad():
-            param.copy_(raw)
+            raw = self.buffers[e.dtype] = torch.empty(WIDEN, dtype=dtype)
+        for a, piece in self.weights.pieces(e):
+            n = piece.shape[0]
+            self.weights.read_into(piece, memoryview(raw[:n].view(torch.uint8).numpy()))
+            with torch.no_grad():
+                flat[a : a + n].copy_(raw[:n])
 
     def load(self, module: Any, prefix: str) -> None:
         for name, param in module.named_parameters():
@@ -95,10 +103,15 @@ def _lazy_layer_class():
 
 
 def layerwise_model(
-    source: Path, weight_files: tuple[str, ...], on_layer: Callable[[], None] = lambda: None
+    source: Path,
+    weight_files: tuple[str, ...],
+    on_layer: Callable[[], None] = lambda: None,
+    stored_tables: bool = False,
 ) -> tuple[Any, Any]:
     """(tokenizer, causal LM in eval mode) that reads each decoder layer when the forward pass
-    reaches it; `on_layer` is called after each layer ran (progress)."""
+    reaches it; `on_layer` is called after each layer ran (progress). With `stored_tables` the token
+    embedding and lm_head keep the checkpoint's dtype (bf16: half of Phi-4-mini's 2.5 GB float32
+    table); their user widens what it reads (the calibration, toolkit/quantize/)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -117,6 +130,11 @@ def layerwise_model(
     first = inner.layers[0]
     if family.lazy_experts is not None:
         first.mlp.experts = family.lazy_experts(first.mlp.experts, reader)
+    if stored_tables:
+        for module, name in ((inner.embed_tokens, "model.embed_tokens.weight"), (model.lm_head, "lm_head.weight")):
+            key = reader.key_of(weights, name)
+            if key is not None and key in weights:
+                module.to(_torch_dtype(weights.entry(key, "the reference model").dtype))
     for module, prefix in (
         (inner.embed_tokens, "model.embed_tokens."),
         (inner.norm, "model.norm."),
@@ -135,6 +153,13 @@ def layerwise_model(
     shared, lazy = inner.layers[0].eval(), _lazy_layer_class()
     inner.layers = torch.nn.ModuleList(lazy(i, shared, reader, on_layer) for i in range(len(inner.layers)))
     return tokenizer, model.eval()
+
+
+def _torch_dtype(stored: str) -> Any:
+    """The torch dtype of a safetensors dtype name."""
+    import torch
+
+    return {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}[stored]
 
 
 def watch_linears(model: Any, record: Callable[[str, Any], None]) -> list[Any]:

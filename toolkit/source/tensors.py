@@ -5,7 +5,7 @@ memory is then set by the largest tensor, not by the size of the model."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from ..errors import InputModelError
 from .checkpoint import safetensors_header
 
 ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
+WIDEN = 1 << 24  # elements read and widened at a time (32 MB of bf16): a table's float32 is its only copy
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,15 @@ class CheckpointTensors:
             f.readinto(buffer)
         self.on_read(e.end - e.start)
 
+    def pieces(self, e: _Entry, step: int = WIDEN) -> Iterator[tuple[int, _Entry]]:
+        """(first element, entry) of each `step`-element piece of a tensor, in order: a read
+        widened piece by piece holds only the widened copy."""
+        item = ITEM_BYTES[e.dtype]
+        count = (e.end - e.start) // item
+        for a in range(0, count, step):
+            n = min(step, count - a)
+            yield a, _Entry(e.file, e.dtype, (n,), e.start + item * a, e.start + item * (a + n))
+
     def float32(self, name: str, index: int | None = None) -> np.ndarray:
         """The tensor as a new float32 array (bf16 and fp16 widen exactly); with `index`, only
         tensor[index] is read (one expert of a stacked [experts, ...] tensor)."""
@@ -92,8 +102,16 @@ class CheckpointTensors:
             self.on_read(self.nbytes([name]))  # read by the calibration instead: counted once, here
             return self.overlay[name]
         e = self.entry(name, index=index)
-        raw = np.empty(math.prod(e.shape), dtype={"BF16": np.uint16, "F16": np.float16, "F32": np.float32}[e.dtype])
+        count = math.prod(e.shape)
+        if e.dtype == "BF16":  # bfloat16 is the top half of a float32: widened WIDEN elements at a time
+            wide = np.empty(count, dtype=np.uint32)
+            part = np.empty(min(WIDEN, count), dtype=np.uint16)
+            for a, piece in self.pieces(e):
+                n = piece.shape[0]
+                self.read_into(piece, memoryview(part[:n]).cast("B"))
+                wide[a : a + n] = part[:n]
+                wide[a : a + n] <<= 16
+            return wide.view(np.float32).reshape(e.shape)
+        raw = np.empty(count, dtype={"F16": np.float16, "F32": np.float32}[e.dtype])
         self.read_into(e, memoryview(raw).cast("B"))
-        if e.dtype == "BF16":  # bfloat16 is the top half of a float32
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(e.shape)
         return raw.astype(np.float32, copy=False).reshape(e.shape)
