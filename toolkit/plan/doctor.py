@@ -25,11 +25,12 @@ REQUIRED = (
 # Peak resident memory of the onnxruntime-genai builder, measured: 8.8 GB for 1.1 B parameters,
 # 15.1 GB for 2.0 B (shared/ANCHORS.md), i.e. about 8 bytes per parameter.
 BUILDER_BYTES_PER_PARAM = 8.0
-# The streamed engine (toolkit/export/stream.py): Python with torch and onnxruntime loaded, plus a few
-# copies of the largest tensor. benchmarks/build_memory.py measured 1.68 GB for the Phi-3.5-mini
-# shape at 8 and at 32 layers; this estimate gives 2.6 GB there.
+# The streamed engine (toolkit/export/stream.py): Python with torch and onnxruntime loaded, plus the
+# largest tensor in float32 and its blocks (quantized a few thousand rows at a time).
+# benchmarks/build_memory.py measured 1.68 GB for the Phi-3.5-mini shape at 8 and at 32 layers;
+# this estimate gives 1.6 GB there.
 STREAM_BASE_BYTES = 1.0e9
-STREAM_BYTES_PER_LARGEST_PARAM = 16
+STREAM_BYTES_PER_LARGEST_PARAM = 6
 # Python with torch and transformers loaded, and generation's working memory, around the weights.
 REFERENCE_BASE_BYTES = 1.0e9
 SMOKE_BASE_BYTES = 1.5e9
@@ -107,9 +108,9 @@ def layer_params(config: dict) -> int:
 def reference_memory_bytes(config: dict) -> int:
     """The float32 reference of the verify stage (toolkit/reference/): embedding and lm_head
     loaded, one decoder layer at a time (its tensors, and their copies while they are read)."""
-    table = config["vocab_size"] * config["hidden_size"]
+    tables = config["vocab_size"] * config["hidden_size"] * (1 if config.get("tie_word_embeddings") else 2)
     one_expert = dict(config, num_local_experts=1)  # a mixture's experts are read one at a time
-    return int(REFERENCE_BASE_BYTES + 4 * (2 * table + 2 * layer_params(one_expert)))
+    return int(REFERENCE_BASE_BYTES + 4 * (tables + 2 * layer_params(one_expert)))
 
 
 def smoke_memory_bytes(num_params: int, config: dict, precision: str) -> int:
@@ -129,14 +130,17 @@ def calibration_memory_bytes(config: dict) -> int:
     lm_head, one float32 layer (its module and the writer's copy), the X^T X of its inputs
     (float32: attention, o_proj and MLP inputs hidden^2 each, down_proj's intermediate^2), GPTQ's
     float32 working copies of the widest one, and the calibration states (in, out, a batch's
-    activations). Measured at Phi-3.5-mini's width: 4.40 GB for the whole export; this gives 5.9."""
+    activations). The token tables stay in the checkpoint's dtype (one when tied). Measured at
+    Phi-3.5-mini's shape: 4.40 GB for a 2-layer export (this estimate with the export's: 4.4); at
+    Phi-4-mini's 32-layer shape, 4.88 GB (this: 8.3)."""
     h, i = config["hidden_size"], config.get("intermediate_size") or 4 * config["hidden_size"]
     widest = max(h, i)
-    table = config["vocab_size"] * h
+    stored = 2 if (config.get("torch_dtype") or config.get("dtype")) in ("bfloat16", "float16") else 4
+    table = config["vocab_size"] * h * stored * (1 if config.get("tie_word_embeddings") else 2)
     one_expert = dict(config, num_local_experts=1)
     states = 3 * CALIBRATION_TOKENS * h * 4 + 2048 * 2 * i * 4
     return int(
-        4 * 2 * table + 2 * 4 * layer_params(one_expert) + 4 * (3 * h * h + i * i) + 3 * 4 * widest * widest + states
+        table + 2 * 4 * layer_params(one_expert) + 4 * (3 * h * h + i * i) + 3 * 4 * widest * widest + states
     )
 
 
