@@ -13,7 +13,8 @@ from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_
 from toolkit.plan.config import resolve
 
 RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners"
-TARGETS = ["android", "cpu", "ios", "linux-cuda", "windows-dml"]
+TARGETS = ["android", "cpu", "gguf", "ios", "linux-cuda", "windows-dml"]
+ONNX_TARGETS = [t for t in TARGETS if t != "gguf"]
 FAMILIES = ["phi-3-mini-4k", "phi-3.5-mini", "smollm2"]
 # A mixture of experts is built for the targets with the memory for it; the others refuse it with
 # the bundle size (tests/test_moe.py).
@@ -23,7 +24,7 @@ MOE_TARGETS = ["cpu", "linux-cuda"]
 def test_every_target_has_a_recipe_per_family_and_a_runner():
     assert target_names() == TARGETS
     expected = [f"{f}/{t}" for f in FAMILIES[:2] for t in TARGETS] + [f"phi-3.5-moe/{t}" for t in MOE_TARGETS]
-    expected += [f"phi-3.5-vision/{t}" for t in TARGETS]  # every target (tests/test_vision.py builds each)
+    expected += [f"phi-3.5-vision/{t}" for t in ONNX_TARGETS]  # every ONNX target (tests/test_vision.py builds each)
     expected += [f"phi-4-mini/{t}" for t in TARGETS]  # every target (tests/test_phi4.py builds each)
     assert recipe_names() == expected + [f"smollm2/{t}" for t in TARGETS]
     for name in recipe_names():
@@ -31,7 +32,8 @@ def test_every_target_has_a_recipe_per_family_and_a_runner():
         assert recipe.target == name.split("/")[1], name
         plan = resolve(recipe, load_target(recipe.target))
         runner = plan.runtime.runner
-        assert (RUNNERS / "python" / "run.py").is_file()
+        host = "llama-cpp" if runner == "llama-cpp" else "python"
+        assert (RUNNERS / host / "run.py").is_file() and (RUNNERS / host / "smoke_test.py").is_file()
         if runner != "python":
             assert (RUNNERS / runner).is_dir(), f"{name}: no runner template for {runner}"
 
@@ -58,6 +60,9 @@ def test_every_family_is_in_the_catalog_for_every_target_it_does_not_refuse():
                 config={"vocab_size": 32064, "hidden_size": 3072, "num_local_experts": 16},
             )
             for target in TARGETS:
+                if target == "gguf" and family.gguf is None:  # refused by plan_build (tests/test_moe.py)
+                    assert not [r for r in recipes if r.target == target and arch in r.architectures]
+                    continue
                 try:
                     family.refuse_target(src, target)
                 except ConfigError as refusal:
@@ -76,7 +81,7 @@ def test_unknown_names_suggest_the_closest():
     with pytest.raises(UnknownNameError) as e:
         load_target("andriod")
     assert str(e.value) == (
-        "Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. Did you mean 'android'?"
+        "Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, windows-dml. Did you mean 'android'?"
     )
     with pytest.raises(
         UnknownNameError, match=r"Unknown recipe 'phi-3.5-mini/andriod'\..*Did you mean 'phi-3.5-mini/android'\?"
@@ -107,6 +112,6 @@ def test_cli_unknown_target_message():
     result = CliRunner().invoke(main, ["show", "andriod"])
     assert result.exit_code == 1
     assert result.output == (
-        "Error: Unknown target 'andriod'. Available: android, cpu, ios, linux-cuda, windows-dml. "
+        "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, windows-dml. "
         "Did you mean 'android'?\n"
     )

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from toolkit.cli import main
 from toolkit.verify.device import ARM_NOTE
 
-SMOKE = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners" / "python" / "smoke_test.py"
+CHECKS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners" / "common" / "checks.py"
 
 
 def _smoke_module():
-    spec = importlib.util.spec_from_file_location("bundle_smoke_test", SMOKE)
+    spec = importlib.util.spec_from_file_location("bundle_smoke_checks", CHECKS)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

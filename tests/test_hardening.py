@@ -161,7 +161,10 @@ def test_ci_init_writes_a_workflow_naming_every_target(tmp_path, monkeypatch):
     }
     steps = {s.get("name", s.get("uses")): s for s in smoke["steps"]}
     unpack = steps["Unpack, and install the runtime version the manifest names"]["run"]
-    assert "tar -xzf bundle-${{ matrix.target }}.tar.gz" in unpack and "['dependencies']['onnxruntime-genai']" in unpack
+    assert "tar -xzf bundle-${{ matrix.target }}.tar.gz" in unpack and "m['dependencies'].get(sys.argv[2])" in unpack
+    assert {i["target"]: i["runtime"] for i in smoke["strategy"]["matrix"]["include"]} == dict.fromkeys(
+        targets, "onnxruntime-genai"
+    )
     assert "slmkit" not in unpack.replace("bundle-", "")
     assert steps["Smoke test (the bundle's own, runtime package only)"]["run"] == (
         "python bundle-${{ matrix.target }}/tests/smoke_test.py --provider ${{ matrix.smoke_provider }}"

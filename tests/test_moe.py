@@ -285,3 +285,13 @@ def test_layer_by_layer_reference_equals_the_whole_model(moe, layout):
     assert not [n for n, _ in shared.named_parameters() if "experts" in n]
     inter, hidden = src.config["intermediate_size"], src.config["hidden_size"]
     assert tuple(shared.mlp.experts.gate_up.shape) == (2 * inter, hidden)  # one expert's buffer
+
+
+def test_the_gguf_target_refuses_a_mixture_with_the_reason(moe, tmp_path):
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["build", "-m", str(moe["fused"]), "-t", "gguf", "-o", str(out)])
+    assert result.exit_code != 0 and not out.exists()
+    assert result.output == (
+        "Error: PhimoeForCausalLM is not written as GGUF: slmkit has no llama.cpp tensor layout for its family "
+        "(phimoe). Build it with --target cpu (onnxruntime-genai).\n"
+    )

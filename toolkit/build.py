@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .bundle import layout, staging
+from .bundle import layout, modelfile, staging
 from .errors import ConfigError, StageError
-from .export import export_model, optimize, stream
+from .export import export_model, gguf, optimize, stream
 from .families import family_of
 from .plan import doctor
-from .plan.catalog import choose_recipe
+from .plan.catalog import choose_recipe, load_target
 from .plan.config import BuildPlan, resolve
 from .source import checkpoint
 from .source.checkpoint import SourceModel
@@ -25,6 +25,11 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
     the family, the quantizer or the export engine cannot build it so."""
     family = family_of(src.config)
     family.refuse_target(src, target)
+    if target is not None and family.gguf is None and load_target(target).sections["export"].get("engine") == "gguf":
+        raise ConfigError(
+            f"{src.architecture} is not written as GGUF: slmkit has no llama.cpp tensor layout for its family "
+            f"({family.name}). Build it with --target cpu (onnxruntime-genai)."
+        )
     chosen, tgt = choose_recipe(recipe, target, src.architecture, src.rope_scaling, src.partial_rotary_factor)
     plan = resolve(chosen, tgt, overrides)
     limit = src.config.get("max_position_embeddings", 0)
@@ -36,6 +41,8 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
     family.check_plan(src, plan)
     if plan.export.engine == "stream":
         stream.check_supported(src, plan.export, plan.quantize)
+    if plan.export.engine == "gguf":
+        gguf.check_supported(src.config, plan.export, plan.quantize)
     return plan
 
 
@@ -69,11 +76,17 @@ def build(
             )
             plan, model_dir, quality = budget.choose(src, plan, quality_budget, stage.work, log)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
-        optimize.apply_context_cap(model_dir, plan.optimize)
-        eos = optimize.add_stop_ids(model_dir, eos)
-        optimize.check_settings(model_dir, plan, src.config, eos)
+        if plan.export.engine == "gguf":
+            eos = gguf.apply_settings(model_dir, plan.optimize.context_cap, eos)
+            gguf.check_settings(model_dir, plan.export, plan.quantize)
+        else:
+            optimize.apply_context_cap(model_dir, plan.optimize)
+            eos = optimize.add_stop_ids(model_dir, eos)
+            optimize.check_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")
         layout.assemble(model_dir, stage.bundle, plan)
+        if plan.export.engine == "gguf":
+            modelfile.write_modelfile(stage.bundle / "model", src, eos, plan.optimize.context_cap)
         layout.write_readme(stage.bundle, plan, src.origin if src.revision else src.path.name)
         log(
             "[5/5] verify: PyTorch reference tokens (float32, layer by layer), then the bundle's own smoke "

@@ -12,7 +12,16 @@ from ..plan.catalog import target_names
 
 # Hosted runners have no GPU: GPU bundles run their graph on the CPU provider there. Phone bundles
 # run on the hosted ARM64 runner, whose int4 kernels are the phone's (KleidiAI), not x86's.
-SMOKE_PROVIDER = {"cpu": "bundle", "android": "bundle", "ios": "bundle", "windows-dml": "cpu", "linux-cuda": "cpu"}
+SMOKE_PROVIDER = {
+    "cpu": "bundle",
+    "android": "bundle",
+    "ios": "bundle",
+    "windows-dml": "cpu",
+    "linux-cuda": "cpu",
+    "gguf": "bundle",
+}
+# The runtime a bundle's smoke test installs (GPU bundles: the CPU package of onnxruntime-genai), and more.
+SMOKE_RUNTIME = {"gguf": ("llama-cpp-python", "gguf")}
 SMOKE_RUNNER = {"android": "ubuntu-24.04-arm", "ios": "ubuntu-24.04-arm"}
 X86_RUNNER = "ubuntu-latest"
 
@@ -79,7 +88,7 @@ jobs:
       - name: Unpack, and install the runtime version the manifest names
         run: |
           tar -xzf bundle-${{{{ matrix.target }}}}.tar.gz
-          pip install "onnxruntime-genai==$(python -c "import json; print(json.load(open('bundle-${{{{ matrix.target }}}}/manifest.json'))['dependencies']['onnxruntime-genai'])")" numpy
+          pip install "${{{{ matrix.runtime }}}}==$(python -c "import json, sys; m = json.load(open(sys.argv[1])); print(m['dependencies'].get(sys.argv[2]) or m['runtime']['version'])" bundle-${{{{ matrix.target }}}}/manifest.json ${{{{ matrix.runtime }}}})" numpy ${{{{ matrix.more }}}}
       - name: Smoke test (the bundle's own, runtime package only)
         run: python bundle-${{{{ matrix.target }}}}/tests/smoke_test.py --provider ${{{{ matrix.smoke_provider }}}}
 """
@@ -112,7 +121,9 @@ def workflow(model: str, targets: list[str], install: str | None) -> str:
     install = install or default_install()
     includes = "\n".join(
         f"          - target: {t}\n            runs_on: {SMOKE_RUNNER.get(t, X86_RUNNER)}\n"
-        f"            smoke_provider: {SMOKE_PROVIDER[t]}"
+        f"            smoke_provider: {SMOKE_PROVIDER[t]}\n"
+        f"            runtime: {SMOKE_RUNTIME.get(t, ('onnxruntime-genai', ''))[0]}\n"
+        f'            more: "{SMOKE_RUNTIME.get(t, ("", ""))[1]}"'
         for t in targets
     )
     return TEMPLATE.format(

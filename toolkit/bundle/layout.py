@@ -24,13 +24,15 @@ def assemble(model_dir: Path, bundle: Path, plan: BuildPlan) -> None:
     shutil.move(str(model_dir), str(bundle / "model"))
     runner = bundle / "runner"
     runner.mkdir()
-    shutil.copy2(RUNNERS / "python" / "run.py", runner / "run.py")
     kind = plan.runtime.runner
-    if kind != "python":
+    host = "llama-cpp" if kind == "llama-cpp" else "python"  # the runner this machine checks the bundle with
+    shutil.copy2(RUNNERS / host / "run.py", runner / "run.py")
+    if kind not in ("python", "llama-cpp"):
         shutil.copytree(RUNNERS / kind, runner / kind)
     tests = bundle / "tests"
     tests.mkdir()
-    shutil.copy2(RUNNERS / "python" / "smoke_test.py", tests / "smoke_test.py")
+    shutil.copy2(RUNNERS / host / "smoke_test.py", tests / "smoke_test.py")
+    shutil.copy2(RUNNERS / "common" / "checks.py", tests / "checks.py")
 
 
 def file_table(bundle: Path) -> dict[str, dict[str, Any]]:
@@ -64,7 +66,7 @@ def write_manifest(
         "plan": plan.to_dict(),
         "runtime": {
             "package": plan.runtime.package,
-            "version": metadata.version("onnxruntime-genai"),
+            "version": runtime_version(plan.runtime.package),
             "execution_provider": plan.export.execution_provider,
             "runner": plan.runtime.runner,
         },
@@ -73,10 +75,28 @@ def write_manifest(
         "quality": quality,
     }
     manifest["source"].pop("path")  # machine-specific; `origin` says what was built
-    stops = json.loads((bundle / "model" / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
+    stops = stop_ids(bundle / "model")
     manifest["source"]["eos_token_id"] = {**eos_sources(source.path), "stops_on": stops}
     save_manifest(bundle, manifest)
     return manifest
+
+
+def runtime_version(package: str) -> str:
+    """The installed version of the runtime package (onnxruntime-genai's for its -cuda/-directml
+    builds, which this machine checks with the CPU package)."""
+    name = "llama-cpp-python" if package == "llama-cpp-python" else "onnxruntime-genai"
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def stop_ids(model_dir: Path) -> list[int] | int:
+    """The id(s) the bundle stops on, as its runtime's settings file has them: genai_config.json's
+    eos_token_id, or a GGUF bundle's gguf.json."""
+    if (model_dir / "gguf.json").is_file():
+        return json.loads((model_dir / "gguf.json").read_text(encoding="utf-8"))["stop_ids"]
+    return json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))["model"]["eos_token_id"]
 
 
 def save_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
@@ -106,7 +126,43 @@ _DEVICE = {
 }
 
 
+def _gguf_readme(plan: BuildPlan, origin: str) -> list[str]:
+    return [
+        f"# {origin} for {plan.target}",
+        "",
+        "One GGUF file (`model/model.gguf`: weights, tokenizer and chat template) for llama.cpp, Ollama "
+        f"and LM Studio, {plan.quantize.method} {plan.export.precision} weights (`model/gguf.json` lists "
+        f"each tensor's type), context capped at {plan.optimize.context_cap} tokens in the Modelfile. Built "
+        f"by slmkit {__version__} (recipe `{plan.recipe}`); manifest.json lists every file's sha256, the "
+        "resolved plan and the verification results.",
+        "",
+        "## Run it",
+        "```",
+        "cd model && ollama create my-model -f Modelfile && ollama run my-model   # Ollama",
+        "llama-cli -m model/model.gguf -cnv                                        # llama.cpp",
+        f"pip install llama-cpp-python=={runtime_version(plan.runtime.package)} gguf numpy",
+        'python runner/run.py --prompt "What is the capital of France?"            # greedy; --chat, --temperature',
+        "```",
+        "LM Studio: load `model/model.gguf`. The Modelfile decodes greedily (temperature 0) and stops at "
+        "every end-of-turn token of the checkpoint.",
+        "",
+        "## Check it on the device",
+        "```",
+        "python tests/smoke_test.py             # file hashes, tensor types, tokenizer, tokens vs the reference",
+        "```",
+        "",
+        "## Layout",
+        "- `model/`: model.gguf, Modelfile (Ollama), gguf.json (tensor types, context cap, stop ids)",
+        "- `runner/`: a generator on llama-cpp-python",
+        "- `tests/`: golden.json (reference prompts and tokens), smoke_test.py and checks.py",
+        "",
+    ]
+
+
 def write_readme(bundle: Path, plan: BuildPlan, origin: str) -> None:
+    if plan.runtime.runner == "llama-cpp":
+        (bundle / "README.md").write_text("\n".join(_gguf_readme(plan, origin)), encoding="utf-8")
+        return
     version = metadata.version("onnxruntime-genai")
     install = _INSTALL.get(plan.runtime.package, "pip install onnxruntime-genai=={v} numpy").format(v=version)
     lines = [

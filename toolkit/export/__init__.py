@@ -1,7 +1,8 @@
 """Export: the checkpoint's weights to an ONNX model folder (model.onnx, genai_config.json,
-tokenizer). stream.py is slmkit's streamed engine, builder.py the onnxruntime-genai builder called
-as a library, optimize.py the target's settings and the read-back of every one. May import
-quantize, families, graphs, source, plan and below."""
+tokenizer) or a GGUF one (model.gguf). stream.py is slmkit's streamed engine, builder.py the
+onnxruntime-genai builder called as a library, gguf.py the GGUF writer, optimize.py the target's
+settings and the read-back of every one. May import quantize, families, graphs, source, plan and
+below."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from ..plan.config import OWN_METHODS, BuildPlan
 from ..quantize import choices
 from ..source.checkpoint import SourceModel
-from . import builder, stream
+from . import builder, gguf, stream
 
 
 def export_model(
@@ -28,6 +29,12 @@ def export_model(
         )
         log(f"{step}export + {precision} quantization with {how}")
         return stream.export_stream(
+            src.path, src.weight_files, src.config, plan.export, q, work, lambda m: log(f"      {m}")
+        )
+    if plan.export.engine == "gguf":
+        how = f"slmkit's calibrated {q.method}" if q.method in OWN_METHODS else "llama.cpp's round-to-nearest"
+        log(f"{step}GGUF export + {precision} quantization with {how}, one tensor at a time")
+        return gguf.export_gguf(
             src.path, src.weight_files, src.config, plan.export, q, work, lambda m: log(f"      {m}")
         )
     log(f"{step}export + {precision} quantization with the onnxruntime-genai builder")

@@ -28,6 +28,17 @@ def _same_key(_weights: CheckpointTensors, key: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class GgufHooks:
+    """How llama.cpp reads a family (the GGUF target, toolkit/export/gguf.py)."""
+
+    architectures: dict[str, str]  # config.json's architectures[0] -> llama.cpp's general.architecture
+    # metadata(gguf writer, config, shape, arch): its keys; returns extra F32 tensors by name
+    metadata: Callable[..., dict[str, Any]]
+    # tensors(weights, shape, arch, extra): every tensor, in the order they are written
+    tensors: Callable[..., list[Any]]
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     # -- how it is recognised: config.json's architectures[0] -> (its model_type, the checkpoints it
@@ -68,3 +79,5 @@ class Family:
     # extra_cases(bundle, source, weight_files, model, passes, verify, eos, wrap): golden cases
     # beyond the text prompts (an image), appended to tests/golden.json
     extra_cases: Callable[..., list[dict[str, Any]]] | None = None
+    # -- the GGUF target: None when slmkit writes no llama.cpp file for the family ------------------
+    gguf: GgufHooks | None = None

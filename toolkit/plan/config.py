@@ -24,7 +24,7 @@ PRECISIONS_BY_PROVIDER = {
     "cuda": ("int4", "int8", "fp16", "fp32"),
     "dml": ("int4", "fp16"),
 }
-RUNNERS_BY_PROVIDER = {"cpu": ("python", "android", "ios"), "cuda": ("python",), "dml": ("python",)}
+RUNNERS_BY_PROVIDER = {"cpu": ("python", "android", "ios", "llama-cpp"), "cuda": ("python",), "dml": ("python",)}
 
 
 def _choice(*values: Any, **kw: Any) -> Any:
@@ -40,7 +40,8 @@ class ExportConfig:
     # "ort-genai": onnxruntime-genai's model builder (every architecture and provider it knows;
     # holds the whole model in memory, ~7-8 bytes per parameter). "stream": slmkit's streamed
     # writer of the same CPU graph (toolkit/export/stream.py), one tensor in memory at a time.
-    engine: str = _choice("ort-genai", "stream", default="ort-genai")
+    # "gguf": a GGUF file for llama.cpp and Ollama (toolkit/export/gguf.py), one tensor at a time.
+    engine: str = _choice("ort-genai", "stream", "gguf", default="ort-genai")
     execution_provider: str = _choice(*PRECISIONS_BY_PROVIDER, default="cpu")
     precision: str = _choice("int4", "int8", "fp16", "fp32", default="int4")
     # Vision models only (Phi-3.5-vision): the image encoder's linear weights, computed in float32
@@ -84,7 +85,7 @@ class OptimizeConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    runner: str = _choice("python", "android", "ios", default="python")
+    runner: str = _choice("python", "android", "ios", "llama-cpp", default="python")
     package: str = "onnxruntime-genai"
 
 
@@ -283,11 +284,17 @@ def _check_combination(plan: BuildPlan) -> None:
             "= int8, and where mixed chooses it), not precision 'int8'. Use precision int4, or a builder method "
             "(default, k_quant, k_quant_last, k_quant_mixed) for int8 layers."
         )
-    if q.method in OWN_METHODS and plan.export.engine != "stream":
+    if q.method in OWN_METHODS and plan.export.engine == "ort-genai":
         raise ConfigError(
             f"quantize.method '{q.method}' is slmkit's calibrated int4, written by its streamed export: "
             "use --set export.engine=stream, or a builder method (default, k_quant, k_quant_last, "
             "k_quant_mixed) with the onnxruntime-genai builder."
+        )
+    if (plan.export.engine == "gguf") != (plan.runtime.runner == "llama-cpp"):
+        raise ConfigError(
+            f"export.engine '{plan.export.engine}' with runtime.runner '{plan.runtime.runner}': a GGUF file is "
+            "run by llama.cpp (runner 'llama-cpp'), an ONNX model by onnxruntime-genai. Use --target gguf "
+            "for a GGUF bundle."
         )
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(

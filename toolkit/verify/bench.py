@@ -114,18 +114,17 @@ def gpu_copy_bandwidth(megabytes: int = 1024, repeats: int = 10) -> float | None
 def run(
     bundle: Path, prompt_tokens: int = 128, new_tokens: int = 128, runs: int = 5, provider: str = "bundle"
 ) -> BenchResult:
-    import numpy as np
-    import onnxruntime_genai as og
-
     from ..bundle.layout import read_manifest, require_bundle
-    from .quality import bundle_runner, default_text
+    from .quality import bundle_runner
 
     require_bundle(bundle)
+    model_dir = bundle / "model"
+    gguf = (model_dir / "model.gguf").is_file()
     on_gpu = provider == "cuda" or (
         provider == "bundle" and read_manifest(bundle)["runtime"].get("execution_provider") == "cuda"
     )
-    runner = bundle_runner()
-    cap = runner.genai_config(bundle / "model")["search"]["max_length"]
+    runner = bundle_runner("llama-cpp") if gguf else bundle_runner()
+    cap = runner.settings(model_dir)["context_cap"] if gguf else runner.genai_config(model_dir)["search"]["max_length"]
     if runs < 1:
         raise InputModelError(f"--runs {runs}: expected at least 1 timed run.")
     if prompt_tokens + new_tokens > cap or prompt_tokens < 1 or new_tokens < 2:
@@ -133,12 +132,44 @@ def run(
             f"--prompt-tokens {prompt_tokens} + --new-tokens {new_tokens} must fit the bundle's context cap "
             f"of {cap} tokens, with at least 1 prompt token and 2 new tokens."
         )
-    model = runner.load_model(bundle / "model", provider)
-    tokenizer = og.Tokenizer(model)
-    text_ids = list(tokenizer.encode(default_text()[1]))
-    prompt = np.asarray((text_ids * (prompt_tokens // len(text_ids) + 1))[:prompt_tokens], dtype=np.int32)
+    timed = _llama_cpp_runs if gguf else _onnx_runs
+    ttfts, decodes = timed(runner, model_dir, provider, prompt_tokens, new_tokens, runs + 1)
+    ttfts, decodes = ttfts[1:], decodes[1:]  # the first run warms up (kernel packing, allocations)
+    ttft = statistics.median(ttfts)
+    return BenchResult(
+        bundle=bundle.name,
+        provider=provider,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        runs=runs,
+        ttft_s=ttft,
+        prefill_tok_s=prompt_tokens / ttft,
+        decode_tok_s=statistics.median(decodes),
+        decode_tok_s_min=min(decodes),
+        decode_tok_s_max=max(decodes),
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        weight_bytes=model_bytes(model_dir),
+        bandwidth_gb_s=gpu_copy_bandwidth() if on_gpu else copy_bandwidth(),
+        bandwidth_of="GPU memory" if on_gpu else "RAM",
+    )
+
+
+def _prompt(ids: list[int], n: int) -> list[int]:
+    """The evaluation text's tokens, repeated to n."""
+    return (ids * (n // len(ids) + 1))[:n]
+
+
+def _onnx_runs(runner, model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int):
+    """(time to first token, decode tok/s) of each run with onnxruntime-genai."""
+    import numpy as np
+    import onnxruntime_genai as og
+
+    from .quality import default_text
+
+    model = runner.load_model(model_dir, provider)
+    prompt = np.asarray(_prompt(list(og.Tokenizer(model).encode(default_text()[1])), prompt_tokens), dtype=np.int32)
     ttfts, decodes = [], []
-    for _ in range(runs + 1):  # the first run warms up (kernel packing, allocations) and is dropped
+    for _ in range(runs):
         params = og.GeneratorParams(model)
         params.set_search_options(
             max_length=prompt_tokens + new_tokens, min_length=prompt_tokens + new_tokens, do_sample=False
@@ -156,24 +187,32 @@ def run(
         ttfts.append(first - start)
         decodes.append((produced - 1) / (end - first))
         del generator
-    ttfts, decodes = ttfts[1:], decodes[1:]
-    ttft = statistics.median(ttfts)
-    return BenchResult(
-        bundle=bundle.name,
-        provider=provider,
-        prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens,
-        runs=runs,
-        ttft_s=ttft,
-        prefill_tok_s=prompt_tokens / ttft,
-        decode_tok_s=statistics.median(decodes),
-        decode_tok_s_min=min(decodes),
-        decode_tok_s_max=max(decodes),
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        weight_bytes=model_bytes(bundle / "model"),
-        bandwidth_gb_s=gpu_copy_bandwidth() if on_gpu else copy_bandwidth(),
-        bandwidth_of="GPU memory" if on_gpu else "RAM",
-    )
+    return ttfts, decodes
+
+
+def _llama_cpp_runs(runner, model_dir: Path, _provider: str, prompt_tokens: int, new_tokens: int, runs: int):
+    """(time to first token, decode tok/s) of each run with llama.cpp: prefill, then greedy tokens
+    one at a time (the argmax of the last position's logits)."""
+    import numpy as np
+
+    from .quality import default_text
+
+    llm = runner.load_model(model_dir, n_ctx=prompt_tokens + new_tokens + 8)
+    prompt = _prompt(llm.tokenize(default_text()[1].encode("utf-8"), add_bos=False, special=False), prompt_tokens)
+    ttfts, decodes = [], []
+    for _ in range(runs):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt)
+        token = int(np.argmax(runner.last_logits(llm)))
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            llm.eval([token])
+            token = int(np.argmax(runner.last_logits(llm)))
+        end = time.perf_counter()
+        ttfts.append(first - start)
+        decodes.append((new_tokens - 1) / (end - first))
+    return ttfts, decodes
 
 
 def to_json(result: BenchResult) -> str:

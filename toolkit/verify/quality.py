@@ -116,9 +116,23 @@ class Reference:
 
 
 def evaluate(bundle_model_dir: Path, ref: Reference, provider: str = "cpu") -> Quality:
-    """Perplexity, top-1 agreement and mean KL(reference || bundle) of the bundle's model."""
+    """Perplexity, top-1 agreement and mean KL(reference || bundle) of the bundle's model (an ONNX
+    model with onnxruntime-genai, a GGUF file with llama.cpp)."""
+    if (bundle_model_dir / "model.gguf").is_file():
+        longest = max(len(w) for w in ref.windows)
+        llm = bundle_runner("llama-cpp").load_model(bundle_model_dir, n_ctx=longest + 8, logits_all=True)
+        return score(ref, lambda win: gguf_logits(llm, win))
     model = bundle_runner().load_model(bundle_model_dir, provider)
     return score(ref, lambda win: bundle_logits(model, win))
+
+
+def gguf_logits(llm, ids: list[int]):
+    """Logits for every position of `ids` from one prefill in llama.cpp ([len, vocab])."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)], dtype=np.float32)
 
 
 def score(ref: Reference, logits_of) -> Quality:
@@ -148,8 +162,8 @@ def score(ref: Reference, logits_of) -> Quality:
 
 
 def model_bytes(model_dir: Path) -> int:
-    """Bytes of the ONNX graph and its weights (what quantization changes)."""
-    return sum(p.stat().st_size for p in model_dir.iterdir() if p.name.startswith("model.onnx"))
+    """Bytes of the ONNX graph and its weights, or of the GGUF file (what quantization changes)."""
+    return sum(p.stat().st_size for p in model_dir.iterdir() if p.name.startswith(("model.onnx", "model.gguf")))
 
 
 def selection_text() -> tuple[str, str]:
@@ -218,14 +232,14 @@ def evaluate_bundle(
 
 
 @functools.cache
-def bundle_runner():
-    """The bundles' own runner module (runner/run.py), for load_model with a provider override."""
+def bundle_runner(kind: str = "python"):
+    """The bundles' own runner module (runner/run.py of `kind`: python, llama-cpp), for load_model."""
     import importlib.util
 
     from ..bundle.layout import RUNNERS
 
-    path = RUNNERS / "python" / "run.py"
-    spec = importlib.util.spec_from_file_location("slmkit_bundle_runner", path)
+    path = RUNNERS / kind / "run.py"
+    spec = importlib.util.spec_from_file_location(f"slmkit_bundle_runner_{kind.replace('-', '_')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -101,7 +101,11 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
     device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
     result, output = run_smoke_test(path, provider)
     problems = []
-    if result.get("failed", 1) == 0:
+    if result.get("failed", 1) == 0 and plan.export.engine == "gguf":
+        from ..export import gguf
+
+        problems = gguf.setting_mismatches(path / "model", plan.export, plan.quantize)
+    elif result.get("failed", 1) == 0:
         problems = setting_mismatches(path / "model", plan, architecture)
     summary = summarize(result, provider, ep, plan.runtime.runner)
     summary["host"]["settings_mismatches"] = problems

@@ -9,7 +9,8 @@ from typing import Any
 from ...graphs.ops import Shape
 from ...plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ...source.tensors import CheckpointTensors
-from ..family import Family
+from ..family import Family, GgufHooks
+from . import gguf
 from .graph import expected_tensors, graph_io, hf_rows, write_decoder
 
 
@@ -39,4 +40,5 @@ FAMILY = Family(
     decoder_io=graph_io,
     stream_problems=_stream_problems,
     hf_rows=hf_rows,
+    gguf=GgufHooks(gguf.ARCHITECTURES, gguf.metadata, gguf.tensors),
 )
