@@ -149,3 +149,15 @@ def test_streamed_engine_writes_the_builders_model(smol_bundles, smollm2, tmp_pa
         arrays.append({t.name: numpy_helper.to_array(t).tobytes() for t in model.graph.initializer})
     assert arrays[0].keys() == arrays[1].keys()
     assert [n for n in arrays[1] if arrays[0][n] != arrays[1][n]] == []
+
+
+def test_the_gguf_bundle_is_within_the_recipes_budget_in_llama_cpp(smollm2, reference, tmp_path):
+    """SmolLM2 as GGUF (byte-level tokenizer, llama architecture): it builds, llama.cpp's tokenizer
+    encodes the golden prompts as transformers does (the smoke test), and its perplexity through
+    llama.cpp is within the recipe's budget."""
+    src = open_checkpoint(str(smollm2))
+    plan = plan_build(src, None, "gguf", ())
+    manifest = build(src, plan, tmp_path / "gguf", log=lambda _: None)
+    assert manifest["verification"]["host"]["failed"] == 0
+    q = evaluate(tmp_path / "gguf" / "model", reference)
+    assert q.ppl_increase <= plan.verify.max_ppl_increase, q

@@ -139,9 +139,7 @@ def calibration_memory_bytes(config: dict) -> int:
     table = config["vocab_size"] * h * stored * (1 if config.get("tie_word_embeddings") else 2)
     one_expert = dict(config, num_local_experts=1)
     states = 3 * CALIBRATION_TOKENS * h * 4 + 2048 * 2 * i * 4
-    return int(
-        table + 2 * 4 * layer_params(one_expert) + 4 * (3 * h * h + i * i) + 3 * 4 * widest * widest + states
-    )
+    return int(table + 2 * 4 * layer_params(one_expert) + 4 * (3 * h * h + i * i) + 3 * 4 * widest * widest + states)
 
 
 def memory_check(num_params: int, config: dict, engine: str, method: str = "default", precision: str = "int4") -> Check:
