@@ -181,6 +181,28 @@ def test_the_gguf_bundle_builds_verifies_and_runs_in_llama_cpp(tiny35, tmp_path)
     assert verified.exit_code == 0, verified.output
 
 
+def test_eval_bench_and_pack_take_a_gguf_bundle(tiny35, tmp_path):
+    """The bundle commands on a GGUF bundle: eval scores it through llama.cpp against the float32
+    reference, bench times llama.cpp, pack and unpack keep every file and its hash."""
+    out = tmp_path / "b"
+    assert CliRunner().invoke(main, ["build", "-m", str(tiny35), "-t", "gguf", "-o", str(out), "-q"]).exit_code == 0
+    scored = CliRunner().invoke(main, ["eval", str(out), "-r", str(tiny35), "--max-tokens", "600", "--window", "128"])
+    assert scored.exit_code == 0, scored.output
+    quality = json.loads((out / "manifest.json").read_text())["quality"]["eval"]
+    assert 0.8 <= quality["top1_agreement"] <= 1.0 and abs(quality["ppl_increase"]) < 0.25
+    timed = CliRunner().invoke(
+        main, ["bench", str(out), "--prompt-tokens", "16", "--new-tokens", "8", "--runs", "1", "--json"]
+    )
+    assert timed.exit_code == 0, timed.output
+    result = json.loads(timed.output)
+    assert result["decode_tok_s"] > 0 and result["weight_bytes"] == (out / "model" / "model.gguf").stat().st_size
+    archive = tmp_path / "b.tar.gz"
+    assert CliRunner().invoke(main, ["pack", str(out), "-o", str(archive)]).exit_code == 0
+    unpacked = CliRunner().invoke(main, ["unpack", str(archive), "-o", str(tmp_path / "u")])
+    assert unpacked.exit_code == 0, unpacked.output
+    assert (tmp_path / "u" / "b" / "model" / "Modelfile").read_text() == (out / "model" / "Modelfile").read_text()
+
+
 @pytest.mark.parametrize(
     "variant, extra",
     [

@@ -60,7 +60,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--model", "-m", required=True, help="Local Hugging Face folder, or a Hub id (org/name).")
-@click.option("--target", "-t", help="cpu, android, ios, windows-dml or linux-cuda (see `slmkit ls`).")
+@click.option("--target", "-t", help="cpu, android, ios, windows-dml, linux-cuda or gguf (see `slmkit ls`).")
 @click.option("--recipe", "-r", help="Recipe name (phi-3.5-mini/android) or path of a .toml file.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), help="Bundle folder [default: <model>-<target>].")
 @click.option(
