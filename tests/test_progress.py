@@ -52,10 +52,10 @@ def test_a_log_gets_a_line_every_ten_percent_then_a_closing_line(clock):
 
 def test_a_slow_step_in_a_log_still_prints_every_30_seconds(clock):
     lines = run_bar(io.StringIO(), clock, steps=3, seconds_each=40.0, total=1000).splitlines()
-    assert lines == [
-        "      export: 1/1000 tensors, 0%, 0:40 elapsed, ETA 11:06:00",
-        "      export: 2/1000 tensors, 0%, 1:20 elapsed, ETA 11:05:20",
-        "      export: 3/1000 tensors, 0%, 2:00 elapsed, ETA 11:04:40",
+    assert lines == [  # no ETA below 1% done: a rate from so little work says nothing
+        "      export: 1/1000 tensors, 0%, 0:40 elapsed",
+        "      export: 2/1000 tensors, 0%, 1:20 elapsed",
+        "      export: 3/1000 tensors, 0%, 2:00 elapsed",
         "      export: 3 tensors in 2:00",
     ]
 

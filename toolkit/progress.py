@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
 
+ETA_FROM = 0.01  # the fraction done before an ETA is shown
 INDENT = "      "
 LOG_AFTER_S = 10.0  # in a log, the first line only after this long: short work prints nothing
 LOG_EVERY_S = 30.0  # in a log, then at least one line this often while something advances
@@ -69,7 +70,7 @@ class Bar:
         frac = min(self.done / self.total, 1.0) if self.total else 0.0
         fmt, unit = _units(self.unit, self.total, self.fmt)
         parts = [f"{fmt(self.done)}/{fmt(self.total)} {unit}", f"{frac:.0%}", f"{clock(elapsed)} elapsed"]
-        if 0 < frac < 1 and elapsed >= 1:
+        if ETA_FROM <= frac < 1 and elapsed >= 1:  # below 1% a rate says little (a calibration's setup)
             parts.append(f"ETA {clock(elapsed * (1 - frac) / frac)}")
         return f"{INDENT}{self.label}: " + ", ".join(parts)
 
