@@ -5,8 +5,9 @@ Q4_1 GGUF, and with --float-tuned a float-trained one (benchmarks/float_tune.py)
 Rows per checkpoint:
 - llama.cpp Q4_0 and Q4_K_M: convert_hf_to_gguf.py from llama-cpp-python's own source package
   (F32), then llama_model_quantize, as `llama-quantize F32.gguf OUT.gguf Q4_K_M` does;
-- slmkit gguf: the smollm2/gguf recipe (GPTQ codes on Q4_1, Q8_0 output), and its
-  round-to-nearest variant (--set quantize.method=default);
+- slmkit gguf: the smollm2/gguf recipe (GPTQ codes on Q4_1, Q8_0 output), its round-to-nearest
+  variant (--set quantize.method=default) and its symmetric one (GPTQ on Q4_0, which llama.cpp
+  repacks for its fastest x86 kernels);
 - slmkit cpu: the smollm2/cpu ONNX bundle (calibrated mixed int4), for reference.
 Each: file bytes, perplexity change against the float32 PyTorch model on the evaluation text
 (GPL v3; none of these is tuned on it), top-1 agreement, mean KL, then prefill and decode tok/s
@@ -149,15 +150,18 @@ def main() -> None:
             work = Path(tmp)
             for label, folder in llama_cpp_files(model, work):
                 rows.append(gguf_row(f"{name}: {label}", folder, ref, args.runs))
-            for label, overrides in (
-                ("slmkit gguf (recipe: gptq Q4_1, Q8_0 output)", ()),
-                ("slmkit gguf, round-to-nearest Q4_1", ("quantize.method=default",)),
+            for n, (label, overrides) in enumerate(
+                (
+                    ("slmkit gguf (recipe: gptq Q4_1, Q8_0 output)", ()),
+                    ("slmkit gguf, round-to-nearest Q4_1", ("quantize.method=default",)),
+                    ("slmkit gguf, symmetric (GPTQ Q4_0, Q8_0 output)", ("quantize.symmetric=true",)),
+                )
             ):
-                bundle = slmkit_bundle(model, "gguf", overrides, work / f"slmkit-gguf-{len(overrides)}")
+                bundle = slmkit_bundle(model, "gguf", overrides, work / f"slmkit-gguf-{n}")
                 rows.append(gguf_row(f"{name}: {label}", bundle / "model", ref, args.runs))
             bundle = slmkit_bundle(model, "cpu", (), work / "onnx")
             rows.append(onnx_row(f"{name}: slmkit cpu (ONNX, mixed int4)", bundle, ref, args.runs))
-            for row in rows[-5:]:
+            for row in rows[-6:]:
                 print(row[0], row[1], row[2].ppl_increase if row[2] else None, row[3], flush=True)
     print()
     print(table(rows))

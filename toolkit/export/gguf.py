@@ -99,19 +99,8 @@ def export_gguf(
     extra = family.gguf.metadata(w, config, shape, arch)
     add_vocab(w, source, shape.vocab)
     tensors = family.gguf.tensors(weights, shape, arch, extra)
-    types = {t.name: ("F32" if not t.k else head_kind if t.parts[0][0] == "/lm_head" else kind) for t in tensors}
-    for t in tensors:
-        nbytes = t.rows * 4 if not t.k else t.rows * ggml.row_bytes(t.k, types[t.name])
-        w.add_tensor_info(
-            t.name,
-            [t.rows, t.k] if t.k else [t.rows],
-            np.dtype(np.float32),
-            nbytes,
-            gguf.GGMLQuantizationType[types[t.name]],
-        )
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_ti_data_to_file()
+    types = {t.name: ("F32" if not t.k else head_kind if t.parts[0].base == "/lm_head" else kind) for t in tensors}
+    _header(w, tensors, types)
     calibration = None
     if q.method in OWN_METHODS and export.precision == "int4":
         from ..quantize.sequential import Calibration
@@ -125,7 +114,7 @@ def export_gguf(
                 if calibration is not None and t.stage != stage:
                     stage = t.stage
                     calibration.layer(stage if stage < shape.layers else None)
-                w.write_tensor_data(_bytes(t, types[t.name], calibration))
+                w.write_tensor_data(_bytes(t, types[t.name], weights, calibration))
         finally:
             if calibration is not None:
                 calibration.close()
@@ -136,22 +125,43 @@ def export_gguf(
     return out
 
 
-def _bytes(t: Any, kind: str, calibration: Any) -> np.ndarray:
+def _header(w: Any, tensors: list[Any], types: dict[str, str]) -> None:
+    """The file's header, keys and tensor table: every tensor's type and size are the plan's."""
+    import gguf
+
+    for t in tensors:
+        nbytes = t.rows * 4 if not t.k else t.rows * ggml.row_bytes(t.k, types[t.name])
+        shape = [t.rows, t.k] if t.k else [t.rows]
+        w.add_tensor_info(t.name, shape, np.dtype(np.float32), nbytes, gguf.GGMLQuantizationType[types[t.name]])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+
+
+def _bytes(t: Any, kind: str, weights: CheckpointTensors, calibration: Any) -> np.ndarray:
     """A tensor's GGUF bytes: F32 vectors as they are; matrices from the calibration's blocks, or
-    gguf-py's quantizer (llama.cpp's rounding) when there is none or the type is not 4-bit."""
+    gguf-py's quantizer (llama.cpp's rounding) when there is none or the type is not 4-bit. Each
+    checkpoint tensor is read once (Phi-3's gate_up gives two parts)."""
+    if t.value is not None:
+        return np.ascontiguousarray(t.value, dtype=np.float32)
+    read: dict[str, np.ndarray] = {}
+    parts = []
+    for p in t.parts:
+        if p.key not in read:
+            read[p.key] = weights.float32(p.key)
+        parts.append((p.base, read[p.key] if p.rows is None else read[p.key][p.rows]))
     if not t.k:
-        return np.ascontiguousarray(t.parts[0][1](), dtype=np.float32)
+        return np.ascontiguousarray(parts[0][1], dtype=np.float32)
     if calibration is not None and kind in ("Q4_0", "Q4_1"):
-        blocks = []
-        for base, read in t.parts:
-            w = read()
-            blocks.append(
-                calibration.table(base, w) if base == "/model/embed_tokens" else calibration.packed(base, w)[0]
-            )
-            del w
+        blocks = [
+            calibration.table(base, w) if base == "/model/embed_tokens" else calibration.packed(base, w)[0]
+            for base, w in parts
+        ]
+        del read, parts
         p = Packed.stack(blocks)
         return ggml.q4(p.take(t.order) if t.order is not None else p)[0]
-    w = np.concatenate([read() for _, read in t.parts]) if len(t.parts) > 1 else t.parts[0][1]()
+    w = np.concatenate([w for _, w in parts]) if len(parts) > 1 else parts[0][1]
+    del read, parts
     return ggml.reference(w[t.order] if t.order is not None else w, kind)
 
 

@@ -8,7 +8,6 @@ pairwise rotary), tied tables as token_embd alone. Names and keys as llama.cpp's
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,20 +17,29 @@ from ...graphs.ops import Shape
 from ...source.tensors import CheckpointTensors
 
 ARCHITECTURES = {"Phi3ForCausalLM": "phi3", "LlamaForCausalLM": "llama"}
-Read = Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Part:
+    """Rows of a checkpoint tensor (all of them: None) that a GGUF tensor stacks, and the graph's
+    MatMul name the calibration knows them by ("" for a vector)."""
+
+    base: str
+    key: str
+    rows: slice | None = None
 
 
 @dataclass(frozen=True)
 class Tensor:
-    """One GGUF tensor: its name and shape [rows, k] (k = 0: a vector of `rows`), and the parts
-    whose rows it stacks, each (the graph's MatMul name that the calibration knows it by, or "" for
-    a vector, and a reader of the float32 weight [rows, K]); `order` reorders the stacked rows."""
+    """One GGUF tensor: its name and shape [rows, k] (k = 0: a vector of `rows`), the parts whose
+    rows it stacks (or its `value`: the longrope factors); `order` reorders the stacked rows."""
 
     name: str
     rows: int
     k: int
-    parts: tuple[tuple[str, Read], ...]
+    parts: tuple[Part, ...] = ()
     order: np.ndarray | None = None
+    value: np.ndarray | None = None
     stage: int = -1  # -1: before the layers; a layer's index; the layer count: after them
 
 
@@ -43,15 +51,8 @@ def permuted_rows(heads: int, head_dim: int) -> np.ndarray:
     return (np.arange(heads)[:, None] * head_dim + inner[None, :]).reshape(-1)
 
 
-def _vector(name: str, rows: int, weights: CheckpointTensors, key: str) -> Tensor:
-    return Tensor(name, rows, 0, (("", lambda: weights.float32(key)),))
-
-
-def _part(base: str, weights: CheckpointTensors, key: str, rows: slice | None = None) -> tuple[str, Read]:
-    """A matrix part: the graph's MatMul name, and a reader of its float32 rows."""
-    if rows is None:
-        return base, lambda: weights.float32(key)
-    return base, lambda: weights.float32(key)[rows]
+def _vector(name: str, rows: int, key: str) -> Tensor:
+    return Tensor(name, rows, 0, (Part("", key),))
 
 
 def layer_tensors(weights: CheckpointTensors, shape: Shape, arch: str, i: int) -> list[Tensor]:
@@ -61,29 +62,29 @@ def layer_tensors(weights: CheckpointTensors, shape: Shape, arch: str, i: int) -
     qkv, gate_up = f"{hf}.self_attn.qkv_proj.weight", f"{hf}.mlp.gate_up_proj.weight"
     spans = {"q": slice(0, q), "k": slice(q, q + kv), "v": slice(q + kv, q + 2 * kv)}
 
-    def attn(p: str) -> tuple[str, Read]:
+    def attn(p: str) -> Part:
         if qkv in weights:
-            return _part(f"{onnx}/attn/{p}_proj", weights, qkv, spans[p])
-        return _part(f"{onnx}/attn/{p}_proj", weights, f"{hf}.self_attn.{p}_proj.weight")
+            return Part(f"{onnx}/attn/{p}_proj", qkv, spans[p])
+        return Part(f"{onnx}/attn/{p}_proj", f"{hf}.self_attn.{p}_proj.weight")
 
-    def mlp(p: str, rows: slice) -> tuple[str, Read]:
+    def mlp(p: str, rows: slice) -> Part:
         if gate_up in weights:
-            return _part(f"{onnx}/mlp/{p}_proj", weights, gate_up, rows)
-        return _part(f"{onnx}/mlp/{p}_proj", weights, f"{hf}.mlp.{p}_proj.weight")
+            return Part(f"{onnx}/mlp/{p}_proj", gate_up, rows)
+        return Part(f"{onnx}/mlp/{p}_proj", f"{hf}.mlp.{p}_proj.weight")
 
     h = shape.hidden
-    out = [_vector(f"blk.{i}.attn_norm.weight", h, weights, f"{hf}.input_layernorm.weight")]
+    out = [_vector(f"blk.{i}.attn_norm.weight", h, f"{hf}.input_layernorm.weight")]
     if arch == "phi3" and qkv in weights:  # the calibration knows the fused matrix by the graph's qkv_proj
-        out.append(Tensor(f"blk.{i}.attn_qkv.weight", q + 2 * kv, h, (_part(f"{onnx}/attn/qkv_proj", weights, qkv),)))
+        out.append(Tensor(f"blk.{i}.attn_qkv.weight", q + 2 * kv, h, (Part(f"{onnx}/attn/qkv_proj", qkv),)))
     elif arch == "phi3":
         out.append(Tensor(f"blk.{i}.attn_qkv.weight", q + 2 * kv, h, tuple(attn(p) for p in "qkv")))
     else:
         out.append(Tensor(f"blk.{i}.attn_q.weight", q, h, (attn("q"),), permuted_rows(shape.heads, shape.head)))
         out.append(Tensor(f"blk.{i}.attn_k.weight", kv, h, (attn("k"),), permuted_rows(shape.kv_heads, shape.head)))
         out.append(Tensor(f"blk.{i}.attn_v.weight", kv, h, (attn("v"),)))
-    o_proj = _part(f"{onnx}/attn/o_proj", weights, f"{hf}.self_attn.o_proj.weight")
+    o_proj = Part(f"{onnx}/attn/o_proj", f"{hf}.self_attn.o_proj.weight")
     out.append(Tensor(f"blk.{i}.attn_output.weight", h, q, (o_proj,)))
-    out.append(_vector(f"blk.{i}.ffn_norm.weight", h, weights, f"{hf}.post_attention_layernorm.weight"))
+    out.append(_vector(f"blk.{i}.ffn_norm.weight", h, f"{hf}.post_attention_layernorm.weight"))
     gate, up = mlp("gate", slice(0, inter)), mlp("up", slice(inter, 2 * inter))
     if arch == "phi3":
         out.append(Tensor(f"blk.{i}.ffn_up.weight", 2 * inter, h, (gate, up)))
@@ -92,7 +93,7 @@ def layer_tensors(weights: CheckpointTensors, shape: Shape, arch: str, i: int) -
             Tensor(f"blk.{i}.ffn_gate.weight", inter, h, (gate,)),
             Tensor(f"blk.{i}.ffn_up.weight", inter, h, (up,)),
         ]
-    down = _part(f"{onnx}/mlp/down_proj", weights, f"{hf}.mlp.down_proj.weight")
+    down = Part(f"{onnx}/mlp/down_proj", f"{hf}.mlp.down_proj.weight")
     out.append(Tensor(f"blk.{i}.ffn_down.weight", h, inter, (down,)))
     return out
 
@@ -102,16 +103,15 @@ def tensors(weights: CheckpointTensors, shape: Shape, arch: str, extra: dict[str
     table, the layers, then the final norm and the lm_head (token_embd itself when tied: its
     calibration needs the last layer's output)."""
     h, vocab, last = shape.hidden, shape.vocab, shape.layers
-    out = [Tensor(name, len(v), 0, (("", lambda v=v: v),)) for name, v in extra.items()]
+    out = [Tensor(name, len(v), 0, value=v) for name, v in extra.items()]
     tied = "lm_head.weight" not in weights
     if not tied:
-        table = ("/model/embed_tokens", lambda: weights.float32("model.embed_tokens.weight"))
-        out.append(Tensor("token_embd.weight", vocab, h, (table,)))
+        out.append(Tensor("token_embd.weight", vocab, h, (Part("/model/embed_tokens", "model.embed_tokens.weight"),)))
     for i in range(shape.layers):
         out += [replace(t, stage=i) for t in layer_tensors(weights, shape, arch, i)]
-    norm = _vector("output_norm.weight", h, weights, "model.norm.weight")
+    norm = _vector("output_norm.weight", h, "model.norm.weight")
     head_key = "model.embed_tokens.weight" if tied else "lm_head.weight"
-    head = Tensor("token_embd.weight" if tied else "output.weight", vocab, h, (_part("/lm_head", weights, head_key),))
+    head = Tensor("token_embd.weight" if tied else "output.weight", vocab, h, (Part("/lm_head", head_key),))
     return out + [replace(norm, stage=last), replace(head, stage=last)]
 
 
