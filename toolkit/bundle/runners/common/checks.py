@@ -82,6 +82,32 @@ def greedy_check(out: list[int], case: dict, golden: dict) -> tuple[bool, str, i
     return False, text, None
 
 
+def check_case(report: Report, i: int, case: dict, golden: dict, ids: list[int], what: str,
+               top1: list[int], out: list[int]) -> tuple[int, dict]:
+    """Golden case i's checks from what the runtime made of it: the prompt's ids (`what` names the
+    prompt), its argmax along the reference continuation (top1) and its greedy tokens (out).
+    Returns (the top-1 hits, the case's summary)."""
+    report.add(f"tokenizer {i}", ids == case["prompt_ids"],
+               f"{what} encodes as the reference did" if ids == case["prompt_ids"]
+               else f"got {ids[:12]}..., reference {case['prompt_ids'][:12]}...")
+    expected = case["expected_ids"]
+    hits = sum(a == b for a, b in zip(top1, expected))
+    ok, text, tie = greedy_check(out, case, golden)
+    report.add(f"greedy {i}", ok, f"{text}; top-1 vs reference {hits}/{len(expected)}; "
+               f"reference greedy prefix {common_prefix(out, expected)}/{len(expected)}")
+    return hits, {"prompt": case["prompt"], "top1_agreement": hits / len(expected),
+                  "greedy_prefix": common_prefix(out, expected),
+                  "bundle_prefix": common_prefix(out, case["bundle_ids"]), "tie": tie, "greedy_ids": out}
+
+
+def agreement(report: Report, golden: dict, hits: int, total: int, cases: list[dict], runtime: str) -> dict:
+    """The top-1 agreement over every case against the golden minimum; the smoke test's results."""
+    rate = hits / total if total else 0.0
+    need = golden["min_top1_agreement"]
+    report.add("agreement", rate >= need, f"top-1 agreement {rate:.3f} (need >= {need}) over {total} tokens")
+    return {"top1_agreement": rate, "min_top1_agreement": need, "cases": cases, "runtime": runtime}
+
+
 def common_prefix(a: list[int], b: list[int]) -> int:
     return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 

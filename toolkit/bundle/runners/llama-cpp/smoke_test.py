@@ -23,7 +23,7 @@ from pathlib import Path
 BUNDLE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BUNDLE / "runner"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checks import Report, common_prefix, greedy_check, main, near_ties  # noqa: E402
+from checks import Report, agreement, check_case, main, near_ties  # noqa: E402
 
 
 def open_model(bundle: Path, golden: dict, report: Report):
@@ -85,26 +85,14 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     cases = []
     for i, case in enumerate(golden["cases"], 1):
         ids = tokenize(llm, case["prompt"], case.get("chat", False))
-        report.add(f"tokenizer {i}", ids == case["prompt_ids"], "prompt encodes as the reference did"
-                   if ids == case["prompt_ids"] else f"got {ids[:12]}..., reference {case['prompt_ids'][:12]}...")
-        expected = case["expected_ids"]
-        top1 = teacher_forced(llm, case["prompt_ids"], expected)
-        hits = sum(a == b for a, b in zip(top1, expected))
-        agree, total = agree + hits, total + len(expected)
+        top1 = teacher_forced(llm, case["prompt_ids"], case["expected_ids"])
         out, _ = stepwise(llm, case["prompt_ids"], len(case["bundle_ids"]))
-        ok, text, tie = greedy_check(out, case, golden)
-        report.add(f"greedy {i}", ok, f"{text}; top-1 vs reference {hits}/{len(expected)}; "
-                   f"reference greedy prefix {common_prefix(out, expected)}/{len(expected)}")
-        cases.append({"prompt": case["prompt"], "top1_agreement": hits / len(expected),
-                      "greedy_prefix": common_prefix(out, expected),
-                      "bundle_prefix": common_prefix(out, case["bundle_ids"]), "tie": tie, "greedy_ids": out})
-    rate = agree / total if total else 0.0
-    need = golden["min_top1_agreement"]
-    report.add("agreement", rate >= need, f"top-1 agreement {rate:.3f} (need >= {need}) over {total} tokens")
+        hits, summary = check_case(report, i, case, golden, ids, "prompt", top1, out)
+        agree, total = agree + hits, total + len(case["expected_ids"])
+        cases.append(summary)
     import llama_cpp
 
-    return {"top1_agreement": rate, "min_top1_agreement": need, "cases": cases,
-            "runtime": f"llama-cpp-python {llama_cpp.__version__}"}
+    return agreement(report, golden, agree, total, cases, f"llama-cpp-python {llama_cpp.__version__}")
 
 
 def record(bundle: Path, provider: str) -> int:

@@ -24,7 +24,7 @@ from pathlib import Path
 BUNDLE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BUNDLE / "runner"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from checks import Report, common_prefix, greedy_check, main, near_ties  # noqa: E402
+from checks import Report, agreement, check_case, main, near_ties  # noqa: E402
 
 
 def start(model, prompt_ids: list[int], more: int, inputs=None):
@@ -116,27 +116,14 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     for i, case in enumerate(golden["cases"], 1):
         ids, inputs = case_inputs(model, tokenizer, bundle, case)
         what = f"prompt with {case['image']} ({sum(t < 0 for t in ids)} image tokens)" if inputs is not None else "prompt"
-        report.add(f"tokenizer {i}", ids == case["prompt_ids"],
-                   f"{what} encodes as the reference did" if ids == case["prompt_ids"]
-                   else f"got {ids[:12]}..., reference {case['prompt_ids'][:12]}...")
-        expected = case["expected_ids"]
-        top1 = teacher_forced(model, case["prompt_ids"], expected, inputs)
-        hits = sum(a == b for a, b in zip(top1, expected))
-        agree, total = agree + hits, total + len(expected)
+        top1 = teacher_forced(model, case["prompt_ids"], case["expected_ids"], inputs)
         out = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["bundle_ids"]), inputs)
-        ok, text, tie = greedy_check(out, case, golden)
-        report.add(f"greedy {i}", ok, f"{text}; top-1 vs reference {hits}/{len(expected)}; "
-                   f"reference greedy prefix {common_prefix(out, expected)}/{len(expected)}")
-        cases.append({"prompt": case["prompt"], "top1_agreement": hits / len(expected),
-                      "greedy_prefix": common_prefix(out, expected),
-                      "bundle_prefix": common_prefix(out, case["bundle_ids"]), "tie": tie, "greedy_ids": out})
-    rate = agree / total if total else 0.0
-    need = golden["min_top1_agreement"]
-    report.add("agreement", rate >= need, f"top-1 agreement {rate:.3f} (need >= {need}) over {total} tokens")
+        hits, summary = check_case(report, i, case, golden, ids, what, top1, out)
+        agree, total = agree + hits, total + len(case["expected_ids"])
+        cases.append(summary)
     import onnxruntime_genai as og
 
-    runtime = f"{getattr(og, '__id__', 'onnxruntime-genai')} {og.__version__}"
-    return {"top1_agreement": rate, "min_top1_agreement": need, "cases": cases, "runtime": runtime}
+    return agreement(report, golden, agree, total, cases, f"{getattr(og, '__id__', 'onnxruntime-genai')} {og.__version__}")
 
 
 def record(bundle: Path, provider: str) -> int:
