@@ -43,6 +43,7 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
         stream.check_supported(src, plan.export, plan.quantize)
     if plan.export.engine == "gguf":
         gguf.check_supported(src.config, plan.export, plan.quantize)
+        gguf.require_runtime()
     return plan
 
 

@@ -49,13 +49,16 @@ def problems(config: dict[str, Any], export: ExportConfig, q: QuantizeConfig) ->
 
 
 def check_supported(config: dict[str, Any], export: ExportConfig, q: QuantizeConfig) -> None:
-    """Refuse, before anything is written, what the GGUF engine does not write, and a machine
-    without llama.cpp, which verifies the bundle."""
-    import importlib.util
-
+    """Refuse, before anything is written, what the GGUF engine does not write."""
     found = problems(config, export, q)
     if found:
         raise ConfigError("The GGUF target cannot build " + "; ".join(found) + ".")
+
+
+def require_runtime() -> None:
+    """A build checks its bundle with llama.cpp: refuse a machine without it before the export."""
+    import importlib.util
+
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError(
             "The GGUF target verifies its bundle with llama.cpp, and llama-cpp-python is not installed: "
