@@ -34,18 +34,23 @@ class Packed:
             zp = self.zero_points.astype(np.float32) if self.zero_points is not None else np.full((n, nb), 128.0)
             w = (q - zp[..., None]) * self.scales[..., None]
             return w.reshape(n, nb * self.block)[:, : self.k].T
-        q = np.empty((n, nb, self.block), dtype=np.float32)
+        q, zp = self.nibbles()
+        w = (q.astype(np.float32) - zp.astype(np.float32)[..., None]) * self.scales[..., None]
+        return w.reshape(n, nb * self.block)[:, : self.k].T
+
+    def nibbles(self) -> tuple[np.ndarray, np.ndarray]:
+        """4-bit blocks' codes [N, n_blocks, block] and zero points [N, n_blocks] (8 when
+        symmetric), unpacked to one uint8 each."""
+        n, nb, _ = self.codes.shape
+        q = np.empty((n, nb, self.block), dtype=np.uint8)
         q[..., 0::2] = self.codes & 0x0F
         q[..., 1::2] = self.codes >> 4
         if self.zero_points is None:
-            zp = np.full((n, nb), 8.0, dtype=np.float32)
-        else:
-            zp = np.empty((n, self.zero_points.shape[1] * 2), dtype=np.float32)
-            zp[:, 0::2] = self.zero_points & 0x0F
-            zp[:, 1::2] = self.zero_points >> 4
-            zp = zp[:, :nb]
-        w = (q - zp[..., None]) * self.scales[..., None]
-        return w.reshape(n, nb * self.block)[:, : self.k].T
+            return q, np.full((n, nb), 8, dtype=np.uint8)
+        zp = np.empty((n, self.zero_points.shape[1] * 2), dtype=np.uint8)
+        zp[:, 0::2] = self.zero_points & 0x0F
+        zp[:, 1::2] = self.zero_points >> 4
+        return q, zp[:, :nb]
 
     @property
     def nbytes(self) -> int:

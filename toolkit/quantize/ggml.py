@@ -18,37 +18,17 @@ from .blocks import Packed
 GROUP = 32  # the weights of one Q4_0 / Q4_1 / Q8_0 block
 
 
-def codes(p: Packed) -> np.ndarray:
-    """The 4-bit codes of blocks p, [rows, blocks, block] uint8 (MatMulNBits: weight 2i in the
-    low nibble of byte i)."""
-    q = np.empty((*p.codes.shape[:2], p.block), dtype=np.uint8)
-    q[..., 0::2] = p.codes & 0x0F
-    q[..., 1::2] = p.codes >> 4
-    return q
-
-
-def zero_points(p: Packed) -> np.ndarray:
-    """Each block's zero point [rows, blocks] (8 for symmetric blocks)."""
-    rows, nb = p.scales.shape
-    if p.zero_points is None:
-        return np.full((rows, nb), 8, dtype=np.uint8)
-    zp = np.empty((rows, p.zero_points.shape[1] * 2), dtype=np.uint8)
-    zp[:, 0::2] = p.zero_points & 0x0F
-    zp[:, 1::2] = p.zero_points >> 4
-    return zp[:, :nb]
-
-
 def q4(p: Packed) -> tuple[np.ndarray, str]:
     """(bytes [rows, row bytes], "Q4_0" or "Q4_1") of 4-bit blocks of 32 weights whose rows span
     whole blocks."""
     if p.bits != 4 or p.block != GROUP or p.k % GROUP:
         raise ValueError(f"GGUF Q4 blocks hold 32 weights of 4 bits; these are {p.block} of {p.bits} over {p.k}")
-    q = codes(p)
+    q, zp = p.nibbles()
     packed = q[..., :16] | (q[..., 16:] << 4)  # [rows, blocks, 16]
     d = p.scales.astype(np.float16)[..., None].view(np.uint8)  # [rows, blocks, 2]
     if p.zero_points is None:
         return np.concatenate([d, packed], -1).reshape(len(q), -1), "Q4_0"
-    m = (-(zero_points(p).astype(np.float32)) * p.scales).astype(np.float16)[..., None].view(np.uint8)
+    m = (-(zp.astype(np.float32)) * p.scales).astype(np.float16)[..., None].view(np.uint8)
     return np.concatenate([d, m, packed], -1).reshape(len(q), -1), "Q4_1"
 
 
