@@ -48,6 +48,11 @@ def test_every_target_builds_a_verified_bundle(bundles, target):
     assert [c["chat"] for c in golden["cases"]].count(True) == 1  # the chat prompt went through the template
     assert manifest["source"]["rope_scaling"] == "longrope"
     assert "path" not in manifest["source"]  # no machine-specific paths in the manifest
+    # the long rope caches go where the context cap (4096, the original context) never reads them
+    graph = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False).graph
+    assert any(n.op_type == "If" for n in graph.node) == (target == "linux-cuda")  # 16384: past the short pair
+    threads = genai["model"]["decoder"]["session_options"].get("intra_op_num_threads")
+    assert threads == (0 if target == "cpu" else None)  # phones keep onnxruntime-genai's default
 
 
 def test_mobile_and_gpu_specifics(bundles):
@@ -65,6 +70,10 @@ def test_mobile_and_gpu_specifics(bundles):
         assert [
             name for entry in genai["model"]["decoder"]["session_options"]["provider_options"] for name in entry
         ] == [key]
+        # CUDA: the decode step captured once and replayed (the host's smoke test ran the same config
+        # on the CPU provider); the GPU run stays pending
+        graph = genai["model"]["decoder"]["session_options"]["provider_options"][0][key].get("enable_cuda_graph")
+        assert graph == ("1" if key == "cuda" else None)
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["verification"]["host"]["provider"] == "cpu"  # the same graph, run on the CPU here
         assert manifest["verification"]["pending_on_device"] == [device.DEVICE_ONLY[key]]

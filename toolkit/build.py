@@ -82,6 +82,9 @@ def build(
             gguf.check_settings(model_dir, plan.export, plan.quantize)
         else:
             optimize.apply_context_cap(model_dir, plan.optimize)
+            optimize.apply_threads(model_dir, plan.optimize)
+            optimize.apply_cuda_graph(model_dir, plan)
+            optimize.trim_rope_caches(model_dir, plan.optimize)
             eos = optimize.add_stop_ids(model_dir, eos)
             optimize.check_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")

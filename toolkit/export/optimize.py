@@ -32,6 +32,84 @@ def apply_context_cap(model_dir: Path, cfg: OptimizeConfig) -> None:
     write_genai_config(model_dir, config)
 
 
+def _session_options(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The session_options of every onnxruntime session the bundle opens (decoder, vision, ...)."""
+    parts = config["model"].values()
+    return [part["session_options"] for part in parts if isinstance(part, dict) and "session_options" in part]
+
+
+def apply_threads(model_dir: Path, cfg: OptimizeConfig) -> None:
+    """intra_op_num_threads of every session; -1 leaves onnxruntime-genai's default (half of the
+    hardware threads), which is one thread on a 2-core machine without SMT: 0.51x the decode speed
+    of onnxruntime's own default on the 8-layer Phi-3.5-mini shape (benchmarks/decode.py)."""
+    if cfg.intra_op_threads < 0:
+        return
+    config = read_genai_config(model_dir)
+    for options in _session_options(config):
+        options["intra_op_num_threads"] = cfg.intra_op_threads
+    write_genai_config(model_dir, config)
+
+
+def apply_cuda_graph(model_dir: Path, plan: BuildPlan) -> None:
+    """enable_cuda_graph in the CUDA provider's options: onnxruntime-genai then captures the decode
+    step once (its KV cache is one buffer of max_length, so every step has the same shapes) and
+    replays it per token."""
+    if not plan.optimize.cuda_graph:
+        return
+    config = read_genai_config(model_dir)
+    for entry in config["model"]["decoder"]["session_options"].get("provider_options", []):
+        if "cuda" in entry:
+            entry["cuda"]["enable_cuda_graph"] = "1"
+    config["search"]["past_present_share_buffer"] = True
+    write_genai_config(model_dir, config)
+
+
+ROPE_IF = "/model/rope_caches_subgraph/If"
+
+
+def _short_rope_rows(node: Any) -> int:
+    """Positions in the short cos/sin pair of a longrope If node (its else branch)."""
+    short = next(a.g for a in node.attribute if a.name == "else_branch")
+    return short.output[0].type.tensor_type.shape.dim[0].dim_value
+
+
+def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
+    """A longrope graph holds two cos/sin pairs in model.onnx: the short factors' for positions up
+    to the original context (4096) and the long factors' for the whole trained context (131072
+    positions, 48 MB for Phi-3.5-mini), and an If node that switches to the long pair once the
+    sequence outgrows the original context. With a context cap within the short pair, the long pair
+    is never read: the short pair's constants replace the If node (the same values at every
+    position the KV cache holds). Returns the bytes of model.onnx dropped."""
+    import onnx
+
+    path = model_dir / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    node = next((n for n in graph.node if n.op_type == "If" and n.name == ROPE_IF), None)
+    if node is None or cfg.context_cap > _short_rope_rows(node):
+        return 0
+    before = path.stat().st_size
+    short = next(a.g for a in node.attribute if a.name == "else_branch")
+    rename = {o.name: node.output[i] for i, o in enumerate(short.output)}
+    constants = []
+    for c in short.node:
+        constant = onnx.NodeProto()
+        constant.CopyFrom(c)
+        constant.output[0] = rename[c.output[0]]
+        constant.name = f"/model/rope_caches_subgraph{c.name}"
+        constants.append(constant)
+    at = list(graph.node).index(node)
+    condition = node.input[0]
+    nodes = list(graph.node)
+    nodes[at : at + 1] = constants
+    if not any(condition in n.input for n in nodes) and condition not in {o.name for o in graph.output}:
+        nodes = [n for n in nodes if condition not in n.output]  # the Greater that fed the If
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return before - path.stat().st_size
+
+
 def add_stop_ids(model_dir: Path, eos_ids: list[int]) -> list[int]:
     """Stop on every id the checkpoint names: the builder takes generation_config.json's ids and
     the tokenizer's end-of-turn token, not config.json's when the files disagree. Returns the
@@ -109,6 +187,10 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
     got_io = logits[0].type.tensor_type.elem_type if logits else None
     if got_io != want_io:
         problems.append(f"logits element type {got_io}, expected {want_io} for {precision} on {ep}")
+    rope = next((n for n in graph.node if n.op_type == "If" and n.name == ROPE_IF), None)
+    if rope is not None and plan.optimize.context_cap <= _short_rope_rows(rope):
+        cap = plan.optimize.context_cap
+        problems.append(f"{ROPE_IF} still holds the long rope caches, which a context cap of {cap} never reads")
     if ep == "dml" and "position_ids" not in {i.name for i in graph.input}:
         problems.append("DirectML layout expects a position_ids input; the graph has none")
     return problems
@@ -126,11 +208,26 @@ def _config_mismatches(
         problems.append(
             f"search.max_length {search['max_length']} exceeds model.context_length {model.get('context_length')}"
         )
+    threads = plan.optimize.intra_op_threads
+    for options in _session_options(config):
+        if options.get("intra_op_num_threads", -1) != threads:
+            problems.append(
+                f"session_options.intra_op_num_threads = {options.get('intra_op_num_threads', 'unset')}, "
+                f"requested {threads if threads >= 0 else 'unset'}"
+            )
     options = model["decoder"]["session_options"].get("provider_options", [])
     names = [name for entry in options for name in entry]
     key = PROVIDER_KEYS[plan.export.execution_provider]
     if (key is None and names) or (key is not None and names != [key]):
         problems.append(f"provider_options name {names or 'no provider'}, expected {key or 'none (CPU)'}")
+    cuda = [entry["cuda"] for entry in options if "cuda" in entry]
+    captured = [c.get("enable_cuda_graph") == "1" for c in cuda]
+    if plan.optimize.cuda_graph and not (captured == [True] and search.get("past_present_share_buffer")):
+        problems.append(
+            "optimize.cuda_graph: the CUDA provider's enable_cuda_graph (with one shared KV buffer) is not set"
+        )
+    if any(captured) and not plan.optimize.cuda_graph:
+        problems.append("enable_cuda_graph is set, the plan has optimize.cuda_graph = false")
     if source_config is None or eos_ids is None:  # checking a bundle without its source
         return problems
     got_eos = model.get("eos_token_id")

@@ -81,6 +81,15 @@ class QuantizeConfig:
 class OptimizeConfig:
     # search.max_length in genai_config.json: the KV cache is allocated for this many tokens.
     context_cap: int = _range(64, 131072, default=4096)
+    # intra_op_num_threads of the bundle's onnxruntime sessions. -1: onnxruntime-genai's default,
+    # half of the hardware threads (at most 16): one per core where each core runs two threads, the
+    # big cores of a phone, but one thread on a 2-core machine without SMT (a cloud VM, a CI runner).
+    # 0: onnxruntime's default, one thread per physical core. N: N threads.
+    intra_op_threads: int = _range(-1, 256, default=-1)
+    # CUDA bundles: capture the decode step in a CUDA graph (the CUDA provider's enable_cuda_graph)
+    # and replay it for every token, instead of launching each kernel from the CPU: a small model's
+    # decode is bound by those launches (SmolLM2-135M at 1% of an H200's memory roofline).
+    cuda_graph: bool = False
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,11 @@ def _check_combination(plan: BuildPlan) -> None:
         raise ConfigError(
             f"Runner '{plan.runtime.runner}' cannot drive execution provider '{ep}'. "
             f"Valid runners for {ep}: {', '.join(RUNNERS_BY_PROVIDER[ep])}."
+        )
+    if plan.optimize.cuda_graph and (ep != "cuda" or plan.export.engine == "gguf"):
+        raise ConfigError(
+            f"optimize.cuda_graph captures the decode step of the CUDA provider; this plan runs on '{ep}'. "
+            "Use --target linux-cuda, or --set optimize.cuda_graph=false."
         )
 
 
