@@ -47,8 +47,9 @@ def test_bench_names_the_bad_option(bundles):
     assert refused(["bench", bundle, "--new-tokens", "1"]).startswith(
         "Error: --prompt-tokens 128 + --new-tokens 1 must fit"
     )
-    assert refused(["bench", bundle, "--emulate", "arm64"]).startswith(
-        "Error: slmkit bench does not time emulated CPUs: qemu translates every ARM instruction"
+    assert refused(["bench", str(bundles("linux-cuda")), "--emulate", "arm64"]) == (
+        f"Error: Bundle '{bundles('linux-cuda')}' is not an onnxruntime CPU bundle: an emulated ARM64 CPU "
+        "measures the memory of cpu, android and ios bundles.\n"
     )
 
 

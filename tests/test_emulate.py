@@ -205,3 +205,30 @@ def test_tiny_android_bundle_passes_on_emulated_phone_cpus(copy_bundle):
         assert all(c["bundle_prefix"] is not None for c in run["cases"])
     assert ARM_NOTE not in verification["pending_on_device"]
     assert "cortex-a55, cortex-a76" in verification["checked_under_emulation"][0]
+
+
+@needs_emulator
+def test_bench_under_emulation_measures_memory_not_time(bundles):
+    """Phone bundles: load and generation memory inside the emulated process, no tok/s."""
+    result = CliRunner().invoke(
+        main, ["bench", str(bundles("android")), "--emulate", "arm64", "--prompt-tokens", "16", "--new-tokens", "8"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "cortex-a76 (qemu-aarch64): memory only" in result.output and "tok/s" not in result.output
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(bundles("android")),
+            "--emulate",
+            "arm64",
+            "--prompt-tokens",
+            "16",
+            "--new-tokens",
+            "8",
+            "--json",
+        ],
+    )
+    memory = json.loads(result.output)
+    assert memory["load_peak_mb"] > 0 and memory["run_peak_mb"] >= memory["load_peak_mb"]
+    assert memory["run_peak_x_weights"] == pytest.approx(memory["run_peak_mb"] * (1 << 20) / memory["weight_bytes"])

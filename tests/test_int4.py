@@ -194,6 +194,9 @@ def test_eval_and_bench_cli_on_a_tiny_bundle(copy_bundle, tiny35):
     bench = json.loads(result.output)
     assert bench["decode_tok_s"] > 0 and bench["prefill_tok_s"] > 0 and bench["roofline_fraction"] > 0
     assert bench["weight_bytes"] == sum(p.stat().st_size for p in (bundle / "model").glob("model.onnx*"))
+    # load time and the memory above the imported runtime, loading and generating (Linux resets the peak)
+    assert bench["load_s"] > 0 and 0 < bench["load_peak_mb"] <= bench["run_peak_mb"]
+    assert bench["load_peak_x_weights"] == pytest.approx(bench["load_peak_mb"] * (1 << 20) / bench["weight_bytes"])
     bad = CliRunner().invoke(main, ["bench", str(bundle), "--prompt-tokens", "5000"])
     assert bad.exit_code == 1
     assert bad.output == (

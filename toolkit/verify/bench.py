@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import InputModelError
+from .memory_probe import PeakMemory
 from .quality import model_bytes
+
+MB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class BenchResult:
     decode_tok_s_max: float
     peak_rss_mb: float
     weight_bytes: int
+    load_s: float  # opening the model (sessions, prepacking), not the runtime's import
+    # Peak resident memory above what the process held before it loaded the model (the imported
+    # runtime), while loading and while generating; None where the OS cannot reset a peak (not Linux).
+    load_peak_mb: float | None
+    run_peak_mb: float | None
     bandwidth_gb_s: float | None  # None: a GPU run where no CUDA PyTorch could time a copy
     bandwidth_of: str = "RAM"
 
@@ -40,8 +48,17 @@ class BenchResult:
     def roofline_fraction(self) -> float | None:
         return self.decode_tok_s / self.roofline_tok_s if self.roofline_tok_s else None
 
+    def of_weights(self, mb: float | None) -> float | None:
+        """A memory figure as a multiple of the model's weight bytes."""
+        return None if mb is None else mb * MB / self.weight_bytes
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"roofline_tok_s": self.roofline_tok_s, "roofline_fraction": self.roofline_fraction}
+        return asdict(self) | {
+            "roofline_tok_s": self.roofline_tok_s,
+            "roofline_fraction": self.roofline_fraction,
+            "load_peak_x_weights": self.of_weights(self.load_peak_mb),
+            "run_peak_x_weights": self.of_weights(self.run_peak_mb),
+        }
 
     def table(self) -> str:
         rows = [
@@ -52,7 +69,10 @@ class BenchResult:
                 f"{self.decode_tok_s:.1f} tok/s (min {self.decode_tok_s_min:.1f}, "
                 f"max {self.decode_tok_s_max:.1f}, {self.runs} runs of {self.new_tokens} tokens)",
             ),
-            ("peak RSS", f"{self.peak_rss_mb:.0f} MB"),
+            ("load", f"{self.load_s:.2f} s"),
+            ("peak RSS", f"{self.peak_rss_mb:.0f} MB (the process, runtime included)"),
+            ("  while loading", memory_line(self.load_peak_mb, self.weight_bytes)),
+            ("  loading + generating", memory_line(self.run_peak_mb, self.weight_bytes)),
             ("weights read per token", f"{self.weight_bytes / 1e6:.1f} MB"),
         ]
         if self.bandwidth_gb_s:
@@ -65,12 +85,67 @@ class BenchResult:
         return "\n".join(f"{k:<24} {v}" for k, v in rows)
 
 
-def refuse_emulated(bundle: Path) -> None:
-    raise InputModelError(
-        "slmkit bench does not time emulated CPUs: qemu translates every ARM instruction, so its tok/s "
-        "says nothing of a phone (the SmolLM2-135M smoke test ran about 30x slower emulated than on this "
-        f"host). `slmkit verify {bundle} --emulate arm64` checks the ARM kernels' tokens; measure speed on "
-        "the device (runner/README.md) or run `slmkit bench` on an ARM64 machine."
+@dataclass(frozen=True)
+class EmulatedMemory:
+    """`slmkit bench --emulate arm64`: memory only. qemu translates every ARM instruction, so an
+    emulated time says nothing of a phone (the SmolLM2-135M smoke test ran about 30x slower
+    emulated than on this host); the memory a load and a generation take is the bundle's own."""
+
+    bundle: str
+    cpu: str
+    prompt_tokens: int
+    new_tokens: int
+    weight_bytes: int
+    load_peak_mb: float | None
+    run_peak_mb: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {
+            "load_peak_x_weights": None if self.load_peak_mb is None else self.load_peak_mb * MB / self.weight_bytes,
+            "run_peak_x_weights": None if self.run_peak_mb is None else self.run_peak_mb * MB / self.weight_bytes,
+        }
+
+    def table(self) -> str:
+        rows = [
+            ("emulated CPU", f"{self.cpu} (qemu-aarch64): memory only, emulated time is no device time"),
+            ("peak RSS while loading", memory_line(self.load_peak_mb, self.weight_bytes)),
+            ("peak RSS load + generate", memory_line(self.run_peak_mb, self.weight_bytes)),
+            ("weights", f"{self.weight_bytes / 1e6:.1f} MB"),
+        ]
+        return "\n".join(f"{k:<26} {v}" for k, v in rows)
+
+
+def memory_line(mb: float | None, weight_bytes: int) -> str:
+    if mb is None:
+        return "not measured (resetting a process's peak RSS needs Linux)"
+    return f"{mb:.0f} MB above the imported runtime, {mb * MB / weight_bytes:.2f}x the weights"
+
+
+def run_emulated(bundle: Path, prompt_tokens: int, new_tokens: int, cpu: str = "cortex-a76") -> EmulatedMemory:
+    """Load the bundle and generate once under qemu-aarch64 -cpu CPU, measuring memory inside the
+    emulated process (memory_probe.py)."""
+    from ..bundle.layout import read_manifest, require_bundle
+    from .emulate import run_probe
+
+    require_bundle(bundle)
+    manifest = read_manifest(bundle)
+    if manifest.get("runtime", {}).get("execution_provider") != "cpu" or (bundle / "model" / "model.gguf").is_file():
+        raise InputModelError(
+            f"Bundle '{bundle}' is not an onnxruntime CPU bundle: an emulated ARM64 CPU measures the memory "
+            "of cpu, android and ios bundles."
+        )
+    probe = Path(__file__).with_name("memory_probe.py")
+    result = run_probe(
+        bundle, manifest, cpu, [str(probe), str(bundle.resolve() / "model"), str(prompt_tokens), str(new_tokens)]
+    )
+    return EmulatedMemory(
+        bundle=bundle.name,
+        cpu=cpu,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        weight_bytes=model_bytes(bundle / "model"),
+        load_peak_mb=result["load_mb"],
+        run_peak_mb=result["run_mb"],
     )
 
 
@@ -133,7 +208,8 @@ def run(
             f"of {cap} tokens, with at least 1 prompt token and 2 new tokens."
         )
     timed = _llama_cpp_runs if gguf else _onnx_runs
-    ttfts, decodes = timed(runner, model_dir, provider, prompt_tokens, new_tokens, runs + 1)
+    memory = PeakMemory()
+    ttfts, decodes = timed(runner, model_dir, provider, prompt_tokens, new_tokens, runs + 1, memory)
     ttfts, decodes = ttfts[1:], decodes[1:]  # the first run warms up (kernel packing, allocations)
     ttft = statistics.median(ttfts)
     return BenchResult(
@@ -149,6 +225,9 @@ def run(
         decode_tok_s_max=max(decodes),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         weight_bytes=model_bytes(model_dir),
+        load_s=memory.load_s,
+        load_peak_mb=memory.load_mb,
+        run_peak_mb=memory.run_mb,
         bandwidth_gb_s=gpu_copy_bandwidth() if on_gpu else copy_bandwidth(),
         bandwidth_of="GPU memory" if on_gpu else "RAM",
     )
@@ -159,14 +238,18 @@ def _prompt(ids: list[int], n: int) -> list[int]:
     return (ids * (n // len(ids) + 1))[:n]
 
 
-def _onnx_runs(runner, model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int):
+def _onnx_runs(
+    runner, model_dir: Path, provider: str, prompt_tokens: int, new_tokens: int, runs: int, memory: PeakMemory
+):
     """(time to first token, decode tok/s) of each run with onnxruntime-genai."""
     import numpy as np
     import onnxruntime_genai as og
 
     from .quality import default_text
 
+    memory.loading()
     model = runner.load_model(model_dir, provider)
+    memory.loaded()
     prompt = np.asarray(_prompt(list(og.Tokenizer(model).encode(default_text()[1])), prompt_tokens), dtype=np.int32)
     ttfts, decodes = [], []
     for _ in range(runs):
@@ -187,17 +270,22 @@ def _onnx_runs(runner, model_dir: Path, provider: str, prompt_tokens: int, new_t
         ttfts.append(first - start)
         decodes.append((produced - 1) / (end - first))
         del generator
+    memory.generated()
     return ttfts, decodes
 
 
-def _llama_cpp_runs(runner, model_dir: Path, _provider: str, prompt_tokens: int, new_tokens: int, runs: int):
+def _llama_cpp_runs(
+    runner, model_dir: Path, _provider: str, prompt_tokens: int, new_tokens: int, runs: int, memory: PeakMemory
+):
     """(time to first token, decode tok/s) of each run with llama.cpp: prefill, then greedy tokens
     one at a time (the argmax of the last position's logits)."""
     import numpy as np
 
     from .quality import default_text
 
+    memory.loading()
     llm = runner.load_model(model_dir, n_ctx=prompt_tokens + new_tokens + 8)
+    memory.loaded()
     prompt = _prompt(llm.tokenize(default_text()[1].encode("utf-8"), add_bos=False, special=False), prompt_tokens)
     ttfts, decodes = [], []
     for _ in range(runs):
@@ -212,8 +300,9 @@ def _llama_cpp_runs(runner, model_dir: Path, _provider: str, prompt_tokens: int,
         end = time.perf_counter()
         ttfts.append(first - start)
         decodes.append((new_tokens - 1) / (end - first))
+    memory.generated()
     return ttfts, decodes
 
 
-def to_json(result: BenchResult) -> str:
+def to_json(result: BenchResult | EmulatedMemory) -> str:
     return json.dumps(result.to_dict(), indent=2)

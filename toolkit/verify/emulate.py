@@ -223,6 +223,28 @@ def run_smoke_test(bundle: Path, cpu: str, qemu: str, root: Path, site: Path) ->
         return json.loads(result_path.read_text(encoding="utf-8")), output
 
 
+def run_probe(bundle: Path, manifest: dict[str, Any], cpu: str, args: list[str]) -> dict[str, Any]:
+    """A script (args[0], then its arguments, the last of them added here: the JSON it writes)
+    under qemu-aarch64 -cpu CPU with the bundle's runtime versions; returns that JSON."""
+    versions = runtime_versions(manifest, bundle)
+    qemu, _ = find_qemu()
+    check_cpus(qemu, [cpu])
+    cache = cache_root()
+    root, site = sysroot(cache), runtime_wheels(cache, versions)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [qemu, "-cpu", cpu, "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"), *args, str(out)]
+        with waiting(f"{Path(args[0]).name} on an emulated {cpu}"):
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if not out.is_file():
+            raise VerificationError(
+                f"{Path(args[0]).name} crashed on the emulated {cpu} (exit {proc.returncode}):\n"
+                + (proc.stdout + proc.stderr).strip()[-2000:]
+            )
+        return json.loads(out.read_text(encoding="utf-8"))
+
+
 def summarize(cpu: str, qemu_version: str, versions: dict[str, str], result: dict[str, Any]) -> dict[str, Any]:
     """What manifest.json keeps of one emulated CPU's run."""
     return {
