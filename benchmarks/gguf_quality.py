@@ -21,17 +21,14 @@ thread per core, onnxruntime with its default).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import os
-import subprocess
 import sys
-import tarfile
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from llama_peer import convert, quantize  # noqa: E402
+
 from toolkit.build import build, plan_build  # noqa: E402
 from toolkit.families import open_checkpoint  # noqa: E402
 from toolkit.source.gguf import gguf_to_hf, smollm2_gguf  # noqa: E402
@@ -41,57 +38,14 @@ from toolkit.verify.quality import Reference, default_text, evaluate, gguf_logit
 CACHE = ROOT / ".slmkit-cache"
 
 
-def converter() -> Path:
-    """llama.cpp's convert_hf_to_gguf.py from the source package of the installed llama-cpp-python."""
-    version = metadata.version("llama-cpp-python")
-    folder = CACHE / f"llama_cpp_python-{version}"
-    script = folder / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
-    if not script.is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-binary",
-                ":all:",
-                "-d",
-                str(CACHE),
-                f"llama-cpp-python=={version}",
-            ],
-            check=True,
-        )
-        with tarfile.open(CACHE / f"llama_cpp_python-{version}.tar.gz") as tar:
-            tar.extractall(CACHE, filter="data")
-    return script
-
-
 def llama_cpp_files(model: Path, work: Path) -> list[tuple[str, Path]]:
     """(label, folder with model.gguf) for llama.cpp's Q4_0 and Q4_K_M of the checkpoint."""
-    import llama_cpp
-
-    script = converter()
-    f32 = work / "f32.gguf"
-    env = dict(os.environ, PYTHONPATH=str(script.parent / "gguf-py"))
-    subprocess.run(
-        [sys.executable, str(script), str(model), "--outtype", "f32", "--outfile", str(f32)],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    f32 = convert(model, work / "f32.gguf")
     out = []
-    for label, ftype in (("Q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0), ("Q4_K_M", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M)):
+    for label in ("Q4_0", "Q4_K_M"):
         folder = work / label
         folder.mkdir()
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.nthread = ftype, os.cpu_count() or 1
-        rc = llama_cpp.llama_model_quantize(
-            str(f32).encode(), str(folder / "model.gguf").encode(), ctypes.byref(params)
-        )
-        if rc != 0:
-            raise RuntimeError(f"llama_model_quantize -> {label} returned {rc}")
+        quantize(f32, folder / "model.gguf", label)
         out.append((f"llama.cpp {label} (its converter and quantizer)", folder))
     return out
 
