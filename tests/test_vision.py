@@ -101,7 +101,9 @@ def test_embedding_places_image_rows_and_accepts_none(fp32_export):
 
 
 def test_fp32_decoder_with_int8_vision_follows_the_reference_on_the_image(vision_bundles):
-    bundle = vision_bundles("cpu", "export.precision=fp32")  # the cpu recipe's int8 vision tower
+    # the cpu recipe's int8 vision tower alone (its int4 token table moves an fp32 decoder's image
+    # case to top-1 0.81; the recipe's int4 decoder: test_every_target_builds_a_verified_phi3v_bundle)
+    bundle = vision_bundles("cpu", "export.precision=fp32", "export.embedding_precision=float")
     manifest = json.loads((bundle / "manifest.json").read_text())
     image_case = [c for c in manifest["verification"]["host"]["cases"] if "<|image_1|>" in c["prompt"]]
     assert len(image_case) == 1 and image_case[0]["top1_agreement"] == 1.0 and image_case[0]["greedy_prefix"] >= 15
@@ -130,7 +132,7 @@ def test_every_target_builds_a_verified_phi3v_bundle(vision_bundles, target):
     mobile_or_cpu = target in ("cpu", "android", "ios")
     assert (("MatMulNBits", 8) in ops) == mobile_or_cpu and (("MatMul", None) in ops) != mobile_or_cpu
     embedding = {n.op_type for n in onnx.load(str(model / "embedding.onnx"), load_external_data=False).graph.node}
-    assert ("GatherBlockQuantized" in embedding) == (target in ("android", "ios"))
+    assert ("GatherBlockQuantized" in embedding) == mobile_or_cpu  # the CPU graph: int4 token table
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["verification"]["host"]["failed"] == 0
     golden = json.loads((bundle / "tests" / "golden.json").read_text())
@@ -237,7 +239,9 @@ def test_bundle_logits_through_the_runtime_processor_equal_the_reference(vision_
     from toolkit.families.phi3v.reference import embed
     from toolkit.reference.layerwise import layerwise_model
 
-    bundle = vision_bundles("cpu", "export.precision=fp32", "export.vision_precision=fp32")
+    bundle = vision_bundles(
+        "cpu", "export.precision=fp32", "export.vision_precision=fp32", "export.embedding_precision=float"
+    )
     model = og.Model(str(bundle / "model"))
     prompt = "<|user|>\n<|image_1|>\nDescribe the image.<|end|>\n<|assistant|>\n"
     inputs = model.create_multimodal_processor()(prompt, images=og.Images.open(str(bundle / "tests" / "image.png")))
