@@ -67,10 +67,19 @@ def apply_cuda_graph(model_dir: Path, plan: BuildPlan) -> None:
 ROPE_IF = "/model/rope_caches_subgraph/If"
 
 
+def _rope_if(graph: Any) -> Any:
+    """The If node of a longrope graph that picks the short or the long cos/sin pair; None if none."""
+    return next((n for n in graph.node if n.op_type == "If" and n.name == ROPE_IF), None)
+
+
+def _short_pair(node: Any) -> Any:
+    """The If node's else branch: the short pair's Constant nodes."""
+    return next(a.g for a in node.attribute if a.name == "else_branch")
+
+
 def _short_rope_rows(node: Any) -> int:
-    """Positions in the short cos/sin pair of a longrope If node (its else branch)."""
-    short = next(a.g for a in node.attribute if a.name == "else_branch")
-    return short.output[0].type.tensor_type.shape.dim[0].dim_value
+    """Positions in the short cos/sin pair of a longrope If node."""
+    return _short_pair(node).output[0].type.tensor_type.shape.dim[0].dim_value
 
 
 def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
@@ -85,11 +94,11 @@ def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
     path = model_dir / "model.onnx"
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    node = next((n for n in graph.node if n.op_type == "If" and n.name == ROPE_IF), None)
+    node = _rope_if(graph)
     if node is None or cfg.context_cap > _short_rope_rows(node):
         return 0
     before = path.stat().st_size
-    short = next(a.g for a in node.attribute if a.name == "else_branch")
+    short = _short_pair(node)
     rename = {o.name: node.output[i] for i, o in enumerate(short.output)}
     constants = []
     for c in short.node:
@@ -98,9 +107,9 @@ def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
         constant.output[0] = rename[c.output[0]]
         constant.name = f"/model/rope_caches_subgraph{c.name}"
         constants.append(constant)
-    at = list(graph.node).index(node)
-    condition = node.input[0]
     nodes = list(graph.node)
+    at = nodes.index(node)
+    condition = node.input[0]
     nodes[at : at + 1] = constants
     if not any(condition in n.input for n in nodes) and condition not in {o.name for o in graph.output}:
         nodes = [n for n in nodes if condition not in n.output]  # the Greater that fed the If
@@ -187,7 +196,7 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
     got_io = logits[0].type.tensor_type.elem_type if logits else None
     if got_io != want_io:
         problems.append(f"logits element type {got_io}, expected {want_io} for {precision} on {ep}")
-    rope = next((n for n in graph.node if n.op_type == "If" and n.name == ROPE_IF), None)
+    rope = _rope_if(graph)
     if rope is not None and plan.optimize.context_cap <= _short_rope_rows(rope):
         cap = plan.optimize.context_cap
         problems.append(f"{ROPE_IF} still holds the long rope caches, which a context cap of {cap} never reads")

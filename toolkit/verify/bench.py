@@ -48,16 +48,12 @@ class BenchResult:
     def roofline_fraction(self) -> float | None:
         return self.decode_tok_s / self.roofline_tok_s if self.roofline_tok_s else None
 
-    def of_weights(self, mb: float | None) -> float | None:
-        """A memory figure as a multiple of the model's weight bytes."""
-        return None if mb is None else mb * MB / self.weight_bytes
-
     def to_dict(self) -> dict:
         return asdict(self) | {
             "roofline_tok_s": self.roofline_tok_s,
             "roofline_fraction": self.roofline_fraction,
-            "load_peak_x_weights": self.of_weights(self.load_peak_mb),
-            "run_peak_x_weights": self.of_weights(self.run_peak_mb),
+            "load_peak_x_weights": of_weights(self.load_peak_mb, self.weight_bytes),
+            "run_peak_x_weights": of_weights(self.run_peak_mb, self.weight_bytes),
         }
 
     def table(self) -> str:
@@ -101,8 +97,8 @@ class EmulatedMemory:
 
     def to_dict(self) -> dict:
         return asdict(self) | {
-            "load_peak_x_weights": None if self.load_peak_mb is None else self.load_peak_mb * MB / self.weight_bytes,
-            "run_peak_x_weights": None if self.run_peak_mb is None else self.run_peak_mb * MB / self.weight_bytes,
+            "load_peak_x_weights": of_weights(self.load_peak_mb, self.weight_bytes),
+            "run_peak_x_weights": of_weights(self.run_peak_mb, self.weight_bytes),
         }
 
     def table(self) -> str:
@@ -115,10 +111,15 @@ class EmulatedMemory:
         return "\n".join(f"{k:<26} {v}" for k, v in rows)
 
 
+def of_weights(mb: float | None, weight_bytes: int) -> float | None:
+    """A memory figure (MB) as a multiple of the model's weight bytes; None where not measured."""
+    return None if mb is None else mb * MB / weight_bytes
+
+
 def memory_line(mb: float | None, weight_bytes: int) -> str:
     if mb is None:
         return "not measured (resetting a process's peak RSS needs Linux)"
-    return f"{mb:.0f} MB above the imported runtime, {mb * MB / weight_bytes:.2f}x the weights"
+    return f"{mb:.0f} MB above the imported runtime, {of_weights(mb, weight_bytes):.2f}x the weights"
 
 
 def run_emulated(bundle: Path, prompt_tokens: int, new_tokens: int, cpu: str = "cortex-a76") -> EmulatedMemory:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,31 +193,48 @@ def runtime_versions(manifest: dict[str, Any], path: Path) -> dict[str, str]:
     return {name: deps[name] for name in RUNTIME}
 
 
-def run_smoke_test(bundle: Path, cpu: str, qemu: str, root: Path, site: Path) -> tuple[dict[str, Any], str]:
+@dataclass(frozen=True)
+class Emulator:
+    """qemu-aarch64 and the arm64 Python with the bundle's runtime versions."""
+
+    qemu: str
+    qemu_version: str
+    versions: dict[str, str]
+    root: Path  # the arm64 Debian sysroot
+    site: Path  # the aarch64 runtime wheels, installed
+
+    @classmethod
+    def for_bundle(cls, manifest: dict[str, Any], bundle: Path, cpus: list[str]) -> Emulator:
+        """Find qemu, check the CPUs' names, and make (or reuse) the sysroot and the wheels."""
+        versions = runtime_versions(manifest, bundle)
+        qemu, qemu_version = find_qemu()
+        check_cpus(qemu, cpus)
+        cache = cache_root()
+        return cls(qemu, qemu_version, versions, sysroot(cache), runtime_wheels(cache, versions))
+
+    def python(self, cpu: str, args: list[str], doing: str) -> subprocess.CompletedProcess:
+        """The emulated Python on `args` (a script and its arguments) under qemu-aarch64 -cpu CPU."""
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(self.site),
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "LANG": "C.UTF-8",
+            "HOME": str(Path.home()),
+        }
+        python = str(self.root / "usr" / "bin" / f"python{PYTHON}")
+        with waiting(f"{doing} on an emulated {cpu}"):
+            return subprocess.run(
+                [self.qemu, "-cpu", cpu, "-L", str(self.root), python, *args], capture_output=True, text=True, env=env
+            )
+
+
+def run_smoke_test(bundle: Path, cpu: str, emulator: Emulator) -> tuple[dict[str, Any], str]:
     """The bundle's tests/smoke_test.py under qemu-aarch64 -cpu CPU; (its JSON results, its output)."""
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(site),
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "LANG": "C.UTF-8",
-        "HOME": str(Path.home()),
-    }
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        cmd = [
-            qemu,
-            "-cpu",
-            cpu,
-            "-L",
-            str(root),
-            str(root / "usr" / "bin" / f"python{PYTHON}"),
-            str(bundle.resolve() / "tests" / "smoke_test.py"),
-            "--json",
-            str(result_path),
-        ]
-        with waiting(f"smoke test on an emulated {cpu}"):
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        script = str(bundle.resolve() / "tests" / "smoke_test.py")
+        proc = emulator.python(cpu, [script, "--json", str(result_path)], "smoke test")
         output = proc.stdout + proc.stderr
         if not result_path.is_file():
             return {"passed": 0, "failed": 1, "error": f"smoke test crashed (exit {proc.returncode})"}, output
@@ -226,17 +244,10 @@ def run_smoke_test(bundle: Path, cpu: str, qemu: str, root: Path, site: Path) ->
 def run_probe(bundle: Path, manifest: dict[str, Any], cpu: str, args: list[str]) -> dict[str, Any]:
     """A script (args[0], then its arguments, the last of them added here: the JSON it writes)
     under qemu-aarch64 -cpu CPU with the bundle's runtime versions; returns that JSON."""
-    versions = runtime_versions(manifest, bundle)
-    qemu, _ = find_qemu()
-    check_cpus(qemu, [cpu])
-    cache = cache_root()
-    root, site = sysroot(cache), runtime_wheels(cache, versions)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8"}
+    emulator = Emulator.for_bundle(manifest, bundle, [cpu])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [qemu, "-cpu", cpu, "-L", str(root), str(root / "usr" / "bin" / f"python{PYTHON}"), *args, str(out)]
-        with waiting(f"{Path(args[0]).name} on an emulated {cpu}"):
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        proc = emulator.python(cpu, [*args, str(out)], Path(args[0]).name)
         if not out.is_file():
             raise VerificationError(
                 f"{Path(args[0]).name} crashed on the emulated {cpu} (exit {proc.returncode}):\n"
@@ -291,15 +302,11 @@ def verify_emulated(path: Path, cpus: list[str]) -> tuple[list[dict[str, Any]], 
             f"Bundle '{path}' is for the {provider} execution provider; an emulated ARM64 CPU "
             "runs CPU bundles only (android, ios, cpu). Check a GPU bundle on its GPU."
         )
-    versions = runtime_versions(manifest, path)
-    qemu, qemu_version = find_qemu()
-    check_cpus(qemu, cpus)
-    cache = cache_root()
-    root, site = sysroot(cache), runtime_wheels(cache, versions)
+    emulator = Emulator.for_bundle(manifest, path, cpus)
     runs, outputs = [], []
     for cpu in cpus:
-        result, output = run_smoke_test(path, cpu, qemu, root, site)
-        runs.append(summarize(cpu, qemu_version, versions, result))
+        result, output = run_smoke_test(path, cpu, emulator)
+        runs.append(summarize(cpu, emulator.qemu_version, emulator.versions, result))
         outputs.append(f"== emulated {cpu} ==\n{output.rstrip()}")
     record(manifest, runs)
     save_manifest(path, manifest)
