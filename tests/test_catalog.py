@@ -13,8 +13,10 @@ from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_
 from toolkit.plan.config import resolve
 
 RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners"
-TARGETS = ["android", "cpu", "gguf", "ios", "linux-cuda", "windows-dml"]
+TARGETS = ["android", "cpu", "gguf", "ios", "linux-cuda", "web", "windows-dml"]
 ONNX_TARGETS = [t for t in TARGETS if t != "gguf"]
+# The web runner has no image processor: phi3v refuses web (tests/test_web.py).
+VISION_TARGETS = [t for t in ONNX_TARGETS if t != "web"]
 FAMILIES = ["phi-3-mini-4k", "phi-3.5-mini", "smollm2"]
 # A mixture of experts is built for the targets with the memory for it; the others refuse it with
 # the bundle size (tests/test_moe.py).
@@ -24,7 +26,7 @@ MOE_TARGETS = ["cpu", "linux-cuda"]
 def test_every_target_has_a_recipe_per_family_and_a_runner():
     assert target_names() == TARGETS
     expected = [f"{f}/{t}" for f in FAMILIES[:2] for t in TARGETS] + [f"phi-3.5-moe/{t}" for t in MOE_TARGETS]
-    expected += [f"phi-3.5-vision/{t}" for t in ONNX_TARGETS]  # every ONNX target (tests/test_vision.py builds each)
+    expected += [f"phi-3.5-vision/{t}" for t in VISION_TARGETS]  # tests/test_vision.py builds each
     expected += [f"phi-4-mini/{t}" for t in TARGETS]  # every target (tests/test_phi4.py builds each)
     assert recipe_names() == expected + [f"smollm2/{t}" for t in TARGETS]
     for name in recipe_names():
@@ -81,7 +83,8 @@ def test_unknown_names_suggest_the_closest():
     with pytest.raises(UnknownNameError) as e:
         load_target("andriod")
     assert str(e.value) == (
-        "Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, windows-dml. Did you mean 'android'?"
+        "Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, web, windows-dml. "
+        "Did you mean 'android'?"
     )
     with pytest.raises(
         UnknownNameError, match=r"Unknown recipe 'phi-3.5-mini/andriod'\..*Did you mean 'phi-3.5-mini/android'\?"
@@ -112,6 +115,6 @@ def test_cli_unknown_target_message():
     result = CliRunner().invoke(main, ["show", "andriod"])
     assert result.exit_code == 1
     assert result.output == (
-        "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, windows-dml. "
+        "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, web, windows-dml. "
         "Did you mean 'android'?\n"
     )

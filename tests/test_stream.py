@@ -17,7 +17,7 @@ from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import ConfigError, InputModelError
 from toolkit.export.builder import run_builder
-from toolkit.export.stream import export_stream
+from toolkit.export.stream import PROVIDER_OPTIONS, export_stream
 from toolkit.families import open_checkpoint
 from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.quantize.choices import builder_options
@@ -35,7 +35,7 @@ def both_engines(model: Path, tmp: Path, precision: str, q: QuantizeConfig, ep: 
     (tmp / "b").mkdir()
     (tmp / "s").mkdir()
     export = ExportConfig(precision=precision, execution_provider=ep)
-    built = run_builder(src.path, export, builder_options(q, precision), tmp / "b")
+    built = run_builder(src.path, export, builder_options(q, precision) | PROVIDER_OPTIONS.get(ep, {}), tmp / "b")
     streamed = export_stream(src.path, src.weight_files, src.config, export, q, tmp / "s")
     return built, streamed
 
@@ -80,7 +80,15 @@ def logits(folder: Path, ids: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "ep, precision",
-    [("cpu", "int4"), ("cpu", "fp32"), ("cuda", "int4"), ("cuda", "fp16"), ("dml", "int4"), ("dml", "fp16")],
+    [
+        ("cpu", "int4"),
+        ("cpu", "fp32"),
+        ("cuda", "int4"),
+        ("cuda", "fp16"),
+        ("dml", "int4"),
+        ("dml", "fp16"),
+        ("webgpu", "int4"),  # the builder's WebGPU graph with float32 I/O (use_webgpu_fp32), as the web target asks
+    ],
 )
 @pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama", "tiny4"])
 def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precision):
@@ -198,7 +206,7 @@ import resource, sys
 from pathlib import Path
 from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.families import open_checkpoint
-from toolkit.export.stream import export_stream
+from toolkit.export.stream import PROVIDER_OPTIONS, export_stream
 src = open_checkpoint(sys.argv[1])
 export_stream(src.path, src.weight_files, src.config, ExportConfig(precision="int4"), QuantizeConfig(),
               Path(sys.argv[2]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .bundle import layout, modelfile, staging
+from .bundle import layout, modelfile, staging, web
 from .errors import ConfigError, StageError
 from .export import export_model, gguf, optimize, stream
 from .families import family_of
@@ -44,6 +44,8 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
     if plan.export.engine == "gguf":
         gguf.check_supported(src.config, plan.export, plan.quantize)
         gguf.require_runtime()
+    if plan.runtime.runner == "web":
+        doctor.require(doctor.web_checks(need_npm=not web.vendored()))
     return plan
 
 
@@ -85,6 +87,7 @@ def build(
             optimize.apply_threads(model_dir, plan.optimize)
             optimize.apply_cuda_graph(model_dir, plan)
             optimize.trim_rope_caches(model_dir, plan.optimize)
+            optimize.split_external_data(model_dir, plan.optimize)
             eos = optimize.add_stop_ids(model_dir, eos)
             optimize.check_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")

@@ -120,8 +120,13 @@ def _print_result(out: Path, manifest: dict) -> None:
     host = manifest["verification"]["host"]
     size = sum(f["size"] for f in manifest["files"].values())
     click.echo(f"Bundle written: {out} ({size / 1e6:.1f} MB, {len(manifest['files'])} files)")
+    how = (
+        f"{host['provider']} provider"
+        if "backends" not in host
+        else f"headless Chromium: {', '.join(host['backends'])}"
+    )
     click.echo(
-        f"Verified on this machine ({host['provider']} provider): {host['passed']} checks passed, "
+        f"Verified on this machine ({how}): {host['passed']} checks passed, "
         f"top-1 agreement with the reference {host['top1_agreement']:.3f}"
     )
     for item in manifest["verification"]["pending_on_device"]:
@@ -191,6 +196,10 @@ def doctor(model, target):
     from .plan import doctor as doc
 
     checks = doc.package_checks()
+    if target == "web":
+        from .bundle.web import vendored
+
+        checks += doc.web_checks(need_npm=not vendored())
     if model:
         from .build import plan_build
         from .families import open_checkpoint
@@ -221,9 +230,10 @@ def doctor(model, target):
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option(
     "--provider",
-    type=click.Choice(["bundle", "cpu", "cuda", "dml"]),
-    help="Provider to run with [default: the bundle's own if it is the CPU, else the CPU]. "
-    "On the GPU machine, a GPU bundle's own (cuda) checks its kernels and records it in manifest.json.",
+    type=click.Choice(["bundle", "cpu", "cuda", "dml", "wasm", "webgpu"]),
+    help="Provider to run with [default: the bundle's own if it is the CPU or a browser's, else the CPU]. "
+    "On the GPU machine, a GPU bundle's own (cuda) checks its kernels and records it in manifest.json. "
+    "Web bundles: wasm or webgpu alone in headless Chromium, cpu natively.",
 )
 @click.option(
     "--emulate",

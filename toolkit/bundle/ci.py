@@ -19,9 +19,10 @@ SMOKE_PROVIDER = {
     "windows-dml": "cpu",
     "linux-cuda": "cpu",
     "gguf": "bundle",
+    "web": "bundle",  # WASM in the runner's Chrome (and WebGPU if it hands out an adapter)
 }
 # The runtime a bundle's smoke test installs (GPU bundles: the CPU package of onnxruntime-genai), and more.
-SMOKE_RUNTIME = {"gguf": ("llama-cpp-python", "gguf")}
+SMOKE_RUNTIME = {"gguf": ("llama-cpp-python", "gguf"), "web": ("onnxruntime-genai", "playwright")}
 SMOKE_RUNNER = {"android": "ubuntu-24.04-arm", "ios": "ubuntu-24.04-arm"}
 X86_RUNNER = "ubuntu-latest"
 

@@ -17,6 +17,7 @@ SCHEMA_VERSION = 1
 RUNNERS = Path(__file__).resolve().parent / "runners"
 DEPENDENCIES = ("onnxruntime-genai", "onnxruntime", "onnx", "transformers", "torch", "tokenizers", "numpy")
 MODEL_FILES_SKIPPED = {"builder-cache"}
+RUN_OUTPUT = "tests/output/"  # what a smoke test run writes (the web page's screenshots): not the bundle's
 
 
 def assemble(model_dir: Path, bundle: Path, plan: BuildPlan) -> None:
@@ -27,12 +28,19 @@ def assemble(model_dir: Path, bundle: Path, plan: BuildPlan) -> None:
     kind = plan.runtime.runner
     host = "llama-cpp" if kind == "llama-cpp" else "python"  # the runner this machine checks the bundle with
     shutil.copy2(RUNNERS / host / "run.py", runner / "run.py")
-    if kind not in ("python", "llama-cpp"):
+    if kind not in ("python", "llama-cpp", "web"):
         shutil.copytree(RUNNERS / kind, runner / kind)
     tests = bundle / "tests"
     tests.mkdir()
-    shutil.copy2(RUNNERS / host / "smoke_test.py", tests / "smoke_test.py")
     shutil.copy2(RUNNERS / "common" / "checks.py", tests / "checks.py")
+    if kind == "web":  # checked in a browser; the native check of the same graph records the tokens
+        from .web import write_web
+
+        write_web(bundle)
+        shutil.copy2(RUNNERS / "web" / "smoke_test.py", tests / "smoke_test.py")
+        shutil.copy2(RUNNERS / host / "smoke_test.py", tests / "native_smoke_test.py")
+    else:
+        shutil.copy2(RUNNERS / host / "smoke_test.py", tests / "smoke_test.py")
 
 
 def file_table(bundle: Path) -> dict[str, dict[str, Any]]:
@@ -40,7 +48,7 @@ def file_table(bundle: Path) -> dict[str, dict[str, Any]]:
     table = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         rel = path.relative_to(bundle).as_posix()
-        if rel == "manifest.json" or "__pycache__" in rel:
+        if rel == "manifest.json" or "__pycache__" in rel or rel.startswith(RUN_OUTPUT):
             continue
         table[rel] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     return table
@@ -84,6 +92,10 @@ def write_manifest(
 def runtime_version(package: str) -> str:
     """The installed version of the runtime package (onnxruntime-genai's for its -cuda/-directml
     builds, which this machine checks with the CPU package)."""
+    if package == "onnxruntime-web":  # the npm package in web/vendor/, pinned in web/package.json
+        from .web import packages
+
+        return packages()[package]
     name = "llama-cpp-python" if package == "llama-cpp-python" else "onnxruntime-genai"
     try:
         return metadata.version(name)

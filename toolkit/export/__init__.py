@@ -38,4 +38,5 @@ def export_model(
             src.path, src.weight_files, src.config, plan.export, q, work, lambda m: log(f"      {m}")
         )
     log(f"{step}export + {precision} quantization with the onnxruntime-genai builder")
-    return builder.run_builder(src.path, plan.export, choices.builder_options(q, precision), work)
+    options = choices.builder_options(q, precision) | stream.PROVIDER_OPTIONS.get(plan.export.execution_provider, {})
+    return builder.run_builder(src.path, plan.export, options, work)

@@ -8,11 +8,13 @@ from typing import Any
 
 from ..errors import StageError
 from ..families import family_for
+from ..graphs import external
 from ..plan.config import BuildPlan, OptimizeConfig
 from ..quantize.choices import QUANTIZED_PRECISIONS, expected_bits
 
 ONNX_FLOAT, ONNX_FLOAT16 = 1, 10
-PROVIDER_KEYS = {"cpu": None, "cuda": "cuda", "dml": "dml"}
+PROVIDER_KEYS = {"cpu": None, "cuda": "cuda", "dml": "dml", "webgpu": "webgpu"}
+MB = 1 << 20
 
 
 def read_genai_config(model_dir: Path) -> dict[str, Any]:
@@ -119,6 +121,28 @@ def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
     return before - path.stat().st_size
 
 
+def split_external_data(model_dir: Path, cfg: OptimizeConfig) -> list[str]:
+    """model.onnx.data in files of at most optimize.external_data_chunk_mb (a browser holds each
+    in one ArrayBuffer); returns their names, [] when the plan keeps one file."""
+    if cfg.external_data_chunk_mb == 0 or not (model_dir / "model.onnx.data").is_file():
+        return []
+    return external.split(model_dir / "model.onnx", cfg.external_data_chunk_mb * MB)
+
+
+def _split_mismatches(model_dir: Path, cfg: OptimizeConfig) -> list[str]:
+    """External data files that are missing, or hold more than the plan's chunk (one larger tensor
+    alone in a file is allowed: a tensor is not split)."""
+    used = external.data_files(model_dir / "model.onnx")
+    problems = [f"{name} is missing" for name in used if not (model_dir / name).is_file()]
+    limit = cfg.external_data_chunk_mb * MB
+    over = [name for name, lengths in used.items() if limit and len(lengths) > 1 and sum(lengths) > limit]
+    return problems + [
+        f"{name}: {sum(used[name]) / MB:.0f} MB of tensors, over optimize.external_data_chunk_mb = "
+        f"{cfg.external_data_chunk_mb}"
+        for name in over
+    ]
+
+
 def add_stop_ids(model_dir: Path, eos_ids: list[int]) -> list[int]:
     """Stop on every id the checkpoint names: the builder takes generation_config.json's ids and
     the tokenizer's end-of-turn token, not config.json's when the files disagree. Returns the
@@ -191,7 +215,7 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
             problems.append(f"precision {precision}: MatMul nodes left unquantized: {', '.join(dense[:5])}")
     elif nbits:
         problems.append(f"precision {precision}: the graph has {len(nbits)} MatMulNBits nodes")
-    want_io = ONNX_FLOAT if (ep == "cpu" or precision == "fp32") else ONNX_FLOAT16
+    want_io = ONNX_FLOAT if (ep in ("cpu", "webgpu") or precision == "fp32") else ONNX_FLOAT16
     logits = [o for o in graph.output if o.name == "logits"]
     got_io = logits[0].type.tensor_type.elem_type if logits else None
     if got_io != want_io:
@@ -202,7 +226,7 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
         problems.append(f"{ROPE_IF} still holds the long rope caches, which a context cap of {cap} never reads")
     if ep == "dml" and "position_ids" not in {i.name for i in graph.input}:
         problems.append("DirectML layout expects a position_ids input; the graph has none")
-    return problems
+    return problems + _split_mismatches(model_dir, plan.optimize)
 
 
 def _config_mismatches(

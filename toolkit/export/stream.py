@@ -28,7 +28,24 @@ from .builder import builder_call, create_model
 
 ROPE_KINDS = ("longrope", "none")
 # The builder's CUDA graph at fp32 is another graph (Attention with RotaryEmbedding nodes).
-PRECISIONS = {"cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "int8", "fp16"), "dml": ("int4", "fp16")}
+PRECISIONS = {
+    "cpu": ("int4", "int8", "fp32"),
+    "cuda": ("int4", "int8", "fp16"),
+    "dml": ("int4", "fp16"),
+    "webgpu": ("int4",),
+}
+# The builder's WebGPU graph with float32 I/O (use_webgpu_fp32) is its CPU graph node for node
+# (only genai_config.json's provider options differ), so it is written as that one.
+GRAPH_OF = {"webgpu": "cpu"}
+# Builder options that choose the graph of a provider.
+PROVIDER_OPTIONS = {"webgpu": {"use_webgpu_fp32": "true"}}
+
+
+def graph_provider(execution_provider: str) -> str:
+    """The provider whose graph the streamed engine writes for `execution_provider`."""
+    return GRAPH_OF.get(execution_provider, execution_provider)
+
+
 METHODS = ("default", *OWN_METHODS)  # the builder's round-to-nearest, and slmkit's calibrated int4
 
 
@@ -79,7 +96,8 @@ def write_config_files(source: Path, export: ExportConfig, out: Path, work: Path
             out,
             export.precision,
             export.execution_provider,
-            ["config_only=true", "hf_remote=false", "hf_token=false"],
+            ["config_only=true", "hf_remote=false", "hf_token=false"]
+            + [f"{k}={v}" for k, v in PROVIDER_OPTIONS.get(export.execution_provider, {}).items()],
         )
     path = out / "genai_config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
@@ -101,7 +119,8 @@ def export_stream(
     family = family_of(config)
     shape = Shape.of(config)
     # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
-    dtype = np.float16 if export.execution_provider != "cpu" and export.precision != "fp32" else np.float32
+    ep = graph_provider(export.execution_provider)
+    dtype = np.float16 if ep != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
     family.prepare_weights(weights)
     expected, skipped = family.tensors(weights, shape, config)
@@ -128,14 +147,14 @@ def export_stream(
         try:
             with ExternalData(out / "model.onnx.data") as data:
                 g = GraphWriter(data, export.precision, q, dtype, calibration)
-                family.write_decoder(g, weights, shape, config, export.execution_provider)
+                family.write_decoder(g, weights, shape, config, ep)
         finally:
             if calibration is not None:
                 calibration.close()
         if g.alternatives:
             g.use_alternatives()
             compact(out / "model.onnx.data", g.initializers)
-        save_graph(g, *family.decoder_io(shape, dtype, export.execution_provider), out / "model.onnx")
+        save_graph(g, *family.decoder_io(shape, dtype, ep), out / "model.onnx")
         if family.write_more_graphs is not None:
             family.write_more_graphs(weights, shape, export, q, dtype, out)
     if calibration is not None:

@@ -78,3 +78,58 @@ def compact(path: Path, tensors: list[Any], chunk: int = 1 << 24) -> None:
             entries["offset"].value = str(offset)
             offset += length
     fresh.replace(path)
+
+
+def split(model_path: Path, limit: int, chunk: int = 1 << 24) -> list[str]:
+    """Move the external data of `model_path` into files of at most `limit` bytes, whole tensors
+    each (one larger tensor gets a file of its own): model.onnx.data, model.onnx.data.1, ...
+    Returns the new files' names. Streamed: memory holds one chunk."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    tensors = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    entries = [{e.key: e for e in t.external_data} for t in tensors]
+    entries.sort(key=lambda e: (e["location"].value, int(e["offset"].value)))
+    base = f"{model_path.name}.data"
+    names: list[str] = []
+    sources = {e["location"].value for e in entries}
+    out, size = None, 0
+    try:
+        for e in entries:
+            length = int(e["length"].value)
+            if out is None or (size and size + length > limit):
+                if out is not None:
+                    out.close()
+                names.append(base if not names else f"{base}.{len(names)}")
+                out, size = open(model_path.with_name(names[-1] + ".split"), "wb"), 0  # noqa: SIM115
+            with open(model_path.with_name(e["location"].value), "rb") as src:
+                src.seek(int(e["offset"].value))
+                left = length
+                while left:
+                    block = src.read(min(chunk, left))
+                    out.write(block)
+                    left -= len(block)
+            e["location"].value, e["offset"].value = names[-1], str(size)
+            size += length
+    finally:
+        if out is not None:
+            out.close()
+    for name in sources:
+        model_path.with_name(name).unlink()
+    for name in names:
+        model_path.with_name(name + ".split").replace(model_path.with_name(name))
+    onnx.save(model, str(model_path))
+    return names
+
+
+def data_files(model_path: Path) -> dict[str, list[int]]:
+    """The external data files `model_path` reads, and the byte length of each tensor in each."""
+    import onnx
+
+    model = onnx.load(str(model_path), load_external_data=False)
+    used: dict[str, list[int]] = {}
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            e = {x.key: x.value for x in t.external_data}
+            used.setdefault(e["location"], []).append(int(e["length"]))
+    return used

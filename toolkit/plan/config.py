@@ -23,8 +23,16 @@ PRECISIONS_BY_PROVIDER = {
     "cpu": ("int4", "int8", "fp32"),
     "cuda": ("int4", "int8", "fp16", "fp32"),
     "dml": ("int4", "fp16"),
+    # onnxruntime-web in a browser: the builder's WebGPU graph with float32 inputs and outputs
+    # (use_webgpu_fp32), the CPU graph node for node, which the WASM backend runs as well.
+    "webgpu": ("int4",),
 }
-RUNNERS_BY_PROVIDER = {"cpu": ("python", "android", "ios", "llama-cpp"), "cuda": ("python",), "dml": ("python",)}
+RUNNERS_BY_PROVIDER = {
+    "cpu": ("python", "android", "ios", "llama-cpp"),
+    "cuda": ("python",),
+    "dml": ("python",),
+    "webgpu": ("web",),
+}
 
 
 def _choice(*values: Any, **kw: Any) -> Any:
@@ -90,11 +98,15 @@ class OptimizeConfig:
     # and replay it for every token, instead of launching each kernel from the CPU: a small model's
     # decode is bound by those launches (SmolLM2-135M at 1% of an H200's memory roofline).
     cuda_graph: bool = False
+    # Browser bundles: model.onnx's external data in files of at most this many MB (0: one file).
+    # A browser holds each fetched file in one ArrayBuffer and each cached one in one Cache Storage
+    # entry; smaller files also let an interrupted download resume file by file.
+    external_data_chunk_mb: int = _range(0, 2047, default=0)
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    runner: str = _choice("python", "android", "ios", "llama-cpp", default="python")
+    runner: str = _choice("python", "android", "ios", "llama-cpp", "web", default="python")
     package: str = "onnxruntime-genai"
 
 
@@ -310,10 +322,31 @@ def _check_combination(plan: BuildPlan) -> None:
             f"Runner '{plan.runtime.runner}' cannot drive execution provider '{ep}'. "
             f"Valid runners for {ep}: {', '.join(RUNNERS_BY_PROVIDER[ep])}."
         )
+    _check_web(plan)
     if plan.optimize.cuda_graph and (ep != "cuda" or plan.export.engine == "gguf"):
         raise ConfigError(
             f"optimize.cuda_graph captures the decode step of the CUDA provider; this plan runs on '{ep}'. "
             "Use --target linux-cuda, or --set optimize.cuda_graph=false."
+        )
+
+
+def _check_web(plan: BuildPlan) -> None:
+    """What onnxruntime-web's WebGPU kernels run (1.30, checked in Chromium's WebGPU on this
+    project's tiny model: tests/test_web.py)."""
+    if plan.export.execution_provider != "webgpu":
+        return
+    q = plan.quantize
+    if q.method in ("mixed", "k_quant_last", "k_quant_mixed") or q.lm_head == "int8":
+        what = f"quantize.method '{q.method}'" if q.lm_head == "int4" else "quantize.lm_head 'int8'"
+        raise ConfigError(
+            f"{what} writes int8 MatMulNBits blocks; onnxruntime-web's WebGPU MatMulNBits runs 4-bit (and 2-bit) "
+            "blocks only. Use --set quantize.method=gptq (calibrated int4) and --set quantize.lm_head=int4."
+        )
+    if q.block_size != 32:
+        raise ConfigError(
+            f"quantize.block_size {q.block_size}: onnxruntime-web 1.30's WebGPU MatMulNBits gave wrong tokens "
+            "with blocks of 64 and 128 on the tiny test model (32 agrees with the CPU's kernels). "
+            "Use --set quantize.block_size=32."
         )
 
 

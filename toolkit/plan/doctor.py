@@ -162,6 +162,43 @@ def memory_check(num_params: int, config: dict, engine: str, method: str = "defa
     return Check("memory", max(export, reference, smoke) < have, detail)
 
 
+def cache_root() -> Path:
+    """Where slmkit keeps what it fetched or made once: $SLMKIT_CACHE, else ~/.cache/slmkit."""
+    if os.environ.get("SLMKIT_CACHE"):
+        return Path(os.environ["SLMKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slmkit"
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+NO_BROWSER = (
+    "no Chromium on this machine (web bundles are checked in headless Chromium): "
+    "apt-get install chromium (Debian, Ubuntu), or set SLMKIT_CHROMIUM=/path/to/chrome"
+)
+
+
+def find_browser() -> str | None:
+    """The Chromium (or Chrome) the web smoke test drives: $SLMKIT_CHROMIUM, else one on PATH."""
+    return os.environ.get("SLMKIT_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
+
+
+def web_checks(need_npm: bool) -> list[Check]:
+    """What a web bundle's build and check need here: npm (to fetch onnxruntime-web once), and
+    playwright with a Chromium for the smoke test."""
+    checks = []
+    if need_npm:
+        npm = shutil.which("npm")
+        detail = (
+            npm or "no npm on this machine (the web target fetches onnxruntime-web with it once): apt-get install npm"
+        )
+        checks.append(Check("npm", npm is not None, detail))
+    playwright = importlib.util.find_spec("playwright") is not None
+    detail = "installed" if playwright else "playwright is not installed (it drives Chromium): pip install playwright"
+    checks.append(Check("playwright", playwright, detail))
+    browser = find_browser()
+    checks.append(Check("chromium", browser is not None, browser or NO_BROWSER))
+    return checks
+
+
 def require(checks: list[Check]) -> None:
     bad = [c for c in checks if not c.ok]
     if bad:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ToolchainError, VerificationError, did_you_mean
+from ..plan.doctor import cache_root
 from ..progress import waiting
 from .device import run_record
 
@@ -44,12 +45,6 @@ QEMU_FIX = (
     "`apt-get install qemu-user` (Ubuntu 24.04 and newer)."
 )
 KLEIDIAI = "on (onnxruntime's default for int4 MatMulNBits on ARM64)"
-
-
-def cache_root() -> Path:
-    if os.environ.get("SLMKIT_CACHE"):
-        return Path(os.environ["SLMKIT_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slmkit"
 
 
 def find_qemu() -> tuple[str, str]:

@@ -27,8 +27,9 @@ def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
 
 
 def host_provider(execution_provider: str) -> str:
-    """The provider this machine runs the bundle with: its own when it is the CPU, else the CPU."""
-    return "bundle" if execution_provider == "cpu" else "cpu"
+    """The provider this machine runs the bundle with: its own when it is the CPU or a browser's
+    (web bundles: headless Chromium here), else the CPU."""
+    return "bundle" if execution_provider in ("cpu", "webgpu") else "cpu"
 
 
 def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
@@ -62,9 +63,12 @@ def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
 def summarize(result: dict[str, Any], provider: str, execution_provider: str, runner: str) -> dict[str, Any]:
     """The verification section of manifest.json."""
     ran_on = "cpu" if provider == "cpu" or execution_provider == "cpu" else execution_provider
+    if execution_provider == "webgpu" and result.get("backends"):
+        ran_on = "browser: " + ", ".join(result["backends"])
     return {
         "host": {
             "provider": ran_on,
+            **({"runtime": result["runtime"], "backends": result["backends"]} if result.get("backends") else {}),
             "passed": result.get("passed", 0),
             "failed": result.get("failed", 1),
             "top1_agreement": result.get("top1_agreement"),
@@ -75,6 +79,22 @@ def summarize(result: dict[str, Any], provider: str, execution_provider: str, ru
         },
         "pending_on_device": pending_on_device(execution_provider, runner),
     }
+
+
+def _require_browser(path: Path, runner: str, provider: str) -> None:
+    """A web bundle's check needs headless Chromium here; the browser backends need a web bundle."""
+    from ..errors import ToolchainError, VerificationError
+    from ..plan.doctor import web_checks
+
+    if provider in ("wasm", "webgpu") and runner != "web":
+        raise VerificationError(
+            f"--provider {provider} runs a web bundle's page in a browser; '{path}' has the {runner} runner. "
+            "Use --provider bundle or cpu."
+        )
+    if runner == "web" and provider != "cpu":
+        missing = [c for c in web_checks(need_npm=False) if not c.ok]
+        if missing:
+            raise ToolchainError(f"Cannot check the web bundle '{path}': " + "; ".join(c.detail for c in missing))
 
 
 def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, Any], str]:
@@ -97,6 +117,7 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
         raise VerificationError(f"{path}/manifest.json is damaged ({type(e).__name__}: {e}).") from None
     ep = plan.export.execution_provider
     provider = provider or host_provider(ep)
+    _require_browser(path, plan.runtime.runner, provider)
     version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
     device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
     result, output = run_smoke_test(path, provider)

@@ -158,6 +158,16 @@ def check_plan(_src: Any, plan: BuildPlan) -> None:
         )
 
 
+def refuse_target(src: Any, target: str | None) -> None:
+    if target == "web":
+        raise ConfigError(
+            f"{src.architecture} is not built for web: its three graphs need the runtime's image processor "
+            "(crops, resize, normalise, the image tokens), which onnxruntime-genai has and the web runner, "
+            "a text generation loop in JS, does not. Build it with --target cpu, or the text-only model "
+            "(Phi-3.5-mini) for web."
+        )
+
+
 FAMILY = Family(
     name="phi3v",
     architectures={ARCHITECTURE: ("phi3_v", "Phi-3.5-vision, Phi-3-vision-128k")},
@@ -169,6 +179,7 @@ FAMILY = Family(
     write_configs=write_configs,
     write_more_graphs=write_graphs,
     check_plan=check_plan,
+    refuse_target=refuse_target,
     hf_rows=hf_rows,
     hf_config=hf_config,
     prepare_weights=share_embedding,

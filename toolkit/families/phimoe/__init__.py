@@ -24,6 +24,7 @@ REFUSED = {
     "android": f"more than a phone's memory ({EVERY_EXPERT})",
     "ios": f"more than an iPhone's or iPad's memory ({EVERY_EXPERT})",
     "windows-dml": "and onnxruntime has no DirectML kernel for QMoE, the mixture-of-experts operator",
+    "web": f"more than a browser tab holds (4 GB of WASM memory; {EVERY_EXPERT})",
 }
 
 

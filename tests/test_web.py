@@ -1,0 +1,164 @@
+"""The web target: bundles whose chat page runs the model in headless Chromium (onnxruntime-web on
+WASM, and WebGPU through SwiftShader), checked there against the golden tokens; the external data
+split under the browser's limits; and what the target refuses, with the reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_stream import logits
+
+from toolkit.cli import main
+from toolkit.export.optimize import setting_mismatches
+from toolkit.graphs.external import data_files, split
+from toolkit.plan import doctor
+from toolkit.plan.config import plan_from_dict
+
+needs_browser = pytest.mark.skipif(
+    not all(c.ok for c in doctor.web_checks(need_npm=False)) and not os.environ.get("SLMKIT_REQUIRE_BROWSER"),
+    reason="playwright and Chromium not installed (.ci/run installs them and sets SLMKIT_REQUIRE_BROWSER)",
+)
+
+
+@needs_browser
+def test_web_bundle_passes_its_smoke_test_in_chromium(bundles):
+    bundle = bundles("web")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    host = manifest["verification"]["host"]
+    assert host["failed"] == 0 and host["provider"].startswith("browser: wasm")
+    assert host["backends"]["wasm"]["failed"] == 0 and "Chromium" in host["runtime"]
+    assert manifest["runtime"] == {
+        "package": "onnxruntime-web",
+        "version": "1.30.0",
+        "execution_provider": "webgpu",
+        "runner": "web",
+    }
+    for name in ("index.html", "slmkit.mjs", "selftest.mjs", "serve.py", "package.json", "README.md"):
+        assert f"web/{name}" in manifest["files"], name
+    assert "web/vendor/ort-wasm-simd-threaded.jsep.wasm" in manifest["files"]
+    assert not [f for f in manifest["files"] if f.startswith("tests/output/")]  # a run's output, not the bundle's
+    for backend in host["backends"]:
+        assert (bundle / "tests" / "output" / f"chat-{backend}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    genai = json.loads((bundle / "model" / "genai_config.json").read_text())
+    assert genai["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]
+    assert genai["search"]["max_length"] == 2048
+    plan = plan_from_dict(manifest["plan"], "manifest")
+    assert (plan.quantize.method, plan.quantize.block_size, plan.quantize.lm_head) == ("gptq", 32, "int4")
+    assert setting_mismatches(bundle / "model", plan, "Phi3ForCausalLM") == []
+
+
+@needs_browser
+def test_the_page_finds_a_defect_that_is_no_tie(bundles, tmp_path):
+    """The page's check is not vacuous: a recorded token changed (and not a near tie) fails it."""
+    bundle = tmp_path / "web"
+    shutil.copytree(bundles("web"), bundle)
+    golden_path = bundle / "tests" / "golden.json"
+    golden = json.loads(golden_path.read_text())
+    case = golden["cases"][1]
+    case["bundle_ids"][0] = (case["bundle_ids"][0] + 1) % 600
+    case["bundle_near"][0] = []
+    golden_path.write_text(json.dumps(golden))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["tests/golden.json"] = {
+        "sha256": hashlib.sha256(golden_path.read_bytes()).hexdigest(),
+        "size": golden_path.stat().st_size,
+    }
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["verify", str(bundle), "--provider", "wasm"])
+    assert result.exit_code == 1
+    assert "wasm: greedy 2: first 0/16 tokens as recorded at build (need 8); token 1" in result.output
+    assert "is no tie: a defect" in result.output
+
+
+def test_verify_without_a_browser_says_how_to_get_one(bundles, monkeypatch, tmp_path):
+    """One Error: line with the install command, before anything runs (a cpu bundle relabelled as a
+    web bundle stands in: the check reads the manifest's plan only)."""
+    bundle = tmp_path / "web"
+    shutil.copytree(bundles("cpu"), bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["plan"]["runtime"]["runner"], manifest["plan"]["export"]["execution_provider"] = "web", "webgpu"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(doctor, "find_browser", lambda: None)
+    result = CliRunner().invoke(main, ["verify", str(bundle)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: Cannot check the web bundle '{bundle}': no Chromium on this machine (web bundles are checked in "
+        "headless Chromium): apt-get install chromium (Debian, Ubuntu), or set SLMKIT_CHROMIUM=/path/to/chrome"
+    ]
+    wrong = CliRunner().invoke(main, ["verify", str(bundles("cpu")), "--provider", "wasm"])
+    assert wrong.exit_code == 1 and "--provider wasm runs a web bundle's page in a browser;" in wrong.output
+
+
+def test_external_data_is_split_under_the_limit_with_the_same_logits(bundles, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(bundles("cpu") / "model", model)
+    ids = [1, 50, 60, 70, 80, 90, 100, 5, 7, 300, 310]
+    before = logits(model, ids)
+    sizes = data_files(model / "model.onnx")["model.onnx.data"]
+    limit = sum(sizes) // 3
+    names = split(model / "model.onnx", limit)
+    assert names == ["model.onnx.data"] + [f"model.onnx.data.{i}" for i in range(1, len(names))] and len(names) >= 3
+    used = data_files(model / "model.onnx")
+    assert sorted(used) == sorted(names)
+    assert all(sum(n) <= limit or len(n) == 1 for n in used.values())
+    assert sum(map(sum, used.values())) == sum(sizes)
+    assert {p.name for p in model.glob("model.onnx.data*")} == set(names)  # the old file is gone
+    assert np.array_equal(logits(model, ids), before)
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            "quantize.method=mixed",
+            "Error: quantize.method 'mixed' writes int8 MatMulNBits blocks; onnxruntime-web's WebGPU MatMulNBits "
+            "runs 4-bit (and 2-bit) blocks only. Use --set quantize.method=gptq (calibrated int4) and "
+            "--set quantize.lm_head=int4.\n",
+        ),
+        (
+            "quantize.lm_head=int8",
+            "Error: quantize.lm_head 'int8' writes int8 MatMulNBits blocks; onnxruntime-web's WebGPU MatMulNBits "
+            "runs 4-bit (and 2-bit) blocks only.",
+        ),
+        (
+            "quantize.block_size=64",
+            "Error: quantize.block_size 64: onnxruntime-web 1.30's WebGPU MatMulNBits gave wrong tokens with blocks "
+            "of 64 and 128 on the tiny test model (32 agrees with the CPU's kernels). "
+            "Use --set quantize.block_size=32.",
+        ),
+        (
+            "export.precision=fp32",
+            "Error: Precision 'fp32' is not available for execution provider 'webgpu'. Valid for webgpu: int4.\n",
+        ),
+    ],
+)
+def test_web_refuses_what_the_browser_kernels_do_not_run(tiny35, tmp_path, setting, message):
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["build", "-m", str(tiny35), "-t", "web", "-o", str(out), "--set", setting])
+    assert result.exit_code == 1 and result.output.startswith(message), result.output
+    assert not out.exists()
+
+
+def test_web_refuses_vision_models(tiny_vision, tmp_path):
+    result = CliRunner().invoke(main, ["build", "-m", str(tiny_vision), "-t", "web", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: Phi3VForCausalLM is not built for web: its three graphs need the runtime's image processor"
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_web_checks_name_the_fix(monkeypatch):
+    monkeypatch.setattr(doctor.shutil, "which", lambda _: None)
+    monkeypatch.delenv("SLMKIT_CHROMIUM", raising=False)
+    checks = {c.name: c for c in doctor.web_checks(need_npm=True)}
+    assert not checks["npm"].ok and checks["npm"].detail.endswith("apt-get install npm")
+    assert not checks["chromium"].ok and "apt-get install chromium" in checks["chromium"].detail
+    result = CliRunner().invoke(main, ["doctor", "--target", "web"])
+    assert "apt-get install chromium" in result.output and result.exit_code == 1

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Self-check of this web bundle in a real browser: headless Chromium driven by playwright.
+
+1. Every file against manifest.json (size, then sha256): a truncated download is named as such.
+2. The chat page's test mode (web/index.html?test), served from 127.0.0.1 with cross-origin
+   isolation, on onnxruntime-web's WASM backend and, where the browser hands out an adapter, on
+   WebGPU. The page checks tests/golden.json as tests/native_smoke_test.py does: the tokenizer and
+   chat template in JS against the reference's ids, teacher-forced top-1 agreement, and greedy
+   tokens against those recorded at build, where an earlier difference passes only as a tie.
+3. The page then answers a chat message; a screenshot of it goes to tests/output/chat-<backend>.png.
+
+Prints one line per check and a final 'N passed, M failed' line; exits 1 when anything failed.
+    python tests/smoke_test.py [--provider bundle|wasm|webgpu|cpu] [--json result.json]
+'bundle' runs WASM, and WebGPU when there is an adapter; 'cpu' checks the same graph with
+onnxruntime-genai natively (tests/native_smoke_test.py). Needs `pip install playwright` and Chromium
+(`apt-get install chromium`, or SLMKIT_CHROMIUM=/path/to/chrome); playwright downloads no browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+BUNDLE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BUNDLE / "web"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import native_smoke_test as native  # noqa: E402
+from checks import Report, main  # noqa: E402
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+# WebGPU in headless Chromium; without a GPU, SwiftShader (Vulkan on the CPU, mesa-vulkan-drivers) is the adapter.
+FLAGS = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--enable-features=Vulkan", "--use-angle=swiftshader"]
+TIMEOUT_S = float(os.environ.get("SLMKIT_WEB_TIMEOUT", "900"))
+
+
+def find_browser() -> str | None:
+    return os.environ.get("SLMKIT_CHROMIUM") or next(filter(None, map(shutil.which, BROWSERS)), None)
+
+
+@contextmanager
+def served(bundle: Path):
+    """The bundle on http://127.0.0.1:<free port> for as long as the block runs."""
+    from serve import server
+
+    httpd = server(root=bundle)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+@contextmanager
+def chromium():
+    """A headless Chromium from this machine (no download)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=find_browser(), args=FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def has_adapter(browser, base: str) -> bool:
+    page = browser.new_page()
+    page.goto(f"{base}/web/serve.py")  # any page of this origin: WebGPU needs a secure context
+    found = page.evaluate("async () => Boolean(navigator.gpu && await navigator.gpu.requestAdapter())")
+    page.close()
+    return found
+
+
+def run_page(browser, base: str, backend: str, out: Path) -> dict:
+    """The page's test mode on one backend: its results, and its screenshot in `out`."""
+    page = browser.new_page(viewport={"width": 900, "height": 760})
+    lines: list[str] = []
+    page.on("console", lambda m: lines.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(f"{base}/web/index.html?test&nocache&backend={backend}")
+        page.wait_for_function("window.slmkitResult !== undefined", timeout=TIMEOUT_S * 1000, polling=500)
+        result = page.evaluate("window.slmkitResult")
+    except Exception as e:  # a timeout or a crashed tab: report it with the page's own errors
+        result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+    out.mkdir(exist_ok=True)
+    page.screenshot(path=str(out / f"chat-{backend}.png"))
+    page.close()
+    if lines and "error" in result:
+        result["error"] += "\n    " + "\n    ".join(lines[-5:])
+    return result
+
+
+def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> dict:
+    if provider == "cpu":
+        return native.check_model(bundle, golden, provider, report)
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        report.add("browser", False, "playwright is not installed: pip install playwright")
+        return {}
+    if find_browser() is None:
+        report.add("browser", False, "no Chromium found: apt-get install chromium (or set SLMKIT_CHROMIUM)")
+        return {}
+    backends = {}
+    with served(bundle) as base, chromium() as browser:
+        for backend in ["wasm", "webgpu"] if provider == "bundle" else [provider]:
+            if backend == "webgpu" and not has_adapter(browser, base):
+                if provider == "webgpu":
+                    report.add("webgpu", False, "this browser hands out no WebGPU adapter")
+                else:
+                    print("SKIP  webgpu: this browser hands out no WebGPU adapter", flush=True)
+                continue
+            result = run_page(browser, base, backend, bundle / "tests" / "output")
+            if "error" in result:
+                report.add(f"{backend}: page", False, result["error"])
+                continue
+            for c in result["checks"]:
+                report.add(f"{backend}: {c['name']}", c["ok"], c["detail"])
+            backends[backend] = result
+        version = browser.version
+    if not backends:
+        return {}
+    worst = min(backends.values(), key=lambda r: r["top1_agreement"])
+    return {
+        "top1_agreement": worst["top1_agreement"],
+        "min_top1_agreement": worst["min_top1_agreement"],
+        "cases": worst["cases"],
+        "runtime": f"onnxruntime-web in Chromium {version} ({', '.join(backends)})",
+        "backends": {k: {"passed": r["passed"], "failed": r["failed"], "top1_agreement": r["top1_agreement"]}
+                     for k, r in backends.items()},
+    }
+
+
+def record(bundle: Path, provider: str) -> int:
+    """At build time: the greedy tokens of onnxruntime-genai (native, CPU) on the same graph."""
+    return native.record(bundle, "cpu")
+
+
+if __name__ == "__main__":
+    sys.exit(main(None, __doc__, BUNDLE, ["bundle", "wasm", "webgpu", "cpu"], check_model, record))
