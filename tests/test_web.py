@@ -49,7 +49,8 @@ def test_web_bundle_passes_its_smoke_test_in_chromium(bundles):
     assert genai["model"]["decoder"]["session_options"]["provider_options"][0]["webgpu"]
     assert genai["search"]["max_length"] == 2048
     plan = plan_from_dict(manifest["plan"], "manifest")
-    assert (plan.quantize.method, plan.quantize.block_size, plan.quantize.lm_head) == ("gptq", 32, "int4")
+    q = plan.quantize
+    assert (q.method, q.block_size, q.symmetric, q.lm_head) == ("gptq", 32, True, "int4")
     assert setting_mismatches(bundle / "model", plan, "Phi3ForCausalLM") == []
 
 
@@ -133,6 +134,11 @@ def test_external_data_is_split_under_the_limit_with_the_same_logits(bundles, tm
             "Use --set quantize.block_size=32.",
         ),
         (
+            "quantize.symmetric=false",
+            "Error: quantize.symmetric = false: onnxruntime-web 1.30's WebGPU MatMulNBits reads the zero points as "
+            "uint32 words",
+        ),
+        (
             "export.precision=fp32",
             "Error: Precision 'fp32' is not available for execution provider 'webgpu'. Valid for webgpu: int4.\n",
         ),
@@ -162,3 +168,34 @@ def test_web_checks_name_the_fix(monkeypatch):
     assert not checks["chromium"].ok and "apt-get install chromium" in checks["chromium"].detail
     result = CliRunner().invoke(main, ["doctor", "--target", "web"])
     assert "apt-get install chromium" in result.output and result.exit_code == 1
+
+
+@pytest.mark.slow
+@needs_browser
+def test_smollm2_web_bundle_answers_in_chromium(smollm2, tmp_path):
+    """The real model's web bundle passes its page's self-test on WASM and on WebGPU (SwiftShader
+    here), and the chat page answers the test question."""
+    out = tmp_path / "smol-web"
+    result = CliRunner().invoke(main, ["build", "-m", str(smollm2), "-t", "web", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Verified on this machine (headless Chromium: wasm, webgpu)" in result.output
+    host = json.loads((out / "manifest.json").read_text())["verification"]["host"]
+    for backend in ("wasm", "webgpu"):
+        summary = host["backends"][backend]
+        assert summary["failed"] == 0 and summary["top1_agreement"] >= 0.7
+        assert "Paris" in summary["chat_answer"], summary
+        assert (out / "tests" / "output" / f"chat-{backend}.png").is_file()
+    assert sorted(p.name for p in (out / "model").glob("model.onnx*")) == ["model.onnx", "model.onnx.data"]
+
+
+@needs_browser
+def test_a_software_adapter_is_skipped_for_a_model_over_its_limit(bundles, monkeypatch):
+    """SwiftShader runs WebGPU on the CPU: over SLMKIT_WEB_SOFTWARE_MB the default run says so and
+    checks WASM alone; --provider webgpu still runs it."""
+    monkeypatch.setenv("SLMKIT_WEB_SOFTWARE_MB", "0")
+    result = CliRunner().invoke(main, ["verify", str(bundles("web"))])
+    assert result.exit_code == 0, result.output
+    assert "SKIP  webgpu: the adapter is " in result.output and "WebGPU on the CPU: too slow for 0 MB" in result.output
+    assert "PASS  wasm: agreement" in result.output and "webgpu: agreement" not in result.output
+    forced = CliRunner().invoke(main, ["verify", str(bundles("web")), "--provider", "webgpu"])
+    assert forced.exit_code == 0 and "PASS  webgpu: agreement" in forced.output, forced.output

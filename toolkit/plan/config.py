@@ -342,6 +342,12 @@ def _check_web(plan: BuildPlan) -> None:
             f"{what} writes int8 MatMulNBits blocks; onnxruntime-web's WebGPU MatMulNBits runs 4-bit (and 2-bit) "
             "blocks only. Use --set quantize.method=gptq (calibrated int4) and --set quantize.lm_head=int4."
         )
+    if not q.symmetric:
+        raise ConfigError(
+            "quantize.symmetric = false: onnxruntime-web 1.30's WebGPU MatMulNBits reads the zero points as "
+            "uint32 words and refuses rows of a size that does not divide into them (SmolLM2: 9 bytes per row, "
+            "'cannot convert shape'). Use --set quantize.symmetric=true."
+        )
     if q.block_size != 32:
         raise ConfigError(
             f"quantize.block_size {q.block_size}: onnxruntime-web 1.30's WebGPU MatMulNBits gave wrong tokens "

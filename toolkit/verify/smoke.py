@@ -68,7 +68,7 @@ def summarize(result: dict[str, Any], provider: str, execution_provider: str, ru
     return {
         "host": {
             "provider": ran_on,
-            **({"runtime": result["runtime"], "backends": result["backends"]} if result.get("backends") else {}),
+            **({k: result.get(k) for k in ("runtime", "backends", "webgpu_adapter")} if result.get("backends") else {}),
             "passed": result.get("passed", 0),
             "failed": result.get("failed", 1),
             "top1_agreement": result.get("top1_agreement"),

@@ -11,8 +11,10 @@
 
 Prints one line per check and a final 'N passed, M failed' line; exits 1 when anything failed.
     python tests/smoke_test.py [--provider bundle|wasm|webgpu|cpu] [--json result.json]
-'bundle' runs WASM, and WebGPU when there is an adapter; 'cpu' checks the same graph with
-onnxruntime-genai natively (tests/native_smoke_test.py). Needs `pip install playwright` and Chromium
+'bundle' runs WASM, and WebGPU when there is an adapter (a software one, SwiftShader, only for
+model files up to $SLMKIT_WEB_SOFTWARE_MB, default 150 MB: it runs the GPU's work on the CPU);
+'cpu' checks the same graph with onnxruntime-genai natively (tests/native_smoke_test.py).
+$SLMKIT_WEB_TIMEOUT: seconds a page may take (default 900). Needs `pip install playwright` and Chromium
 (`apt-get install chromium`, or SLMKIT_CHROMIUM=/path/to/chrome); playwright downloads no browser here.
 """
 
@@ -35,6 +37,16 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 # WebGPU in headless Chromium; without a GPU, SwiftShader (Vulkan on the CPU, mesa-vulkan-drivers) is the adapter.
 FLAGS = ["--enable-unsafe-webgpu", "--enable-unsafe-swiftshader", "--enable-features=Vulkan", "--use-angle=swiftshader"]
 TIMEOUT_S = float(os.environ.get("SLMKIT_WEB_TIMEOUT", "900"))
+# A software adapter (SwiftShader: WebGPU on the CPU) checks the kernels' results at a few seconds
+# per token for SmolLM2-135M; larger models are left to --provider webgpu (or a machine with a GPU).
+SOFTWARE_ADAPTER_MB = float(os.environ.get("SLMKIT_WEB_SOFTWARE_MB", "150"))
+ADAPTER_JS = """async () => {
+  const a = navigator.gpu && await navigator.gpu.requestAdapter();
+  if (!a) return null;
+  const i = a.info || {};
+  return {name: [i.vendor, i.architecture, i.description].filter(Boolean).join(" "),
+          software: Boolean(i.isFallbackAdapter || a.isFallbackAdapter || /swiftshader/i.test(i.architecture || ""))};
+}"""
 
 
 def find_browser() -> str | None:
@@ -67,12 +79,17 @@ def chromium():
             browser.close()
 
 
-def has_adapter(browser, base: str) -> bool:
+def webgpu_adapter(browser, base: str) -> dict | None:
+    """{name, software} of the browser's WebGPU adapter, None without one."""
     page = browser.new_page()
     page.goto(f"{base}/web/serve.py")  # any page of this origin: WebGPU needs a secure context
-    found = page.evaluate("async () => Boolean(navigator.gpu && await navigator.gpu.requestAdapter())")
+    found = page.evaluate(ADAPTER_JS)
     page.close()
     return found
+
+
+def model_mb(bundle: Path) -> float:
+    return sum(p.stat().st_size for p in (bundle / "model").glob("model.onnx*")) / 2**20
 
 
 def run_page(browser, base: str, backend: str, out: Path) -> dict:
@@ -105,21 +122,31 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     if find_browser() is None:
         report.add("browser", False, "no Chromium found: apt-get install chromium (or set SLMKIT_CHROMIUM)")
         return {}
-    backends = {}
+    backends, adapter = {}, None
     with served(bundle) as base, chromium() as browser:
         for backend in ["wasm", "webgpu"] if provider == "bundle" else [provider]:
-            if backend == "webgpu" and not has_adapter(browser, base):
-                if provider == "webgpu":
-                    report.add("webgpu", False, "this browser hands out no WebGPU adapter")
-                else:
-                    print("SKIP  webgpu: this browser hands out no WebGPU adapter", flush=True)
-                continue
+            if backend == "webgpu":
+                adapter = webgpu_adapter(browser, base)
+                skip = None if adapter else "this browser hands out no WebGPU adapter"
+                if adapter and adapter["software"] and model_mb(bundle) > SOFTWARE_ADAPTER_MB:
+                    skip = (
+                        f"the adapter is {adapter['name']}, WebGPU on the CPU: too slow for {model_mb(bundle):.0f} MB "
+                        "of model (run --provider webgpu to check it there anyway, or on a machine with a GPU)"
+                    )
+                if skip and provider == "webgpu" and not adapter:
+                    report.add("webgpu", False, skip)
+                    continue
+                if skip and provider == "bundle":
+                    print(f"SKIP  webgpu: {skip}", flush=True)
+                    continue
             result = run_page(browser, base, backend, bundle / "tests" / "output")
             if "error" in result:
                 report.add(f"{backend}: page", False, result["error"])
                 continue
             for c in result["checks"]:
                 report.add(f"{backend}: {c['name']}", c["ok"], c["detail"])
+            answer = result["chat_answer"]
+            print(f"      {backend}: asked {answer['question']!r}, the page answered {answer['reply']!r}", flush=True)
             backends[backend] = result
         version = browser.version
     if not backends:
@@ -130,8 +157,16 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
         "min_top1_agreement": worst["min_top1_agreement"],
         "cases": worst["cases"],
         "runtime": f"onnxruntime-web in Chromium {version} ({', '.join(backends)})",
-        "backends": {k: {"passed": r["passed"], "failed": r["failed"], "top1_agreement": r["top1_agreement"]}
-                     for k, r in backends.items()},
+        "webgpu_adapter": adapter and adapter["name"],
+        "backends": {
+            k: {
+                "passed": r["passed"],
+                "failed": r["failed"],
+                "top1_agreement": r["top1_agreement"],
+                "chat_answer": r["chat_answer"]["reply"],
+            }
+            for k, r in backends.items()
+        },
     }
 
 
