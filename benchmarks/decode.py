@@ -103,10 +103,11 @@ def llama_cpp_runner(
 
 
 def onnx_runner(
-    model_dir: Path, prompt_ids: list[int], new_tokens: int, session_options: dict | None = None
+    model_dir: Path, prompt_ids: list[int], new_tokens: int, session_options: dict | None = None, cpu: bool = False
 ) -> Callable[[], tuple[float, float]]:
     """As llama_cpp_runner, for an onnxruntime-genai model folder (session_options overlaid on the
-    bundle's genai_config.json). Loaded and warmed up here."""
+    bundle's genai_config.json; cpu: its providers cleared, as for a web bundle's WebGPU graph).
+    Loaded and warmed up here."""
     import json
 
     import numpy as np
@@ -115,6 +116,8 @@ def onnx_runner(
     config = og.Config(str(model_dir))
     if session_options:
         config.overlay(json.dumps({"model": {"decoder": {"session_options": session_options}}}))
+    if cpu:
+        config.clear_providers()
     model = og.Model(config)
     prompt = np.asarray(prompt_ids, dtype=np.int32)
 
