@@ -218,6 +218,7 @@ def test_bundles_build_verify_and_generate(moe, tmp_path, target, layout):
         ("android", "more than a phone's memory"),
         ("ios", "more than an iPhone's or iPad's memory"),
         ("windows-dml", "onnxruntime has no DirectML kernel for QMoE"),
+        ("web", "more than a browser tab holds (4 GB of WASM memory;"),
     ],
 )
 def test_targets_it_is_not_for_are_refused_with_the_size(moe, tmp_path, target, why):

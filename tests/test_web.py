@@ -43,6 +43,8 @@ def test_web_bundle_passes_its_smoke_test_in_chromium(bundles):
         assert f"web/{name}" in manifest["files"], name
     assert "web/vendor/ort-wasm-simd-threaded.jsep.wasm" in manifest["files"]
     assert not [f for f in manifest["files"] if f.startswith("tests/output/")]  # a run's output, not the bundle's
+    readme = (bundle / "README.md").read_text()
+    assert "python web/serve.py" in readme and "onnxruntime-web 1.30.0 on WebGPU, else WASM" in readme
     for backend in host["backends"]:
         assert (bundle / "tests" / "output" / f"chat-{backend}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     genai = json.loads((bundle / "model" / "genai_config.json").read_text())

@@ -171,9 +171,43 @@ def _gguf_readme(plan: BuildPlan, origin: str) -> list[str]:
     ]
 
 
+def _web_readme(plan: BuildPlan, origin: str) -> list[str]:
+    return [
+        f"# {origin} for the browser",
+        "",
+        f"A chat page with the model: {plan.export.precision} weights run by onnxruntime-web "
+        f"{runtime_version(plan.runtime.package)} on WebGPU, else WASM, context capped at "
+        f"{plan.optimize.context_cap} tokens. Built by slmkit {__version__} (recipe `{plan.recipe}`); "
+        "manifest.json lists every file's sha256, the resolved plan and the verification results.",
+        "",
+        "## Run it",
+        "```",
+        "python web/serve.py                     # then open http://127.0.0.1:8000/web/",
+        "```",
+        "web/README.md: other servers, the page's options, and the ES module to embed in a site.",
+        "",
+        "## Check it",
+        "```",
+        "pip install playwright                  # and a Chromium: apt-get install chromium",
+        "python tests/smoke_test.py              # the page's self-test in headless Chromium (WASM, WebGPU)",
+        "```",
+        "",
+        "## Layout",
+        "- `web/`: index.html (the chat page), slmkit.mjs (the runner), vendor/ (onnxruntime-web, tokenizer, "
+        "jinja), serve.py",
+        "- `model/`: model.onnx and its weights in files of at most "
+        f"{plan.optimize.external_data_chunk_mb or 'any'} MB, genai_config.json, tokenizer files",
+        "- `tests/`: golden.json, smoke_test.py (browser), native_smoke_test.py (onnxruntime-genai: "
+        "`--provider cpu`); screenshots of a run go to tests/output/",
+        "- `runner/run.py`: the same model with onnxruntime-genai, outside a browser",
+        "",
+    ]
+
+
 def write_readme(bundle: Path, plan: BuildPlan, origin: str) -> None:
-    if plan.runtime.runner == "llama-cpp":
-        (bundle / "README.md").write_text("\n".join(_gguf_readme(plan, origin)), encoding="utf-8")
+    if plan.runtime.runner in ("llama-cpp", "web"):
+        text = _gguf_readme(plan, origin) if plan.runtime.runner == "llama-cpp" else _web_readme(plan, origin)
+        (bundle / "README.md").write_text("\n".join(text), encoding="utf-8")
         return
     version = metadata.version("onnxruntime-genai")
     install = _INSTALL.get(plan.runtime.package, "pip install onnxruntime-genai=={v} numpy").format(v=version)
