@@ -57,6 +57,16 @@ def test_web_bundle_passes_its_smoke_test_in_chromium(bundles):
 
 
 @needs_browser
+def test_phi3_mini_4k_web_bundle_passes_in_chromium(tiny3, tmp_path):
+    """Phi-3-mini-4k (no rope scaling, 4096 positions) on both backends, as Phi-3.5-mini."""
+    out = tmp_path / "b"
+    result = CliRunner().invoke(main, ["build", "-m", str(tiny3), "-t", "web", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["plan"]["recipe"] == "phi-3-mini-4k/web" and manifest["verification"]["host"]["failed"] == 0
+
+
+@needs_browser
 def test_the_page_finds_a_defect_that_is_no_tie(bundles, tmp_path):
     """The page's check is not vacuous: a recorded token changed (and not a near tie) fails it."""
     bundle = tmp_path / "web"
@@ -158,6 +168,18 @@ def test_web_refuses_vision_models(tiny_vision, tmp_path):
     assert result.exit_code == 1
     assert result.output.startswith(
         "Error: Phi3VForCausalLM is not built for web: its three graphs need the runtime's image processor"
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_web_refuses_partial_rotary(tiny4, tmp_path):
+    """Phi-4-mini's partial rotary gave wrong tokens on onnxruntime-web's WebGPU backend (its WASM
+    backend agreed): refused, with the numbers, before anything is written."""
+    result = CliRunner().invoke(main, ["build", "-m", str(tiny4), "-t", "web", "-o", str(tmp_path / "b")])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: Phi3ForCausalLM with partial rotary (factor 0.75, Phi-4-mini) is not built for web: "
+        "onnxruntime-web 1.30's WebGPU backend gave wrong tokens for the tiny Phi-4-mini"
     )
     assert not (tmp_path / "b").exists()
 

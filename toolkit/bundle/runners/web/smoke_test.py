@@ -45,7 +45,7 @@ ADAPTER_JS = """async () => {
   if (!a) return null;
   const i = a.info || {};
   return {name: [i.vendor, i.architecture, i.description].filter(Boolean).join(" "),
-          software: Boolean(i.isFallbackAdapter || a.isFallbackAdapter || /swiftshader/i.test(i.architecture || ""))};
+          software: Boolean(i.isFallbackAdapter || a.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe/i.test(i.architecture || ""))};
 }"""
 
 
