@@ -205,9 +205,9 @@ def _web_readme(plan: BuildPlan, origin: str) -> list[str]:
 
 
 def write_readme(bundle: Path, plan: BuildPlan, origin: str) -> None:
-    if plan.runtime.runner in ("llama-cpp", "web"):
-        text = _gguf_readme(plan, origin) if plan.runtime.runner == "llama-cpp" else _web_readme(plan, origin)
-        (bundle / "README.md").write_text("\n".join(text), encoding="utf-8")
+    own = {"llama-cpp": _gguf_readme, "web": _web_readme}.get(plan.runtime.runner)
+    if own is not None:
+        (bundle / "README.md").write_text("\n".join(own(plan, origin)), encoding="utf-8")
         return
     version = metadata.version("onnxruntime-genai")
     install = _INSTALL.get(plan.runtime.package, "pip install onnxruntime-genai=={v} numpy").format(v=version)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ToolchainError
-from ..plan.doctor import cache_root
+from ..plan.doctor import NO_NPM, cache_root
 
 WEB = Path(__file__).resolve().parent / "runners" / "web"
 PAGE_FILES = ("index.html", "slmkit.mjs", "selftest.mjs", "serve.py", "serve.json", "package.json", "README.md")
@@ -51,9 +51,7 @@ def node_modules() -> Path:
         return modules
     npm = shutil.which("npm")
     if npm is None:
-        raise ToolchainError(
-            "The web target fetches onnxruntime-web with npm once, and npm is missing: apt-get install npm"
-        )
+        raise ToolchainError(NO_NPM)
     modules.parent.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=modules.parent.parent))
     try:

@@ -4,6 +4,7 @@ memory is then set by the largest tensor, not by the size of the model."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,16 @@ class ExternalData:
         return t
 
 
+def _copy(src: Any, start: int, length: int, out: Any, chunk: int) -> None:
+    """`length` bytes of `src` from `start` appended to `out`, a chunk at a time."""
+    src.seek(start)
+    left = length
+    while left:
+        block = src.read(min(chunk, left))
+        out.write(block)
+        left -= len(block)
+
+
 def compact(path: Path, tensors: list[Any], chunk: int = 1 << 24) -> None:
     """Rewrite the external data file `path` with only the bytes of `tensors` (in their order),
     and point each at its new offset: a file written with alternatives (mixed precision's int8
@@ -68,13 +79,8 @@ def compact(path: Path, tensors: list[Any], chunk: int = 1 << 24) -> None:
             entries = {e.key: e for e in t.external_data}
             if t.data_location != 1 or entries["location"].value != path.name:
                 continue
-            start, length = int(entries["offset"].value), int(entries["length"].value)
-            src.seek(start)
-            left = length
-            while left:
-                block = src.read(min(chunk, left))
-                out.write(block)
-                left -= len(block)
+            length = int(entries["length"].value)
+            _copy(src, int(entries["offset"].value), length, out, chunk)
             entries["offset"].value = str(offset)
             offset += length
     fresh.replace(path)
@@ -94,26 +100,18 @@ def split(model_path: Path, limit: int, chunk: int = 1 << 24) -> list[str]:
     names: list[str] = []
     sources = {e["location"].value for e in entries}
     out, size = None, 0
-    try:
+    with contextlib.ExitStack() as files:
+        src = {name: files.enter_context(open(model_path.with_name(name), "rb")) for name in sources}
         for e in entries:
             length = int(e["length"].value)
             if out is None or (size and size + length > limit):
                 if out is not None:
                     out.close()
                 names.append(base if not names else f"{base}.{len(names)}")
-                out, size = open(model_path.with_name(names[-1] + ".split"), "wb"), 0  # noqa: SIM115
-            with open(model_path.with_name(e["location"].value), "rb") as src:
-                src.seek(int(e["offset"].value))
-                left = length
-                while left:
-                    block = src.read(min(chunk, left))
-                    out.write(block)
-                    left -= len(block)
+                out, size = files.enter_context(open(model_path.with_name(names[-1] + ".split"), "wb")), 0
+            _copy(src[e["location"].value], int(e["offset"].value), length, out, chunk)
             e["location"].value, e["offset"].value = names[-1], str(size)
             size += length
-    finally:
-        if out is not None:
-            out.close()
     for name in sources:
         model_path.with_name(name).unlink()
     for name in names:

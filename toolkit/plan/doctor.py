@@ -175,6 +175,8 @@ NO_BROWSER = (
     "apt-get install chromium (Debian, Ubuntu), or set SLMKIT_CHROMIUM=/path/to/chrome"
 )
 
+NO_NPM = "no npm on this machine (the web target fetches onnxruntime-web with it once): apt-get install npm"
+
 
 def find_browser() -> str | None:
     """The Chromium (or Chrome) the web smoke test drives: $SLMKIT_CHROMIUM, else one on PATH."""
@@ -187,10 +189,7 @@ def web_checks(need_npm: bool) -> list[Check]:
     checks = []
     if need_npm:
         npm = shutil.which("npm")
-        detail = (
-            npm or "no npm on this machine (the web target fetches onnxruntime-web with it once): apt-get install npm"
-        )
-        checks.append(Check("npm", npm is not None, detail))
+        checks.append(Check("npm", npm is not None, npm or NO_NPM))
     playwright = importlib.util.find_spec("playwright") is not None
     detail = "installed" if playwright else "playwright is not installed (it drives Chromium): pip install playwright"
     checks.append(Check("playwright", playwright, detail))

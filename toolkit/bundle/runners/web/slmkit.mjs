@@ -221,10 +221,10 @@ export class Model {
   }
 
   /**
-   * Token ids, one at a time, until an EOS id, maxNewTokens, the context cap or signal.aborted.
-   * stats (filled in): promptTokens, prefillMs, newTokens, decodeMs.
+   * Token ids, one at a time, until an EOS id (unless stopAtEos is false), maxNewTokens, the
+   * context cap or signal.aborted. stats (filled in): promptTokens, prefillMs, newTokens, decodeMs.
    */
-  async *generate(promptIds, { maxNewTokens = 512, temperature = 0, topP = 1, signal, stats = {} } = {}) {
+  async *generate(promptIds, { maxNewTokens = 512, temperature = 0, topP = 1, stopAtEos = true, signal, stats = {} } = {}) {
     if (promptIds.length >= this.contextCap) {
       throw new Error(`the prompt has ${promptIds.length} tokens; this bundle's context cap is ${this.contextCap}`);
     }
@@ -237,7 +237,7 @@ export class Model {
         const next = sampleRow(logits.data, logits.dims[1] - 1, vocab, temperature, topP);
         stats.newTokens += 1;
         yield next;
-        if (this.eos.has(next) || stats.newTokens >= maxNewTokens || past.length >= this.contextCap || signal?.aborted) {
+        if ((stopAtEos && this.eos.has(next)) || stats.newTokens >= maxNewTokens || past.length >= this.contextCap || signal?.aborted) {
           return;
         }
         t = performance.now();

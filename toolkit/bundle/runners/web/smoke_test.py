@@ -88,6 +88,19 @@ def webgpu_adapter(browser, base: str) -> dict | None:
     return found
 
 
+def webgpu_skip(adapter: dict | None, mb: float, provider: str) -> str | None:
+    """Why the WebGPU check does not run, or None: no adapter; or, in the default run, a software
+    adapter and more than SOFTWARE_ADAPTER_MB of model."""
+    if adapter is None:
+        return "this browser hands out no WebGPU adapter"
+    if provider == "bundle" and adapter["software"] and mb > SOFTWARE_ADAPTER_MB:
+        return (
+            f"the adapter is {adapter['name']}, WebGPU on the CPU: too slow for {mb:.0f} MB "
+            "of model (run --provider webgpu to check it there anyway, or on a machine with a GPU)"
+        )
+    return None
+
+
 def model_mb(bundle: Path) -> float:
     return sum(p.stat().st_size for p in (bundle / "model").glob("model.onnx*")) / 2**20
 
@@ -127,16 +140,11 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
         for backend in ["wasm", "webgpu"] if provider == "bundle" else [provider]:
             if backend == "webgpu":
                 adapter = webgpu_adapter(browser, base)
-                skip = None if adapter else "this browser hands out no WebGPU adapter"
-                if adapter and adapter["software"] and model_mb(bundle) > SOFTWARE_ADAPTER_MB:
-                    skip = (
-                        f"the adapter is {adapter['name']}, WebGPU on the CPU: too slow for {model_mb(bundle):.0f} MB "
-                        "of model (run --provider webgpu to check it there anyway, or on a machine with a GPU)"
-                    )
-                if skip and provider == "webgpu" and not adapter:
+                skip = webgpu_skip(adapter, model_mb(bundle), provider)
+                if skip and provider == "webgpu":
                     report.add("webgpu", False, skip)
                     continue
-                if skip and provider == "bundle":
+                if skip:
                     print(f"SKIP  webgpu: {skip}", flush=True)
                     continue
             result = run_page(browser, base, backend, bundle / "tests" / "output")
