@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.build import plan_build
-from toolkit.export import export_model
 from toolkit.families import open_checkpoint
+from toolkit.formats import format_of
 from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, score, selection_text, table
 
@@ -59,7 +59,7 @@ def export(model: Path, overrides: tuple[str, ...], work: Path) -> tuple[Path, f
     src = open_checkpoint(str(model))
     plan = plan_build(src, RECIPE, None, overrides)
     start = time.perf_counter()
-    out = export_model(src, plan, work, log=lambda m: print(m, flush=True))
+    out = format_of(plan).export(src, plan, work, lambda m: print(m, flush=True), "")
     return out, time.perf_counter() - start
 
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from toolkit.build import plan_build
-from toolkit.export import export_model
 from toolkit.families import open_checkpoint
+from toolkit.formats import format_of
 from toolkit.source.gguf import gguf_to_hf, smollm2_gguf
 from toolkit.verify.quality import Reference, default_text, evaluate, model_bytes, table
 
@@ -51,7 +51,7 @@ def main() -> None:
         for i, (label, overrides) in enumerate(VARIANTS):
             plan = plan_build(src, "smollm2/cpu", None, overrides)
             start = time.perf_counter()
-            model_dir = export_model(src, plan, Path(tmp) / str(i), log=lambda _: None)
+            model_dir = format_of(plan).export(src, plan, Path(tmp) / str(i), lambda _: None, "")
             seconds = time.perf_counter() - start
             rows.append((label, model_bytes(model_dir), evaluate(model_dir, ref), f"built in {seconds:.0f} s"))
             print(f"measured {label}", flush=True)

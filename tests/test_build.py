@@ -13,8 +13,9 @@ from toolkit.build import build, plan_build
 from toolkit.cli import main
 from toolkit.errors import OutputError, StageError
 from toolkit.families import open_checkpoint
+from toolkit.formats import onnx as onnx_format
 from toolkit.quantize import choices
-from toolkit.verify import device, golden
+from toolkit.verify import golden
 
 TARGETS = ["cpu", "android", "ios", "windows-dml", "linux-cuda"]
 
@@ -76,7 +77,7 @@ def test_mobile_and_gpu_specifics(bundles):
         assert graph == ("1" if key == "cuda" else None)
         manifest = json.loads((bundle / "manifest.json").read_text())
         assert manifest["verification"]["host"]["provider"] == "cpu"  # the same graph, run on the CPU here
-        assert manifest["verification"]["pending_on_device"] == [device.DEVICE_ONLY[key]]
+        assert manifest["verification"]["pending_on_device"] == [onnx_format.DEVICE_ONLY[key]]
     dml_inputs = {i.name for i in onnx.load(str(dml / "model" / "model.onnx"), load_external_data=False).graph.input}
     assert "position_ids" in dml_inputs
 

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from toolkit.cli import main
 from toolkit.errors import UnknownNameError
+from toolkit.formats import format_of
 from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_names
 from toolkit.plan.config import resolve
 
@@ -34,11 +35,29 @@ def test_every_target_has_a_recipe_per_family_and_a_runner():
         recipe = load_recipe(name)
         assert recipe.target == name.split("/")[1], name
         plan = resolve(recipe, load_target(recipe.target))
-        runner = plan.runtime.runner
-        host = "llama-cpp" if runner == "llama-cpp" else "python"
+        runner, host = plan.runtime.runner, format_of(plan).host_runner
         assert (RUNNERS / host / "run.py").is_file() and (RUNNERS / host / "smoke_test.py").is_file()
-        if runner != "python":
+        if runner != host:
             assert (RUNNERS / runner).is_dir(), f"{name}: no runner template for {runner}"
+
+
+def test_every_format_has_a_target_and_a_plan_names_one_format():
+    """Each target's plan resolves to one format (its engine and provider), every format is some
+    target's, and a runner that cannot run what the engine writes is refused, saying why."""
+    from toolkit.errors import ConfigError
+    from toolkit.formats import FORMATS, format_for, format_of_target
+
+    assert {format_of_target(t).name for t in TARGETS} == set(FORMATS)
+    for f in FORMATS.values():
+        assert all(format_for(e, p) is f for e in f.engines for p in f.providers)
+    with pytest.raises(ConfigError) as e:
+        format_of(resolve(load_recipe("smollm2/cpu"), load_target("cpu"), ("runtime.runner=llama-cpp",)))
+    assert str(e.value) == (
+        "export.engine 'stream' with runtime.runner 'llama-cpp': a GGUF file is run by llama.cpp (runner "
+        "'llama-cpp'), an ONNX model by onnxruntime-genai. Use --target gguf for a GGUF bundle."
+    )
+    with pytest.raises(ConfigError, match=r"export\.engine 'gguf' writes nothing for execution provider 'cuda'"):
+        format_for("gguf", "cuda")
 
 
 def test_every_family_is_in_the_catalog_for_every_target_it_does_not_refuse():

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolkit.cli import main
-from toolkit.verify.device import ARM_NOTE
+from toolkit.formats.onnx import ARM_NOTE
 
 CHECKS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners" / "common" / "checks.py"
 

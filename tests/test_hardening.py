@@ -19,7 +19,7 @@ import yaml
 from click.testing import CliRunner
 
 from toolkit.build import build, plan_build
-from toolkit.bundle import layout as bundle_module
+from toolkit.bundle import readme as bundle_module
 from toolkit.bundle.pack import pack, unpack
 from toolkit.cli import main
 from toolkit.errors import InputModelError, OutputError

@@ -209,14 +209,14 @@ def test_mixed_build_of_the_tiny_model_verifies_and_stays_small(tmp_path, tiny_l
     import onnx
 
     from toolkit.build import plan_build
-    from toolkit.export import export_model
     from toolkit.families import open_checkpoint
+    from toolkit.formats import format_of
     from toolkit.quantize.mixed import builder_bytes
 
     src = open_checkpoint(str(tiny_llama))
     logs: list[str] = []
     plan = plan_build(src, "smollm2/cpu", None, ("optimize.context_cap=2048", "quantize.block_size=64"))
-    model_dir = export_model(src, plan, tmp_path / "w", logs.append)
+    model_dir = format_of(plan).export(src, plan, tmp_path / "w", logs.append, "")
     assert any(line.strip().startswith("mixed precision: ") and " matrices in int8 " in line for line in logs)
     graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
     nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]

@@ -108,7 +108,8 @@ def test_verify_on_the_gpu_provider_needs_its_runtime_and_leaves_the_manifest(bu
 
 
 def test_a_passing_gpu_run_moves_its_kernels_from_pending_to_checked():
-    from toolkit.verify.device import DEVICE_ONLY, pending_on_device, record_device
+    from toolkit.formats.onnx import DEVICE_ONLY, pending_on_device
+    from toolkit.verify.device import record_device
 
     manifest = {"verification": {"pending_on_device": pending_on_device("cuda", "python")}}
     case = {"prompt": "p", "top1_agreement": 0.9, "greedy_prefix": 20, "bundle_prefix": 24, "tie": None}

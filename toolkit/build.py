@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .bundle import layout, modelfile, staging, web
+from .bundle import layout, readme, staging
 from .errors import ConfigError, StageError
-from .export import export_model, gguf, optimize, stream
 from .families import family_of
+from .formats import format_of, format_of_target
 from .plan import doctor
-from .plan.catalog import choose_recipe, load_target
+from .plan.catalog import choose_recipe
 from .plan.config import BuildPlan, resolve
 from .source import checkpoint
 from .source.checkpoint import SourceModel
@@ -22,16 +22,14 @@ Log = Callable[[str], None]
 
 def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrides: tuple[str, ...]) -> BuildPlan:
     """The recipe for this checkpoint and target, resolved with the overrides; ConfigError when
-    the family, the quantizer or the export engine cannot build it so."""
+    the family, the quantizer or the output format cannot build it so."""
     family = family_of(src.config)
     family.refuse_target(src, target)
-    if target is not None and family.gguf is None and load_target(target).sections["export"].get("engine") == "gguf":
-        raise ConfigError(
-            f"{src.architecture} is not written as GGUF: slmkit has no llama.cpp tensor layout for its family "
-            f"({family.name}). Build it with --target cpu (onnxruntime-genai)."
-        )
+    if target is not None:
+        format_of_target(target).refuse_source(src)
     chosen, tgt = choose_recipe(recipe, target, src.architecture, src.rope_scaling, src.partial_rotary_factor)
     plan = resolve(chosen, tgt, overrides)
+    fmt = format_of(plan)
     limit = src.config.get("max_position_embeddings", 0)
     if plan.optimize.context_cap > limit:
         raise ConfigError(
@@ -39,13 +37,7 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"({limit} tokens, max_position_embeddings). Use --set optimize.context_cap={min(limit, 4096)}."
         )
     family.check_plan(src, plan)
-    if plan.export.engine == "stream":
-        stream.check_supported(src, plan.export, plan.quantize)
-    if plan.export.engine == "gguf":
-        gguf.check_supported(src.config, plan.export, plan.quantize)
-        gguf.require_runtime()
-    if plan.runtime.runner == "web":
-        doctor.require(doctor.web_checks(need_npm=not web.vendored()))
+    fmt.check_plan(src, plan)
     return plan
 
 
@@ -60,6 +52,7 @@ def build(
     log: Log = print,
 ) -> dict:
     """Build, verify and publish one bundle at `out`; return its manifest."""
+    fmt = format_of(plan)
     staging.check_output(out, force)
     doctor.preflight(src.num_params, src.config, plan, out.parent, skip_memory_check)
     eos = checkpoint.eos_ids(src.path)
@@ -71,7 +64,7 @@ def build(
             src = checkpoint.inspect_folder(converted, src.origin, src.revision)
         quality = None
         if quality_budget is None:
-            model_dir = export_model(src, plan, stage.work, log)
+            model_dir = fmt.export(src, plan, stage.work, log, "[2/5] ")
         else:
             log(
                 f"[2/5] quantization within +{quality_budget:.1%} perplexity of float32: "
@@ -79,22 +72,13 @@ def build(
             )
             plan, model_dir, quality = budget.choose(src, plan, quality_budget, stage.work, log)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
-        if plan.export.engine == "gguf":
-            eos = gguf.apply_settings(model_dir, plan.optimize.context_cap, eos)
-            gguf.check_settings(model_dir, plan.export, plan.quantize)
-        else:
-            optimize.apply_context_cap(model_dir, plan.optimize)
-            optimize.apply_threads(model_dir, plan.optimize)
-            optimize.apply_cuda_graph(model_dir, plan)
-            optimize.trim_rope_caches(model_dir, plan.optimize)
-            optimize.split_external_data(model_dir, plan.optimize)
-            eos = optimize.add_stop_ids(model_dir, eos)
-            optimize.check_settings(model_dir, plan, src.config, eos)
+        eos = fmt.apply_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")
-        layout.assemble(model_dir, stage.bundle, plan)
-        if plan.export.engine == "gguf":
-            modelfile.write_modelfile(stage.bundle / "model", src, eos, plan.optimize.context_cap)
-        layout.write_readme(stage.bundle, plan, src.origin if src.revision else src.path.name)
+        layout.assemble(model_dir, stage.bundle, fmt.host_runner)
+        fmt.add_to_bundle(stage.bundle, src, plan, eos)
+        version = fmt.runtime_version(plan)
+        origin = src.origin if src.revision else src.path.name
+        readme.write_readme(stage.bundle, fmt.readme(plan, origin, version))
         log(
             "[5/5] verify: PyTorch reference tokens (float32, layer by layer), then the bundle's own smoke "
             "test on this machine"
@@ -102,14 +86,15 @@ def build(
         cases, prompt_format = golden.reference_cases(src.path, src.weight_files, plan.verify, eos, stage.bundle)
         golden.write_prompt_format(stage.bundle, prompt_format)
         golden.write_golden(stage.bundle, cases, plan.verify)
-        provider = smoke.host_provider(plan.export.execution_provider)
+        provider = fmt.host_provider(plan.export.execution_provider)
         failure = smoke.record_bundle_tokens(stage.bundle, provider)
         if failure:
             raise StageError("verify", f"the bundle does not load or run:\n{failure}", stage.root)
-        layout.write_manifest(stage.bundle, plan, src, source_files, None, quality)
+        stops = fmt.stop_ids(stage.bundle / "model")
+        layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops)
         result, output = smoke.run_smoke_test(stage.bundle, provider)
-        summary = smoke.summarize(result, provider, plan.export.execution_provider, plan.runtime.runner)
-        manifest = layout.write_manifest(stage.bundle, plan, src, source_files, summary, quality)
+        summary = smoke.summarize(result, provider, plan, fmt)
+        manifest = layout.write_manifest(stage.bundle, plan, src, source_files, summary, quality, version, stops)
         if result.get("failed", 1):
             raise StageError("verify", f"the bundle's smoke test failed:\n{output.strip()}", stage.root)
     return manifest

@@ -193,13 +193,10 @@ def cp(recipe, dest):
 @_friendly
 def doctor(model, target):
     """Check the toolchain (and, with --model, the checkpoint, disk and memory)."""
+    from .formats import format_of_target
     from .plan import doctor as doc
 
-    checks = doc.package_checks()
-    if target == "web":
-        from .bundle.web import vendored
-
-        checks += doc.web_checks(need_npm=not vendored())
+    checks = doc.package_checks() + format_of_target(target).toolchain()
     if model:
         from .build import plan_build
         from .families import open_checkpoint

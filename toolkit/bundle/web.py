@@ -80,3 +80,12 @@ def write_web(bundle: Path) -> None:
     modules = node_modules()
     for name, path in VENDOR.items():
         shutil.copy2(modules / path, web / "vendor" / name)
+
+
+def add_page(bundle: Path) -> None:
+    """web/, and the browser's smoke test as tests/smoke_test.py: the host runner's native smoke
+    test of the same graph (which records the tokens) becomes tests/native_smoke_test.py."""
+    write_web(bundle)
+    tests = bundle / "tests"
+    (tests / "smoke_test.py").replace(tests / "native_smoke_test.py")
+    shutil.copy2(WEB / "smoke_test.py", tests / "smoke_test.py")

@@ -311,19 +311,13 @@ def _check_combination(plan: BuildPlan) -> None:
             "use --set export.engine=stream, or a builder method (default, k_quant, k_quant_last, "
             "k_quant_mixed) with the onnxruntime-genai builder."
         )
-    if (plan.export.engine == "gguf") != (plan.runtime.runner == "llama-cpp"):
-        raise ConfigError(
-            f"export.engine '{plan.export.engine}' with runtime.runner '{plan.runtime.runner}': a GGUF file is "
-            "run by llama.cpp (runner 'llama-cpp'), an ONNX model by onnxruntime-genai. Use --target gguf "
-            "for a GGUF bundle."
-        )
     if plan.runtime.runner not in RUNNERS_BY_PROVIDER[ep]:
         raise ConfigError(
             f"Runner '{plan.runtime.runner}' cannot drive execution provider '{ep}'. "
             f"Valid runners for {ep}: {', '.join(RUNNERS_BY_PROVIDER[ep])}."
         )
     _check_web(plan)
-    if plan.optimize.cuda_graph and (ep != "cuda" or plan.export.engine == "gguf"):
+    if plan.optimize.cuda_graph and ep != "cuda":
         raise ConfigError(
             f"optimize.cuda_graph captures the decode step of the CUDA provider; this plan runs on '{ep}'. "
             "Use --target linux-cuda, or --set optimize.cuda_graph=false."

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, StageError
-from ..export import export_model
 from ..export.stream import problems
+from ..formats import format_of
 from ..plan.config import OWN_METHODS, BuildPlan, _check_combination
 from ..source.checkpoint import SourceModel
 from .quality import Reference, evaluate, model_bytes, selection_text, table
@@ -79,7 +79,9 @@ def choose(src: SourceModel, plan: BuildPlan, budget: float, work: Path, log: Ca
     rows: list[tuple[str, int | None, Any, str]] = []
     records = []
     for i, (label, candidate) in enumerate(candidate_plans(plan, src)):
-        model_dir = export_model(src, candidate, work / f"candidate-{i}", lambda m: log(f"      {m}"), step="")
+        model_dir = format_of(candidate).export(
+            src, candidate, work / f"candidate-{i}", lambda m: log(f"      {m}"), ""
+        )
         quality = evaluate(model_dir, ref)
         size = model_bytes(model_dir)
         ok = quality.ppl_increase <= budget

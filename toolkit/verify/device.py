@@ -9,31 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VerificationError
-
-# What a host check on the CPU provider cannot tell about a GPU bundle.
-DEVICE_ONLY = {
-    "cuda": "greedy tokens with the CUDA provider's fp16/int4 kernels (onnxruntime-genai-cuda on an NVIDIA GPU)",
-    "dml": "greedy tokens with the DirectML provider (onnxruntime-genai-directml on Windows)",
-}
-WEB_NOTE = (
-    "greedy tokens on a hardware GPU's WebGPU adapter (this host's WebGPU run used SwiftShader, "
-    "Vulkan on the CPU), and in Safari and Firefox"
-)
-
-
-ARM_NOTE = "the ARM64 int4 kernels of the device (this host ran the same graph on x86-64 CPU kernels)"
-
-
-def pending_on_device(execution_provider: str, runner: str) -> list[str]:
-    pending = []
-    if execution_provider in DEVICE_ONLY:
-        pending.append(DEVICE_ONLY[execution_provider])
-    if runner == "web":
-        pending.append(WEB_NOTE)
-    if runner in ("android", "ios"):
-        pending.append(ARM_NOTE)
-        pending.append(f"the {runner} runner and its instrumented smoke test on a device")
-    return pending
+from ..formats.onnx import DEVICE_ONLY
 
 
 def on_device(provider: str, execution_provider: str) -> bool:

@@ -265,7 +265,7 @@ def summarize(cpu: str, qemu_version: str, versions: dict[str, str], result: dic
 def record(manifest: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """Keep the runs in manifest.json; when every CPU passed, the ARM kernels leave the pending list
     as checked under emulation (the device's own speed and its runner stay pending)."""
-    from .device import ARM_NOTE
+    from ..formats.onnx import ARM_NOTE
 
     verification = manifest.setdefault("verification", None) or {}
     manifest["verification"] = verification

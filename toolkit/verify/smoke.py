@@ -10,8 +10,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..formats import format_of
+from ..formats.format import Format
+from ..plan.config import BuildPlan
 from ..progress import waiting
-from .device import on_device, pending_on_device, record_device, require_device
+from .device import on_device, record_device, require_device
 
 
 def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
@@ -24,12 +27,6 @@ def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
             text=True,
         )
     return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
-
-
-def host_provider(execution_provider: str) -> str:
-    """The provider this machine runs the bundle with: its own when it is the CPU or a browser's
-    (web bundles: headless Chromium here), else the CPU."""
-    return "bundle" if execution_provider in ("cpu", "webgpu") else "cpu"
 
 
 def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
@@ -60,10 +57,11 @@ def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
         return json.loads(result_path.read_text(encoding="utf-8")), output
 
 
-def summarize(result: dict[str, Any], provider: str, execution_provider: str, runner: str) -> dict[str, Any]:
+def summarize(result: dict[str, Any], provider: str, plan: BuildPlan, fmt: Format) -> dict[str, Any]:
     """The verification section of manifest.json."""
+    execution_provider = plan.export.execution_provider
     ran_on = "cpu" if provider == "cpu" or execution_provider == "cpu" else execution_provider
-    if execution_provider == "webgpu" and result.get("backends"):
+    if result.get("backends"):  # a browser's
         ran_on = "browser: " + ", ".join(result["backends"])
     return {
         "host": {
@@ -77,21 +75,21 @@ def summarize(result: dict[str, Any], provider: str, execution_provider: str, ru
                 {k: c[k] for k in ("prompt", "top1_agreement", "greedy_prefix")} for c in result.get("cases", [])
             ],
         },
-        "pending_on_device": pending_on_device(execution_provider, runner),
+        "pending_on_device": fmt.pending_on_device(execution_provider, plan.runtime.runner),
     }
 
 
-def _require_browser(path: Path, runner: str, provider: str) -> None:
+def _require_browser(path: Path, runner: str, provider: str, fmt: Format) -> None:
     """A web bundle's check needs headless Chromium here; the browser backends need a web bundle."""
     from ..errors import ToolchainError, VerificationError
     from ..plan.doctor import web_checks
 
-    if provider in ("wasm", "webgpu") and runner != "web":
+    if provider in ("wasm", "webgpu") and not fmt.in_browser:
         raise VerificationError(
             f"--provider {provider} runs a web bundle's page in a browser; '{path}' has the {runner} runner. "
             "Use --provider bundle or cpu."
         )
-    if runner == "web" and provider != "cpu":
+    if fmt.in_browser and provider != "cpu":
         missing = [c for c in web_checks(need_npm=False) if not c.ok]
         if missing:
             raise ToolchainError(f"Cannot check the web bundle '{path}': " + "; ".join(c.detail for c in missing))
@@ -103,7 +101,6 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
     Returns (summary, smoke test output); raises VerificationError naming what failed."""
     from ..bundle.layout import read_manifest, require_bundle, save_manifest
     from ..errors import VerificationError
-    from ..export.optimize import setting_mismatches
     from ..families import family_for
     from ..plan.config import plan_from_dict
 
@@ -113,22 +110,17 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
         plan = plan_from_dict(manifest["plan"], f"{path}/manifest.json")
         architecture = manifest["source"]["architecture"]
         family_for(architecture)
+        fmt = format_of(plan)
     except (ValueError, KeyError, TypeError) as e:
         raise VerificationError(f"{path}/manifest.json is damaged ({type(e).__name__}: {e}).") from None
     ep = plan.export.execution_provider
-    provider = provider or host_provider(ep)
-    _require_browser(path, plan.runtime.runner, provider)
+    provider = provider or fmt.host_provider(ep)
+    _require_browser(path, plan.runtime.runner, provider, fmt)
     version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
     device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
     result, output = run_smoke_test(path, provider)
-    problems = []
-    if result.get("failed", 1) == 0 and plan.export.engine == "gguf":
-        from ..export import gguf
-
-        problems = gguf.setting_mismatches(path / "model", plan.export, plan.quantize)
-    elif result.get("failed", 1) == 0:
-        problems = setting_mismatches(path / "model", plan, architecture)
-    summary = summarize(result, provider, ep, plan.runtime.runner)
+    problems = fmt.setting_mismatches(path / "model", plan, architecture) if result.get("failed", 1) == 0 else []
+    summary = summarize(result, provider, plan, fmt)
     summary["host"]["settings_mismatches"] = problems
     if device:
         record_device(manifest, ep, result, device)

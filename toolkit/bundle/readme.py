@@ -1,0 +1,128 @@
+"""The bundle's README.md: how to run the model and check it on the device, one writer per
+output format (the format's record names it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .. import __version__
+from ..plan.config import BuildPlan
+
+_INSTALL = {
+    "onnxruntime-genai": "pip install onnxruntime-genai=={v} numpy",
+    "onnxruntime-genai-cuda": "pip install onnxruntime-genai-cuda=={v} numpy",
+    "onnxruntime-genai-directml": "pip install onnxruntime-genai-directml=={v} numpy",
+}
+_DEVICE = {
+    "android": "On the phone: see runner/android/README.md (Gradle dependency, `adb push` of model/, "
+    "the Kotlin runner and its instrumented smoke test).",
+    "ios": "On the iPhone/iPad: see runner/ios/README.md (CocoaPods dependency, adding model/ to the "
+    "app, the Objective-C runner (callable from Swift) and its XCTest smoke test).",
+}
+
+
+def gguf_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
+    return [
+        f"# {origin} for {plan.target}",
+        "",
+        "One GGUF file (`model/model.gguf`: weights, tokenizer and chat template) for llama.cpp, Ollama "
+        f"and LM Studio, {plan.quantize.method} {plan.export.precision} weights (`model/gguf.json` lists "
+        f"each tensor's type), context capped at {plan.optimize.context_cap} tokens in the Modelfile. Built "
+        f"by slmkit {__version__} (recipe `{plan.recipe}`); manifest.json lists every file's sha256, the "
+        "resolved plan and the verification results.",
+        "",
+        "## Run it",
+        "```",
+        "cd model && ollama create my-model -f Modelfile && ollama run my-model   # Ollama",
+        "llama-cli -m model/model.gguf -cnv                                        # llama.cpp",
+        f"pip install llama-cpp-python=={version} gguf numpy",
+        'python runner/run.py --prompt "What is the capital of France?"            # greedy; --chat, --temperature',
+        "```",
+        "LM Studio: load `model/model.gguf`. The Modelfile decodes greedily (temperature 0) and stops at "
+        "every end-of-turn token of the checkpoint.",
+        "",
+        "## Check it on the device",
+        "```",
+        "python tests/smoke_test.py             # file hashes, tensor types, tokenizer, tokens vs the reference",
+        "```",
+        "",
+        "## Layout",
+        "- `model/`: model.gguf, Modelfile (Ollama), gguf.json (tensor types, context cap, stop ids)",
+        "- `runner/`: a generator on llama-cpp-python",
+        "- `tests/`: golden.json (reference prompts and tokens), smoke_test.py and checks.py",
+        "",
+    ]
+
+
+def web_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
+    return [
+        f"# {origin} for the browser",
+        "",
+        f"A chat page with the model: {plan.export.precision} weights run by onnxruntime-web "
+        f"{version} on WebGPU, else WASM, context capped at "
+        f"{plan.optimize.context_cap} tokens. Built by slmkit {__version__} (recipe `{plan.recipe}`); "
+        "manifest.json lists every file's sha256, the resolved plan and the verification results.",
+        "",
+        "## Run it",
+        "```",
+        "python web/serve.py                     # then open http://127.0.0.1:8000/web/",
+        "```",
+        "web/README.md: other servers, the page's options, and the ES module to embed in a site.",
+        "",
+        "## Check it",
+        "```",
+        "pip install playwright                  # and a Chromium: apt-get install chromium",
+        "python tests/smoke_test.py              # the page's self-test in headless Chromium (WASM, WebGPU)",
+        "```",
+        "",
+        "## Layout",
+        "- `web/`: index.html (the chat page), slmkit.mjs (the runner), vendor/ (onnxruntime-web, tokenizer, "
+        "jinja), serve.py",
+        "- `model/`: model.onnx and its weights in files of at most "
+        f"{plan.optimize.external_data_chunk_mb or 'any'} MB, genai_config.json, tokenizer files",
+        "- `tests/`: golden.json, smoke_test.py (browser), native_smoke_test.py (onnxruntime-genai: "
+        "`--provider cpu`); screenshots of a run go to tests/output/",
+        "- `runner/run.py`: the same model with onnxruntime-genai, outside a browser",
+        "",
+    ]
+
+
+def onnx_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
+    install = _INSTALL.get(plan.runtime.package, "pip install onnxruntime-genai=={v} numpy").format(v=version)
+    lines = [
+        f"# {origin} for {plan.target}",
+        "",
+        f"{plan.export.precision} weights for the {plan.export.execution_provider} execution provider, "
+        f"context capped at {plan.optimize.context_cap} tokens. Built by slmkit {__version__} "
+        f"(recipe `{plan.recipe}`); manifest.json lists every file's sha256, the resolved plan and the "
+        "verification results.",
+        "",
+        "## Run it",
+        "```",
+        install,
+        'python runner/run.py --prompt "What is the capital of France?"',
+        "python runner/run.py --chat            # multi-turn; sampling: --temperature 0.7 --top-p 0.9",
+        "```",
+        "",
+        "## Check it on the device",
+        "```",
+        "python tests/smoke_test.py             # file hashes, tokenizer, tokens vs the reference",
+        "```",
+    ]
+    if plan.export.execution_provider != "cpu":
+        lines += ["", "Without the GPU, `--provider cpu` runs the same graph on the CPU (slower, same tokens)."]
+    if plan.runtime.runner in _DEVICE:
+        lines += ["", _DEVICE[plan.runtime.runner]]
+    lines += [
+        "",
+        "## Layout",
+        "- `model/`: model.onnx, model.onnx.data, genai_config.json, tokenizer files",
+        "- `runner/`: the generator for this target",
+        "- `tests/`: golden.json (reference prompts and tokens) and smoke_test.py",
+        "",
+    ]
+    return lines
+
+
+def write_readme(bundle: Path, lines: list[str]) -> None:
+    (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")
