@@ -18,6 +18,7 @@ from toolkit.cli import main
 from toolkit.export.gguf import export_gguf
 from toolkit.families import open_checkpoint
 from toolkit.families.decoder.gguf import permuted_rows
+from toolkit.plan import llama
 from toolkit.plan.config import ExportConfig, QuantizeConfig
 from toolkit.quantize import ggml
 from toolkit.quantize.blocks import quantize
@@ -250,8 +251,7 @@ def test_a_machine_without_llama_cpp_is_told_how_to_get_it(tiny35, tmp_path, mon
     assert result.exit_code == 1 and not out.exists()
     assert result.output == (
         "Error: The GGUF target verifies its bundle with llama.cpp, and llama-cpp-python is not installed: "
-        "pip install 'llama-cpp-python==0.3.36' (it compiles llama.cpp, a few minutes), or "
-        "pip install -e '.[gguf]' in a slmkit checkout.\n"
+        f"{llama.INSTALL} (it compiles llama.cpp for any AVX2 CPU, a few minutes)\n"
     )
 
 

@@ -87,14 +87,16 @@ def build(
         golden.write_prompt_format(stage.bundle, prompt_format)
         golden.write_golden(stage.bundle, cases, plan.verify)
         provider = fmt.host_provider(plan.export.execution_provider)
-        failure = smoke.record_bundle_tokens(stage.bundle, provider)
+        failure = smoke.record_bundle_tokens(stage.bundle, provider, fmt)
         if failure:
-            raise StageError("verify", f"the bundle does not load or run:\n{failure}", stage.root)
+            raise StageError("verify", failure, stage.root)
         stops = fmt.stop_ids(stage.bundle / "model")
         layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops)
-        result, output = smoke.run_smoke_test(stage.bundle, provider)
+        result, output = smoke.run_smoke_test(stage.bundle, provider, fmt)
         summary = smoke.summarize(result, provider, plan, fmt)
         manifest = layout.write_manifest(stage.bundle, plan, src, source_files, summary, quality, version, stops)
+        if result.get("crashed"):
+            raise StageError("verify", result["error"], stage.root)
         if result.get("failed", 1):
             raise StageError("verify", f"the bundle's smoke test failed:\n{output.strip()}", stage.root)
     return manifest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -51,3 +52,24 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def killed_by(returncode: int) -> signal.Signals | None:
+    """The signal that ended a child process: -N from subprocess, or 128+N when a shell ran it."""
+    number = -returncode if returncode < 0 else returncode - 128 if 128 < returncode < 128 + 65 else 0
+    try:
+        return signal.Signals(number) if number else None
+    except ValueError:
+        return None
+
+
+def crash_line(what: str, returncode: int, illegal_instruction_fix: str) -> str | None:
+    """One line for a child killed by a signal, naming it (and for SIGILL, the fix: the runtime was
+    compiled for CPU features this machine does not run); None when it exited by itself."""
+    sig = killed_by(returncode)
+    if sig is None:
+        return None
+    line = f"{what} was killed by {sig.name} ({signal.strsignal(sig) or sig.name})"
+    if sig == signal.SIGILL:
+        return f"{line}: it ran an instruction this CPU does not execute. {illegal_instruction_fix}"
+    return line + "."

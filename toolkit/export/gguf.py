@@ -55,18 +55,6 @@ def check_supported(config: dict[str, Any], export: ExportConfig, q: QuantizeCon
         raise ConfigError("The GGUF target cannot build " + "; ".join(found) + ".")
 
 
-def require_runtime() -> None:
-    """A build checks its bundle with llama.cpp: refuse a machine without it before the export."""
-    import importlib.util
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ConfigError(
-            "The GGUF target verifies its bundle with llama.cpp, and llama-cpp-python is not installed: "
-            "pip install 'llama-cpp-python==0.3.36' (it compiles llama.cpp, a few minutes), or "
-            "pip install -e '.[gguf]' in a slmkit checkout."
-        )
-
-
 def kinds(export: ExportConfig, q: QuantizeConfig) -> tuple[str, str]:
     """(the matrices' GGUF type, the lm_head's)."""
     kind = {"int8": "Q8_0", "fp16": "F16", "fp32": "F32"}.get(export.precision) or ("Q4_0" if q.symmetric else "Q4_1")

@@ -49,4 +49,6 @@ class Format:
     # -- verification ------------------------------------------------------------------------------
     host_provider: Callable[[str], str]  # the --provider this machine checks a bundle with
     pending_on_device: Callable[[str, str], list[str]]  # (execution provider, runner): what only it checks
+    # what to do when the runtime dies of SIGILL here (an instruction the CPU does not execute)
+    illegal_instruction: str
     in_browser: bool = False  # its smoke test drives a browser (--provider wasm / webgpu)

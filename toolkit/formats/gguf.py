@@ -12,6 +12,7 @@ from ..bundle import modelfile, readme
 from ..errors import ConfigError
 from ..export import export_gguf, gguf
 from ..families import family_of
+from ..plan import llama
 from ..plan.config import BuildPlan
 from ..source.checkpoint import SourceModel
 from . import onnx
@@ -28,7 +29,7 @@ def refuse_source(src: SourceModel) -> None:
 
 def check_plan(src: SourceModel, plan: BuildPlan) -> None:
     gguf.check_supported(src.config, plan.export, plan.quantize)
-    gguf.require_runtime()
+    llama.require("The GGUF target verifies its bundle")
 
 
 def apply_settings(model_dir: Path, plan: BuildPlan, _config: dict[str, Any], eos: list[int]) -> list[int]:
@@ -59,7 +60,7 @@ FORMAT = Format(
     host_runner="llama-cpp",
     refuse_source=refuse_source,
     check_plan=check_plan,
-    toolchain=list,
+    toolchain=lambda: [llama.check()],
     export=export_gguf,
     apply_settings=apply_settings,
     setting_mismatches=lambda model_dir, plan, _arch: gguf.setting_mismatches(model_dir, plan.export, plan.quantize),
@@ -69,4 +70,5 @@ FORMAT = Format(
     stop_ids=lambda model_dir: json.loads((model_dir / "gguf.json").read_text(encoding="utf-8"))["stop_ids"],
     host_provider=lambda _ep: "bundle",
     pending_on_device=lambda _ep, _runner: [],
+    illegal_instruction=llama.SIGILL_FIX,
 )

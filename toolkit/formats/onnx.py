@@ -23,6 +23,10 @@ DEVICE_ONLY = {
 }
 ARM_NOTE = "the ARM64 int4 kernels of the device (this host ran the same graph on x86-64 CPU kernels)"
 PHONE_RUNNERS = ("android", "ios")
+ILLEGAL_INSTRUCTION = (
+    "onnxruntime and onnxruntime-genai pick their kernels for the CPU at run time, so a wheel built for "
+    "another machine is the likely cause: pip install --no-cache-dir --force-reinstall onnxruntime onnxruntime-genai"
+)
 WRONG_RUNNER = (
     "export.engine '{engine}' with runtime.runner '{runner}': a GGUF file is run by llama.cpp (runner "
     "'llama-cpp'), an ONNX model by onnxruntime-genai. Use --target gguf for a GGUF bundle."
@@ -96,4 +100,5 @@ FORMAT = Format(
     stop_ids=genai_stop_ids,
     host_provider=lambda ep: "bundle" if ep == "cpu" else "cpu",
     pending_on_device=pending_on_device,
+    illegal_instruction=ILLEGAL_INSTRUCTION,
 )

@@ -56,5 +56,6 @@ FORMAT = Format(
     stop_ids=onnx.genai_stop_ids,
     host_provider=lambda _ep: "bundle",
     pending_on_device=lambda _ep, _runner: [NOTE],
+    illegal_instruction=onnx.ILLEGAL_INSTRUCTION,
     in_browser=True,
 )

@@ -199,6 +199,10 @@ def run(
     on_gpu = provider == "cuda" or (
         provider == "bundle" and read_manifest(bundle)["runtime"].get("execution_provider") == "cuda"
     )
+    if gguf:
+        from ..plan import llama
+
+        llama.require("Timing a GGUF bundle runs it")
     runner = bundle_runner("llama-cpp") if gguf else bundle_runner()
     cap = runner.settings(model_dir)["context_cap"] if gguf else runner.genai_config(model_dir)["search"]["max_length"]
     if runs < 1:

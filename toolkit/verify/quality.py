@@ -119,6 +119,9 @@ def evaluate(bundle_model_dir: Path, ref: Reference, provider: str = "cpu") -> Q
     """Perplexity, top-1 agreement and mean KL(reference || bundle) of the bundle's model (an ONNX
     model with onnxruntime-genai, a GGUF file with llama.cpp)."""
     if (bundle_model_dir / "model.gguf").is_file():
+        from ..plan import llama
+
+        llama.require("Scoring a GGUF bundle runs it")
         longest = max(len(w) for w in ref.windows)
         llm = bundle_runner("llama-cpp").load_model(bundle_model_dir, n_ctx=longest + 8, logits_all=True)
         return score(ref, lambda win: gguf_logits(llm, win))

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..errors import crash_line
 from ..formats import format_of
 from ..formats.format import Format
 from ..plan.config import BuildPlan
@@ -17,19 +18,22 @@ from ..progress import waiting
 from .device import on_device, record_device, require_device
 
 
-def record_bundle_tokens(bundle: Path, provider: str) -> str | None:
+def record_bundle_tokens(bundle: Path, provider: str, fmt: Format) -> str | None:
     """Let the bundle's smoke test record its own greedy tokens into golden.json (the values a
-    device run is compared with). Returns the failure output, or None."""
+    device run is compared with). Returns why it failed, or None."""
     with waiting("the bundle's greedy tokens (child process)"):
         proc = subprocess.run(
             [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
             capture_output=True,
             text=True,
         )
-    return None if proc.returncode == 0 else (proc.stdout + proc.stderr).strip()
+    if proc.returncode == 0:
+        return None
+    crash = crash_line("the bundle's smoke test (recording its tokens)", proc.returncode, fmt.illegal_instruction)
+    return crash or f"the bundle does not load or run:\n{(proc.stdout + proc.stderr).strip()}"
 
 
-def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
+def run_smoke_test(bundle: Path, provider: str, fmt: Format) -> tuple[dict[str, Any], str]:
     """Run the bundle's own tests/smoke_test.py in a child process; return (results, its output)."""
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
@@ -48,12 +52,9 @@ def run_smoke_test(bundle: Path, provider: str) -> tuple[dict[str, Any], str]:
             )
         output = proc.stdout + proc.stderr
         if not result_path.is_file():
-            return {
-                "passed": 0,
-                "failed": 1,
-                "checks": [],
-                "error": f"smoke test crashed (exit {proc.returncode})",
-            }, output
+            crash = crash_line("the bundle's smoke test", proc.returncode, fmt.illegal_instruction)
+            error = crash or f"smoke test crashed (exit {proc.returncode})"
+            return {"passed": 0, "failed": 1, "checks": [], "error": error, "crashed": crash is not None}, output
         return json.loads(result_path.read_text(encoding="utf-8")), output
 
 
@@ -118,7 +119,7 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
     _require_browser(path, plan.runtime.runner, provider, fmt)
     version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
     device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
-    result, output = run_smoke_test(path, provider)
+    result, output = run_smoke_test(path, provider, fmt)
     problems = fmt.setting_mismatches(path / "model", plan, architecture) if result.get("failed", 1) == 0 else []
     summary = summarize(result, provider, plan, fmt)
     summary["host"]["settings_mismatches"] = problems
@@ -130,7 +131,9 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
     if result.get("failed", 1) or problems:
         failed = [c for c in result.get("checks", []) if not c["ok"]]
         lines = [f"{c['name']}: {c['detail']}" for c in failed] + problems
-        if not lines:
+        if result.get("crashed"):
+            lines = [result["error"]]
+        elif not lines:
             lines = [result.get("error", "the smoke test failed") + "\n" + output.strip()]
         raise VerificationError(f"Bundle '{path}' failed verification:\n  - " + "\n  - ".join(lines))
     return summary, output
