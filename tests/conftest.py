@@ -32,6 +32,14 @@ def tiny4(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """SmolLM2-shaped: Llama architecture, separate projections, grouped key/value heads, tied table."""
+    from toolkit.tiny.phi3 import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
 def bundles(tmp_path_factory, tiny35):
     """target name -> bundle folder built from tiny35, built on first use."""
     root = tmp_path_factory.mktemp("bundles")

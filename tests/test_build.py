@@ -222,8 +222,8 @@ def test_cli_build_prints_where_and_what(tmp_path, tiny35):
     [
         (
             ["--target", "andriod"],
-            "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, web, windows-dml. "
-            "Did you mean 'android'?",
+            "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, snapdragon, web, "
+            "windows-dml. Did you mean 'android'?",
         ),
         (["--recipe", "phi-3.5-mini/andriod"], "Error: Unknown recipe 'phi-3.5-mini/andriod'."),
         (

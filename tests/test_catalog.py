@@ -14,9 +14,10 @@ from toolkit.plan.catalog import load_recipe, load_target, recipe_names, target_
 from toolkit.plan.config import resolve
 
 RUNNERS = Path(__file__).resolve().parent.parent / "toolkit" / "bundle" / "runners"
-TARGETS = ["android", "cpu", "gguf", "ios", "linux-cuda", "web", "windows-dml"]
-ONNX_TARGETS = [t for t in TARGETS if t != "gguf"]
-# The web runner has no image processor: phi3v refuses web (tests/test_web.py).
+TARGETS = ["android", "cpu", "gguf", "ios", "linux-cuda", "snapdragon", "web", "windows-dml"]
+ONNX_TARGETS = [t for t in TARGETS if t not in ("gguf", "snapdragon")]
+# The web runner has no image processor: phi3v refuses web (tests/test_web.py); nor has the NPU a
+# static graph of its image encoder (tests/test_npu.py).
 VISION_TARGETS = [t for t in ONNX_TARGETS if t != "web"]
 FAMILIES = ["phi-3-mini-4k", "phi-3.5-mini", "smollm2"]
 # A mixture of experts is built for the targets with the memory for it; the others refuse it with
@@ -103,7 +104,7 @@ def test_unknown_names_suggest_the_closest():
     with pytest.raises(UnknownNameError) as e:
         load_target("andriod")
     assert str(e.value) == (
-        "Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, web, windows-dml. "
+        "Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, snapdragon, web, windows-dml. "
         "Did you mean 'android'?"
     )
     with pytest.raises(
@@ -135,6 +136,6 @@ def test_cli_unknown_target_message():
     result = CliRunner().invoke(main, ["show", "andriod"])
     assert result.exit_code == 1
     assert result.output == (
-        "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, web, windows-dml. "
-        "Did you mean 'android'?\n"
+        "Error: Unknown target 'andriod'. Available: android, cpu, gguf, ios, linux-cuda, snapdragon, web, "
+        "windows-dml. Did you mean 'android'?\n"
     )

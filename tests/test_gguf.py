@@ -25,13 +25,6 @@ from toolkit.quantize.blocks import quantize
 from toolkit.source.tensors import CheckpointTensors
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from toolkit.tiny.phi3 import make_tiny_llama
-
-    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
 @pytest.mark.parametrize("symmetric, kind", [(True, "Q4_0"), (False, "Q4_1")])
 def test_slmkit_blocks_land_on_llama_cpps_q4_grid(symmetric, kind):
     """The same codes, the scale (and min) rounded to float16: llama.cpp's dequantizer gives the

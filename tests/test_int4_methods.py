@@ -164,13 +164,6 @@ def test_awq_scales_keep_the_layer_function(variant, request):
     assert changed and hidden in {grams[n].shape[0] for n in changed}
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from toolkit.tiny.phi3 import make_tiny_llama
-
-    return make_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
-
-
 @pytest.mark.parametrize(
     "target, method, symmetric, block",
     [

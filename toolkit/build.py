@@ -87,12 +87,13 @@ def build(
         golden.write_prompt_format(stage.bundle, prompt_format)
         golden.write_golden(stage.bundle, cases, plan.verify)
         provider = fmt.host_provider(plan.export.execution_provider)
-        failure = smoke.record_bundle_tokens(stage.bundle, provider, fmt)
+        model_dir = fmt.host_model(stage.bundle, stage.work, plan)
+        failure = smoke.record_bundle_tokens(stage.bundle, provider, fmt, model_dir)
         if failure:
             raise StageError("verify", failure, stage.root)
         stops = fmt.stop_ids(stage.bundle / "model")
         layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops)
-        result, output = smoke.run_smoke_test(stage.bundle, provider, fmt)
+        result, output = smoke.run_smoke_test(stage.bundle, provider, fmt, model_dir)
         summary = smoke.summarize(result, provider, plan, fmt)
         manifest = layout.write_manifest(stage.bundle, plan, src, source_files, summary, quality, version, stops)
         if result.get("crashed"):

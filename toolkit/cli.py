@@ -215,7 +215,12 @@ def doctor(model, target):
             src.num_params, plan.export.precision, src.config["vocab_size"], src.config["hidden_size"]
         )
         memory = doc.memory_check(
-            src.num_params, src.config, plan.export.engine, plan.quantize.method, plan.export.precision
+            src.num_params,
+            src.config,
+            plan.export.engine,
+            plan.quantize.method,
+            plan.export.precision,
+            plan.npu.part_mb,
         )
         checks += [doc.disk_check(Path.cwd(), 2 * need), memory]
     for c in checks:

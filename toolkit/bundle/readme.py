@@ -126,3 +126,44 @@ def onnx_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
 
 def write_readme(bundle: Path, lines: list[str]) -> None:
     (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def npu_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
+    from ..plan.config import SOCS
+
+    soc, arch = SOCS[plan.npu.soc]
+    return [
+        f"# {origin} for the Hexagon NPU ({plan.npu.soc})",
+        "",
+        f"Static w4a16 graphs (int4 weights, 16-bit activations, a {plan.npu.kv_bits}-bit KV cache of "
+        f"{plan.optimize.context_cap} positions) compiled to QNN context binaries for soc_model {soc} (HTP v{arch}), "
+        f"run by onnxruntime-genai {version} with onnxruntime-qnn's execution provider. The prompt goes "
+        f"through {plan.npu.prompt_tokens} tokens a step, generation one. Built by slmkit {__version__} "
+        f"(recipe `{plan.recipe}`); manifest.json lists every file's sha256, the resolved plan and the "
+        "verification results. A context binary runs on the HTP architecture it was compiled for: build "
+        "again with `--set npu.soc=...` for another SoC.",
+        "",
+        "## Run it (Windows on Snapdragon, Linux on ARM64)",
+        "```",
+        f"pip install onnxruntime-genai=={version} onnxruntime-qnn numpy",
+        'python runner/run.py --prompt "What is the capital of France?"',
+        "```",
+        "The runner registers onnxruntime-qnn's plugin execution provider with onnxruntime-genai "
+        '(`og.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())`) '
+        "before the model loads. The QNN libraries an app ships come from that wheel (or Qualcomm's QAIRT SDK "
+        f"for Android): libonnxruntime_providers_qnn, libQnnHtp, libQnnHtpV{arch}Stub and libQnnHtpV{arch}Skel "
+        "(the NPU side), libQnnSystem.",
+        "",
+        "## Check it on the device",
+        "```",
+        "python tests/smoke_test.py             # file hashes, tokenizer, tokens vs the reference",
+        "```",
+        "",
+        "## Layout",
+        "- `model/`: embeddings.onnx and positions.onnx (CPU), part*_prompt_ctx.onnx and part*_token_ctx.onnx "
+        "(EPContext models) with their context binaries (*.bin), genai_config.json (decoder-pipeline), "
+        "npu.json (parts, encodings' mask value, compile reports), tokenizer files",
+        "- `runner/`: the generator for this target",
+        "- `tests/`: golden.json (reference prompts and tokens) and smoke_test.py",
+        "",
+    ]

@@ -39,6 +39,16 @@ class GgufHooks:
 
 
 @dataclass(frozen=True)
+class NpuHooks:
+    """How slmkit writes a family's static graphs for the Hexagon NPU (toolkit/export/qnn/)."""
+
+    # write_layer(graph, weights, weight(hf names) -> QuantWeight, index, shape, step, x): the layer's output
+    write_layer: Callable[..., str]
+    # write_head(graph, weights, weight, shape, x): the final norm and lm_head's logits
+    write_head: Callable[..., str]
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     # -- how it is recognised: config.json's architectures[0] -> (its model_type, the checkpoints it
@@ -81,3 +91,5 @@ class Family:
     extra_cases: Callable[..., list[dict[str, Any]]] | None = None
     # -- the GGUF target: None when slmkit writes no llama.cpp file for the family ------------------
     gguf: GgufHooks | None = None
+    # -- the Hexagon NPU target: None when slmkit writes no static graphs for the family ----------
+    npu: NpuHooks | None = None

@@ -6,6 +6,7 @@ verify ask `format_of`.
   onnx  onnxruntime-genai's ONNX model (cpu, android, ios, windows-dml, linux-cuda)
   gguf  one GGUF file for llama.cpp, Ollama and LM Studio
   web   a chat page on onnxruntime-web around the ONNX model
+  npu   QNN context binaries for the Hexagon NPU (snapdragon), run by onnxruntime-genai
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 from ..errors import ConfigError
 from ..plan.catalog import load_target
 from ..plan.config import BuildPlan, ExportConfig
-from . import gguf, onnx, web
+from . import gguf, npu, onnx, web
 from .format import Format
 
-FORMATS: dict[str, Format] = {f.name: f for f in (onnx.FORMAT, gguf.FORMAT, web.FORMAT)}
+FORMATS: dict[str, Format] = {f.name: f for f in (onnx.FORMAT, gguf.FORMAT, web.FORMAT, npu.FORMAT)}
 
 
 def format_for(engine: str, provider: str) -> Format:

@@ -48,7 +48,10 @@ class Format:
     stop_ids: Callable[[Path], list[int] | int]  # as the bundle's settings file has them
     # -- verification ------------------------------------------------------------------------------
     host_provider: Callable[[str], str]  # the --provider this machine checks a bundle with
-    pending_on_device: Callable[[str, str], list[str]]  # (execution provider, runner): what only it checks
+    pending_on_device: Callable[[BuildPlan], list[str]]  # what only the device checks
     # what to do when the runtime dies of SIGILL here (an instruction the CPU does not execute)
     illegal_instruction: str
     in_browser: bool = False  # its smoke test drives a browser (--provider wasm / webgpu)
+    # host_model(bundle, build work folder or None (slmkit verify), plan): the model folder this
+    # machine checks instead of the bundle's own (None: the bundle's)
+    host_model: Callable[[Path, Path | None, BuildPlan], Path | None] = lambda *_: None

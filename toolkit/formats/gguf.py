@@ -69,6 +69,6 @@ FORMAT = Format(
     runtime_version=llama_cpp_version,
     stop_ids=lambda model_dir: json.loads((model_dir / "gguf.json").read_text(encoding="utf-8"))["stop_ids"],
     host_provider=lambda _ep: "bundle",
-    pending_on_device=lambda _ep, _runner: [],
+    pending_on_device=lambda _plan: [],
     illegal_instruction=llama.SIGILL_FIX,
 )

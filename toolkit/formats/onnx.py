@@ -99,6 +99,6 @@ FORMAT = Format(
     runtime_version=genai_version,
     stop_ids=genai_stop_ids,
     host_provider=lambda ep: "bundle" if ep == "cpu" else "cpu",
-    pending_on_device=pending_on_device,
+    pending_on_device=lambda plan: pending_on_device(plan.export.execution_provider, plan.runtime.runner),
     illegal_instruction=ILLEGAL_INSTRUCTION,
 )

@@ -55,7 +55,7 @@ FORMAT = Format(
     runtime_version=lambda plan: web.packages()[plan.runtime.package],
     stop_ids=onnx.genai_stop_ids,
     host_provider=lambda _ep: "bundle",
-    pending_on_device=lambda _ep, _runner: [NOTE],
+    pending_on_device=lambda _plan: [NOTE],
     illegal_instruction=onnx.ILLEGAL_INSTRUCTION,
     in_browser=True,
 )

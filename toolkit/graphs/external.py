@@ -33,6 +33,13 @@ class ExternalData:
         self.offset += array.nbytes
         return self._proto(name, list(array.shape), array.dtype, start)
 
+    def packed(self, name: str, tensor: Any) -> Any:
+        """An initializer made in memory (an INT4 TensorProto's packed bytes) moved into the file."""
+        start = self.offset
+        self.file.write(tensor.raw_data)
+        self.offset += len(tensor.raw_data)
+        return self._proto(name, list(tensor.dims), tensor.data_type, start)
+
     def stacked(self, name: str, parts: Iterable[np.ndarray]) -> Any:
         """One initializer [len(parts), *part.shape] written part by part as `parts` yields them
         (each expert of a layer in turn, never all of them in memory at once)."""
@@ -44,13 +51,13 @@ class ExternalData:
             self.offset += part.nbytes
         return self._proto(name, shape, dtype, start)
 
-    def _proto(self, name: str, shape: list[int], dtype: np.dtype, start: int) -> Any:
+    def _proto(self, name: str, shape: list[int], dtype: np.dtype | int, start: int) -> Any:
         import onnx
 
         t = onnx.TensorProto(
             name=name,
             dims=shape,
-            data_type=onnx.helper.np_dtype_to_tensor_dtype(dtype),
+            data_type=dtype if isinstance(dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(dtype),
             data_location=onnx.TensorProto.EXTERNAL,
         )
         for key, value in (("location", self.path.name), ("offset", start), ("length", self.offset - start)):

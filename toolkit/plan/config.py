@@ -26,12 +26,15 @@ PRECISIONS_BY_PROVIDER = {
     # onnxruntime-web in a browser: the builder's WebGPU graph with float32 inputs and outputs
     # (use_webgpu_fp32), the CPU graph node for node, which the WASM backend runs as well.
     "webgpu": ("int4",),
+    # The Hexagon NPU (onnxruntime-qnn's HTP backend): int4 weights, 16-bit activations (w4a16).
+    "qnn": ("int4",),
 }
 RUNNERS_BY_PROVIDER = {
     "cpu": ("python", "android", "ios", "llama-cpp"),
     "cuda": ("python",),
     "dml": ("python",),
     "webgpu": ("web",),
+    "qnn": ("python", "android"),
 }
 
 
@@ -49,7 +52,8 @@ class ExportConfig:
     # holds the whole model in memory, ~7-8 bytes per parameter). "stream": slmkit's streamed
     # writer of the same CPU graph (toolkit/export/stream.py), one tensor in memory at a time.
     # "gguf": a GGUF file for llama.cpp and Ollama (toolkit/export/gguf.py), one tensor at a time.
-    engine: str = _choice("ort-genai", "stream", "gguf", default="ort-genai")
+    # "qnn": static w4a16 graphs for the Hexagon NPU, compiled to QNN context binaries (toolkit/export/qnn/).
+    engine: str = _choice("ort-genai", "stream", "gguf", "qnn", default="ort-genai")
     execution_provider: str = _choice(*PRECISIONS_BY_PROVIDER, default="cpu")
     precision: str = _choice("int4", "int8", "fp16", "fp32", default="int4")
     # Vision models only (Phi-3.5-vision): the image encoder's linear weights, computed in float32
@@ -110,6 +114,36 @@ class RuntimeConfig:
     package: str = "onnxruntime-genai"
 
 
+# Snapdragon SoCs: (QNN soc_model, HTP architecture). A context binary runs on the HTP it was
+# compiled for.
+SOCS = {
+    "8-gen-2": (43, 73),  # SM8550
+    "8-gen-3": (57, 75),  # SM8650
+    "8-elite": (69, 79),  # SM8750
+    "x-elite": (60, 73),  # SC8380XP, Copilot+ PCs
+}
+
+
+@dataclass(frozen=True)
+class NpuConfig:
+    """The Hexagon NPU target (export.engine = "qnn"); other targets ignore it."""
+
+    soc: str = _choice(*SOCS, default="8-elite")
+    # Tokens the prompt processor takes per step (static shape); the token generator takes 1.
+    prompt_tokens: int = _range(8, 1024, default=128)
+    # int4 weights with one scale per output channel, or in blocks of quantize.block_size whose
+    # 4-bit scales multiply a per-channel one (QNN's LPBQ).
+    weights: str = _choice("channel", "lpbq", default="lpbq")
+    # The KV cache's bits per value (uint8 or uint16, one scale per layer's keys and values).
+    kv_bits: int = _choice(8, 16, default=8)
+    # One context binary per part holding the prompt and token graphs over one copy of the weights
+    # (half the bytes and the memory). The x86 HTP backend cannot load such a binary: the build
+    # checks the same graphs compiled one per binary.
+    weight_sharing: bool = True
+    # The decoder's weights per part (one context binary each), at most this many MB.
+    part_mb: int = _range(1, 2047, default=512)
+
+
 @dataclass(frozen=True)
 class VerifyConfig:
     # Completed as plain text, and sent through the model's chat template, respectively.
@@ -142,6 +176,7 @@ SECTIONS: dict[str, type] = {
     "quantize": QuantizeConfig,
     "optimize": OptimizeConfig,
     "runtime": RuntimeConfig,
+    "npu": NpuConfig,
     "verify": VerifyConfig,
 }
 
@@ -175,6 +210,7 @@ class BuildPlan:
     quantize: QuantizeConfig
     optimize: OptimizeConfig
     runtime: RuntimeConfig
+    npu: NpuConfig
     verify: VerifyConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -353,7 +389,9 @@ def _check_web(plan: BuildPlan) -> None:
 def plan_from_dict(data: dict[str, Any], where: str) -> BuildPlan:
     """The plan stored in a manifest, validated like a freshly resolved one."""
     try:
-        built = {name: strict_section(cls, data[name], f"{where} [{name}]") for name, cls in SECTIONS.items()}
+        # a plan stored before the [npu] section existed was built with its defaults
+        stored = {"npu": {}} | data
+        built = {name: strict_section(cls, stored[name], f"{where} [{name}]") for name, cls in SECTIONS.items()}
         return BuildPlan(recipe=data["recipe"], target=data["target"], **built)
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{where}: the stored plan is incomplete ({e}).") from None

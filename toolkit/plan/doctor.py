@@ -88,12 +88,29 @@ def disk_check(out: Path, need: int) -> Check:
 
 def export_memory_bytes(num_params: int, config: dict, engine: str) -> int:
     """Peak resident memory of the export stage. The builder holds the whole model; the streamed
-    engine holds the largest tensor a few times over (read, widened, transposed, packed)."""
+    engine holds the largest tensor a few times over (read, widened, transposed, packed); the NPU
+    engine too, and one float32 layer graph that onnxruntime runs on the calibration states."""
+    if engine == "qnn":
+        return int(STREAM_BASE_BYTES + STREAM_BYTES_PER_LARGEST_PARAM * _largest(config) + 12 * layer_params(config))
     if engine != "stream":
         return int(num_params * BUILDER_BYTES_PER_PARAM)
+    return int(STREAM_BASE_BYTES + STREAM_BYTES_PER_LARGEST_PARAM * _largest(config))
+
+
+def _largest(config: dict) -> int:
     hidden = config["hidden_size"]
-    largest = max(config["vocab_size"] * hidden, 2 * config["intermediate_size"] * hidden)
-    return int(STREAM_BASE_BYTES + STREAM_BYTES_PER_LARGEST_PARAM * largest)
+    return max(config["vocab_size"] * hidden, 2 * config["intermediate_size"] * hidden)
+
+
+# onnxruntime-qnn's compiler (a child process per part): its runtime, and about this many bytes per
+# byte of int4 weights in a part when its prompt and token graphs share them (measured on small
+# graphs: 312 MB for 6.8 MB of weights, 440 MB for 13.6 MB).
+COMPILE_BASE_BYTES = 0.2e9
+COMPILE_BYTES_PER_WEIGHT_BYTE = 19
+
+
+def compile_memory_bytes(part_mb: int) -> int:
+    return int(COMPILE_BASE_BYTES + COMPILE_BYTES_PER_WEIGHT_BYTE * part_mb * (1 << 20))
 
 
 def layer_params(config: dict) -> int:
@@ -142,15 +159,20 @@ def calibration_memory_bytes(config: dict) -> int:
     return int(table + 2 * 4 * layer_params(one_expert) + 4 * (3 * h * h + i * i) + 3 * 4 * widest * widest + states)
 
 
-def memory_check(num_params: int, config: dict, engine: str, method: str = "default", precision: str = "int4") -> Check:
+def memory_check(
+    num_params: int, config: dict, engine: str, method: str = "default", precision: str = "int4", part_mb: int = 0
+) -> Check:
     """The build's peak: the export stage (with slmkit's calibrated int4: plus one layer's
-    calibration), the layer-by-layer reference (verify stage), or the smoke test running the
-    bundle (verify stage)."""
+    calibration; for the NPU, or its compiler on a part of `part_mb`), the layer-by-layer reference
+    (verify stage), or the smoke test running the bundle (verify stage)."""
     export = export_memory_bytes(num_params, config, engine)
-    who = "streamed export" if engine == "stream" else "builder"
+    who = {"stream": "streamed export", "qnn": "NPU export"}.get(engine, "builder")
     if method in OWN_METHODS:
         export += calibration_memory_bytes(config)
         who += f" + calibrated {method} int4 (one layer, its inputs' X^T X, the calibration states)"
+    if engine == "qnn":
+        export = max(export, compile_memory_bytes(part_mb))
+        who += f" (or the QNN compiler on a part of {part_mb} MB)"
     reference = reference_memory_bytes(config)
     smoke = smoke_memory_bytes(num_params, config, precision)
     have = total_memory_bytes()
@@ -213,7 +235,9 @@ def preflight(num_params: int, config: dict, plan: BuildPlan, out_parent: Path, 
         need += estimate_bundle_bytes(num_params, "int8", config["vocab_size"], config["hidden_size"])
     checks = package_checks() + [disk_check(out_parent, 2 * need)]
     if not skip_memory_check:
-        mem = memory_check(num_params, config, plan.export.engine, plan.quantize.method, plan.export.precision)
+        mem = memory_check(
+            num_params, config, plan.export.engine, plan.quantize.method, plan.export.precision, plan.npu.part_mb
+        )
         if not mem.ok:
             mem = Check(mem.name, False, mem.detail + " (pass --skip-memory-check to try anyway)")
         checks.append(mem)

@@ -25,10 +25,11 @@ CHUNK_ROWS = 4096
 SHRINK = (0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 
 
-def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0.01) -> Packed:
+def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0.01, snap: Any = None) -> Packed:
     """GPTQ of a Linear weight w [out, in] (a torch tensor or an array) with 4-bit groups of `block`
     inputs, given gram = mean X^T X of its input [in, in] (None: blocks.quantize's search alone,
-    unweighted)."""
+    unweighted). `snap(scales [groups, out]) -> scales` moves the groups' scales onto a grid the
+    runtime stores (LPBQ's 4-bit block scales) before any code is chosen."""
     import torch
 
     if gram is None:
@@ -46,6 +47,8 @@ def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0
     wt[dead] = 0.0
     h.diagonal().add_(damp * torch.diagonal(h).mean())
     s, z = group_scales(wt, torch.diagonal(h).float(), block, symmetric)  # [k // block, n] each
+    if snap is not None:
+        s = snap(s)
     perm = torch.argsort(torch.diagonal(h), descending=True)
     flipped = h[perm.flip(0)]  # H in act order, reversed (for _inverse_factor), one copy at a time
     del h

@@ -18,12 +18,18 @@ from ..progress import waiting
 from .device import on_device, record_device, require_device
 
 
-def record_bundle_tokens(bundle: Path, provider: str, fmt: Format) -> str | None:
+def _model_args(model_dir: Path | None) -> list[str]:
+    return ["--model", str(model_dir)] if model_dir is not None else []
+
+
+def record_bundle_tokens(bundle: Path, provider: str, fmt: Format, model_dir: Path | None = None) -> str | None:
     """Let the bundle's smoke test record its own greedy tokens into golden.json (the values a
-    device run is compared with). Returns why it failed, or None."""
+    device run is compared with), with the graphs of `model_dir` when the host cannot load the
+    bundle's own. Returns why it failed, or None."""
     with waiting("the bundle's greedy tokens (child process)"):
         proc = subprocess.run(
-            [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"],
+            [sys.executable, str(bundle / "tests" / "smoke_test.py"), "--provider", provider, "--record"]
+            + _model_args(model_dir),
             capture_output=True,
             text=True,
         )
@@ -33,7 +39,9 @@ def record_bundle_tokens(bundle: Path, provider: str, fmt: Format) -> str | None
     return crash or f"the bundle does not load or run:\n{(proc.stdout + proc.stderr).strip()}"
 
 
-def run_smoke_test(bundle: Path, provider: str, fmt: Format) -> tuple[dict[str, Any], str]:
+def run_smoke_test(
+    bundle: Path, provider: str, fmt: Format, model_dir: Path | None = None
+) -> tuple[dict[str, Any], str]:
     """Run the bundle's own tests/smoke_test.py in a child process; return (results, its output)."""
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
@@ -46,7 +54,8 @@ def run_smoke_test(bundle: Path, provider: str, fmt: Format) -> tuple[dict[str, 
                     provider,
                     "--json",
                     str(result_path),
-                ],
+                ]
+                + _model_args(model_dir),
                 capture_output=True,
                 text=True,
             )
@@ -76,7 +85,7 @@ def summarize(result: dict[str, Any], provider: str, plan: BuildPlan, fmt: Forma
                 {k: c[k] for k in ("prompt", "top1_agreement", "greedy_prefix")} for c in result.get("cases", [])
             ],
         },
-        "pending_on_device": fmt.pending_on_device(execution_provider, plan.runtime.runner),
+        "pending_on_device": fmt.pending_on_device(plan),
     }
 
 
@@ -119,7 +128,7 @@ def verify_bundle(path: Path, provider: str | None = None) -> tuple[dict[str, An
     _require_browser(path, plan.runtime.runner, provider, fmt)
     version = manifest.get("dependencies", {}).get("onnxruntime-genai", "0.18.0")
     device = require_device(path, ep, plan.runtime.package, version) if on_device(provider, ep) else None
-    result, output = run_smoke_test(path, provider, fmt)
+    result, output = run_smoke_test(path, provider, fmt, fmt.host_model(path, None, plan))
     problems = fmt.setting_mismatches(path / "model", plan, architecture) if result.get("failed", 1) == 0 else []
     summary = summarize(result, provider, plan, fmt)
     summary["host"]["settings_mismatches"] = problems

@@ -10,8 +10,8 @@ from ...errors import ConfigError
 from ...graphs.ops import Shape
 from ...plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ...source.tensors import CheckpointTensors
-from ..family import Family, GgufHooks
-from . import gguf
+from ..family import Family, GgufHooks, NpuHooks
+from . import gguf, npu
 from .graph import expected_tensors, graph_io, hf_rows, write_decoder
 
 
@@ -54,4 +54,5 @@ FAMILY = Family(
     refuse_target=_refuse_target,
     hf_rows=hf_rows,
     gguf=GgufHooks(gguf.ARCHITECTURES, gguf.metadata, gguf.tensors),
+    npu=NpuHooks(npu.write_layer, npu.write_head),
 )

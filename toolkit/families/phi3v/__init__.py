@@ -159,6 +159,12 @@ def check_plan(_src: Any, plan: BuildPlan) -> None:
 
 
 def refuse_target(src: Any, target: str | None) -> None:
+    if target == "snapdragon":
+        raise ConfigError(
+            f"{src.architecture} is not built for snapdragon: slmkit writes the Hexagon NPU's static graphs for text "
+            "decoders, and its image encoder (a CLIP tower over up to 16 crops a picture, a data-dependent number of "
+            "image tokens) has no static graph there yet. Build it with --target android (the phone's CPU)."
+        )
     if target == "web":
         raise ConfigError(
             f"{src.architecture} is not built for web: its three graphs need the runtime's image processor "

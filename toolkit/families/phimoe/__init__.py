@@ -25,6 +25,8 @@ REFUSED = {
     "ios": f"more than an iPhone's or iPad's memory ({EVERY_EXPERT})",
     "windows-dml": "and onnxruntime has no DirectML kernel for QMoE, the mixture-of-experts operator",
     "web": f"more than a browser tab holds (4 GB of WASM memory; {EVERY_EXPERT})",
+    "snapdragon": "more than a phone's or laptop's NPU maps, and which experts a token takes is decided at run "
+    "time, where the HTP runs static graphs",
 }
 
 

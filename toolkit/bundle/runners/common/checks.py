@@ -122,14 +122,18 @@ def main(argv: list[str] | None, doc: str, bundle: Path, providers: list[str],
                    help="execution provider (default: the one the bundle was built for)")
     p.add_argument("--json", type=Path, help="also write the results to this JSON file")
     p.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # used by slmkit build
+    # slmkit build: check the bundle's files, and its graphs as compiled for this machine (an NPU
+    # bundle's weight-shared context binaries load on the device only)
+    p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    where = {"model_dir": args.model} if args.model else {}
     if args.record:
-        return record(args.bundle, args.provider)
+        return record(args.bundle, args.provider, **where)
     report = Report()
     result: dict = {}
     if check_files(args.bundle, report):
         golden = json.loads((args.bundle / "tests" / "golden.json").read_text(encoding="utf-8"))
-        result = check_model(args.bundle, golden, args.provider, report)
+        result = check_model(args.bundle, golden, args.provider, report, **where)
     else:
         report.add("model", False, "skipped: fix the damaged files above first")
     passed = len(report.checks) - report.failed

@@ -6,12 +6,16 @@
     python runner/run.py --chat                       # multi-turn, reads lines from stdin
     python runner/run.py --prompt "..." --temperature 0.7 --top-p 0.9 --seed 1
     python runner/run.py --image photo.jpg --prompt "What is in this picture?"   # vision (phi3v) bundles
+
+Hexagon NPU (snapdragon) bundles also need onnxruntime-qnn, whose execution provider this runner
+registers with onnxruntime-genai before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import re
 import sys
 from pathlib import Path
@@ -24,10 +28,51 @@ IMAGE_TAG = re.compile(r"<\|image_(\d+)\|>")
 IMAGE_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 
 
+_REGISTERED = []
+
+
+def uses_qnn(model_dir: Path) -> bool:
+    options = genai_config(model_dir)["model"]["decoder"].get("session_options", {}).get("provider_options", [])
+    return any("qnn" in entry or "QNN" in entry for entry in options)
+
+
+def register_qnn(model_dir: Path) -> None:
+    """onnxruntime-qnn's execution provider is a plugin: onnxruntime-genai loads it from its library.
+    The x86-64 build of its HTP backend cannot load weight-shared context binaries."""
+    import onnxruntime_genai as og
+
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        raise SystemExit("This bundle runs on the Hexagon NPU through onnxruntime-qnn, which is not installed: "
+                         "pip install onnxruntime-qnn (see ../README.md for the version).") from None
+    npu = json.loads((model_dir / "npu.json").read_text(encoding="utf-8"))
+    if npu.get("weight_sharing") and platform.machine().lower() in ("x86_64", "amd64"):
+        raise SystemExit("This bundle's context binaries share their weights between the prompt and token graphs, "
+                         "which the Hexagon NPU loads and the x86-64 HTP backend of onnxruntime-qnn does not. Run it "
+                         "on the Snapdragon device (ARM64), or rebuild with --set npu.weight_sharing=false.")
+    if not _REGISTERED:
+        og.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
+        _REGISTERED.append(True)
+
+
+def window(model_dir: Path) -> int:
+    """Tokens the prompt goes through a step at a time (an NPU bundle's static prompt graph), else 0.
+    (A sliding_window section that does not slide the inputs is the model's attention window.)"""
+    sliding = genai_config(model_dir)["model"]["decoder"].get("sliding_window") or {}
+    return sliding.get("window_size", 0) if sliding.get("slide_inputs") else 0
+
+
 def load_model(model_dir: Path, provider: str = "bundle"):
     """Load the model with the bundle's own provider, or force one ('cpu', 'cuda', 'dml')."""
     import onnxruntime_genai as og
 
+    if uses_qnn(model_dir):
+        if provider not in ("bundle", "qnn"):
+            raise SystemExit(f"--provider {provider}: this bundle's graphs are compiled for the Hexagon NPU (QNN); "
+                             "they run with its provider only.")
+        register_qnn(model_dir)
+        provider = "bundle"
     config = og.Config(str(model_dir))
     if provider != "bundle":
         config.clear_providers()
@@ -101,15 +146,17 @@ def image_inputs(model, text: str, images):
 
 def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, on_token=None,
-             inputs=None):
+             inputs=None, window: int = 0):
     """Greedy when temperature is 0. Stops at any EOS id, after max_new_tokens, or at the cap.
-    `inputs` (from image_inputs) replace prompt_ids for a prompt with images."""
+    `inputs` (from image_inputs) replace prompt_ids for a prompt with images. `window`: the prompt
+    goes through in steps of this many tokens, the last one padded (an NPU bundle)."""
     import numpy as np
     import onnxruntime_genai as og
 
     if inputs is not None:
         prompt_ids = [int(t) for t in inputs["input_ids"].as_numpy()[0]]
-    if len(prompt_ids) >= cap:
+    room = len(prompt_ids) + (-len(prompt_ids) % window if window else 0)
+    if room >= cap:
         images = sum(t < 0 for t in prompt_ids)
         raise SystemExit(
             f"The prompt has {len(prompt_ids)} tokens{f' ({images} of them for the images)' if images else ''}; "
@@ -118,7 +165,7 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
                if images else "Shorten the prompt.")
         )
     params = og.GeneratorParams(model)
-    options = {"max_length": min(cap, len(prompt_ids) + max_new_tokens), "batch_size": 1}
+    options = {"max_length": min(cap, room + max_new_tokens), "batch_size": 1}
     if temperature > 0:
         # top_k always set: left unset, onnxruntime-genai samples from the top 50; 0 is no limit.
         options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k, random_seed=seed)
@@ -157,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k limit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--provider", default="bundle", choices=["bundle", "cpu", "cuda", "dml"],
+    p.add_argument("--provider", default="bundle", choices=["bundle", "cpu", "cuda", "dml", "qnn"],
                    help="execution provider (default: the one the bundle was built for)")
     args = p.parse_args(argv)
     if not args.prompt and not args.chat:
@@ -185,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs = image_inputs(model, text, images) if images is not None else None
         tokens = generate(model, tokenizer, [] if inputs is not None else tokenizer.encode(text), cap, stops,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, on_token=emit, inputs=inputs)
+                          top_p=args.top_p, top_k=args.top_k, seed=args.seed, on_token=emit, inputs=inputs,
+                          window=window(args.model))
         print(flush=True)
         reply = tokenizer.decode(tokens)
         if not args.raw:

@@ -27,13 +27,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checks import Report, agreement, check_case, main, near_ties  # noqa: E402
 
 
+WINDOW = [0]  # an NPU bundle's prompt window (set by open_model): its prompt fills whole windows
+
+
 def start(model, prompt_ids: list[int], more: int, inputs=None):
     """A greedy generator fed the prompt (or, for a prompt with images, the processor's inputs)."""
     import numpy as np
     import onnxruntime_genai as og
 
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(prompt_ids) + more, do_sample=False)
+    pad = -len(prompt_ids) % WINDOW[0] if WINDOW[0] else 0
+    params.set_search_options(max_length=len(prompt_ids) + pad + more, do_sample=False)
     generator = og.Generator(model, params)
     if inputs is not None:
         generator.set_inputs(inputs)
@@ -47,6 +51,8 @@ def teacher_forced(model, prompt_ids: list[int], expected: list[int], inputs=Non
     (with images: the prompt's pass, then one pass over the continuation)."""
     import numpy as np
 
+    if WINDOW[0]:
+        return windowed_top1(model, prompt_ids, expected)
     if inputs is None:
         generator = start(model, prompt_ids + expected[:-1], 1)
         logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
@@ -62,36 +68,63 @@ def teacher_forced(model, prompt_ids: list[int], expected: list[int], inputs=Non
     return top
 
 
+def windowed_top1(model, prompt_ids: list[int], expected: list[int]) -> list[int]:
+    """Teacher-forced argmax for a bundle whose prompt goes through windows of WINDOW tokens (an NPU
+    bundle): its logits are the last window's, and appending after a padded window shifts the
+    positions, so each window of the continuation is read from its own run over the sequence up to it."""
+    import numpy as np
+
+    w, seq = WINDOW[0], prompt_ids + expected[:-1]
+    wanted = range(len(prompt_ids) - 1, len(seq))
+    top = {}
+    for m in sorted({p // w for p in wanted}):
+        end = min(len(seq), (m + 1) * w)
+        generator = start(model, seq[:end], 1)
+        logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+        top.update({p: int(logits[p - m * w].argmax()) for p in wanted if m * w <= p < end})
+    return [top[p] for p in wanted]
+
+
 def stepwise_logits(model, prompt_ids: list[int], tokens: list[int], inputs=None):
     """The logits before each of `tokens`, decoded one token at a time as generation does (the
     same kernels as greedy; a single pass over the whole sequence takes other ones)."""
     import numpy as np
 
     generator = start(model, prompt_ids, len(tokens) + 1, inputs)
-    rows = []
-    for token in tokens:
+    if not WINDOW[0]:
+        rows = []
+        for token in tokens:
+            rows.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1])
+            generator.append_tokens(np.asarray([token], dtype=np.int32))
+        return rows
+    # A windowed prompt's logits are its last window's (its last token at (n - 1) % window), and only
+    # generation takes one token a step: it follows its own greedy tokens, which `tokens` are.
+    rows = [np.asarray(generator.get_output("logits"), dtype=np.float32)[0, (len(prompt_ids) - 1) % WINDOW[0]]]
+    generator.generate_next_token()
+    for _ in tokens[1:]:
+        generator.generate_next_token()
         rows.append(np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1])
-        generator.append_tokens(np.asarray([token], dtype=np.int32))
     return rows
 
 
-def open_model(bundle: Path, provider: str, report: Report):
+def open_model(model_dir: Path, provider: str, report: Report):
     import onnxruntime_genai as og
-    from run import load_model
+    from run import load_model, window
 
     try:
-        model = load_model(bundle / "model", provider)
+        WINDOW[0] = window(model_dir)
+        model = load_model(model_dir, provider)
         return model, og.Tokenizer(model)
-    except Exception as e:  # a broken graph or missing provider: report it, do not crash
+    except (Exception, SystemExit) as e:  # a broken graph or missing provider: report it, do not crash
         report.add("load", False, f"{type(e).__name__}: {e}")
         return None, None
 
 
-def greedy(model, tokenizer, bundle: Path, prompt_ids: list[int], n: int, inputs=None) -> list[int]:
+def greedy(model, tokenizer, model_dir: Path, prompt_ids: list[int], n: int, inputs=None) -> list[int]:
     from run import generate, genai_config
 
-    cap = genai_config(bundle / "model")["search"]["max_length"]
-    return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n, inputs=inputs)
+    cap = genai_config(model_dir)["search"]["max_length"]
+    return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n, inputs=inputs, window=WINDOW[0])
 
 
 def case_inputs(model, tokenizer, bundle: Path, case: dict):
@@ -106,8 +139,9 @@ def case_inputs(model, tokenizer, bundle: Path, case: dict):
     return [int(t) for t in inputs["input_ids"].as_numpy()[0]], inputs
 
 
-def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> dict:
-    model, tokenizer = open_model(bundle, provider, report)
+def check_model(bundle: Path, golden: dict, provider: str, report: Report, model_dir: Path | None = None) -> dict:
+    model_dir = model_dir or bundle / "model"
+    model, tokenizer = open_model(model_dir, provider, report)
     if model is None:
         return {}
     report.add("load", True, f"model loaded ({provider} provider)")
@@ -117,7 +151,7 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
         ids, inputs = case_inputs(model, tokenizer, bundle, case)
         what = f"prompt with {case['image']} ({sum(t < 0 for t in ids)} image tokens)" if inputs is not None else "prompt"
         top1 = teacher_forced(model, case["prompt_ids"], case["expected_ids"], inputs)
-        out = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["bundle_ids"]), inputs)
+        out = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["bundle_ids"]), inputs)
         hits, summary = check_case(report, i, case, golden, ids, what, top1, out)
         agree, total = agree + hits, total + len(case["expected_ids"])
         cases.append(summary)
@@ -126,16 +160,17 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     return agreement(report, golden, agree, total, cases, f"{getattr(og, '__id__', 'onnxruntime-genai')} {og.__version__}")
 
 
-def record(bundle: Path, provider: str) -> int:
+def record(bundle: Path, provider: str, model_dir: Path | None = None) -> int:
     """At build time: store this bundle's greedy tokens as the values devices are compared with."""
+    model_dir = model_dir or bundle / "model"
     path = bundle / "tests" / "golden.json"
     golden = json.loads(path.read_text(encoding="utf-8"))
-    model, tokenizer = open_model(bundle, provider, Report())
+    model, tokenizer = open_model(model_dir, provider, Report())
     if model is None:
         return 1
     for case in golden["cases"]:
         _, inputs = case_inputs(model, tokenizer, bundle, case)
-        ids = greedy(model, tokenizer, bundle, case["prompt_ids"], len(case["expected_ids"]), inputs)
+        ids = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["expected_ids"]), inputs)
         rows = stepwise_logits(model, case["prompt_ids"], ids, inputs)
         case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
     path.write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
@@ -143,4 +178,4 @@ def record(bundle: Path, provider: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(None, __doc__, BUNDLE, ["bundle", "cpu", "cuda", "dml"], check_model, record))
+    sys.exit(main(None, __doc__, BUNDLE, ["bundle", "cpu", "cuda", "dml", "qnn"], check_model, record))
