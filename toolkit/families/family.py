@@ -44,7 +44,7 @@ class NpuHooks:
 
     # write_layer(graph, weights, weight(hf names) -> QuantWeight, index, shape, step, x): the layer's output
     write_layer: Callable[..., str]
-    # write_head(graph, weights, weight, shape, x): the final norm and lm_head's logits
+    # write_head(graph, weights, weight, shape, x, output): the final norm and lm_head's logits
     write_head: Callable[..., str]
 
 

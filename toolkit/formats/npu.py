@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..bundle import layout, readme
+from ..bundle import readme
 from ..errors import ConfigError, StageError, VerificationError
 from ..export import optimize
 from ..export.qnn import REPORT, export_qnn
@@ -152,11 +152,6 @@ def host_model(bundle: Path, work: Path | None, plan: BuildPlan) -> Path | None:
     return check
 
 
-def add_runner(bundle: Path, _src: SourceModel, plan: BuildPlan, _stops: list[int]) -> None:
-    if plan.runtime.runner != HOST:
-        layout.add_device_runner(bundle, plan.runtime.runner)
-
-
 def pending_on_device(plan: BuildPlan) -> list[str]:
     pending = [
         f"greedy tokens and speed on the {plan.npu.soc}'s Hexagon NPU (this host ran the graphs on onnxruntime-qnn's "
@@ -167,8 +162,6 @@ def pending_on_device(plan: BuildPlan) -> list[str]:
             "the weight-shared context binaries themselves (the x86-64 backend cannot load them: the build checked "
             "the same graphs compiled one per binary)"
         )
-    if plan.runtime.runner != HOST:
-        pending.append(f"the {plan.runtime.runner} runner with onnxruntime-qnn's execution provider on a device")
     return pending
 
 
@@ -177,9 +170,9 @@ FORMAT = Format(
     description="QNN context binaries for the Hexagon NPU, run by onnxruntime-genai with onnxruntime-qnn",
     engines=("qnn",),
     providers=("qnn",),
-    runners=(HOST, "android"),
-    wrong_runner="export.engine 'qnn' with runtime.runner '{runner}': NPU bundles run with the python or android "
-    "runner. Use --target snapdragon.",
+    runners=(HOST,),
+    wrong_runner="export.engine 'qnn' with runtime.runner '{runner}': NPU bundles run with the python runner. "
+    "Use --target snapdragon.",
     host_runner=HOST,
     refuse_source=refuse_source,
     check_plan=check_plan,
@@ -187,7 +180,7 @@ FORMAT = Format(
     export=export_qnn,
     apply_settings=apply_settings,
     setting_mismatches=setting_mismatches,
-    add_to_bundle=add_runner,
+    add_to_bundle=lambda *_: None,
     readme=readme.npu_readme,
     runtime_version=onnx.genai_version,
     stop_ids=onnx.genai_stop_ids,

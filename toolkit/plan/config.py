@@ -34,7 +34,8 @@ RUNNERS_BY_PROVIDER = {
     "cuda": ("python",),
     "dml": ("python",),
     "webgpu": ("web",),
-    "qnn": ("python", "android"),
+    # onnxruntime-genai's Java API (0.18) cannot register onnxruntime-qnn's plugin EP: no Kotlin runner yet
+    "qnn": ("python",),
 }
 
 

@@ -103,10 +103,10 @@ def _largest(config: dict) -> int:
 
 
 # onnxruntime-qnn's compiler (a child process per part): its runtime, and about this many bytes per
-# byte of int4 weights in a part when its prompt and token graphs share them (measured on small
-# graphs: 312 MB for 6.8 MB of weights, 440 MB for 13.6 MB).
+# byte of weights in a part when its prompt and token graphs share them (benchmarks/npu_memory.py,
+# Phi-3.5-mini's shape: 3273 MB for a 301 MB part, 2070 MB for 181 MB, 971 MB for the 99 MB lm_head).
 COMPILE_BASE_BYTES = 0.2e9
-COMPILE_BYTES_PER_WEIGHT_BYTE = 19
+COMPILE_BYTES_PER_WEIGHT_BYTE = 11
 
 
 def compile_memory_bytes(part_mb: int) -> int:

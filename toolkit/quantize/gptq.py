@@ -28,12 +28,28 @@ SHRINK = (0.75, 0.8, 0.85, 0.9, 0.95, 1.0)
 def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0.01, snap: Any = None) -> Packed:
     """GPTQ of a Linear weight w [out, in] (a torch tensor or an array) with 4-bit groups of `block`
     inputs, given gram = mean X^T X of its input [in, in] (None: blocks.quantize's search alone,
-    unweighted). `snap(scales [groups, out]) -> scales` moves the groups' scales onto a grid the
-    runtime stores (LPBQ's 4-bit block scales) before any code is chosen."""
+    unweighted). `snap(scales, zeros [groups, out]) -> (scales, zeros)` moves the groups' scales onto
+    a grid the runtime stores (LPBQ's 4-bit block scales) before any code is chosen."""
     import torch
 
     if gram is None:
         return quantize(np.asarray(torch.as_tensor(w).cpu().numpy(), dtype=np.float32).T, block, None, symmetric)
+    codes, s, z = gptq_codes(w, gram, block, symmetric, damp, snap)
+    n, k0 = codes.shape
+    k = -(-k0 // block) * block
+    padded = np.zeros((n, k), dtype=np.uint8)
+    padded[:, :k0] = codes
+    zps = None if symmetric else _pack_nibbles(z.T.astype(np.uint8))
+    return Packed(_pack_nibbles(padded.reshape(n, k // block, block)), np.ascontiguousarray(s.T), zps, k0, block)
+
+
+def gptq_codes(
+    w: Any, gram: Any, block: int, symmetric: bool, damp: float = 0.01, snap: Any = None, bits: int = 4
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ's codes [out, in] (0 .. 2^bits - 1), and each group's scale and zero point [groups, out]
+    (w = scale (code - zero); a snapped zero point may be a fraction, as K-quants' mins make it)."""
+    import torch
+
     w = torch.as_tensor(w)
     device = w.device
     n, k0 = w.shape
@@ -46,9 +62,9 @@ def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0
     h[dead, dead] = 1.0
     wt[dead] = 0.0
     h.diagonal().add_(damp * torch.diagonal(h).mean())
-    s, z = group_scales(wt, torch.diagonal(h).float(), block, symmetric)  # [k // block, n] each
+    s, z = group_scales(wt, torch.diagonal(h).float(), block, symmetric, bits)  # [k // block, n] each
     if snap is not None:
-        s = snap(s)
+        s, z = snap(s, z)
     perm = torch.argsort(torch.diagonal(h), descending=True)
     flipped = h[perm.flip(0)]  # H in act order, reversed (for _inverse_factor), one copy at a time
     del h
@@ -57,31 +73,31 @@ def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0
     del flipped
     wt = wt[perm]
     s_col, z_col = s.repeat_interleave(block, 0)[perm], z.repeat_interleave(block, 0)[perm]
+    top = float((1 << bits) - 1)
     codes = torch.empty((k, n), dtype=torch.uint8, device=device)
     for b0 in range(0, k, block):  # lazy batches of `block` columns (not the groups: those are static)
         b1 = b0 + block
         err = torch.empty((block, n), dtype=torch.float32, device=device)
         for j in range(block):
             c = b0 + j
-            q = torch.clamp(torch.round(wt[c] / s_col[c]) + z_col[c], 0, 15)
+            q = torch.clamp(torch.round(wt[c] / s_col[c] + z_col[c]), 0, top)
             codes[c] = q.to(torch.uint8)
             e = (wt[c] - s_col[c] * (q - z_col[c])) / u[c, c]
             wt[c + 1 : b1].addr_(u[c, c + 1 : b1], e, alpha=-1.0)
             err[j] = e
         wt[b1:].addmm_(u[b0:b1, b1:].T, err, alpha=-1.0)
-    codes = codes[torch.argsort(perm)].T.contiguous()
-    zps = None if symmetric else _pack_nibbles(z.T.contiguous().to(torch.uint8).cpu().numpy())
-    packed = _pack_nibbles(codes.cpu().numpy().reshape(n, k // block, block))
-    return Packed(packed, s.T.contiguous().cpu().numpy(), zps, k0, block)
+    codes = codes[torch.argsort(perm)].T.contiguous()[:, :k0]
+    return codes.cpu().numpy(), s.cpu().numpy(), z.cpu().numpy()
 
 
-def group_scales(wt: Any, importance: Any, block: int, symmetric: bool) -> tuple[Any, Any]:
+def group_scales(wt: Any, importance: Any, block: int, symmetric: bool, bits: int = 4) -> tuple[Any, Any]:
     """Each group's scale and zero point [groups, n] for W^T [k, n]: of SHRINK's fractions of the
-    group's range (asymmetric: [min(w, 0), max(w, 0)], zero point 0..15; symmetric: +-max|w|, zero
-    point 8), with each candidate's codes fixed and its scale refit by least squares, the one of
-    least error weighted by the inputs' mean squares `importance` [k]."""
+    group's range (asymmetric: [min(w, 0), max(w, 0)], zero point 0..2^bits - 1; symmetric: +-max|w|,
+    zero point 2^(bits-1)), with each candidate's codes fixed and its scale refit by least squares,
+    the one of least error weighted by the inputs' mean squares `importance` [k]."""
     import torch
 
+    top, half = float((1 << bits) - 1), float(1 << (bits - 1))
     k, n = wt.shape
     scales = torch.empty((k // block, n), dtype=torch.float32, device=wt.device)
     zeros = torch.empty_like(scales)
@@ -92,18 +108,18 @@ def group_scales(wt: Any, importance: Any, block: int, symmetric: bool) -> tuple
         energy = (hx * x).sum(1)
         if symmetric:
             amax = x.abs().amax(1)
-            zero = torch.full_like(amax, 8.0)
+            zero = torch.full_like(amax, half)
         else:
             lo, hi = torch.clamp(x.amin(1), max=0.0), torch.clamp(x.amax(1), min=0.0)
         best_err = torch.full_like(energy, float("inf"))
         best_s, best_z = torch.ones_like(energy), torch.zeros_like(energy)
         for f in SHRINK:
             if symmetric:
-                s = torch.where(amax > 0, amax * f / 8.0, torch.ones_like(amax))
+                s = torch.where(amax > 0, amax * f / half, torch.ones_like(amax))
             else:
-                s = torch.clamp((hi - lo) * f / 15.0, min=1e-30)
-                zero = torch.clamp(torch.round(-lo * f / s), 0, 15)
-            d = torch.clamp(torch.round(x / s[:, None]) + zero[:, None], 0, 15) - zero[:, None]
+                s = torch.clamp((hi - lo) * f / top, min=1e-30)
+                zero = torch.clamp(torch.round(-lo * f / s), 0, top)
+            d = torch.clamp(torch.round(x / s[:, None]) + zero[:, None], 0, top) - zero[:, None]
             num, den = (hx * d).sum(1), (hk * d * d).sum(1)
             fit = torch.where(den > 0, num / torch.clamp(den, min=1e-30), torch.zeros_like(num))
             err = energy - fit * num  # the weighted error of the refit scale, sum h (x - fit d)^2

@@ -19,13 +19,13 @@ from .sequential import Calibration
 LPBQ_LEVELS = 15  # the block scales' 4-bit integers run 1..15
 
 
-def lpbq_snap(scales: Any) -> Any:
+def lpbq_snap(scales: Any, zeros: Any) -> tuple[Any, Any]:
     """Block scales [groups, n] (torch) on the LPBQ grid: each column's largest / 15 is its channel
-    scale, and every block's scale is an integer 1..15 times it."""
+    scale, and every block's scale is an integer 1..15 times it (zero points stay: symmetric)."""
     import torch
 
     channel = torch.clamp(scales.amax(0, keepdim=True), min=1e-12) / LPBQ_LEVELS
-    return torch.clamp(torch.round(scales / channel), 1, LPBQ_LEVELS) * channel
+    return torch.clamp(torch.round(scales / channel), 1, LPBQ_LEVELS) * channel, zeros
 
 
 def quant_weight(packed: Packed, lpbq: bool) -> QuantWeight:

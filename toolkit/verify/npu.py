@@ -61,7 +61,8 @@ class QdqPipeline:
                 for name in _names(part):
                     if name.startswith("present."):
                         cache[name.replace("present.", "past_key_values.")] = values[name]
-            rows.append(values["logits"][0])
+            pieces = sorted((k for k in values if k.startswith("logits_")), key=lambda k: int(k.split("_")[1]))
+            rows.append(np.concatenate([values[k] for k in pieces], axis=-1)[0] if pieces else values["logits"][0])
         return np.concatenate(rows)[: len(ids)]
 
 

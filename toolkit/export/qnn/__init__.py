@@ -17,7 +17,7 @@ from ...source.tensors import CheckpointTensors
 from ..stream import write_config_files
 from .compile import compile_part
 from .config import pipeline_config
-from .cpu_graphs import write_embeddings, write_positions
+from .cpu_graphs import write_embeddings, write_logits, write_positions
 from .decoder import DecoderWriter
 
 REPORT = "npu.json"  # the parts, their compile reports and the mask value, beside genai_config.json
@@ -42,6 +42,9 @@ def export_qnn(src: SourceModel, plan: BuildPlan, work: Path, log: Callable[[str
     writer = DecoderWriter(src, plan, qdq, lambda m: log(f"      {m}"))
     parts = writer.write(work)
     write_positions(shape, plan.optimize.context_cap, writer.cos, writer.sin, writer.mask, out / "positions.onnx")
+    pieces = [p["outputs"][0] for p in parts if p["head"]]
+    if pieces != ["logits"]:
+        write_logits(pieces, shape.vocab, out / "logits.onnx")
     reports = compile_parts(qdq, out, parts, plan, log)
     base = json.loads((out / "genai_config.json").read_text(encoding="utf-8"))
     config = pipeline_config(base, shape, plan, parts)

@@ -42,6 +42,9 @@ def pipeline_config(base: dict[str, Any], shape: Shape, plan: BuildPlan, parts: 
                 flags["is_lm_head"] = True
             name = f"part{part['index']}_{kind}"
             stages.append({name: _stage(context_name(part["files"][kind]), part["inputs"], part["outputs"], **flags)})
+    pieces = [p["outputs"][0] for p in parts if p["head"]]
+    if pieces != ["logits"]:  # an lm_head in several parts: the CPU puts their logits side by side
+        stages.append({"logits": _stage("logits.onnx", pieces, ["logits"], session_options=CPU, is_lm_head=True)})
     decoder = {
         "session_options": {"log_id": "onnxruntime-genai", "provider_options": [{"qnn": provider_options(plan.npu)}]},
         "head_size": shape.head,

@@ -161,6 +161,19 @@ def write_positions(
     onnx.save_model(model, str(path))
 
 
+def write_logits(names: list[str], vocab: int, path: Path) -> None:
+    """logits.onnx: the lm_head parts' logits_j [1, S, rows_j] side by side, [1, S, vocab]."""
+    f = TensorProto.FLOAT
+    model = _model(
+        [helper.make_node("Concat", names, ["logits"], name="logits", axis=-1)],
+        "logits",
+        [helper.make_tensor_value_info(n, f, [1, "sequence_length", None]) for n in names],
+        [helper.make_tensor_value_info("logits", f, [1, "sequence_length", vocab])],
+        [],
+    )
+    onnx.save_model(model, str(path))
+
+
 def positions_feed(
     shape: Shape, context: int, cos: np.ndarray, sin: np.ndarray, first: int, tokens: int, mask_value: float
 ) -> dict[str, np.ndarray]:

@@ -38,6 +38,7 @@ from .cpu_graphs import positions_feed
 CALIBRATION_MASK = 1.0e4  # the calibration's masked scores: softmax gives them 0 exactly
 MASK_MARGIN = 30.0  # the mask sits this far below the lowest real score (e^-30: nothing)
 MIN_MASK = 60.0
+MB = 1 << 20  # npu.part_mb's unit
 F32 = TensorProto.FLOAT
 
 
@@ -180,7 +181,7 @@ class DecoderWriter:
         self.cal_positions = positions_feed(shape, window, self.cos, self.sin, 0, window, CALIBRATION_MASK)
         weight = self.weight_of(cal)
         part = self._new_part(0, "hidden_0", Encoding.of(0.0, 1.0))
-        limit = npu.part_mb * (1 << 20)
+        limit = npu.part_mb * MB
         with bar("NPU layers", shape.layers, "layers") as progress:
             for i in range(shape.layers):
                 cal.layer(i)
@@ -197,19 +198,33 @@ class DecoderWriter:
                 progress.advance(1)
         cal.finish_layers()
         self.parts.append(part.close(part.x, shape.hidden))
-        head = Part(len(self.parts), self.folder, shape, self.steps, x=part.x, head=True)
-        head.encodings[part.x] = part.encodings[part.x]
-        head.encodings.update({k: v for k, v in self._calibrate_head(cal, weight).items() if k != "hidden"})
-        for g in head.graphs.values():
-            self.hooks.write_head(g, self.weights, weight, shape, head.x)
-        head.weight_bytes = self.head.nbytes
+        encodings = {k: v for k, v in self._calibrate_head(cal, weight).items() if k != "hidden"}
         cal.layer(None)
-        self.parts.append(head.close("logits", shape.vocab))
+        self._write_head(part, encodings, limit)
         self.log(
             f"decoder: {shape.layers} layers in {len(self.parts)} parts, "
             + ", ".join(f"{p['weight_bytes'] / 1e6:.0f} MB" for p in self.parts)
         )
         return self.parts
+
+    def _write_head(self, last: Part, encodings: dict[str, Encoding], limit: int) -> None:
+        """The final norm and lm_head as parts of their own: one, or (an lm_head larger than a
+        part, Phi-4-mini's 200064 rows) its rows in as many parts, each giving logits_j, which the
+        CPU concatenates (logits.onnx)."""
+        full = self.head
+        chunks = max(1, -(-full.nbytes // limit))
+        rows = -(-self.shape.vocab // chunks)
+        for j, start in enumerate(range(0, self.shape.vocab, rows)):
+            stop = min(start + rows, self.shape.vocab)
+            piece = QuantWeight(full.codes[:, start:stop], full.scale[start:stop], full.bits)
+            output = "logits" if chunks == 1 else f"logits_{j}"
+            head = Part(len(self.parts), self.folder, self.shape, self.steps, x=last.x, head=True)
+            head.encodings[last.x] = last.encodings[last.x]
+            head.encodings.update(encodings | {output: encodings["logits"]})
+            for g in head.graphs.values():
+                self.hooks.write_head(g, self.weights, lambda _names, w=piece: w, self.shape, head.x, output)
+            head.weight_bytes = piece.nbytes
+            self.parts.append(head.close(output, stop - start))
 
     def _layer_writer(self, weight: Callable, index: int) -> Callable[[StaticGraph, Step, str], str]:
         def write(g: StaticGraph, step: Step, x: str) -> str:

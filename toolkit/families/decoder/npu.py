@@ -92,8 +92,11 @@ def write_layer(
     return g.op("Add", [x, down], f"{name}/out")
 
 
-def write_head(g: StaticGraph, weights: CheckpointTensors, weight: Weights, shape: Shape, x: str) -> str:
-    """The final norm and the lm_head (the embedding table when they are tied): logits [1, S, vocab]."""
+def write_head(
+    g: StaticGraph, weights: CheckpointTensors, weight: Weights, shape: Shape, x: str, output: str = "logits"
+) -> str:
+    """The final norm and the lm_head (the embedding table when they are tied): `output` [1, S, rows
+    of the lm_head that weight() gives]."""
     h = rms_norm(g, "/final_norm", x, weights.float32("model.norm.weight"), shape.eps)
     head = "lm_head" if "lm_head.weight" in weights else "model.embed_tokens"
-    return linear(g, "logits", h, weight([head]))
+    return linear(g, output, h, weight([head]))
