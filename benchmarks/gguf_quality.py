@@ -36,6 +36,16 @@ from toolkit.verify import bench  # noqa: E402
 from toolkit.verify.quality import Reference, default_text, evaluate, gguf_logits, score, table  # noqa: E402
 
 CACHE = ROOT / ".slmkit-cache"
+VARIANTS = (
+    ("slmkit gguf (recipe)", ()),
+    ("slmkit gguf, gptq Q4_1, Q8_0 output", ("quantize.method=gptq", "quantize.lm_head=int8")),
+    ("slmkit gguf, round-to-nearest Q4_1", ("quantize.method=default", "quantize.lm_head=int8")),
+    (
+        "slmkit gguf, symmetric (GPTQ Q4_0, Q8_0 output)",
+        ("quantize.method=gptq", "quantize.symmetric=true", "quantize.lm_head=int8"),
+    ),
+    ("slmkit gguf, mixed: measured K-quant types", ("quantize.method=mixed", "quantize.lm_head=int4")),
+)
 
 
 def llama_cpp_files(model: Path, work: Path) -> list[tuple[str, Path]]:
@@ -60,7 +70,7 @@ def gguf_row(label: str, folder: Path, ref: Reference, runs: int) -> tuple:
     runner = bench_runner()
     llm = runner.load_model(folder, n_ctx=max(len(w) for w in ref.windows) + 8, logits_all=True)
     quality = score(ref, lambda win: gguf_logits(llm, win))
-    ttfts, decodes = bench._llama_cpp_runs(runner, folder, "cpu", 64, 64, runs + 1)
+    ttfts, decodes = bench._llama_cpp_runs(runner, folder, "cpu", 64, 64, runs + 1, bench.PeakMemory())
     size = (folder / "model.gguf").stat().st_size
     return label, size, quality, speed(ttfts[1:], decodes[1:])
 
@@ -92,6 +102,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--float-tuned", type=Path, help="a float checkpoint folder to measure as well")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--only", help="comma-separated parts of the slmkit rows' labels to run (and 'cpu') [default: all]")
     args = p.parse_args()
     checkpoints = [("Q4_1 GGUF", gguf_to_hf(smollm2_gguf(), CACHE / "smollm2-135m-instruct-hf"))]
     if args.float_tuned:
@@ -104,17 +115,14 @@ def main() -> None:
             work = Path(tmp)
             for label, folder in llama_cpp_files(model, work):
                 rows.append(gguf_row(f"{name}: {label}", folder, ref, args.runs))
-            for n, (label, overrides) in enumerate(
-                (
-                    ("slmkit gguf (recipe: gptq Q4_1, Q8_0 output)", ()),
-                    ("slmkit gguf, round-to-nearest Q4_1", ("quantize.method=default",)),
-                    ("slmkit gguf, symmetric (GPTQ Q4_0, Q8_0 output)", ("quantize.symmetric=true",)),
-                )
-            ):
+            for n, (label, overrides) in enumerate(VARIANTS):
+                if args.only and not any(o in label for o in args.only.split(",")):
+                    continue
                 bundle = slmkit_bundle(model, "gguf", overrides, work / f"slmkit-gguf-{n}")
                 rows.append(gguf_row(f"{name}: {label}", bundle / "model", ref, args.runs))
-            bundle = slmkit_bundle(model, "cpu", (), work / "onnx")
-            rows.append(onnx_row(f"{name}: slmkit cpu (ONNX, mixed int4)", bundle, ref, args.runs))
+            if not args.only or "cpu" in args.only:
+                bundle = slmkit_bundle(model, "cpu", (), work / "onnx")
+                rows.append(onnx_row(f"{name}: slmkit cpu (ONNX, mixed int4)", bundle, ref, args.runs))
             for row in rows[-6:]:
                 print(row[0], row[1], row[2].ppl_increase if row[2] else None, row[3], flush=True)
     print()

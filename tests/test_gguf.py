@@ -223,8 +223,12 @@ def test_every_decoder_shape_runs_in_llama_cpp_as_the_reference(request, variant
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--set", "quantize.method=mixed"], "quantize.method 'mixed' (it writes default, mse, gptq, awq;"),
-        (["--set", "quantize.block_size=64"], "quantize.block_size 64 (llama.cpp's Q4_0/Q4_1 blocks hold 32 weights)"),
+        (["--set", "quantize.method=k_quant"], "quantize.method 'k_quant' (it writes default, mse, gptq, awq, mixed)"),
+        (["--set", "quantize.lm_head=int8"], "quantize.lm_head 'int8' with mixed (whose measured types include the"),
+        (
+            ["--set", "quantize.method=gptq", "--set", "quantize.block_size=64"],
+            "quantize.block_size 64 (llama.cpp's Q4_0/Q4_1 blocks hold 32 weights)",
+        ),
     ],
 )
 def test_what_gguf_cannot_hold_is_refused_before_anything_is_written(tiny35, tmp_path, extra, message):

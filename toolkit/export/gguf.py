@@ -29,8 +29,10 @@ from ..quantize.blocks import Packed
 from ..source.tensors import CheckpointTensors
 from .gguf_vocab import add_vocab, model_name
 
-GGUF_METHODS = ("default", "mse", "gptq", "awq")  # mixed sizes its int8 promotions for ONNX blocks
-FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "F32": 0}  # general.file_type (llama.cpp's ftype)
+# mixed: every matrix's type measured (toolkit/export/gguf_mixed.py), within llama.cpp Q4_K_M's bytes
+GGUF_METHODS = ("default", "mse", "gptq", "awq", "mixed")
+# general.file_type (llama.cpp's ftype); a mixed file is MOSTLY_Q4_K_M's size and kind
+FILE_TYPES = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "F16": 1, "F32": 0, "Q4_K_M": 15}
 
 
 def problems(config: dict[str, Any], export: ExportConfig, q: QuantizeConfig) -> list[str]:
@@ -39,11 +41,10 @@ def problems(config: dict[str, Any], export: ExportConfig, q: QuantizeConfig) ->
     if family_of(config).gguf is None:
         found.append(f"{config['architectures'][0]} (slmkit writes no llama.cpp graph for its family)")
     if export.precision == "int4" and q.method not in GGUF_METHODS:
-        found.append(
-            f"quantize.method '{q.method}' (it writes {', '.join(GGUF_METHODS)}; mixed's int8 promotions "
-            "are sized for ONNX blocks)"
-        )
-    if export.precision == "int4" and q.block_size != ggml.GROUP:
+        found.append(f"quantize.method '{q.method}' (it writes {', '.join(GGUF_METHODS)})")
+    if export.precision == "int4" and q.method == "mixed" and q.lm_head != "int4":
+        found.append("quantize.lm_head 'int8' with mixed (whose measured types include the lm_head's: use int4)")
+    if export.precision == "int4" and q.method != "mixed" and q.block_size != ggml.GROUP:
         found.append(f"quantize.block_size {q.block_size} (llama.cpp's Q4_0/Q4_1 blocks hold {ggml.GROUP} weights)")
     return found
 
@@ -56,7 +57,9 @@ def check_supported(config: dict[str, Any], export: ExportConfig, q: QuantizeCon
 
 
 def kinds(export: ExportConfig, q: QuantizeConfig) -> tuple[str, str]:
-    """(the matrices' GGUF type, the lm_head's)."""
+    """(the matrices' GGUF type, the lm_head's); mixed: "Q4_K_M" for both (each tensor's own is measured)."""
+    if export.precision == "int4" and q.method == "mixed":
+        return "Q4_K_M", "Q4_K_M"
     kind = {"int8": "Q8_0", "fp16": "F16", "fp32": "F32"}.get(export.precision) or ("Q4_0" if q.symmetric else "Q4_1")
     return kind, "Q8_0" if export.precision == "int4" and q.lm_head == "int8" else kind
 
@@ -90,6 +93,17 @@ def export_gguf(
     extra = family.gguf.metadata(w, config, shape, arch)
     add_vocab(w, source, shape.vocab)
     tensors = family.gguf.tensors(weights, shape, arch, extra)
+    if q.method == "mixed" and export.precision == "int4":
+        from ..quantize.kmix import KQuantCalibration
+        from .gguf_mixed import write_mixed
+
+        calibration = KQuantCalibration(source, weight_files, config, q, weights, work / "calibration", log)
+        try:
+            types = write_mixed(w, tensors, weights, calibration, shape.layers, out, log)
+        finally:
+            calibration.close()
+        _save(out, {"tensors": _plan(tensors, types)})
+        return out
     types = {t.name: ("F32" if not t.k else head_kind if t.parts[0].base == "/lm_head" else kind) for t in tensors}
     _header(w, tensors, types)
     calibration = None
@@ -110,10 +124,13 @@ def export_gguf(
             if calibration is not None:
                 calibration.close()
             w.close()
-    plan = {t.name: {"type": types[t.name], "shape": [t.rows, t.k] if t.k else [t.rows]} for t in tensors}
-    _save(out, {"tensors": plan})
+    _save(out, {"tensors": _plan(tensors, types)})
     log(f"model.gguf: {len(tensors)} tensors, {kind} matrices, {head_kind} lm_head")
     return out
+
+
+def _plan(tensors: list[Any], types: dict[str, str]) -> dict[str, Any]:
+    return {t.name: {"type": types.get(t.name, "F32"), "shape": [t.rows, t.k] if t.k else [t.rows]} for t in tensors}
 
 
 def _header(w: Any, tensors: list[Any], types: dict[str, str]) -> None:
@@ -194,7 +211,12 @@ def setting_mismatches(model_dir: Path, export: ExportConfig, q: QuantizeConfig)
         if t.tensor_type.name != want["type"] or shape != want["shape"]:
             problems.append(f"tensor {name} is {t.tensor_type.name} {shape}, planned {want['type']} {want['shape']}")
     kind, head = kinds(export, q)
-    odd = [n for n, t in planned.items() if len(t["shape"]) == 2 and t["type"] not in (kind, head)]
+    allowed = {kind, head}
+    if kind == "Q4_K_M":  # measured per tensor: any of the candidates
+        from ..quantize.kmix import K_CANDIDATES, LEGACY_CANDIDATES
+
+        allowed = set(K_CANDIDATES + LEGACY_CANDIDATES)
+    odd = [n for n, t in planned.items() if len(t["shape"]) == 2 and t["type"] not in allowed]
     problems += [f"tensor {n} is {planned[n]['type']}; the plan's precision writes {kind}" for n in odd]
     return problems
 

@@ -1,13 +1,13 @@
-"""llama.cpp's K-quant super-blocks (256 weights) from slmkit's codes, so that a calibrated choice
-(GPTQ on the K-quant grid: kgrid() snaps its groups' scales and mins before any code is chosen)
-lands in a GGUF file bit for bit as ggml's dequantizer reads it. Every packer takes a row-major
-block of codes and the per-group parameters the grid gives, and returns the tensor's bytes
-[rows, row bytes].
+"""llama.cpp's block formats from slmkit's codes, so that a calibrated choice (GPTQ on a type's
+grid: kgrid() snaps its groups' scales and mins before any code is chosen) lands in a GGUF file bit
+for bit as ggml's dequantizer reads it. pack() takes codes [rows, k] and the per-group parameters the
+grid gives, and returns the tensor's bytes [rows, row bytes].
 
-    Q4_K (144 bytes): fp16 d, dmin; 8 groups of 32 with 6-bit scale sc and min m; 4-bit codes
-                      w = d sc q - dmin m
-    Q5_K (176 bytes): the same with 5-bit codes (high bits in qh)
-    Q6_K (210 bytes): 16 groups of 16 with an int8 scale; fp16 d; 6-bit codes  w = d sc (q - 32)
+    Q4_K (144 bytes / 256): fp16 d, dmin; 8 groups of 32 with 6-bit scale sc and min m; 4-bit codes
+                            w = d sc q - dmin m
+    Q5_K (176 bytes / 256): the same with 5-bit codes (high bits in qh)
+    Q6_K (210 bytes / 256): 16 groups of 16 with an int8 scale; fp16 d; 6-bit codes  w = d sc (q - 32)
+    Q4_0 (18 bytes / 32), Q5_0 (22), Q8_0 (34): fp16 d; codes around 8, 16, 0   w = d (q - zero)
 """
 
 from __future__ import annotations
@@ -24,14 +24,22 @@ class KType:
     name: str
     bits: int  # code bits
     group: int  # weights per scale
-    symmetric: bool  # Q6_K: codes around 32, no min
-    nbytes: int  # bytes of one super-block
+    symmetric: bool  # Q6_K and the legacy types: codes around a fixed zero, no min
+    nbytes: int  # bytes of one block (K-quants: of 256 weights)
+    block: int = SUPER  # weights of one block
+
+    @property
+    def bpw(self) -> float:
+        return 8 * self.nbytes / self.block
 
 
 KTYPES = {
     "Q4_K": KType("Q4_K", 4, 32, False, 144),
     "Q5_K": KType("Q5_K", 5, 32, False, 176),
     "Q6_K": KType("Q6_K", 6, 16, True, 210),
+    "Q4_0": KType("Q4_0", 4, 32, True, 18, 32),
+    "Q5_0": KType("Q5_0", 5, 32, True, 22, 32),
+    "Q8_0": KType("Q8_0", 8, 32, True, 34, 32),
 }
 
 
@@ -45,6 +53,8 @@ def kgrid(kind: str):
     def snap(scales, zeros):
         import torch
 
+        if t.block != SUPER:  # a legacy type: the scale is the block's fp16 d
+            return scales.half().float(), zeros
         g, n = scales.shape
         per = SUPER // t.group
         s = scales.reshape(g // per, per, n)
@@ -73,6 +83,8 @@ def pack(kind: str, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray) ->
     and integer scales (and mins) are recovered from them exactly."""
     t = KTYPES[kind]
     rows, k = codes.shape
+    if t.block != SUPER:
+        return _legacy(t, codes.reshape(rows, k // 32, 32).astype(np.uint8), scales).reshape(rows, -1)
     nb, per = k // SUPER, SUPER // t.group
     s = scales.reshape(rows, nb, per).astype(np.float32)
     q = codes.reshape(rows, nb, SUPER).astype(np.uint8)
@@ -88,6 +100,20 @@ def pack(kind: str, codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray) ->
     head = np.concatenate([_fp16(d), _fp16(dmin), _scales12(sc, m)], -1)
     body = _q4(q) if t.bits == 4 else _q5(q)
     return np.concatenate([head, body], -1).reshape(rows, -1)
+
+
+def _legacy(t: KType, q: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """Q4_0, Q5_0 and Q8_0 blocks [rows, blocks, bytes]: fp16 d, then (Q5_0) the fifth bits as one
+    little-endian 32-bit word, then the codes (4-bit: byte j holds weights j and j + 16)."""
+    d = _fp16(scales.astype(np.float32)[..., None])
+    if t.bits == 8:
+        return np.concatenate([d, (q.astype(np.int16) - 128).astype(np.int8).view(np.uint8)], -1)
+    low = (q & 0xF)[..., :16] | ((q & 0xF)[..., 16:] << 4)
+    if t.bits == 4:
+        return np.concatenate([d, low], -1)
+    bits = ((q >> 4) & 1).astype(np.uint32) << np.arange(32, dtype=np.uint32)
+    qh = bits.sum(-1, dtype=np.uint32)[..., None].astype("<u4").view(np.uint8)
+    return np.concatenate([d, qh, low], -1)
 
 
 def _scales12(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
