@@ -21,7 +21,8 @@ Phi-3.5-mini-shaped checkpoints with random bf16 weights (8 layers: 1.1 B; 32: t
 made once under --work with a SentencePiece tokenizer.model mapped from their tokenizer.json
 (llama_peer.sentencepiece_model: llama.cpp's Phi-3 converter reads only that). Rows, interleaved:
 the slmkit cpu bundle of the phi-3.5-mini/cpu recipe as shipped (calibrated mixed int4), the same
-bundle on onnxruntime-genai's default threads (half the hardware threads), and llama.cpp Q4_0 and
+bundle on onnxruntime-genai's default threads (half the hardware threads), the slmkit gguf bundle of
+the phi-3.5-mini/gguf recipe (measured K-quant types) in llama.cpp, and llama.cpp Q4_0 and
 Q4_K_M made by its own converter and quantizer from the same checkpoint. The prompt is the same
 token ids for every row. Builds and GGUF files stay under --work for the next run.
 
@@ -167,6 +168,12 @@ def shape_rows(
         src = open_checkpoint(str(model))
         random = ("verify.min_top1_agreement=0", "verify.min_greedy_prefix=1")  # random weights: noise tokens
         build(src, plan_build(src, "phi-3.5-mini/cpu", None, random), bundle, log=print)
+    gguf_bundle = work / f"{model.name}-slmkit-gguf"
+    if not (gguf_bundle / "manifest.json").is_file():
+        print(f"slmkit: building {gguf_bundle.name} (the phi-3.5-mini/gguf recipe)", flush=True)
+        src = open_checkpoint(str(model))
+        random = ("verify.min_top1_agreement=0", "verify.min_greedy_prefix=1")
+        build(src, plan_build(src, "phi-3.5-mini/gguf", None, random), gguf_bundle, log=print)
     text = Tokenizer.from_file(str(model / "tokenizer.json")).encode(default_text()[1]).ids
     ids = (text * (prompt_tokens // len(text) + 1))[:prompt_tokens]
     genai_default = max(1, (os.cpu_count() or 2) // 2)  # onnxruntime-genai: hardware threads / 2
@@ -178,6 +185,10 @@ def shape_rows(
         f"  same, onnxruntime-genai's default threads ({genai_default})": (
             onnx_runner(bundle / "model", ids, new_tokens, {"intra_op_num_threads": genai_default}),
             folder_bytes(bundle / "model"),
+        ),
+        "slmkit gguf bundle (phi-3.5-mini/gguf recipe: measured K-quant types)": (
+            llama_cpp_runner(gguf_bundle / "model" / "model.gguf", ids, new_tokens, threads),
+            (gguf_bundle / "model" / "model.gguf").stat().st_size,
         ),
     } | {
         f"llama.cpp {ftype} (its converter + quantizer)": (

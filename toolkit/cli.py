@@ -83,10 +83,26 @@ def main() -> None:
     metavar="PCT",
     help="Smallest quantization within this perplexity increase over float32, e.g. 5%.",
 )
+@click.option(
+    "--adapter",
+    type=click.Path(path_type=Path),
+    help="A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge into the weights.",
+)
 @QUIET
 @_friendly
 def build(
-    model, target, recipe, output, overrides, dry_run, force, allow_pickle, skip_memory_check, quality_budget, quiet
+    model,
+    target,
+    recipe,
+    output,
+    overrides,
+    dry_run,
+    force,
+    allow_pickle,
+    skip_memory_check,
+    quality_budget,
+    adapter,
+    quiet,
 ):
     """Build, verify and publish one bundle."""
     from .build import build as run_build
@@ -100,6 +116,12 @@ def build(
 
     budget = parse_budget(quality_budget) if quality_budget else None
     src = open_checkpoint(model, allow_pickle=allow_pickle)
+    lora = None
+    if adapter is not None:
+        from .source.adapter import check_against, read_adapter
+
+        lora = read_adapter(adapter)
+        check_against(lora, src)
     plan = plan_build(src, recipe, target, tuple(overrides))
     out = output or Path(f"{src.path.name}-{plan.target}")
     if dry_run:
@@ -111,7 +133,14 @@ def build(
         return
     click.echo(f"Building {plan.recipe} from {src.origin} into {out}")
     manifest = run_build(
-        src, plan, out, force=force, skip_memory_check=skip_memory_check, quality_budget=budget, log=click.echo
+        src,
+        plan,
+        out,
+        force=force,
+        skip_memory_check=skip_memory_check,
+        quality_budget=budget,
+        adapter=lora,
+        log=click.echo,
     )
     _print_result(out, manifest)
 

@@ -62,6 +62,7 @@ def write_manifest(
     quality: dict[str, Any] | None,
     runtime_version: str,
     stops: list[int] | int,
+    adapters: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """manifest.json; `runtime_version` and `stops` are the format's (its runtime package's
     version, the ids its settings file stops on)."""
@@ -82,6 +83,8 @@ def write_manifest(
         "quality": quality,
     }
     manifest["source"].pop("path")  # machine-specific; `origin` says what was built
+    if adapters:  # merged into the weights: their files' hashes, rank and the base they were trained on
+        manifest["adapters"] = adapters
     manifest["source"]["eos_token_id"] = {**eos_sources(source.path), "stops_on": stops}
     save_manifest(bundle, manifest)
     return manifest

@@ -56,17 +56,27 @@ class Grid:
         return ((q - self.zeros[..., None]) * self.scales[..., None]).reshape(n, k).T
 
 
+ROWS = 16384  # GPTQ's rows are independent: a 200064-row lm_head goes this many at a time
+
+
 def quantize_on(kind: str, w: Any, gram: Any) -> Grid:
-    """GPTQ of w [out, in] on `kind`'s grid, and each row's output error."""
+    """GPTQ of w [out, in] on `kind`'s grid, and each row's output error, ROWS rows at a time."""
     import torch
 
     t = KTYPES[kind]
-    codes, s, z = gptq_codes(w, gram, t.group, t.symmetric, snap=kgrid(kind), bits=t.bits)
-    grid = Grid(codes, np.ascontiguousarray(s.T), np.ascontiguousarray(z.T), np.empty(0))
     w = torch.as_tensor(w).float()
-    error = w - torch.from_numpy(np.ascontiguousarray(grid.dequantize().T)).to(w.device)
-    grid.errors = ((error @ torch.as_tensor(gram, device=w.device).float()) * error).sum(1).double().cpu().numpy()
-    return grid
+    h = torch.as_tensor(gram, device=w.device).float()
+    parts = []
+    for r0 in range(0, w.shape[0], ROWS):
+        rows = w[r0 : r0 + ROWS]
+        codes, s, z = gptq_codes(rows, h, t.group, t.symmetric, snap=kgrid(kind), bits=t.bits)
+        grid = Grid(codes, np.ascontiguousarray(s.T), np.ascontiguousarray(z.T), np.empty(0))
+        error = rows - torch.from_numpy(np.ascontiguousarray(grid.dequantize().T)).to(w.device)
+        grid.errors = ((error @ h) * error).sum(1).double().cpu().numpy()
+        parts.append(grid)
+    if len(parts) == 1:
+        return parts[0]
+    return Grid(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("codes", "scales", "zeros", "errors")))
 
 
 class KQuantCalibration(Calibration):

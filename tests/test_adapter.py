@@ -1,0 +1,134 @@
+"""Fine-tuned models: a PEFT LoRA adapter (made here by hand: adapter_config.json and the A/B tensors)
+merged into the weights before anything reads them, so that the export, the calibration and the
+float32 reference (the golden tokens) all see the adapted model; and the adapters slmkit refuses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from safetensors.numpy import load_file, save_file
+
+from toolkit.cli import main
+
+PHI3 = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+LLAMA = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
+
+
+def make_adapter(model: Path, out: Path, modules: tuple[str, ...], rank: int = 4, alpha: float = 8.0, **config) -> Path:
+    """A LoRA adapter for every layer's `modules` of `model`, laid out as PEFT saves one: A random,
+    B large enough that the adapted model's greedy tokens differ from the base's."""
+    tensors = load_file(str(model / "model.safetensors"))
+    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
+    rng = np.random.default_rng(0)
+    lora = {}
+    for i in range(layers):
+        for m in modules:
+            w = tensors[f"model.layers.{i}.{m}.weight"]
+            key = f"base_model.model.model.layers.{i}.{m}"
+            lora[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, w.shape[1])) / np.sqrt(w.shape[1])).astype(
+                np.float32
+            )
+            lora[f"{key}.lora_B.weight"] = (rng.standard_normal((w.shape[0], rank)) * 0.05).astype(np.float32)
+    out.mkdir(parents=True)
+    save_file(lora, str(out / "adapter_model.safetensors"))
+    targets = sorted({m.split(".")[-1] for m in modules})
+    settings = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": targets, "bias": "none"}
+    (out / "adapter_config.json").write_text(json.dumps(settings | {"base_model_name_or_path": str(model)} | config))
+    return out
+
+
+def build(model: Path, adapter: Path | None, out: Path, *extra: str):
+    args = ["build", "-m", str(model), "-t", "cpu", "-o", str(out), *extra]
+    return CliRunner().invoke(main, args + (["--adapter", str(adapter)] if adapter else []))
+
+
+@pytest.mark.parametrize(
+    "variant, modules, extra",
+    [
+        ("tiny35", PHI3, ()),
+        ("tiny4", PHI3, ()),
+        ("tiny_llama", LLAMA, ("--set", "optimize.context_cap=2048", "--set", "verify.chat_prompts=[]")),
+    ],
+)
+def test_a_merged_adapter_is_what_the_bundle_runs(request, tmp_path, variant, modules, extra):
+    """The bundle passes its smoke test against the float32 reference of the adapted model, whose
+    greedy tokens are not the base model's; the manifest names the adapter, its hashes and its base."""
+    model = request.getfixturevalue(variant)
+    adapter = make_adapter(model, tmp_path / "lora", modules)
+    result = build(model, adapter, tmp_path / "adapted", *extra)
+    assert result.exit_code == 0, result.output
+    assert "merging the LoRA adapter lora (rank 4," in result.output
+    manifest = json.loads((tmp_path / "adapted" / "manifest.json").read_text())
+    host = manifest["verification"]["host"]
+    assert host["failed"] == 0 and host["top1_agreement"] >= host["min_top1_agreement"]
+    (entry,) = manifest["adapters"]
+    assert entry["base_model"] == str(model) and entry["rank"] == 4
+    assert set(entry["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
+    if variant == "tiny35":  # the base model's cpu bundle, built once for the session
+        base = request.getfixturevalue("bundles")("cpu")
+        golden = [json.loads((b / "tests" / "golden.json").read_text())["cases"] for b in (tmp_path / "adapted", base)]
+        assert [c["expected_ids"] for c in golden[0]] != [c["expected_ids"] for c in golden[1]]
+
+
+def test_the_merge_is_w_plus_scaled_b_a(tiny35, tmp_path):
+    from toolkit.families import open_checkpoint
+    from toolkit.source.adapter import merged, read_adapter
+    from toolkit.source.tensors import CheckpointTensors
+
+    adapter_dir = make_adapter(tiny35, tmp_path / "lora", PHI3, rank=4, alpha=16.0, use_rslora=True)
+    src = open_checkpoint(str(tiny35))
+    adapter = read_adapter(adapter_dir)
+    out = merged(src, adapter, tmp_path / "merged")
+    base, got = CheckpointTensors(src.path, src.weight_files), CheckpointTensors(out.path, out.weight_files)
+    lora = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    key = "model.layers.1.mlp.down_proj"
+    b, a = lora[f"base_model.model.{key}.lora_B.weight"], lora[f"base_model.model.{key}.lora_A.weight"]
+    assert np.allclose(
+        got.float32(f"{key}.weight"), base.float32(f"{key}.weight") + 16.0 / np.sqrt(4) * (b @ a), atol=1e-6
+    )
+    assert np.array_equal(got.float32("model.embed_tokens.weight"), base.float32("model.embed_tokens.weight"))
+    assert set(got.entries) == set(base.entries)
+
+
+@pytest.mark.parametrize(
+    "modules, config, message",
+    [
+        (("self_attn.q_proj",), {}, "targets modules that Phi3ForCausalLM does not have: q_proj"),
+        (PHI3[:1], {"use_dora": True}, "cannot be merged: use_dora (DoRA rescales each column"),
+        (PHI3[:1], {"modules_to_save": ["lm_head"]}, "cannot be merged: modules_to_save ['lm_head']"),
+        (PHI3[:1], {"peft_type": "IA3"}, "cannot be merged: peft_type 'IA3' (slmkit merges LoRA adapters)"),
+    ],
+)
+def test_an_adapter_that_does_not_fit_is_refused_before_anything_is_written(tiny35, tmp_path, modules, config, message):
+    if modules == ("self_attn.q_proj",):  # trained on a layout with separate q/k/v: Phi-3 fuses them
+        adapter = tmp_path / "lora"
+        adapter.mkdir()
+        lora = {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((4, 64), np.float32),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": np.zeros((64, 4), np.float32),
+        }
+        save_file(lora, str(adapter / "adapter_model.safetensors"))
+        (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    else:
+        adapter = make_adapter(tiny35, tmp_path / "lora", modules, **config)
+    out = tmp_path / "b"
+    result = build(tiny35, adapter, out)
+    assert result.exit_code == 1 and not out.exists()
+    assert result.output.startswith("Error: --adapter ") and message in result.output
+
+
+def test_a_pickled_adapter_and_a_wrong_shape_are_refused(tiny35, tiny4, tmp_path):
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4}))
+    (pickled / "adapter_model.bin").write_bytes(b"not opened")
+    result = build(tiny35, pickled, tmp_path / "b")
+    assert result.exit_code == 1
+    assert "it has pickle weights (adapter_model.bin), which slmkit does not unpickle" in result.output
+    other = make_adapter(tiny4, tmp_path / "phi4-lora", PHI3[:1])  # Phi-4-mini's qkv is another size
+    result = build(tiny35, other, tmp_path / "c")
+    assert result.exit_code == 1 and "the adapter belongs to another base model" in result.output
