@@ -132,3 +132,14 @@ def test_a_pickled_adapter_and_a_wrong_shape_are_refused(tiny35, tiny4, tmp_path
     other = make_adapter(tiny4, tmp_path / "phi4-lora", PHI3[:1])  # Phi-4-mini's qkv is another size
     result = build(tiny35, other, tmp_path / "c")
     assert result.exit_code == 1 and "the adapter belongs to another base model" in result.output
+
+
+@pytest.mark.parametrize("target", ["android", "gguf"])
+def test_the_merged_adapter_reaches_the_phone_and_llama_cpp_bundles(tiny35, tmp_path, target):
+    adapter = make_adapter(tiny35, tmp_path / "lora", PHI3)
+    out = tmp_path / target
+    args = ["build", "-m", str(tiny35), "-t", target, "-o", str(out), "--adapter", str(adapter)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["verification"]["host"]["failed"] == 0 and manifest["adapters"][0]["rank"] == 4
