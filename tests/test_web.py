@@ -223,3 +223,19 @@ def test_a_software_adapter_is_skipped_for_a_model_over_its_limit(bundles, monke
     assert "PASS  wasm: agreement" in result.output and "webgpu: agreement" not in result.output
     forced = CliRunner().invoke(main, ["verify", str(bundles("web")), "--provider", "webgpu"])
     assert forced.exit_code == 0 and "PASS  webgpu: agreement" in forced.output, forced.output
+
+
+@needs_browser
+def test_a_software_adapter_past_the_plans_time_bound_is_skipped_not_failed(tiny35, tmp_path):
+    """verify.software_adapter_s bounds the check on SwiftShader: a page that does not finish in time
+    there is a SKIP with the reason, and the build passes on WASM; a hardware adapter stays pending."""
+    out = tmp_path / "b"
+    args = ["build", "-m", str(tiny35), "-t", "web", "-o", str(out), "--set", "verify.software_adapter_s=1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert list(manifest["verification"]["host"]["backends"]) == ["wasm"]
+    assert any("hardware GPU's WebGPU adapter" in p for p in manifest["verification"]["pending_on_device"])
+    again = CliRunner().invoke(main, ["verify", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "WebGPU on the CPU, and the page's check did not finish within 1 s: a CPU's speed" in again.output

@@ -167,6 +167,10 @@ class VerifyConfig:
     # ARM KleidiAI vs x86 kernels moved the gap between a step's top token and its runner-ups by at
     # most 0.70 logits (cortex-a55 and cortex-a76 alike; logit range about 58).
     tie_logit_margin: float = _range(0.0, 100.0, default=1.0)
+    # Web bundles: a software WebGPU adapter (SwiftShader, WebGPU on the CPU) runs the page's check
+    # for at most this long; past it the check is skipped with the reason (a CPU's speed says nothing
+    # of the kernels' results, and a hardware adapter stays pending on the device), never failed.
+    software_adapter_s: float = _range(1.0, 86400.0, default=600.0)
     # The perplexity increase over float32 this recipe promises on slmkit's evaluation text
     # (`slmkit eval` reports against it).
     max_ppl_increase: float = _range(0.0, 10.0, default=0.5)

@@ -84,6 +84,7 @@ def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -
         "min_top1_agreement": cfg.min_top1_agreement,
         "min_greedy_prefix": cfg.min_greedy_prefix,
         "tie_logit_margin": cfg.tie_logit_margin,
+        "software_adapter_s": cfg.software_adapter_s,
         "cases": cases,
     }
     (bundle / "tests" / "golden.json").write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
