@@ -5,9 +5,9 @@ Q4_1 GGUF, and with --float-tuned a float-trained one (benchmarks/float_tune.py)
 Rows per checkpoint:
 - llama.cpp Q4_0 and Q4_K_M: convert_hf_to_gguf.py from llama-cpp-python's own source package
   (F32), then llama_model_quantize, as `llama-quantize F32.gguf OUT.gguf Q4_K_M` does;
-- slmkit gguf: the smollm2/gguf recipe (GPTQ codes on Q4_1, Q8_0 output), its round-to-nearest
-  variant (--set quantize.method=default) and its symmetric one (GPTQ on Q4_0, which llama.cpp
-  repacks for its fastest x86 kernels);
+- slmkit gguf: the smollm2/gguf recipe (measured K-quant types within Q4_K_M's bytes), the earlier
+  GPTQ Q4_1 file (--set quantize.method=gptq), its round-to-nearest variant and the symmetric one
+  (GPTQ on Q4_0, which llama.cpp repacks for its fastest x86 kernels);
 - slmkit cpu: the smollm2/cpu ONNX bundle (calibrated mixed int4), for reference.
 Each: file bytes, perplexity change against the float32 PyTorch model on the evaluation text
 (GPL v3; none of these is tuned on it), top-1 agreement, mean KL, then prefill and decode tok/s
@@ -43,14 +43,13 @@ from toolkit.verify.quality import Reference, default_text, evaluate, gguf_logit
 
 CACHE = ROOT / ".slmkit-cache"
 VARIANTS = (
-    ("slmkit gguf (recipe)", ()),
+    ("slmkit gguf (recipe: measured K-quant types)", ()),
     ("slmkit gguf, gptq Q4_1, Q8_0 output", ("quantize.method=gptq", "quantize.lm_head=int8")),
     ("slmkit gguf, round-to-nearest Q4_1", ("quantize.method=default", "quantize.lm_head=int8")),
     (
         "slmkit gguf, symmetric (GPTQ Q4_0, Q8_0 output)",
         ("quantize.method=gptq", "quantize.symmetric=true", "quantize.lm_head=int8"),
     ),
-    ("slmkit gguf, mixed: measured K-quant types", ("quantize.method=mixed", "quantize.lm_head=int4")),
 )
 
 

@@ -1,10 +1,13 @@
 """Fine-tuned models: a PEFT LoRA adapter (made here by hand: adapter_config.json and the A/B tensors)
 merged into the weights before anything reads them, so that the export, the calibration and the
-float32 reference (the golden tokens) all see the adapted model; and the adapters slmkit refuses."""
+float32 reference (the golden tokens) all see the adapted model; runtime adapters kept as
+.onnx_adapter files over one quantized base, switched in one loaded model; and the adapters slmkit
+refuses."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from toolkit.cli import main
 
 PHI3 = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 LLAMA = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
+LLAMA_SETS = ("--set", "optimize.context_cap=2048", "--set", "verify.chat_prompts=[]")
 
 
 def make_adapter(model: Path, out: Path, modules: tuple[str, ...], rank: int = 4, alpha: float = 8.0, **config) -> Path:
@@ -51,7 +55,7 @@ def build(model: Path, adapter: Path | None, out: Path, *extra: str):
     [
         ("tiny35", PHI3, ()),
         ("tiny4", PHI3, ()),
-        ("tiny_llama", LLAMA, ("--set", "optimize.context_cap=2048", "--set", "verify.chat_prompts=[]")),
+        ("tiny_llama", LLAMA, LLAMA_SETS),
     ],
 )
 def test_a_merged_adapter_is_what_the_bundle_runs(request, tmp_path, variant, modules, extra):
@@ -143,3 +147,118 @@ def test_the_merged_adapter_reaches_the_phone_and_llama_cpp_bundles(tiny35, tmp_
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["verification"]["host"]["failed"] == 0 and manifest["adapters"][0]["rank"] == 4
+
+
+def runtime_build(model: Path, out: Path, adapters: dict[str, Path], *extra: str, target: str = "cpu"):
+    args = ["build", "-m", str(model), "-t", target, "-o", str(out), "--set", "adapters.mode=runtime", *extra]
+    for name, folder in adapters.items():
+        args += ["--adapter", f"{name}={folder}"]
+    return CliRunner().invoke(main, args)
+
+
+@pytest.mark.parametrize(
+    "variant, first, second, extra",
+    [
+        ("tiny35", PHI3, ("self_attn.qkv_proj", "mlp.down_proj"), ()),
+        # q and v but not k: the graph's one qkv MatMul gets zero columns for k
+        ("tiny_llama", LLAMA, ("self_attn.q_proj", "self_attn.v_proj"), LLAMA_SETS),
+    ],
+)
+def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, first, second, extra):
+    """Two adapters of other modules and ranks become two .onnx_adapter files over one quantized base;
+    the smoke test runs the base's cases with no adapter (the empty default inputs) and each adapter's
+    cases against the reference with that adapter merged, in one loaded model. The runner answers
+    with each adapter by name."""
+    model = request.getfixturevalue(variant)
+    adapters = {
+        "one": make_adapter(model, tmp_path / "one", first),
+        "two": make_adapter(model, tmp_path / "two", second, rank=8),
+    }
+    out = tmp_path / "runtime"
+    result = runtime_build(model, out, adapters, *extra)
+    assert result.exit_code == 0, result.output
+    assert "2 runtime LoRA adapter(s)" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    host = manifest["verification"]["host"]
+    assert host["failed"] == 0 and host["top1_agreement"] >= host["min_top1_agreement"]
+    entries = {e["name"]: e for e in manifest["adapters"]}
+    assert set(entries) == {"one", "two"} and entries["two"]["rank"] == 8
+    for name, entry in entries.items():
+        assert entry["mode"] == "runtime" and entry["file"] == f"model/adapters/{name}.onnx_adapter"
+        assert entry["file"] in manifest["files"]
+    golden = json.loads((out / "tests" / "golden.json").read_text())
+    expected = [
+        [c["expected_ids"] for c in cases]
+        for cases in (golden["cases"], golden["adapters"]["one"]["cases"], golden["adapters"]["two"]["cases"])
+    ]
+    assert expected[0] != expected[1] and expected[0] != expected[2] and expected[1] != expected[2]
+    checked = [c.get("adapter") for c in host["cases"]]
+    assert checked == [None] * len(expected[0]) + ["one"] * len(expected[1]) + ["two"] * len(expected[2])
+    if variant == "tiny35":  # no adapter active: the base model's tokens, as its own bundle gives them
+        base = request.getfixturevalue("bundles")("cpu")
+        plain = json.loads((base / "tests" / "golden.json").read_text())["cases"]
+        assert [c["bundle_ids"] for c in golden["cases"]] == [c["bundle_ids"] for c in plain]
+        import onnxruntime_genai as og
+
+        sys.path.insert(0, str(out / "runner"))
+        try:
+            import run
+        finally:
+            sys.path.pop(0)
+        model_dir = out / "model"
+        loaded = og.Model(str(model_dir))
+        tokenizer = og.Tokenizer(loaded)
+        handle, names = run.load_adapters(loaded, model_dir)
+        assert names == ["one", "two"]
+        case = golden["adapters"]["two"]["cases"][0]
+        cap = run.genai_config(model_dir)["search"]["max_length"]
+        got = run.generate(
+            loaded,
+            tokenizer,
+            case["prompt_ids"],
+            cap,
+            [],
+            max_new_tokens=len(case["bundle_ids"]),
+            adapter=run.pick_adapter(handle, names, "two"),
+        )
+        assert got == case["bundle_ids"]
+        with pytest.raises(SystemExit, match="this bundle's adapters are one, two"):
+            run.pick_adapter(handle, names, "three")
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("android", "adapters.mode=runtime on target 'android': runtime adapters are written into slmkit's streamed"),
+        ("twice", "the name 'x' is given twice"),
+        ("merged-two", "2 adapters given: the merged mode folds one adapter into the weights"),
+        ("none", "adapters.mode=runtime needs at least one --adapter NAME=FOLDER."),
+    ],
+)
+def test_runtime_adapters_that_cannot_be_built_are_refused(tiny35, tmp_path, how, message):
+    adapter = make_adapter(tiny35, tmp_path / "lora", PHI3[:1])
+    out = tmp_path / "b"
+    if how == "android":
+        result = runtime_build(tiny35, out, {"x": adapter}, target="android")
+    elif how == "twice":
+        args = ["build", "-m", str(tiny35), "-t", "cpu", "-o", str(out), "--set", "adapters.mode=runtime"]
+        result = CliRunner().invoke(main, args + ["--adapter", f"x={adapter}", "--adapter", f"x={adapter}"])
+    elif how == "merged-two":
+        args = [
+            "build",
+            "-m",
+            str(tiny35),
+            "-t",
+            "cpu",
+            "-o",
+            str(out),
+            "--adapter",
+            f"a={adapter}",
+            "--adapter",
+            f"b={adapter}",
+        ]
+        result = CliRunner().invoke(main, args)
+    else:
+        result = runtime_build(tiny35, out, {})
+    assert result.exit_code == 1 and not out.exists()
+    assert message in result.output

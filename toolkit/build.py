@@ -3,11 +3,13 @@ in the package that owns it; the model's family answers what differs between fam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from .bundle import layout, readme, staging
 from .errors import ConfigError, StageError
+from .export import lora
 from .families import family_of
 from .formats import format_of, format_of_target
 from .plan import doctor
@@ -50,12 +52,28 @@ def build(
     force: bool = False,
     skip_memory_check: bool = False,
     quality_budget: float | None = None,
-    adapter: Adapter | None = None,
+    adapters: tuple[Adapter, ...] = (),
     log: Log = print,
 ) -> dict:
-    """Build, verify and publish one bundle at `out`, with `adapter` merged into the weights;
-    return its manifest."""
+    """Build, verify and publish one bundle at `out`, with the LoRA `adapters` merged into the
+    weights (adapters.mode "merged": one adapter) or as files the runner switches between
+    ("runtime"); return its manifest."""
     fmt = format_of(plan)
+    runtime = plan.adapters.mode == "runtime"
+    if runtime:
+        if not adapters:
+            raise ConfigError("adapters.mode=runtime needs at least one --adapter NAME=FOLDER.")
+        if quality_budget is not None:
+            raise ConfigError(
+                "--quality-budget with runtime adapters: choose the base's quantization first, then "
+                "build the adapters over it without --quality-budget."
+            )
+        lora.check_runtime(src, plan, list(adapters))
+    elif len(adapters) > 1:
+        raise ConfigError(
+            f"{len(adapters)} adapters given: the merged mode folds one adapter into the weights. Keep several as "
+            "switchable files with --set adapters.mode=runtime, or build one bundle per adapter."
+        )
     staging.check_output(out, force)
     doctor.preflight(src.num_params, src.config, plan, out.parent, skip_memory_check)
     eos = checkpoint.eos_ids(src.path)
@@ -65,13 +83,22 @@ def build(
         if not src.weight_files[0].endswith(".safetensors"):
             converted = checkpoint.convert_pickle_weights(src, stage.work / "source")
             src = checkpoint.inspect_folder(converted, src.origin, src.revision)
-        adapters = None
-        if adapter is not None:
+        entries = None
+        base = src
+        if runtime:
+            modules = frozenset(m for a in adapters for m in a.scales)
+            log(
+                f"[1/5] {len(adapters)} runtime LoRA adapter(s) over {len(modules)} matrices: "
+                "the graph takes their inputs"
+            )
+            src = dataclasses.replace(src, lora_modules=modules)
+        elif adapters:
+            (adapter,) = adapters
             log(
                 f"[1/5] merging the LoRA adapter {adapter.path.name} (rank {adapter.rank}, {len(adapter.scales)} "
                 "matrices) into the weights, one tensor at a time"
             )
-            adapters = [adapter.summary()]
+            entries = [adapter.summary()]
             src = merged(src, adapter, stage.work / "merged")
         quality = None
         if quality_budget is None:
@@ -82,6 +109,8 @@ def build(
                 "candidates from the smallest bundle up"
             )
             plan, model_dir, quality = budget.choose(src, plan, quality_budget, stage.work, log)
+        if runtime:
+            entries = lora.write_adapters(list(adapters), stage.work, model_dir)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
         eos = fmt.apply_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")
@@ -96,18 +125,25 @@ def build(
         )
         cases, prompt_format = golden.reference_cases(src.path, src.weight_files, plan.verify, eos, stage.bundle)
         golden.write_prompt_format(stage.bundle, prompt_format)
-        golden.write_golden(stage.bundle, cases, plan.verify)
+        adapted = {}
+        for adapter in adapters if runtime else ():
+            with_adapter = merged(base, adapter, stage.work / f"reference-{adapter.name}")
+            adapted[adapter.name] = {
+                "file": f"model/{lora.ADAPTERS_DIR}/{adapter.name}{lora.SUFFIX}",
+                "cases": golden.reference_cases(with_adapter.path, with_adapter.weight_files, plan.verify, eos)[0],
+            }
+        golden.write_golden(stage.bundle, cases, plan.verify, adapted)
         provider = fmt.host_provider(plan.export.execution_provider)
         model_dir = fmt.host_model(stage.bundle, stage.work, plan)
         failure = smoke.record_bundle_tokens(stage.bundle, provider, fmt, model_dir)
         if failure:
             raise StageError("verify", failure, stage.root)
         stops = fmt.stop_ids(stage.bundle / "model")
-        layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops, adapters)
+        layout.write_manifest(stage.bundle, plan, src, source_files, None, quality, version, stops, entries)
         result, output = smoke.run_smoke_test(stage.bundle, provider, fmt, model_dir)
         summary = smoke.summarize(result, provider, plan, fmt)
         manifest = layout.write_manifest(
-            stage.bundle, plan, src, source_files, summary, quality, version, stops, adapters
+            stage.bundle, plan, src, source_files, summary, quality, version, stops, entries
         )
         if result.get("crashed"):
             raise StageError("verify", result["error"], stage.root)

@@ -85,8 +85,11 @@ def main() -> None:
 )
 @click.option(
     "--adapter",
-    type=click.Path(path_type=Path),
-    help="A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors) to merge into the weights.",
+    "adapter_args",
+    multiple=True,
+    metavar="[NAME=]FOLDER",
+    help="A PEFT LoRA adapter folder (adapter_config.json, adapter_model.safetensors), merged into the weights; "
+    "with --set adapters.mode=runtime, repeatable: each one a file the runner switches to by NAME.",
 )
 @QUIET
 @_friendly
@@ -101,7 +104,7 @@ def build(
     allow_pickle,
     skip_memory_check,
     quality_budget,
-    adapter,
+    adapter_args,
     quiet,
 ):
     """Build, verify and publish one bundle."""
@@ -116,12 +119,13 @@ def build(
 
     budget = parse_budget(quality_budget) if quality_budget else None
     src = open_checkpoint(model, allow_pickle=allow_pickle)
-    lora = None
-    if adapter is not None:
+    adapters = []
+    for arg in adapter_args:
         from .source.adapter import check_against, read_adapter
 
-        lora = read_adapter(adapter)
-        check_against(lora, src)
+        name, _, folder = arg.partition("=") if "=" in arg and not Path(arg).exists() else ("", "", arg)
+        adapters.append(read_adapter(Path(folder), name or Path(folder).name))
+        check_against(adapters[-1], src)
     plan = plan_build(src, recipe, target, tuple(overrides))
     out = output or Path(f"{src.path.name}-{plan.target}")
     if dry_run:
@@ -139,7 +143,7 @@ def build(
         force=force,
         skip_memory_check=skip_memory_check,
         quality_budget=budget,
-        adapter=lora,
+        adapters=tuple(adapters),
         log=click.echo,
     )
     _print_result(out, manifest)

@@ -28,7 +28,7 @@ def export_onnx(src: SourceModel, plan: BuildPlan, work: Path, log: Callable[[st
         )
         log(f"{step}export + {precision} quantization with {how}")
         return stream.export_stream(
-            src.path, src.weight_files, src.config, plan.export, q, work, lambda m: log(f"      {m}")
+            src.path, src.weight_files, src.config, plan.export, q, work, lambda m: log(f"      {m}"), src.lora_modules
         )
     log(f"{step}export + {precision} quantization with the onnxruntime-genai builder")
     options = choices.builder_options(q, precision) | stream.PROVIDER_OPTIONS.get(plan.export.execution_provider, {})

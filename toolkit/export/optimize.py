@@ -204,7 +204,8 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
                 problems.append(
                     f"{node.name}: block_size = {attrs.get('block_size')}, requested {plan.quantize.block_size}"
                 )
-        weights = {i.name for i in graph.initializer}
+        # an initializer that is also an input is supplied at run time (a LoRA adapter's A and B)
+        weights = {i.name for i in graph.initializer} - {i.name for i in graph.input}
         kept_float = family_for(architecture).float_matmuls  # e.g. a router
         dense = [
             n.name

@@ -24,6 +24,7 @@ from ..plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ..progress import bar
 from ..source.checkpoint import SourceModel
 from ..source.tensors import CheckpointTensors
+from . import lora
 from .builder import builder_call, create_model
 
 ROPE_KINDS = ("longrope", "none")
@@ -113,9 +114,12 @@ def export_stream(
     q: QuantizeConfig,
     work: Path,
     log: Callable[[str], None] = lambda _: None,
+    lora_modules: frozenset[str] = frozenset(),
 ) -> Path:
     """Write model.onnx, model.onnx.data, genai_config.json and the tokenizer into work/export, and
-    the family's other graphs (Phi-3-vision: vision.onnx, embedding.onnx, processor_config.json)."""
+    the family's other graphs (Phi-3-vision: vision.onnx, embedding.onnx, processor_config.json).
+    With `lora_modules`, the MatMuls made of them take runtime LoRA inputs (their layout goes to
+    work/lora_slots.json for the adapter files)."""
     family = family_of(config)
     shape = Shape.of(config)
     # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
@@ -147,6 +151,8 @@ def export_stream(
         try:
             with ExternalData(out / "model.onnx.data") as data:
                 g = GraphWriter(data, export.precision, q, dtype, calibration)
+                if lora_modules:
+                    g.lora = lora.pieces_of(family, shape, weights, lora_modules)
                 family.write_decoder(g, weights, shape, config, ep)
         finally:
             if calibration is not None:
@@ -154,7 +160,10 @@ def export_stream(
         if g.alternatives:
             g.use_alternatives()
             compact(out / "model.onnx.data", g.initializers)
-        save_graph(g, *family.decoder_io(shape, dtype, ep), out / "model.onnx")
+        inputs, outputs = family.decoder_io(shape, dtype, ep)
+        save_graph(g, inputs + g.lora_inputs, outputs, out / "model.onnx")
+        if lora_modules:
+            lora.write_slots(g.lora_slots, lora_modules, work / "lora_slots.json")
         if family.write_more_graphs is not None:
             family.write_more_graphs(weights, shape, export, q, dtype, out)
     if calibration is not None:

@@ -4,6 +4,7 @@ external data file as it is made (nothing of the model stays in memory)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,6 +161,11 @@ class GraphWriter:
         self.initializers: list[Any] = []
         self.constants: set[str] = set()
         self.alternatives: dict[str, list[str]] = {}  # matrix -> its int8 initializers (mixed precision)
+        # Runtime LoRA: the checkpoint rows (module, start, end) of a MatMul that adapters target, or
+        # None; each such MatMul gets A [K, r] and B [r, N] inputs (toolkit/export/lora.py).
+        self.lora: Callable[[str], list[tuple[str, Any, Any]] | None] | None = None
+        self.lora_slots: dict[str, dict[str, Any]] = {}
+        self.lora_inputs: list[Any] = []
 
     def layer(self, index: int | None) -> None:
         """The writer starts decoder layer `index` (None: the final norm and lm_head)."""
@@ -281,9 +287,31 @@ class GraphWriter:
             written = [self.weight(_stem(base), np.ascontiguousarray(w_out_in.T))], {}
         names, attrs = written or self.linear(base, w_out_in, lm_head)
         output = output or f"{base}/MatMul/output_0"
+        pieces = self.lora(base) if self.lora is not None else None
+        final, output = output, f"{base}/MatMul/base_output_0" if pieces else output
         if not attrs:
-            return self.node("MatMul", f"{base}/MatMul", [x, *names], [output])
-        return self.node("MatMulNBits", f"{base}/MatMul_Q{attrs['bits']}", [x, *names], [output], MS, **attrs)
+            out = self.node("MatMul", f"{base}/MatMul", [x, *names], [output])
+        else:
+            out = self.node("MatMulNBits", f"{base}/MatMul_Q{attrs['bits']}", [x, *names], [output], MS, **attrs)
+        if not pieces:
+            return out
+        k, n = (attrs["K"], attrs["N"]) if attrs else (w_out_in.shape[1], w_out_in.shape[0])
+        return self._lora_branch(base, x, out, final, k, n, pieces)
+
+    def _lora_branch(self, base: str, x: str, out: str, final: str, k: int, n: int, pieces: list) -> str:
+        """out + (x @ A) @ B with A [K, r] and B [r, N] graph inputs whose defaults are empty (r = 0:
+        no adapter active adds zeros); the runtime binds an active adapter's tensors to them."""
+        from onnx import helper, numpy_helper
+
+        stem = base.lstrip("/").replace("/", ".")
+        a, b = f"{stem}.lora_A", f"{stem}.lora_B"
+        for name, dims, empty in ((a, [k, f"{stem}.rank"], (k, 0)), (b, [f"{stem}.rank", n], (0, n))):
+            self.lora_inputs.append(helper.make_tensor_value_info(name, self.elem, dims))
+            self.initializers.append(numpy_helper.from_array(np.zeros(empty, dtype=self.dtype), name))
+        self.lora_slots[base] = {"A": a, "B": b, "K": k, "N": n, "dtype": self.dtype.name, "rows": pieces}
+        low = self.node("MatMul", f"{base}/lora/MatMul_A", [x, a])
+        delta = self.node("MatMul", f"{base}/lora/MatMul_B", [low, b])
+        return self.node("Add", f"{base}/lora/Add", [out, delta], [final])
 
 
 def layer_norm(g: GraphWriter, name: str, x: str, weights: CheckpointTensors, key: str, eps: float) -> str:

@@ -146,6 +146,15 @@ class NpuConfig:
 
 
 @dataclass(frozen=True)
+class AdaptersConfig:
+    """LoRA adapters given with --adapter: folded into the weights before anything reads them
+    ("merged"), or kept as files the runner switches between at run time over one quantized base
+    ("runtime": the graph takes each adapted projection's A and B as inputs)."""
+
+    mode: str = _choice("merged", "runtime", default="merged")
+
+
+@dataclass(frozen=True)
 class VerifyConfig:
     # Completed as plain text, and sent through the model's chat template, respectively.
     prompts: tuple[str, ...] = field(
@@ -182,6 +191,7 @@ SECTIONS: dict[str, type] = {
     "optimize": OptimizeConfig,
     "runtime": RuntimeConfig,
     "npu": NpuConfig,
+    "adapters": AdaptersConfig,
     "verify": VerifyConfig,
 }
 
@@ -216,6 +226,7 @@ class BuildPlan:
     optimize: OptimizeConfig
     runtime: RuntimeConfig
     npu: NpuConfig
+    adapters: AdaptersConfig
     verify: VerifyConfig
 
     def to_dict(self) -> dict[str, Any]:
@@ -394,8 +405,8 @@ def _check_web(plan: BuildPlan) -> None:
 def plan_from_dict(data: dict[str, Any], where: str) -> BuildPlan:
     """The plan stored in a manifest, validated like a freshly resolved one."""
     try:
-        # a plan stored before the [npu] section existed was built with its defaults
-        stored = {"npu": {}} | data
+        # a plan stored before the [npu] and [adapters] sections existed was built with their defaults
+        stored = {"npu": {}, "adapters": {}} | data
         built = {name: strict_section(cls, stored[name], f"{where} [{name}]") for name, cls in SECTIONS.items()}
         return BuildPlan(recipe=data["recipe"], target=data["target"], **built)
     except (KeyError, TypeError) as e:

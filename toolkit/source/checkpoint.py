@@ -41,6 +41,9 @@ class SourceModel:
     config: dict[str, Any]
     num_params: int
     weight_files: tuple[str, ...]
+    # The checkpoint's Linear modules (names without .weight) that runtime LoRA adapters target:
+    # the ONNX graph takes an A and a B input for each MatMul made of them.
+    lora_modules: frozenset[str] = frozenset()
 
     @property
     def partial_rotary_factor(self) -> float:

@@ -73,7 +73,11 @@ def reference_cases(
     return cases, fmt
 
 
-def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -> None:
+def write_golden(
+    bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig, adapters: dict[str, Any] | None = None
+) -> None:
+    """tests/golden.json: the base model's cases and, for runtime adapters, each adapter's file and
+    cases (the reference with that adapter merged)."""
     golden = {
         "schema_version": 1,
         "reference": {
@@ -86,6 +90,7 @@ def write_golden(bundle: Path, cases: list[dict[str, Any]], cfg: VerifyConfig) -
         "tie_logit_margin": cfg.tie_logit_margin,
         "software_adapter_s": cfg.software_adapter_s,
         "cases": cases,
+        **({"adapters": adapters} if adapters else {}),
     }
     (bundle / "tests" / "golden.json").write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
 

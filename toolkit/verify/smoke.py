@@ -82,7 +82,8 @@ def summarize(result: dict[str, Any], provider: str, plan: BuildPlan, fmt: Forma
             "top1_agreement": result.get("top1_agreement"),
             "min_top1_agreement": result.get("min_top1_agreement"),
             "cases": [
-                {k: c[k] for k in ("prompt", "top1_agreement", "greedy_prefix")} for c in result.get("cases", [])
+                {k: c[k] for k in ("adapter", "prompt", "top1_agreement", "greedy_prefix") if k in c}
+                for c in result.get("cases", [])
             ],
         },
         "pending_on_device": fmt.pending_on_device(plan),

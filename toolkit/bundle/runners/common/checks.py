@@ -82,7 +82,7 @@ def greedy_check(out: list[int], case: dict, golden: dict) -> tuple[bool, str, i
     return False, text, None
 
 
-def check_case(report: Report, i: int, case: dict, golden: dict, ids: list[int], what: str,
+def check_case(report: Report, i: int | str, case: dict, golden: dict, ids: list[int], what: str,
                top1: list[int], out: list[int]) -> tuple[int, dict]:
     """Golden case i's checks from what the runtime made of it: the prompt's ids (`what` names the
     prompt), its argmax along the reference continuation (top1) and its greedy tokens (out).

@@ -6,6 +6,10 @@
     python runner/run.py --chat                       # multi-turn, reads lines from stdin
     python runner/run.py --prompt "..." --temperature 0.7 --top-p 0.9 --seed 1
     python runner/run.py --image photo.jpg --prompt "What is in this picture?"   # vision (phi3v) bundles
+    python runner/run.py --adapter support --prompt "..."   # a bundle with runtime LoRA adapters (model/adapters/)
+
+In --chat, a line "/adapter NAME" switches to that adapter ("/adapter" alone: the base model) without
+reloading the model.
 
 Hexagon NPU (snapdragon) bundles also need onnxruntime-qnn, whose execution provider this runner
 registers with onnxruntime-genai before the model loads.
@@ -81,6 +85,30 @@ def load_model(model_dir: Path, provider: str = "bundle"):
     return og.Model(config)
 
 
+def load_adapters(model, model_dir: Path):
+    """(onnxruntime-genai Adapters with every model/adapters/NAME.onnx_adapter loaded as NAME, the
+    names); (None, []) for a bundle without runtime adapters."""
+    import onnxruntime_genai as og
+
+    folder = model_dir / "adapters"
+    names = sorted(p.name[: -len(".onnx_adapter")] for p in folder.glob("*.onnx_adapter")) if folder.is_dir() else []
+    if not names:
+        return None, []
+    adapters = og.Adapters(model)
+    for name in names:
+        adapters.load(str(folder / f"{name}.onnx_adapter"), name)
+    return adapters, names
+
+
+def pick_adapter(adapters, names: list[str], name: str | None):
+    """(adapters, name) for generate(), or None for the base model; a name the bundle lacks exits."""
+    if not name:
+        return None
+    if name not in names:
+        raise SystemExit(f"--adapter {name}: this bundle's adapters are {', '.join(names) or 'none'} (model/adapters/).")
+    return adapters, name
+
+
 def genai_config(model_dir: Path) -> dict:
     return json.loads((model_dir / "genai_config.json").read_text(encoding="utf-8"))
 
@@ -146,10 +174,11 @@ def image_inputs(model, text: str, images):
 
 def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, on_token=None,
-             inputs=None, window: int = 0):
+             inputs=None, window: int = 0, adapter=None):
     """Greedy when temperature is 0. Stops at any EOS id, after max_new_tokens, or at the cap.
     `inputs` (from image_inputs) replace prompt_ids for a prompt with images. `window`: the prompt
-    goes through in steps of this many tokens, the last one padded (an NPU bundle)."""
+    goes through in steps of this many tokens, the last one padded (an NPU bundle). `adapter`:
+    (Adapters, name) from pick_adapter, active for this generation."""
     import numpy as np
     import onnxruntime_genai as og
 
@@ -173,6 +202,8 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
         options.update(do_sample=False)
     params.set_search_options(**options)
     generator = og.Generator(model, params)
+    if adapter is not None:
+        generator.set_active_adapter(*adapter)
     if inputs is not None:
         generator.set_inputs(inputs)
     else:
@@ -206,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--provider", default="bundle", choices=["bundle", "cpu", "cuda", "dml", "qnn"],
                    help="execution provider (default: the one the bundle was built for)")
+    p.add_argument("--adapter", help="the runtime LoRA adapter to answer with (model/adapters/NAME.onnx_adapter)")
     args = p.parse_args(argv)
     if not args.prompt and not args.chat:
         p.error("give --prompt TEXT or --chat")
@@ -218,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     cap = genai_config(args.model)["search"]["max_length"]
     stops = eos_ids(args.model)
     history = [{"role": "system", "content": args.system}] if args.system else []
+    adapters, names = load_adapters(model, args.model)
+    active = [pick_adapter(adapters, names, args.adapter)]
 
     def answer(user_text: str) -> str:
         if images is not None and not any(m["role"] == "user" for m in history):  # the first message
@@ -233,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         tokens = generate(model, tokenizer, [] if inputs is not None else tokenizer.encode(text), cap, stops,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_p=args.top_p, top_k=args.top_k, seed=args.seed, on_token=emit, inputs=inputs,
-                          window=window(args.model))
+                          window=window(args.model), adapter=active[0])
         print(flush=True)
         reply = tokenizer.decode(tokens)
         if not args.raw:
@@ -246,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         for line in sys.stdin:
             if not line.strip():
                 break
+            if line.startswith("/adapter"):
+                active[0] = pick_adapter(adapters, names, line[len("/adapter"):].strip())
+                print(f"[{active[0][1] if active[0] else 'base model'}]", flush=True)
+                continue
             answer(line.rstrip("\n"))
     return 0
 

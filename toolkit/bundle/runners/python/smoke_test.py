@@ -10,6 +10,8 @@
    An earlier difference passes only as a tie: the device's token was within tie_logit_margin
    logits of the recorded one on the build host (bundle_near), the size of the differences
    measured between ARM and x86 kernels. Any other difference is a defect.
+5. Runtime LoRA adapters (model/adapters/): every adapter's cases, with that adapter active, against
+   the reference with the adapter merged; all in one loaded model, switching between adapters.
 
 Prints one line per check and a final 'N passed, M failed' line; exits 1 when anything failed.
     python tests/smoke_test.py [--provider cpu] [--json result.json]
@@ -28,6 +30,7 @@ from checks import Report, agreement, check_case, main, near_ties  # noqa: E402
 
 
 WINDOW = [0]  # an NPU bundle's prompt window (set by open_model): its prompt fills whole windows
+ACTIVE = [None]  # (Adapters, name) of the runtime LoRA adapter the cases run with, or None
 
 
 def start(model, prompt_ids: list[int], more: int, inputs=None):
@@ -39,6 +42,8 @@ def start(model, prompt_ids: list[int], more: int, inputs=None):
     pad = -len(prompt_ids) % WINDOW[0] if WINDOW[0] else 0
     params.set_search_options(max_length=len(prompt_ids) + pad + more, do_sample=False)
     generator = og.Generator(model, params)
+    if ACTIVE[0] is not None:
+        generator.set_active_adapter(*ACTIVE[0])
     if inputs is not None:
         generator.set_inputs(inputs)
     else:
@@ -124,7 +129,8 @@ def greedy(model, tokenizer, model_dir: Path, prompt_ids: list[int], n: int, inp
     from run import generate, genai_config
 
     cap = genai_config(model_dir)["search"]["max_length"]
-    return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n, inputs=inputs, window=WINDOW[0])
+    return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n, inputs=inputs, window=WINDOW[0],
+                    adapter=ACTIVE[0])
 
 
 def case_inputs(model, tokenizer, bundle: Path, case: dict):
@@ -147,17 +153,41 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report, model
     report.add("load", True, f"model loaded ({provider} provider)")
     agree = total = 0
     cases = []
-    for i, case in enumerate(golden["cases"], 1):
-        ids, inputs = case_inputs(model, tokenizer, bundle, case)
-        what = f"prompt with {case['image']} ({sum(t < 0 for t in ids)} image tokens)" if inputs is not None else "prompt"
-        top1 = teacher_forced(model, case["prompt_ids"], case["expected_ids"], inputs)
-        out = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["bundle_ids"]), inputs)
-        hits, summary = check_case(report, i, case, golden, ids, what, top1, out)
-        agree, total = agree + hits, total + len(case["expected_ids"])
-        cases.append(summary)
+    for name, label, adapter_cases in case_sets(model, model_dir, golden, report):
+        for i, case in enumerate(adapter_cases, 1):
+            ids, inputs = case_inputs(model, tokenizer, bundle, case)
+            what = f"prompt with {case['image']} ({sum(t < 0 for t in ids)} image tokens)" if inputs is not None else "prompt"
+            top1 = teacher_forced(model, case["prompt_ids"], case["expected_ids"], inputs)
+            out = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["bundle_ids"]), inputs)
+            hits, summary = check_case(report, f"{label}{i}", case, golden, ids, what, top1, out)
+            agree, total = agree + hits, total + len(case["expected_ids"])
+            cases.append(summary | ({"adapter": name} if name else {}))
     import onnxruntime_genai as og
 
     return agreement(report, golden, agree, total, cases, f"{getattr(og, '__id__', 'onnxruntime-genai')} {og.__version__}")
+
+
+def case_sets(model, model_dir: Path, golden: dict, report: Report):
+    """(adapter name or None, check label prefix, cases): the base model's, then each runtime
+    adapter's with that adapter active (ACTIVE), all loaded once and switched per generator."""
+    ACTIVE[0] = None
+    yield None, "", golden["cases"]
+    if not golden.get("adapters"):
+        return
+    from run import load_adapters
+
+    try:
+        adapters, names = load_adapters(model, model_dir)
+    except Exception as e:  # a damaged or mismatched adapter file
+        report.add("adapters", False, f"{type(e).__name__}: {e}")
+        return
+    for name, entry in golden["adapters"].items():
+        if not report.add(f"adapter {name}", name in names, f"{entry['file']} loaded" if name in names
+                          else f"{entry['file']} is missing (adapters found: {', '.join(names) or 'none'})"):
+            continue
+        ACTIVE[0] = (adapters, name)
+        yield name, f"{name} ", entry["cases"]
+    ACTIVE[0] = None
 
 
 def record(bundle: Path, provider: str, model_dir: Path | None = None) -> int:
@@ -168,11 +198,16 @@ def record(bundle: Path, provider: str, model_dir: Path | None = None) -> int:
     model, tokenizer = open_model(model_dir, provider, Report())
     if model is None:
         return 1
-    for case in golden["cases"]:
-        _, inputs = case_inputs(model, tokenizer, bundle, case)
-        ids = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["expected_ids"]), inputs)
-        rows = stepwise_logits(model, case["prompt_ids"], ids, inputs)
-        case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
+    report = Report()
+    for _, _, cases in case_sets(model, model_dir, golden, report):
+        for case in cases:
+            _, inputs = case_inputs(model, tokenizer, bundle, case)
+            ids = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["expected_ids"]), inputs)
+            rows = stepwise_logits(model, case["prompt_ids"], ids, inputs)
+            case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
+    if report.failed:
+        print("\n".join(f"{c['name']}: {c['detail']}" for c in report.checks if not c["ok"]), file=sys.stderr)
+        return 1
     path.write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
     return 0
 
