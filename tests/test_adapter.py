@@ -157,25 +157,29 @@ def runtime_build(model: Path, out: Path, adapters: dict[str, Path], *extra: str
 
 
 @pytest.mark.parametrize(
-    "variant, first, second, extra",
+    "variant, target, first, second, extra",
     [
-        ("tiny35", PHI3, ("self_attn.qkv_proj", "mlp.down_proj"), ()),
+        ("tiny35", "cpu", PHI3, ("self_attn.qkv_proj", "mlp.down_proj"), ()),
         # q and v but not k: the graph's one qkv MatMul gets zero columns for k
-        ("tiny_llama", LLAMA, ("self_attn.q_proj", "self_attn.v_proj"), LLAMA_SETS),
+        ("tiny_llama", "cpu", LLAMA, ("self_attn.q_proj", "self_attn.v_proj"), LLAMA_SETS),
+        # llama.cpp's fused attn_qkv and ffn_up (gate then up rows) ...
+        ("tiny35", "gguf", PHI3, ("self_attn.qkv_proj", "mlp.gate_up_proj"), ()),
+        # ... and its llama q (and k, in LLAMA) rows interleaved per head
+        ("tiny_llama", "gguf", LLAMA, ("self_attn.q_proj", "self_attn.v_proj"), LLAMA_SETS),
     ],
 )
-def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, first, second, extra):
-    """Two adapters of other modules and ranks become two .onnx_adapter files over one quantized base;
-    the smoke test runs the base's cases with no adapter (the empty default inputs) and each adapter's
-    cases against the reference with that adapter merged, in one loaded model. The runner answers
-    with each adapter by name."""
+def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, target, first, second, extra):
+    """Two adapters of other modules and ranks become two adapter files over one quantized base
+    (.onnx_adapter for the ONNX graph's LoRA inputs, llama.cpp LoRA GGUF); the smoke test runs the
+    base's cases with no adapter and each adapter's cases against the reference with that adapter
+    merged, in one loaded model. The runner answers with each adapter by name."""
     model = request.getfixturevalue(variant)
     adapters = {
         "one": make_adapter(model, tmp_path / "one", first),
         "two": make_adapter(model, tmp_path / "two", second, rank=8),
     }
     out = tmp_path / "runtime"
-    result = runtime_build(model, out, adapters, *extra)
+    result = runtime_build(model, out, adapters, *extra, target=target)
     assert result.exit_code == 0, result.output
     assert "2 runtime LoRA adapter(s)" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -183,8 +187,10 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, first
     assert host["failed"] == 0 and host["top1_agreement"] >= host["min_top1_agreement"]
     entries = {e["name"]: e for e in manifest["adapters"]}
     assert set(entries) == {"one", "two"} and entries["two"]["rank"] == 8
+    assert "python runner/run.py --adapter one" in (out / "README.md").read_text()
+    suffix = ".gguf" if target == "gguf" else ".onnx_adapter"
     for name, entry in entries.items():
-        assert entry["mode"] == "runtime" and entry["file"] == f"model/adapters/{name}.onnx_adapter"
+        assert entry["mode"] == "runtime" and entry["file"] == f"model/adapters/{name}{suffix}"
         assert entry["file"] in manifest["files"]
     golden = json.loads((out / "tests" / "golden.json").read_text())
     expected = [
@@ -194,7 +200,22 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, first
     assert expected[0] != expected[1] and expected[0] != expected[2] and expected[1] != expected[2]
     checked = [c.get("adapter") for c in host["cases"]]
     assert checked == [None] * len(expected[0]) + ["one"] * len(expected[1]) + ["two"] * len(expected[2])
-    if variant == "tiny35":  # no adapter active: the base model's tokens, as its own bundle gives them
+    if (variant, target) == ("tiny35", "gguf"):  # llama.cpp's runner switches in one loaded model
+        sys.path.insert(0, str(out / "runner"))
+        try:
+            import run as gguf_run
+        finally:
+            sys.path.pop(0)
+            sys.modules.pop("run", None)
+        llm = gguf_run.load_model(out / "model")
+        handles = gguf_run.load_adapters(llm, out / "model")
+        for name, cases in (("two", golden["adapters"]["two"]["cases"]), (None, golden["cases"])):
+            gguf_run.use_adapter(llm, handles, name)
+            got = gguf_run.generate(llm, cases[0]["prompt_ids"], [], max_new_tokens=len(cases[0]["bundle_ids"]))
+            assert got == cases[0]["bundle_ids"]
+        with pytest.raises(SystemExit, match="this bundle's adapters are one, two"):
+            gguf_run.use_adapter(llm, handles, "three")
+    if (variant, target) == ("tiny35", "cpu"):  # no adapter active: the base model's tokens, as its bundle gives them
         base = request.getfixturevalue("bundles")("cpu")
         plain = json.loads((base / "tests" / "golden.json").read_text())["cases"]
         assert [c["bundle_ids"] for c in golden["cases"]] == [c["bundle_ids"] for c in plain]
@@ -205,6 +226,7 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, first
             import run
         finally:
             sys.path.pop(0)
+            sys.modules.pop("run", None)
         model_dir = out / "model"
         loaded = og.Model(str(model_dir))
         tokenizer = og.Tokenizer(loaded)
@@ -229,7 +251,7 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, first
 @pytest.mark.parametrize(
     "how, message",
     [
-        ("android", "adapters.mode=runtime on target 'android': runtime adapters are written into slmkit's streamed"),
+        ("android", "adapters.mode=runtime on target 'android': runtime adapters are written for slmkit's streamed"),
         ("twice", "the name 'x' is given twice"),
         ("merged-two", "2 adapters given: the merged mode folds one adapter into the weights"),
         ("none", "adapters.mode=runtime needs at least one --adapter NAME=FOLDER."),

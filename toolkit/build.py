@@ -110,7 +110,7 @@ def build(
             )
             plan, model_dir, quality = budget.choose(src, plan, quality_budget, stage.work, log)
         if runtime:
-            entries = lora.write_adapters(list(adapters), stage.work, model_dir)
+            entries = lora.write_adapters(list(adapters), src, plan, stage.work, model_dir)
         log(f"[3/5] optimize: context cap {plan.optimize.context_cap}, reading every setting back")
         eos = fmt.apply_settings(model_dir, plan, src.config, eos)
         log("[4/5] bundle: model, runner, tests, manifest")
@@ -129,7 +129,7 @@ def build(
         for adapter in adapters if runtime else ():
             with_adapter = merged(base, adapter, stage.work / f"reference-{adapter.name}")
             adapted[adapter.name] = {
-                "file": f"model/{lora.ADAPTERS_DIR}/{adapter.name}{lora.SUFFIX}",
+                "file": lora.adapter_file(plan, adapter.name),
                 "cases": golden.reference_cases(with_adapter.path, with_adapter.weight_files, plan.verify, eos)[0],
             }
         golden.write_golden(stage.bundle, cases, plan.verify, adapted)

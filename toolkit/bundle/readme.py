@@ -125,6 +125,33 @@ def onnx_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:
 
 
 def write_readme(bundle: Path, lines: list[str]) -> None:
+    """README.md from the format's lines, and a section on the runtime LoRA adapters the model has."""
+    folder = bundle / "model" / "adapters"
+    files = sorted(folder.iterdir()) if folder.is_dir() else []
+    if files:
+        names = [f.stem for f in files]
+        app = (
+            "With llama.cpp itself: `llama-cli -m model/model.gguf --lora model/adapters/NAME.gguf`; in code, "
+            "`llama_adapter_lora_init(model, path)` once and `llama_set_adapters_lora(ctx, ...)` to switch."
+            if files[0].suffix == ".gguf"
+            else "In an app: `adapters = og.Adapters(model)`, `adapters.load(path, name)` once, then "
+            "`generator.set_active_adapter(adapters, name)` on each generator."
+        )
+        lines = [
+            *lines,
+            "",
+            "## LoRA adapters",
+            "The model switches between these adapters at run time, over one loaded base "
+            "(model/adapters/; no adapter active: the base model):",
+            "",
+            *(f"- `{n}`: {f.stat().st_size / 1e6:.2f} MB" for n, f in zip(names, files, strict=True)),
+            "",
+            "```",
+            f'python runner/run.py --adapter {names[0]} --prompt "..."',
+            "python runner/run.py --chat      # a line '/adapter NAME' switches, '/adapter' alone: the base",
+            "```",
+            app,
+        ]
     (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -22,7 +22,7 @@ from ..source.checkpoint import SourceModel
 from ..source.tensors import CheckpointTensors
 
 ADAPTERS_DIR = "adapters"  # in the model folder
-SUFFIX = ".onnx_adapter"
+SUFFIXES = {"stream": ".onnx_adapter", "gguf": ".gguf"}  # by export engine
 # The decoder layers' projections: what the graph writers make MatMuls of, by checkpoint name.
 LAYER_MODULE = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -31,11 +31,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def check_runtime(src: SourceModel, plan: BuildPlan, adapters: list[Adapter]) -> None:
     """Refuse, before anything is written, runtime adapters that this target or these adapters
     cannot have."""
-    if plan.export.engine != "stream" or plan.runtime.runner != "python":
+    if (plan.export.engine, plan.runtime.runner) not in (("stream", "python"), ("gguf", "llama-cpp")):
         raise ConfigError(
-            f"adapters.mode=runtime on target '{plan.target}': runtime adapters are written into slmkit's streamed "
-            "ONNX graphs for the Python runner (targets cpu, linux-cuda, windows-dml). Merge the adapter into this "
-            "target's weights instead: leave adapters.mode at 'merged' (one --adapter)."
+            f"adapters.mode=runtime on target '{plan.target}': runtime adapters are written for slmkit's streamed "
+            "ONNX graphs with the Python runner (targets cpu, linux-cuda, windows-dml) and as llama.cpp LoRA files "
+            "(target gguf). Merge the adapter into this target's weights instead: leave adapters.mode at 'merged' "
+            "(one --adapter)."
         )
     names = [a.name for a in adapters]
     bad = [n for n in names if not NAME.match(n)]
@@ -117,23 +118,83 @@ def parameters(adapter: Adapter, slots: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
-def write_adapters(adapters: list[Adapter], work: Path, model_dir: Path) -> list[dict[str, Any]]:
-    """One .onnx_adapter file per adapter in model_dir/adapters; their manifest entries."""
-    import onnxruntime as ort
+def adapter_file(plan: BuildPlan, name: str) -> str:
+    """The bundle path of adapter `name`'s file."""
+    return f"model/{ADAPTERS_DIR}/{name}{SUFFIXES[plan.export.engine]}"
 
-    slots = json.loads((work / "lora_slots.json").read_text(encoding="utf-8"))
-    folder = model_dir / ADAPTERS_DIR
-    folder.mkdir()
+
+def write_adapters(
+    adapters: list[Adapter], src: SourceModel, plan: BuildPlan, work: Path, model_dir: Path
+) -> list[dict[str, Any]]:
+    """One file per adapter in model_dir/adapters (.onnx_adapter for the ONNX graph's inputs, a
+    llama.cpp LoRA GGUF for the gguf target); their manifest entries."""
+    (model_dir / ADAPTERS_DIR).mkdir()
     entries = []
     for adapter in adapters:
-        params = parameters(adapter, slots)
-        fmt = ort.AdapterFormat()
-        fmt.set_adapter_version(1)
-        fmt.set_model_version(1)
-        fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
-        path = folder / f"{adapter.name}{SUFFIX}"
-        fmt.export_adapter(str(path))
-        entries.append(
-            adapter.summary() | {"mode": "runtime", "file": f"model/{ADAPTERS_DIR}/{path.name}", "inputs": len(params)}
-        )
+        path = model_dir / ADAPTERS_DIR / f"{adapter.name}{SUFFIXES[plan.export.engine]}"
+        if plan.export.engine == "gguf":
+            count = _write_gguf(adapter, src, path)
+        else:
+            count = _write_onnx(adapter, json.loads((work / "lora_slots.json").read_text(encoding="utf-8")), path)
+        entry = {"mode": "runtime", "file": adapter_file(plan, adapter.name), "tensors": count}
+        entries.append(adapter.summary() | entry)
     return entries
+
+
+def _write_onnx(adapter: Adapter, slots: dict[str, dict[str, Any]], path: Path) -> int:
+    import onnxruntime as ort
+
+    params = parameters(adapter, slots)
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
+    fmt.export_adapter(str(path))
+    return len(params)
+
+
+def _write_gguf(adapter: Adapter, src: SourceModel, path: Path) -> int:
+    """llama.cpp's LoRA GGUF (general.type "adapter", adapter.type "lora"): `<tensor>.lora_a` [r, K]
+    and `<tensor>.lora_b` [N, r] for each model.gguf matrix made of adapted modules, laid out as that
+    matrix stacks and orders its rows (fused qkv and gate/up, llama's q/k row interleave). Each B
+    carries its module's scale; adapter.lora.alpha 0 tells llama.cpp to add B A x unscaled."""
+    import gguf
+
+    from ..families import family_of
+    from ..graphs.ops import Shape
+
+    family, shape = family_of(src.config), Shape.of(src.config)
+    arch = family.gguf.architectures[src.config["architectures"][0]]
+    weights = CheckpointTensors(src.path, src.weight_files)
+    lora = CheckpointTensors(adapter.path, ("adapter_model.safetensors",))
+    w = gguf.GGUFWriter(path, arch)
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
+    count = 0
+    for t in family.gguf.tensors(weights, shape, arch, {}):
+        modules = list(dict.fromkeys(p.key.removesuffix(".weight") for p in t.parts if t.k))
+        a = {m: lora.float32(f"{PREFIX}{m}.lora_A.weight") for m in modules if m in adapter.scales}  # [r, K]
+        if not a:
+            continue
+        first = dict(zip(a, np.cumsum([0] + [x.shape[0] for x in a.values()]), strict=False))  # rank offsets
+        b = np.zeros((t.rows, sum(x.shape[0] for x in a.values())), dtype=np.float32)
+        row = 0
+        for part in t.parts:
+            m = part.key.removesuffix(".weight")
+            width = part.rows.stop - part.rows.start if part.rows else weights.entries[part.key].shape[0]
+            if m in a:
+                rows = lora.float32(f"{PREFIX}{m}.lora_B.weight")  # [out, r]
+                rows = rows if part.rows is None else rows[part.rows]
+                b[row : row + width, first[m] : first[m] + a[m].shape[0]] = np.float32(adapter.scales[m]) * rows
+            row += width
+        if t.order is not None:
+            b = b[t.order]
+        w.add_tensor(f"{t.name}.lora_a", np.ascontiguousarray(np.concatenate(list(a.values()))))
+        w.add_tensor(f"{t.name}.lora_b", np.ascontiguousarray(b))
+        count += 2
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return count

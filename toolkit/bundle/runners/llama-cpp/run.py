@@ -5,6 +5,10 @@
     python runner/run.py --prompt "What is the capital of France?"
     python runner/run.py --chat                       # multi-turn, reads lines from stdin
     python runner/run.py --prompt "..." --temperature 0.7 --top-p 0.9 --seed 1
+    python runner/run.py --adapter support --prompt "..."   # a bundle with LoRA adapters (model/adapters/)
+
+In --chat, a line "/adapter NAME" switches to that adapter ("/adapter" alone: the base model) without
+reloading the model.
 """
 
 from __future__ import annotations
@@ -29,6 +33,39 @@ def load_model(model_dir: Path, n_ctx: int | None = None, logits_all: bool = Fal
 
     return Llama(model_path=str(model_dir / "model.gguf"), n_ctx=n_ctx or settings(model_dir)["context_cap"],
                  n_threads=os.cpu_count(), logits_all=logits_all, verbose=False)
+
+
+def load_adapters(llm, model_dir: Path) -> dict:
+    """Every model/adapters/NAME.gguf (llama.cpp LoRA files) loaded onto the model, by NAME."""
+    import llama_cpp
+
+    folder = model_dir / "adapters"
+    found = {}
+    for path in sorted(folder.glob("*.gguf")) if folder.is_dir() else []:
+        handle = llama_cpp.llama_adapter_lora_init(llm.model, str(path).encode("utf-8"))
+        if not handle:
+            raise RuntimeError(f"llama.cpp could not load the LoRA adapter {path}")
+        found[path.stem] = handle  # freed with the model
+    return found
+
+
+def use_adapter(llm, adapters: dict, name: str | None) -> None:
+    """Make adapter `name` the one llama.cpp applies (None: the base model); the context's cached
+    tokens were computed with another one, so they are dropped."""
+    import ctypes
+
+    import llama_cpp
+
+    if name and name not in adapters:
+        raise SystemExit(f"--adapter {name}: this bundle's adapters are {', '.join(adapters) or 'none'} "
+                         "(model/adapters/).")
+    if name:
+        handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapters[name])
+        llama_cpp.llama_set_adapters_lora(llm.ctx, handles, 1, (ctypes.c_float * 1)(1.0))
+    else:
+        llama_cpp.llama_set_adapters_lora(llm.ctx, None, 0, None)
+    llm.reset()
+    llm._ctx.kv_cache_clear()
 
 
 def last_logits(llm):
@@ -93,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0, help="0 = no top-k limit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--adapter", help="the LoRA adapter to answer with (model/adapters/NAME.gguf)")
     args = p.parse_args(argv)
     if not args.prompt and not args.chat:
         p.error("give --prompt TEXT or --chat")
@@ -103,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     stops = settings(args.model)["stop_ids"]
     template = llm.metadata.get("tokenizer.chat_template")
     history = [{"role": "system", "content": args.system}] if args.system else []
+    adapters = load_adapters(llm, args.model)
+    use_adapter(llm, adapters, args.adapter)
 
     def answer(user_text: str) -> str:
         if args.raw or not template:
@@ -136,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         for line in sys.stdin:
             if not line.strip():
                 break
+            if line.startswith("/adapter"):
+                name = line[len("/adapter"):].strip() or None
+                use_adapter(llm, adapters, name)
+                print(f"[{name or 'base model'}]", flush=True)
+                continue
             answer(line.rstrip("\n"))
     return 0
 

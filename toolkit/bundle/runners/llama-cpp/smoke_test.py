@@ -9,6 +9,8 @@
 4. Greedy generation: the first min_greedy_prefix tokens must equal the ones recorded when the
    bundle was built and verified (bundle_ids); an earlier difference passes only as a tie (within
    tie_logit_margin logits on the build host, bundle_near). Any other difference is a defect.
+5. LoRA adapters (model/adapters/NAME.gguf): every adapter's cases, with that adapter applied, against
+   the reference with the adapter merged; all in one loaded model, switching between adapters.
 
 Prints one line per check and a final 'N passed, M failed' line; exits 1 when anything failed.
     python tests/smoke_test.py [--json result.json]
@@ -30,7 +32,8 @@ def open_model(bundle: Path, golden: dict, report: Report):
     """llama.cpp with a context that holds the longest case, every position's logits kept."""
     from run import load_model
 
-    longest = max(len(c["prompt_ids"]) + len(c["expected_ids"]) for c in golden["cases"])
+    every = golden["cases"] + [c for a in golden.get("adapters", {}).values() for c in a["cases"]]
+    longest = max(len(c["prompt_ids"]) + len(c["expected_ids"]) for c in every)
     try:
         return load_model(bundle / "model", n_ctx=longest + 16, logits_all=True)
     except Exception as e:  # a damaged file or an unknown architecture: report it, do not crash
@@ -72,6 +75,28 @@ def stepwise(llm, prompt_ids: list[int], n: int):
     return tokens, rows
 
 
+def case_sets(llm, bundle: Path, golden: dict, report: Report):
+    """(adapter name or None, check label prefix, cases): the base model's, then each adapter's with
+    that adapter applied, in the one loaded model; the base again at the end."""
+    from run import load_adapters, use_adapter
+
+    yield None, "", golden["cases"]
+    if not golden.get("adapters"):
+        return
+    try:
+        adapters = load_adapters(llm, bundle / "model")
+    except Exception as e:  # a damaged or mismatched adapter file
+        report.add("adapters", False, f"{type(e).__name__}: {e}")
+        return
+    for name, entry in golden["adapters"].items():
+        if not report.add(f"adapter {name}", name in adapters, f"{entry['file']} loaded" if name in adapters
+                          else f"{entry['file']} is missing (adapters found: {', '.join(adapters) or 'none'})"):
+            continue
+        use_adapter(llm, adapters, name)
+        yield name, f"{name} ", entry["cases"]
+    use_adapter(llm, adapters, None)
+
+
 def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> dict:
     from run import tokenize
 
@@ -83,13 +108,14 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     report.add("load", True, "model.gguf loaded (llama.cpp, CPU)")
     agree = total = 0
     cases = []
-    for i, case in enumerate(golden["cases"], 1):
-        ids = tokenize(llm, case["prompt"], case.get("chat", False))
-        top1 = teacher_forced(llm, case["prompt_ids"], case["expected_ids"])
-        out, _ = stepwise(llm, case["prompt_ids"], len(case["bundle_ids"]))
-        hits, summary = check_case(report, i, case, golden, ids, "prompt", top1, out)
-        agree, total = agree + hits, total + len(case["expected_ids"])
-        cases.append(summary)
+    for name, label, adapter_cases in case_sets(llm, bundle, golden, report):
+        for i, case in enumerate(adapter_cases, 1):
+            ids = tokenize(llm, case["prompt"], case.get("chat", False))
+            top1 = teacher_forced(llm, case["prompt_ids"], case["expected_ids"])
+            out, _ = stepwise(llm, case["prompt_ids"], len(case["bundle_ids"]))
+            hits, summary = check_case(report, f"{label}{i}", case, golden, ids, "prompt", top1, out)
+            agree, total = agree + hits, total + len(case["expected_ids"])
+            cases.append(summary | ({"adapter": name} if name else {}))
     import llama_cpp
 
     return agreement(report, golden, agree, total, cases, f"llama-cpp-python {llama_cpp.__version__}")
@@ -102,9 +128,14 @@ def record(bundle: Path, provider: str) -> int:
     llm = open_model(bundle, golden, Report())
     if llm is None:
         return 1
-    for case in golden["cases"]:
-        ids, rows = stepwise(llm, case["prompt_ids"], len(case["expected_ids"]))
-        case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
+    report = Report()
+    for _, _, cases in case_sets(llm, bundle, golden, report):
+        for case in cases:
+            ids, rows = stepwise(llm, case["prompt_ids"], len(case["expected_ids"]))
+            case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
+    if report.failed:
+        print("\n".join(f"{c['name']}: {c['detail']}" for c in report.checks if not c["ok"]), file=sys.stderr)
+        return 1
     path.write_text(json.dumps(golden, indent=2) + "\n", encoding="utf-8")
     return 0
 
