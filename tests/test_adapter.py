@@ -166,6 +166,8 @@ def runtime_build(model: Path, out: Path, adapters: dict[str, Path], *extra: str
         ("tiny35", "gguf", PHI3, ("self_attn.qkv_proj", "mlp.gate_up_proj"), ()),
         # ... and its llama q (and k, in LLAMA) rows interleaved per head
         ("tiny_llama", "gguf", LLAMA, ("self_attn.q_proj", "self_attn.v_proj"), LLAMA_SETS),
+        # the phone's bundle: the same graph, checked here with the Python runner (the Kotlin one: JVM tests)
+        ("tiny35", "android", PHI3, ("self_attn.qkv_proj", "mlp.down_proj"), ()),
     ],
 )
 def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, target, first, second, extra):
@@ -251,7 +253,7 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, targe
 @pytest.mark.parametrize(
     "how, message",
     [
-        ("android", "adapters.mode=runtime on target 'android': runtime adapters are written for slmkit's streamed"),
+        ("ios", "adapters.mode=runtime on target 'ios': runtime adapters are written for slmkit's streamed"),
         ("twice", "the name 'x' is given twice"),
         ("merged-two", "2 adapters given: the merged mode folds one adapter into the weights"),
         ("none", "adapters.mode=runtime needs at least one --adapter NAME=FOLDER."),
@@ -260,8 +262,8 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, targe
 def test_runtime_adapters_that_cannot_be_built_are_refused(tiny35, tmp_path, how, message):
     adapter = make_adapter(tiny35, tmp_path / "lora", PHI3[:1])
     out = tmp_path / "b"
-    if how == "android":
-        result = runtime_build(tiny35, out, {"x": adapter}, target="android")
+    if how == "ios":
+        result = runtime_build(tiny35, out, {"x": adapter}, target="ios")
     elif how == "twice":
         args = ["build", "-m", str(tiny35), "-t", "cpu", "-o", str(out), "--set", "adapters.mode=runtime"]
         result = CliRunner().invoke(main, args + ["--adapter", f"x={adapter}", "--adapter", f"x={adapter}"])

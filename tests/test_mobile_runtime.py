@@ -111,9 +111,22 @@ def _scenarios(root: Path) -> list[str]:
         ("image_processor_throws", "NamedTensors", "5,6", vision),
         ("image_generator_throws", "Generator", "5,6", vision),
     ]
-    return [f"{name}|{fail}|{script}|{model}|" for name, fail, script, model in rows] + [
-        f"{name}|{fail}|{script}|{model}|{picture}" for name, fail, script, model in images
+    lora = _bundle(root, "lora", _genai_config(2), TEMPLATE)
+    (lora / "adapters").mkdir()
+    for name in ("two", "one"):  # the fake Adapters does not read them
+        (lora / "adapters" / f"{name}.onnx_adapter").write_bytes(b"")
+    adapters = [
+        ("adapter_ask", "", "5,6,2", lora, "two"),
+        ("adapter_base", "", "5,6,2", lora, ""),
+        ("adapter_unknown", "", "5,6,2", lora, "three"),
+        ("adapter_load_throws", "loadAdapter", "5,6,2", lora, "one"),
+        ("adapters_throws", "Adapters", "5,6,2", lora, "one"),
     ]
+    return (
+        [f"{name}|{fail}|{script}|{model}|" for name, fail, script, model in rows]
+        + [f"{name}|{fail}|{script}|{model}|{picture}" for name, fail, script, model in images]
+        + [f"{name}|{fail}|{script}|{model}||{adapter}" for name, fail, script, model, adapter in adapters]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +298,29 @@ def test_the_old_leaking_runner_is_caught(reports):
     assert leaky["tokenizer_throws"]["open"] == ["Config", "Model"]
     for scenario in ("int_eos", "array_eos"):  # and works as the runner does otherwise
         assert leaky[scenario] == runner[scenario]
+
+
+def test_runtime_adapters_load_once_and_the_active_one_runs(reports):
+    """A bundle with model/adapters/: every adapter is loaded once with the model (sorted by name), the
+    active one is set on each generator, none is set for the base, and close() closes Adapters too."""
+    ask, base = reports["runner"]["adapter_ask"], reports["runner"]["adapter_base"]
+    for report in (ask, base):
+        assert "threw" not in report and report["answer"] == "<5><6>", report
+        assert report["loaded_adapters"] == ["one", "two"], report
+        assert report["open_after_ask"] == sorted([*NATIVE, "Adapters"]), report
+        assert report["open"] == [] and report["bad_closes"] == 0, report
+    assert ask["active_adapter"] == "two" and base["active_adapter"] is None
+
+
+@pytest.mark.parametrize(
+    "scenario,threw,threw_in,made",
+    [
+        ("adapter_unknown", "IllegalArgumentException", "ask", [*NATIVE, "Adapters"]),
+        ("adapter_load_throws", "GenAIException", "constructor", [*NATIVE, "Adapters"]),
+        ("adapters_throws", "GenAIException", "constructor", NATIVE),
+    ],
+)
+def test_adapter_failures_close_what_was_made(reports, scenario, threw, threw_in, made):
+    report = reports["runner"][scenario]
+    assert report.get("threw") == threw and report["threw_in"] == threw_in, report
+    assert report["created"] == made and report["open"] == [] and report["bad_closes"] == 0, report

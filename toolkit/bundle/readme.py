@@ -151,6 +151,11 @@ def write_readme(bundle: Path, lines: list[str]) -> None:
             "python runner/run.py --chat      # a line '/adapter NAME' switches, '/adapter' alone: the base",
             "```",
             app,
+            *(
+                ['On Android: `runner.activeAdapter = "NAME"` on `SlmkitRunner` (null: the base model).']
+                if (bundle / "runner" / "android").is_dir()
+                else []
+            ),
         ]
     (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")
 

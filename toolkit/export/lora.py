@@ -23,6 +23,8 @@ from ..source.tensors import CheckpointTensors
 
 ADAPTERS_DIR = "adapters"  # in the model folder
 SUFFIXES = {"stream": ".onnx_adapter", "gguf": ".gguf"}  # by export engine
+# (engine, runner) pairs whose runner switches adapters: Python and Kotlin (onnxruntime-genai), llama.cpp.
+RUNNERS = (("stream", "python"), ("stream", "android"), ("gguf", "llama-cpp"))
 # The decoder layers' projections: what the graph writers make MatMuls of, by checkpoint name.
 LAYER_MODULE = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -31,12 +33,12 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 def check_runtime(src: SourceModel, plan: BuildPlan, adapters: list[Adapter]) -> None:
     """Refuse, before anything is written, runtime adapters that this target or these adapters
     cannot have."""
-    if (plan.export.engine, plan.runtime.runner) not in (("stream", "python"), ("gguf", "llama-cpp")):
+    if (plan.export.engine, plan.runtime.runner) not in RUNNERS:
         raise ConfigError(
             f"adapters.mode=runtime on target '{plan.target}': runtime adapters are written for slmkit's streamed "
-            "ONNX graphs with the Python runner (targets cpu, linux-cuda, windows-dml) and as llama.cpp LoRA files "
-            "(target gguf). Merge the adapter into this target's weights instead: leave adapters.mode at 'merged' "
-            "(one --adapter)."
+            "ONNX graphs with the Python and Kotlin runners (targets cpu, linux-cuda, windows-dml, android) and as "
+            "llama.cpp LoRA files (target gguf). Merge the adapter into this target's weights instead: leave "
+            "adapters.mode at 'merged' (one --adapter)."
         )
     names = [a.name for a in adapters]
     bad = [n for n in names if not NAME.match(n)]

@@ -24,6 +24,9 @@ public final class FakeNative {
   public static String lastEncoded = null;
   /** close() on an object that is not open: a double close. */
   public static int badCloses = 0;
+  /** The adapter names Adapters.loadAdapter was given, and the one a Generator last activated. */
+  public static final List<String> loadedAdapters = new ArrayList<>();
+  public static String activeAdapter = null;
   private static final Map<Object, String> live = new IdentityHashMap<>();
 
   public static void reset() {
@@ -32,6 +35,8 @@ public final class FakeNative {
     lastEncoded = null;
     created.clear();
     badCloses = 0;
+    loadedAdapters.clear();
+    activeAdapter = null;
     live.clear();
   }
 

@@ -22,6 +22,13 @@ public final class Generator implements AutoCloseable {
 
   public void appendTokens(int[] inputIDs) throws GenAIException { length += inputIDs.length; }
 
+  public void setActiveAdapter(Adapters adapters, String adapterName) throws GenAIException {
+    if (!FakeNative.loadedAdapters.contains(adapterName)) {
+      throw new GenAIException("fake Generator: adapter " + adapterName + " was not loaded");
+    }
+    FakeNative.activeAdapter = adapterName;
+  }
+
   /** A prompt with an image: counted as IMAGE_PROMPT tokens. */
   public void setInputs(NamedTensors namedTensors) throws GenAIException { length += IMAGE_PROMPT; }
 

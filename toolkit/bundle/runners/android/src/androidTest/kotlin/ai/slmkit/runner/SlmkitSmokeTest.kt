@@ -77,9 +77,21 @@ class SlmkitSmokeTest {
         if (checkFiles(bundle)) {
             val golden = JSONObject(File(bundle, "tests/golden.json").readText())
             val minPrefix: Int = golden.getInt("min_greedy_prefix")
-            val cases: JSONArray = golden.getJSONArray("cases")
+            // The base model's cases, then each runtime LoRA adapter's with it active (one loaded model).
+            val sets = ArrayList<Triple<String?, String, JSONArray>>()
+            sets.add(Triple(null, "", golden.getJSONArray("cases")))
+            golden.optJSONObject("adapters")?.let { adapters ->
+                for (name in adapters.keys()) sets.add(Triple(name, "$name ", adapters.getJSONObject(name).getJSONArray("cases")))
+            }
             SlmkitRunner(File(bundle, "model")).use { runner ->
                 check("load", true, "model loaded (cpu provider)")
+                for ((adapter, label, cases) in sets) {
+                if (adapter != null) {
+                    val loaded = adapter in runner.adapterNames
+                    check("adapter $adapter", loaded, if (loaded) "loaded" else "missing from model/adapters/")
+                    if (!loaded) continue
+                }
+                runner.activeAdapter = adapter
                 for (i in 0 until cases.length()) {
                     val case: JSONObject = cases.getJSONObject(i)
                     val promptIds = ints(case.getJSONArray("prompt_ids"))
@@ -88,7 +100,7 @@ class SlmkitSmokeTest {
                     val image = case.optString("image", "")
                     if (image.isEmpty()) {
                         val encoded = runner.encode(case.getString("prompt"))
-                        check("tokenizer ${i + 1}", encoded.contentEquals(promptIds), "${encoded.size} prompt tokens as the reference")
+                        check("tokenizer $label${i + 1}", encoded.contentEquals(promptIds), "${encoded.size} prompt tokens as the reference")
                     }
                     // The runner stops before an EOS id; the recorded ids may end with one.
                     val recorded = ints(case.getJSONArray("bundle_ids")).takeWhile { it !in runner.eosIds }.toIntArray()
@@ -102,10 +114,11 @@ class SlmkitSmokeTest {
                     val near = case.optJSONArray("bundle_near")
                     val tie = prefix < need && prefix < out.size && near != null && prefix < near.length() &&
                         out[prefix] in ints(near.getJSONArray(prefix))
-                    check("greedy ${i + 1}", prefix >= need || tie,
+                    check("greedy $label${i + 1}", prefix >= need || tie,
                         "first $prefix/${recorded.size} tokens as recorded at build (need $need)" +
                             (if (tie) "; token ${prefix + 1} is a tie" else "") +
                             "; reference greedy prefix ${commonPrefix(out, expected)}/${expected.size}")
+                }
                 }
             }
         }

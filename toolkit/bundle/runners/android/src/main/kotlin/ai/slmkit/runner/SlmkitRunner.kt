@@ -2,6 +2,7 @@
 // Copy this file into your app; see runner/android/README.md for the Gradle dependency.
 package ai.slmkit.runner
 
+import ai.onnxruntime.genai.Adapters
 import ai.onnxruntime.genai.Config
 import ai.onnxruntime.genai.GenAIException
 import ai.onnxruntime.genai.Generator
@@ -40,6 +41,31 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
     // Each native object is closed again when the next one cannot be made (a broken model file).
     val model: Model = try { Model(config) } catch (e: Throwable) { config.close(); throw e }
     val tokenizer: Tokenizer = try { Tokenizer(model) } catch (e: Throwable) { model.close(); config.close(); throw e }
+    /** The bundle's runtime LoRA adapters (model/adapters/NAME.onnx_adapter), by name; empty without. */
+    val adapterNames: List<String> = File(modelDir, ADAPTERS_DIR).listFiles()
+        ?.map { it.name }?.filter { it.endsWith(ADAPTER_SUFFIX) }?.map { it.removeSuffix(ADAPTER_SUFFIX) }?.sorted()
+        ?: emptyList()
+    // Every adapter loaded once; a file that fails to load closes what was made.
+    private val adapters: Adapters? = if (adapterNames.isEmpty()) null else loadAdapters()
+
+    private fun loadAdapters(): Adapters {
+        val made = try { Adapters(model) } catch (e: Throwable) { tokenizer.close(); model.close(); config.close(); throw e }
+        try {
+            for (name in adapterNames) made.loadAdapter(File(File(modelDir, ADAPTERS_DIR), name + ADAPTER_SUFFIX).path, name)
+        } catch (e: Throwable) {
+            made.close(); tokenizer.close(); model.close(); config.close(); throw e
+        }
+        return made
+    }
+
+    /** The adapter the next generations run with (null: the base model); switching reloads nothing. */
+    var activeAdapter: String? = null
+        set(value) {
+            require(value == null || value in adapterNames) {
+                "No adapter '$value' in this bundle; its adapters: ${adapterNames.ifEmpty { listOf("none") }.joinToString()}."
+            }
+            field = value
+        }
 
     /** The user message in the model's chat format (Phi-3 format when the model has no template). */
     fun formatChat(message: String): String =
@@ -144,6 +170,7 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
             }
             val generator: Generator = Generator(model, params)
             try {
+                activeAdapter?.let { generator.setActiveAdapter(adapters, it) }
                 feed(generator)
                 while (!generator.isDone() && out.size < maxNewTokens) {
                     generator.generateNextToken()
@@ -172,6 +199,7 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
             maxNewTokens, onText))
 
     override fun close() {
+        adapters?.close()
         tokenizer.close()
         model.close()
         config.close()
@@ -180,5 +208,7 @@ class SlmkitRunner(val modelDir: File) : AutoCloseable {
     companion object {
         const val PLACEHOLDER = "{content}"
         const val IMAGE_TAG = "<|image_1|>"
+        const val ADAPTERS_DIR = "adapters"
+        const val ADAPTER_SUFFIX = ".onnx_adapter"
     }
 }
