@@ -53,7 +53,7 @@ def test_set_syntax_errors():
         parse_override("block_size=64")
     assert str(e.value) == (
         "--set 'block_size=64': expected section.key=value, e.g. quantize.block_size=64 or "
-        "optimize.context_cap=2048. Sections: export, quantize, optimize, runtime, npu, verify."
+        "optimize.context_cap=2048. Sections: export, quantize, optimize, runtime, npu, adapters, verify."
     )
     with pytest.raises(ConfigError, match=r"unknown section 'quantise'\. .* Did you mean 'quantize'\?"):
         parse_override("quantise.block_size=64")
