@@ -253,7 +253,7 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, targe
 @pytest.mark.parametrize(
     "how, message",
     [
-        ("ios", "adapters.mode=runtime on target 'ios': runtime adapters are written for slmkit's streamed"),
+        ("ios", "(target gguf); onnxruntime-genai's Objective-C API (ort_genai_objc.h) has no adapter calls. Merge"),
         ("twice", "the name 'x' is given twice"),
         ("merged-two", "2 adapters given: the merged mode folds one adapter into the weights"),
         ("none", "adapters.mode=runtime needs at least one --adapter NAME=FOLDER."),

@@ -25,6 +25,11 @@ ADAPTERS_DIR = "adapters"  # in the model folder
 SUFFIXES = {"stream": ".onnx_adapter", "gguf": ".gguf"}  # by export engine
 # (engine, runner) pairs whose runner switches adapters: Python and Kotlin (onnxruntime-genai), llama.cpp.
 RUNNERS = (("stream", "python"), ("stream", "android"), ("gguf", "llama-cpp"))
+WHY_NOT = {
+    "ios": "onnxruntime-genai's Objective-C API (ort_genai_objc.h) has no adapter calls",
+    "web": "onnxruntime-web runs the graph without onnxruntime-genai, whose adapters bind the LoRA inputs",
+    "qnn": "a QNN context binary is compiled with its weights fixed",
+}
 # The decoder layers' projections: what the graph writers make MatMuls of, by checkpoint name.
 LAYER_MODULE = re.compile(r"^model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -34,11 +39,12 @@ def check_runtime(src: SourceModel, plan: BuildPlan, adapters: list[Adapter]) ->
     """Refuse, before anything is written, runtime adapters that this target or these adapters
     cannot have."""
     if (plan.export.engine, plan.runtime.runner) not in RUNNERS:
+        why = WHY_NOT.get(plan.runtime.runner if plan.export.engine == "stream" else plan.export.engine, "")
         raise ConfigError(
             f"adapters.mode=runtime on target '{plan.target}': runtime adapters are written for slmkit's streamed "
             "ONNX graphs with the Python and Kotlin runners (targets cpu, linux-cuda, windows-dml, android) and as "
-            "llama.cpp LoRA files (target gguf). Merge the adapter into this target's weights instead: leave "
-            "adapters.mode at 'merged' (one --adapter)."
+            f"llama.cpp LoRA files (target gguf){f'; {why}' if why else ''}. Merge the adapter into this target's "
+            "weights instead: leave adapters.mode at 'merged' (one --adapter)."
         )
     names = [a.name for a in adapters]
     bad = [n for n in names if not NAME.match(n)]
