@@ -10,9 +10,11 @@ Rows per checkpoint:
   (GPTQ on Q4_0, which llama.cpp repacks for its fastest x86 kernels);
 - slmkit cpu: the smollm2/cpu ONNX bundle (calibrated mixed int4), for reference.
 Each: file bytes, perplexity change against the float32 PyTorch model on the evaluation text
-(GPL v3; none of these is tuned on it), top-1 agreement, mean KL, then prefill and decode tok/s
-(a 64-token prompt, 64 new tokens, greedy, median of --runs after a warm-up; llama.cpp with one
-thread per core, onnxruntime with its default).
+(GPL v3; none of these is tuned on it), top-1 agreement, mean KL; then, per checkpoint, prefill
+and decode tok/s of its GGUF files in interleaved rounds (one run of each file per round, so that a
+slow spell of the machine hits every file alike; a 64-token prompt, 64 new tokens, greedy, median of
+--runs after a warm-up; llama.cpp with one thread per core) with the ratio to llama.cpp's Q4_K_M.
+--speed-only DIR times the *.gguf files of DIR that way (Q4_K_M.gguf among them: the anchor).
 
 With --shape-layers 8: speed only on the Phi-3.5-mini shape at that depth (random bf16 weights,
 benchmarks/decode.py's checkpoint and llama.cpp files under --work): the slmkit gguf recipe's file
@@ -71,13 +73,38 @@ def slmkit_bundle(model: Path, target: str, overrides: tuple[str, ...], out: Pat
     return out
 
 
-def gguf_row(label: str, folder: Path, ref: Reference, runs: int) -> tuple:
+def gguf_row(label: str, folder: Path, ref: Reference) -> tuple:
     runner = bench_runner()
     llm = runner.load_model(folder, n_ctx=max(len(w) for w in ref.windows) + 8, logits_all=True)
     quality = score(ref, lambda win: gguf_logits(llm, win))
-    ttfts, decodes = bench._llama_cpp_runs(runner, folder, "cpu", 64, 64, runs + 1, bench.PeakMemory())
     size = (folder / "model.gguf").stat().st_size
-    return label, size, quality, speed(ttfts[1:], decodes[1:])
+    return label, size, quality, ""
+
+
+def interleaved_speed(files: dict[str, Path], anchor: str, runs: int) -> dict[str, str]:
+    """label -> "prefill X tok/s (Rx), decode Y tok/s (Rx)" of each GGUF file, runs interleaved,
+    ratios to the `anchor` file."""
+    import statistics
+
+    from decode import llama_cpp_runner
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(files[anchor]), vocab_only=True, verbose=False)
+    text = vocab.tokenize(default_text()[1].encode("utf-8"), add_bos=True)
+    ids = text[:64]
+    threads = os.cpu_count() or 2
+    runners = {label: llama_cpp_runner(path, ids, 64, threads) for label, path in files.items()}
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in files}
+    for _ in range(runs):
+        for label, once in runners.items():
+            results[label].append(once())
+    decode = {k: statistics.median(d for d, _ in r) for k, r in results.items()}
+    prefill = {k: statistics.median(p for _, p in r) for k, r in results.items()}
+    return {
+        k: f"prefill {prefill[k]:.0f} tok/s ({prefill[k] / prefill[anchor]:.2f}x), "
+        f"decode {decode[k]:.1f} tok/s ({decode[k] / decode[anchor]:.2f}x)"
+        for k in files
+    }
 
 
 def onnx_row(label: str, bundle: Path, ref: Reference, runs: int) -> tuple:
@@ -120,12 +147,6 @@ def shape_speed(layers: int, work: Path, runs: int) -> str:
     return "\n".join(lines)
 
 
-def speed(ttfts: list[float], decodes: list[float]) -> str:
-    import statistics
-
-    return f"prefill {64 / statistics.median(ttfts):.0f} tok/s, decode {statistics.median(decodes):.1f} tok/s"
-
-
 def bench_runner():
     from toolkit.verify.quality import bundle_runner
 
@@ -140,7 +161,13 @@ def main() -> None:
     p.add_argument("--shape-layers", type=int, help="also time the Phi-3.5-mini shape at this many layers")
     p.add_argument("--work", type=Path, default=CACHE / "decode", help="the shape's checkpoint and files")
     p.add_argument("--skip-smollm2", action="store_true", help="only the --shape-layers timing")
+    p.add_argument("--speed-only", type=Path, help="only time the *.gguf files of this folder (Q4_K_M.gguf: anchor)")
     args = p.parse_args()
+    if args.speed_only:
+        files = {f.stem: f for f in sorted(args.speed_only.glob("*.gguf"))}
+        for label, line in interleaved_speed(files, "Q4_K_M", args.runs).items():
+            print(f"{label:<20} {files[label].stat().st_size / 1e6:7.1f} MB  {line}")
+        return
     checkpoints = (
         [] if args.skip_smollm2 else [("Q4_1 GGUF", gguf_to_hf(smollm2_gguf(), CACHE / "smollm2-135m-instruct-hf"))]
     )
@@ -152,13 +179,17 @@ def main() -> None:
         rows.append((f"{name}: fp32 reference", None, None, f"ppl {ref.ppl:.2f}, {ref.tokens} tokens"))
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             work = Path(tmp)
-            for label, folder in llama_cpp_files(model, work):
-                rows.append(gguf_row(f"{name}: {label}", folder, ref, args.runs))
+            first = len(rows)
+            folders = dict(llama_cpp_files(model, work))
             for n, (label, overrides) in enumerate(VARIANTS):
                 if args.only and not any(o in label for o in args.only.split(",")):
                     continue
-                bundle = slmkit_bundle(model, "gguf", overrides, work / f"slmkit-gguf-{n}")
-                rows.append(gguf_row(f"{name}: {label}", bundle / "model", ref, args.runs))
+                folders[label] = slmkit_bundle(model, "gguf", overrides, work / f"slmkit-gguf-{n}") / "model"
+            for label, folder in folders.items():
+                rows.append(gguf_row(f"{name}: {label}", folder, ref))
+            anchor = next(k for k in folders if "Q4_K_M" in k)
+            speeds = interleaved_speed({k: f / "model.gguf" for k, f in folders.items()}, anchor, args.runs)
+            rows[first:] = [(r[0], r[1], r[2], s) for r, s in zip(rows[first:], speeds.values(), strict=True)]
             if not args.only or "cpu" in args.only:
                 bundle = slmkit_bundle(model, "cpu", (), work / "onnx")
                 rows.append(onnx_row(f"{name}: slmkit cpu (ONNX, mixed int4)", bundle, ref, args.runs))
