@@ -101,28 +101,41 @@ def write_slots(slots: dict[str, dict[str, Any]], modules: frozenset[str], path:
     path.write_text(json.dumps(slots, indent=1) + "\n", encoding="utf-8")
 
 
+def stacked(
+    lora: CheckpointTensors, adapter: Adapter, pieces: list[tuple[str, slice | None, int]]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(A [R, K], B [N, R]) of a matrix whose output rows stack `pieces` (module, its rows or None
+    for all, their count) in order: the adapted modules' A one under the other (each module once),
+    each one's B rows, scaled by its alpha / r, in its rows and rank columns, zeros elsewhere (a
+    module the adapter leaves alone). None when the adapter adapts none of them."""
+    a = {m: lora.float32(f"{PREFIX}{m}.lora_A.weight") for m, _, _ in pieces if m in adapter.scales}
+    if not a:
+        return None
+    first = dict(zip(a, np.cumsum([0] + [x.shape[0] for x in a.values()]), strict=False))  # rank offsets
+    b = np.zeros((sum(width for *_, width in pieces), sum(x.shape[0] for x in a.values())), dtype=np.float32)
+    row = 0
+    for module, rows, width in pieces:
+        if module in a:
+            block = lora.float32(f"{PREFIX}{module}.lora_B.weight")  # [out, r]
+            block = block if rows is None else block[rows]
+            b[row : row + width, first[module] : first[module] + a[module].shape[0]] = (
+                np.float32(adapter.scales[module]) * block
+            )
+        row += width
+    return np.concatenate(list(a.values())), b
+
+
 def parameters(adapter: Adapter, slots: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
-    """The adapter's A and B tensors for each graph input pair it targets."""
+    """The adapter's A [K, R] and B [R, N] graph inputs for each MatMul it targets."""
     lora = CheckpointTensors(adapter.path, ("adapter_model.safetensors",))
     out: dict[str, np.ndarray] = {}
     for slot in slots.values():
-        rows = slot["rows"]
-        if not any(m in adapter.scales for m, *_ in rows):
-            continue
-        a_parts, b_parts, column = [], [], 0
-        for module, start, end, width in rows:
-            if module in adapter.scales:
-                a = lora.float32(f"{PREFIX}{module}.lora_A.weight")  # [r, K]
-                b = lora.float32(f"{PREFIX}{module}.lora_B.weight")  # [out, r]
-                b = b if start is None else b[start:end]
-                block = np.zeros((a.shape[0], slot["N"]), dtype=np.float32)  # its rank's rows of B
-                block[:, column : column + width] = np.float32(adapter.scales[module]) * b.T
-                a_parts.append(a)
-                b_parts.append(block)
-            column += width  # a module the adapter leaves alone keeps zero columns
-        dtype = np.dtype(slot["dtype"])
-        out[slot["A"]] = np.ascontiguousarray(np.concatenate(a_parts).T, dtype=dtype)
-        out[slot["B"]] = np.concatenate(b_parts).astype(dtype)
+        pieces = [(m, None if s is None else slice(s, e), width) for m, s, e, width in slot["rows"]]
+        pair = stacked(lora, adapter, pieces)
+        if pair is not None:
+            dtype = np.dtype(slot["dtype"])
+            out[slot["A"]] = np.ascontiguousarray(pair[0].T, dtype=dtype)
+            out[slot["B"]] = np.ascontiguousarray(pair[1].T, dtype=dtype)
     return out
 
 
@@ -137,13 +150,11 @@ def write_adapters(
     """One file per adapter in model_dir/adapters (.onnx_adapter for the ONNX graph's inputs, a
     llama.cpp LoRA GGUF for the gguf target); their manifest entries."""
     (model_dir / ADAPTERS_DIR).mkdir()
+    slots = json.loads((work / "lora_slots.json").read_text(encoding="utf-8")) if plan.export.engine == "stream" else {}
     entries = []
     for adapter in adapters:
         path = model_dir / ADAPTERS_DIR / f"{adapter.name}{SUFFIXES[plan.export.engine]}"
-        if plan.export.engine == "gguf":
-            count = _write_gguf(adapter, src, path)
-        else:
-            count = _write_onnx(adapter, json.loads((work / "lora_slots.json").read_text(encoding="utf-8")), path)
+        count = _write_gguf(adapter, src, path) if plan.export.engine == "gguf" else _write_onnx(adapter, slots, path)
         entry = {"mode": "runtime", "file": adapter_file(plan, adapter.name), "tensors": count}
         entries.append(adapter.summary() | entry)
     return entries
@@ -181,24 +192,21 @@ def _write_gguf(adapter: Adapter, src: SourceModel, path: Path) -> int:
     w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, 0.0)
     count = 0
     for t in family.gguf.tensors(weights, shape, arch, {}):
-        modules = list(dict.fromkeys(p.key.removesuffix(".weight") for p in t.parts if t.k))
-        a = {m: lora.float32(f"{PREFIX}{m}.lora_A.weight") for m in modules if m in adapter.scales}  # [r, K]
-        if not a:
+        pieces = [
+            (
+                part.key.removesuffix(".weight"),
+                part.rows,
+                part.rows.stop - part.rows.start if part.rows else weights.entries[part.key].shape[0],
+            )
+            for part in (t.parts if t.k else ())
+        ]
+        pair = stacked(lora, adapter, pieces)
+        if pair is None:
             continue
-        first = dict(zip(a, np.cumsum([0] + [x.shape[0] for x in a.values()]), strict=False))  # rank offsets
-        b = np.zeros((t.rows, sum(x.shape[0] for x in a.values())), dtype=np.float32)
-        row = 0
-        for part in t.parts:
-            m = part.key.removesuffix(".weight")
-            width = part.rows.stop - part.rows.start if part.rows else weights.entries[part.key].shape[0]
-            if m in a:
-                rows = lora.float32(f"{PREFIX}{m}.lora_B.weight")  # [out, r]
-                rows = rows if part.rows is None else rows[part.rows]
-                b[row : row + width, first[m] : first[m] + a[m].shape[0]] = np.float32(adapter.scales[m]) * rows
-            row += width
+        a, b = pair
         if t.order is not None:
             b = b[t.order]
-        w.add_tensor(f"{t.name}.lora_a", np.ascontiguousarray(np.concatenate(list(a.values()))))
+        w.add_tensor(f"{t.name}.lora_a", np.ascontiguousarray(a))
         w.add_tensor(f"{t.name}.lora_b", np.ascontiguousarray(b))
         count += 2
     w.write_header_to_file()

@@ -100,6 +100,27 @@ def check_case(report: Report, i: int | str, case: dict, golden: dict, ids: list
                   "bundle_prefix": common_prefix(out, case["bundle_ids"]), "tie": tie, "greedy_ids": out}
 
 
+def case_sets(golden: dict, report: Report, load: Callable[[], list[str]], activate: Callable[[str | None], None]):
+    """(adapter name or None, check label prefix, cases): the base model's cases, then each runtime
+    LoRA adapter's with it active. load() loads every adapter file of the bundle once and returns
+    their names; activate(name) makes one active (None: the base again, after the last)."""
+    yield None, "", golden["cases"]
+    if not golden.get("adapters"):
+        return
+    try:
+        names = load()
+    except Exception as e:  # a damaged or mismatched adapter file
+        report.add("adapters", False, f"{type(e).__name__}: {e}")
+        return
+    for name, entry in golden["adapters"].items():
+        if not report.add(f"adapter {name}", name in names, f"{entry['file']} loaded" if name in names
+                          else f"{entry['file']} is missing (adapters found: {', '.join(names) or 'none'})"):
+            continue
+        activate(name)
+        yield name, f"{name} ", entry["cases"]
+    activate(None)
+
+
 def agreement(report: Report, golden: dict, hits: int, total: int, cases: list[dict], runtime: str) -> dict:
     """The top-1 agreement over every case against the golden minimum; the smoke test's results."""
     rate = hits / total if total else 0.0

@@ -26,6 +26,7 @@ BUNDLE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BUNDLE / "runner"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checks import Report, agreement, check_case, main, near_ties  # noqa: E402
+from checks import case_sets as cases_with_adapters  # noqa: E402
 
 
 def open_model(bundle: Path, golden: dict, report: Report):
@@ -76,25 +77,16 @@ def stepwise(llm, prompt_ids: list[int], n: int):
 
 
 def case_sets(llm, bundle: Path, golden: dict, report: Report):
-    """(adapter name or None, check label prefix, cases): the base model's, then each adapter's with
-    that adapter applied, in the one loaded model; the base again at the end."""
+    """checks.case_sets with the bundle's llama.cpp LoRA files, all loaded onto the one model."""
     from run import load_adapters, use_adapter
 
-    yield None, "", golden["cases"]
-    if not golden.get("adapters"):
-        return
-    try:
-        adapters = load_adapters(llm, bundle / "model")
-    except Exception as e:  # a damaged or mismatched adapter file
-        report.add("adapters", False, f"{type(e).__name__}: {e}")
-        return
-    for name, entry in golden["adapters"].items():
-        if not report.add(f"adapter {name}", name in adapters, f"{entry['file']} loaded" if name in adapters
-                          else f"{entry['file']} is missing (adapters found: {', '.join(adapters) or 'none'})"):
-            continue
-        use_adapter(llm, adapters, name)
-        yield name, f"{name} ", entry["cases"]
-    use_adapter(llm, adapters, None)
+    loaded: dict = {}
+
+    def load() -> list[str]:
+        loaded.update(load_adapters(llm, bundle / "model"))
+        return list(loaded)
+
+    return cases_with_adapters(golden, report, load, lambda name: use_adapter(llm, loaded, name))
 
 
 def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> dict:

@@ -27,6 +27,7 @@ BUNDLE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(BUNDLE / "runner"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from checks import Report, agreement, check_case, main, near_ties  # noqa: E402
+from checks import case_sets as cases_with_adapters  # noqa: E402
 
 
 WINDOW = [0]  # an NPU bundle's prompt window (set by open_model): its prompt fills whole windows
@@ -168,26 +169,21 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report, model
 
 
 def case_sets(model, model_dir: Path, golden: dict, report: Report):
-    """(adapter name or None, check label prefix, cases): the base model's, then each runtime
-    adapter's with that adapter active (ACTIVE), all loaded once and switched per generator."""
-    ACTIVE[0] = None
-    yield None, "", golden["cases"]
-    if not golden.get("adapters"):
-        return
+    """checks.case_sets with onnxruntime-genai's Adapters, all loaded once; the active one (ACTIVE)
+    is set on each generator."""
     from run import load_adapters
 
-    try:
-        adapters, names = load_adapters(model, model_dir)
-    except Exception as e:  # a damaged or mismatched adapter file
-        report.add("adapters", False, f"{type(e).__name__}: {e}")
-        return
-    for name, entry in golden["adapters"].items():
-        if not report.add(f"adapter {name}", name in names, f"{entry['file']} loaded" if name in names
-                          else f"{entry['file']} is missing (adapters found: {', '.join(names) or 'none'})"):
-            continue
-        ACTIVE[0] = (adapters, name)
-        yield name, f"{name} ", entry["cases"]
     ACTIVE[0] = None
+    loaded = {}
+
+    def load() -> list[str]:
+        loaded["adapters"], names = load_adapters(model, model_dir)
+        return names
+
+    def activate(name: str | None) -> None:
+        ACTIVE[0] = (loaded["adapters"], name) if name else None
+
+    return cases_with_adapters(golden, report, load, activate)
 
 
 def record(bundle: Path, provider: str, model_dir: Path | None = None) -> int:
