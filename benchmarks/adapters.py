@@ -13,7 +13,6 @@ the merged bundle: 64-token prompt, 64 new tokens, greedy, interleaved rounds, m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from toolkit.build import build, plan_build  # noqa: E402
 from toolkit.families import open_checkpoint  # noqa: E402
 from toolkit.source.adapter import read_adapter  # noqa: E402
 from toolkit.source.gguf import gguf_to_hf, smollm2_gguf  # noqa: E402
+from toolkit.tiny.lora import make_lora_adapter  # noqa: E402
 
 CACHE = ROOT / ".slmkit-cache"
 MODULES = (
@@ -39,35 +39,6 @@ MODULES = (
     "mlp.up_proj",
     "mlp.down_proj",
 )
-
-
-def make_adapter(model: Path, out: Path, rank: int, seed: int) -> Path:
-    from safetensors.numpy import save_file
-
-    from toolkit.source.tensors import CheckpointTensors
-
-    weights = CheckpointTensors(model, tuple(p.name for p in model.glob("*.safetensors")))
-    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
-    rng = np.random.default_rng(seed)
-    lora = {}
-    for i in range(layers):
-        for m in MODULES:
-            out_rows, inputs = weights.entries[f"model.layers.{i}.{m}.weight"].shape
-            key = f"base_model.model.model.layers.{i}.{m}"
-            lora[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, inputs)) / np.sqrt(inputs)).astype(np.float32)
-            lora[f"{key}.lora_B.weight"] = (rng.standard_normal((out_rows, rank)) * 0.01).astype(np.float32)
-    out.mkdir(parents=True)
-    save_file(lora, str(out / "adapter_model.safetensors"))
-    config = {
-        "peft_type": "LORA",
-        "r": rank,
-        "lora_alpha": 2 * rank,
-        "bias": "none",
-        "target_modules": sorted({m.split(".")[-1] for m in MODULES}),
-        "base_model_name_or_path": str(model),
-    }
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
 
 
 def timed(model, ids: list[int], new: int, adapter=None) -> tuple[float, float]:
@@ -99,8 +70,8 @@ def main() -> None:
     model = gguf_to_hf(smollm2_gguf(), CACHE / "smollm2-135m-instruct-hf")
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         work = Path(tmp)
-        one = read_adapter(make_adapter(model, work / "one", args.rank, 0), "one")
-        two = read_adapter(make_adapter(model, work / "two", args.rank, 1), "two")
+        one = read_adapter(make_lora_adapter(model, work / "one", MODULES, args.rank, 2 * args.rank, 0.01, 0), "one")
+        two = read_adapter(make_lora_adapter(model, work / "two", MODULES, args.rank, 2 * args.rank, 0.01, 1), "two")
         src = open_checkpoint(str(model))
         times = {}
         for label, overrides, adapters in (

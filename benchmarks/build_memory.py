@@ -14,11 +14,13 @@ build process and its children, sampled every 0.1 s. Random weights: the verify 
 set to 0 agreement and a 1-token greedy prefix (the tokens of a random model are noise). Each whole
 build runs once per --methods entry: `recipe` (the recipe's quantize.method: slmkit's calibrated
 int4) and e.g. `default` (--set quantize.method=default: the builder's round-to-nearest, the fast
-build). With --baseline DIR (another slmkit checkout, e.g. `git worktree add DIR <commit>`) the same
+build). With --adapter-rank R each whole build runs a second time with a random rank-R LoRA adapter
+on every projection of every layer merged into it (`--adapter`), its ratios against the same build
+without it. With --baseline DIR (another slmkit checkout, e.g. `git worktree add DIR <commit>`) the same
 builds of that version run first, as the anchor of the ratio columns.
 
     python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--methods recipe,default]
-                                      [--shape phi-3.5-mini|phi-4-mini]
+                                      [--shape phi-3.5-mini|phi-4-mini] [--adapter-rank 16]
                                       [--baseline DIR] [--work DIR] [--keep] [--skip-exports]
 """
 
@@ -35,9 +37,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from toolkit.tiny.lora import make_lora_adapter  # noqa: E402
 from toolkit.tiny.phi3 import make_random_phi3, make_random_phi4  # noqa: E402
 
 SHAPES = {"phi-3.5-mini": make_random_phi3, "phi-4-mini": make_random_phi4}
+PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 
 CHILD = """
 import sys, time
@@ -187,6 +191,7 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="another slmkit checkout whose whole builds are the anchor")
     ap.add_argument("--work", type=Path, default=ROOT / ".slmkit-cache" / "build-memory")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and exports")
+    ap.add_argument("--adapter-rank", type=int, help="whole builds: again with a merged rank-R LoRA adapter")
     args = ap.parse_args()
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     builder_limit = int(total * 0.9)
@@ -199,6 +204,11 @@ def main() -> None:
         print(
             f"{layers} layers: {params / 1e9:.2f} B parameters written in {time.perf_counter() - t0:.0f} s", flush=True
         )
+        adapter = None
+        if args.adapter_rank:
+            adapter = args.work / f"lora-r{args.adapter_rank}-{layers}L"
+            shutil.rmtree(adapter, ignore_errors=True)
+            make_lora_adapter(model, adapter, PROJECTIONS, args.adapter_rank, 2.0 * args.adapter_rank, 0.01)
         built = {}
         for engine in () if args.skip_exports else ("ort-genai", "stream"):
             work = args.work / f"out-{layers}L-{engine}"
@@ -223,18 +233,23 @@ def main() -> None:
         for target in [t for t in args.targets.split(",") if t]:
             for version, root in versions:
                 for method in args.methods.split(","):
-                    out = args.work / f"bundle-{layers}L-{target}-{version}-{method}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    extra = () if method == "recipe" else ("--set", f"quantize.method={method}")
-                    status, peak, wall = whole_build(model, target, out, root, extra)
-                    whole.append([layers, params, target, f"{version}, {method}", status, peak, wall])
-                    print(
-                        f"  whole build {target} ({version}, {method}): {status}, "
-                        f"peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
-                        flush=True,
-                    )
-                if not args.keep:
-                    shutil.rmtree(out, ignore_errors=True)
+                    for lora in (None, adapter) if adapter else (None,):
+                        name = f"{method}, rank-{args.adapter_rank} adapter" if lora else method
+                        out = args.work / f"bundle-{layers}L-{target}-{version}-{name.replace(', ', '-')}"
+                        shutil.rmtree(out, ignore_errors=True)
+                        extra = () if method == "recipe" else ("--set", f"quantize.method={method}")
+                        extra += ("--adapter", str(lora)) if lora else ()
+                        status, peak, wall = whole_build(model, target, out, root, extra)
+                        whole.append([layers, params, target, f"{version}, {name}", status, peak, wall])
+                        print(
+                            f"  whole build {target} ({version}, {name}): {status}, "
+                            f"peak RSS {peak / 1e9:.2f} GB, {wall:.0f} s",
+                            flush=True,
+                        )
+                        if not args.keep:
+                            shutil.rmtree(out, ignore_errors=True)
+        if adapter and not args.keep:
+            shutil.rmtree(adapter, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(model, ignore_errors=True)
             for engine in ("ort-genai", "stream"):
@@ -260,7 +275,8 @@ def main() -> None:
             )
     if whole:
         print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process); the anchor")
-        print("of the ratios: the baseline checkout's same build, else this checkout's round-to-nearest build\n")
+        print("of the ratios: the same build without the adapter, else the baseline checkout's same build, else")
+        print("this checkout's round-to-nearest build\n")
         print(
             "| layers | params | target | slmkit, quantize.method | result | peak RSS GB | wall s | peak vs anchor "
             "| wall vs anchor |"
@@ -268,11 +284,12 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         for layers, params, target, version, status, peak, wall in whole:
             method = version.split(", ")[1]
+            candidates = (version.removesuffix(f", rank-{args.adapter_rank} adapter"), f"baseline, {method}")
+            anchors = [a for a in (*candidates, "this, default") if a != version]
             anchor = next(
-                (r for r in whole if r[:4] == [layers, params, target, f"baseline, {method}"] and r[4] == "ok"),
-                next((r for r in whole if r[:4] == [layers, params, target, "this, default"] and r[4] == "ok"), None),
+                (r for a in anchors for r in whole if r[:4] == [layers, params, target, a] and r[4] == "ok"), None
             )
-            ratio = f"{peak / anchor[5]:.2f} | {wall / anchor[6]:.2f}" if anchor and anchor[3] != version else "- | -"
+            ratio = f"{peak / anchor[5]:.2f} | {wall / anchor[6]:.2f}" if anchor else "- | -"
             print(
                 f"| {layers} | {params / 1e9:.2f} B | {target} | {version} | {status} | {peak / 1e9:.2f} | "
                 f"{wall:.0f} | {ratio} |"

@@ -16,33 +16,11 @@ from click.testing import CliRunner
 from safetensors.numpy import load_file, save_file
 
 from toolkit.cli import main
+from toolkit.tiny.lora import make_lora_adapter
 
 PHI3 = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 LLAMA = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.down_proj")
 LLAMA_SETS = ("--set", "optimize.context_cap=2048", "--set", "verify.chat_prompts=[]")
-
-
-def make_adapter(model: Path, out: Path, modules: tuple[str, ...], rank: int = 4, alpha: float = 8.0, **config) -> Path:
-    """A LoRA adapter for every layer's `modules` of `model`, laid out as PEFT saves one: A random,
-    B large enough that the adapted model's greedy tokens differ from the base's."""
-    tensors = load_file(str(model / "model.safetensors"))
-    layers = json.loads((model / "config.json").read_text())["num_hidden_layers"]
-    rng = np.random.default_rng(0)
-    lora = {}
-    for i in range(layers):
-        for m in modules:
-            w = tensors[f"model.layers.{i}.{m}.weight"]
-            key = f"base_model.model.model.layers.{i}.{m}"
-            lora[f"{key}.lora_A.weight"] = (rng.standard_normal((rank, w.shape[1])) / np.sqrt(w.shape[1])).astype(
-                np.float32
-            )
-            lora[f"{key}.lora_B.weight"] = (rng.standard_normal((w.shape[0], rank)) * 0.05).astype(np.float32)
-    out.mkdir(parents=True)
-    save_file(lora, str(out / "adapter_model.safetensors"))
-    targets = sorted({m.split(".")[-1] for m in modules})
-    settings = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "target_modules": targets, "bias": "none"}
-    (out / "adapter_config.json").write_text(json.dumps(settings | {"base_model_name_or_path": str(model)} | config))
-    return out
 
 
 def build(model: Path, adapter: Path | None, out: Path, *extra: str):
@@ -62,7 +40,7 @@ def test_a_merged_adapter_is_what_the_bundle_runs(request, tmp_path, variant, mo
     """The bundle passes its smoke test against the float32 reference of the adapted model, whose
     greedy tokens are not the base model's; the manifest names the adapter, its hashes and its base."""
     model = request.getfixturevalue(variant)
-    adapter = make_adapter(model, tmp_path / "lora", modules)
+    adapter = make_lora_adapter(model, tmp_path / "lora", modules)
     result = build(model, adapter, tmp_path / "adapted", *extra)
     assert result.exit_code == 0, result.output
     assert "merging the LoRA adapter lora (rank 4," in result.output
@@ -83,7 +61,7 @@ def test_the_merge_is_w_plus_scaled_b_a(tiny35, tmp_path):
     from toolkit.source.adapter import merged, read_adapter
     from toolkit.source.tensors import CheckpointTensors
 
-    adapter_dir = make_adapter(tiny35, tmp_path / "lora", PHI3, rank=4, alpha=16.0, use_rslora=True)
+    adapter_dir = make_lora_adapter(tiny35, tmp_path / "lora", PHI3, rank=4, alpha=16.0, use_rslora=True)
     src = open_checkpoint(str(tiny35))
     adapter = read_adapter(adapter_dir)
     out = merged(src, adapter, tmp_path / "merged")
@@ -118,7 +96,7 @@ def test_an_adapter_that_does_not_fit_is_refused_before_anything_is_written(tiny
         save_file(lora, str(adapter / "adapter_model.safetensors"))
         (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
     else:
-        adapter = make_adapter(tiny35, tmp_path / "lora", modules, **config)
+        adapter = make_lora_adapter(tiny35, tmp_path / "lora", modules, **config)
     out = tmp_path / "b"
     result = build(tiny35, adapter, out)
     assert result.exit_code == 1 and not out.exists()
@@ -133,14 +111,14 @@ def test_a_pickled_adapter_and_a_wrong_shape_are_refused(tiny35, tiny4, tmp_path
     result = build(tiny35, pickled, tmp_path / "b")
     assert result.exit_code == 1
     assert "it has pickle weights (adapter_model.bin), which slmkit does not unpickle" in result.output
-    other = make_adapter(tiny4, tmp_path / "phi4-lora", PHI3[:1])  # Phi-4-mini's qkv is another size
+    other = make_lora_adapter(tiny4, tmp_path / "phi4-lora", PHI3[:1])  # Phi-4-mini's qkv is another size
     result = build(tiny35, other, tmp_path / "c")
     assert result.exit_code == 1 and "the adapter belongs to another base model" in result.output
 
 
 @pytest.mark.parametrize("target", ["android", "gguf"])
 def test_the_merged_adapter_reaches_the_phone_and_llama_cpp_bundles(tiny35, tmp_path, target):
-    adapter = make_adapter(tiny35, tmp_path / "lora", PHI3)
+    adapter = make_lora_adapter(tiny35, tmp_path / "lora", PHI3)
     out = tmp_path / target
     args = ["build", "-m", str(tiny35), "-t", target, "-o", str(out), "--adapter", str(adapter)]
     result = CliRunner().invoke(main, args)
@@ -177,8 +155,8 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, targe
     merged, in one loaded model. The runner answers with each adapter by name."""
     model = request.getfixturevalue(variant)
     adapters = {
-        "one": make_adapter(model, tmp_path / "one", first),
-        "two": make_adapter(model, tmp_path / "two", second, rank=8),
+        "one": make_lora_adapter(model, tmp_path / "one", first),
+        "two": make_lora_adapter(model, tmp_path / "two", second, rank=8),
     }
     out = tmp_path / "runtime"
     result = runtime_build(model, out, adapters, *extra, target=target)
@@ -260,7 +238,7 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, targe
     ],
 )
 def test_runtime_adapters_that_cannot_be_built_are_refused(tiny35, tmp_path, how, message):
-    adapter = make_adapter(tiny35, tmp_path / "lora", PHI3[:1])
+    adapter = make_lora_adapter(tiny35, tmp_path / "lora", PHI3[:1])
     out = tmp_path / "b"
     if how == "ios":
         result = runtime_build(tiny35, out, {"x": adapter}, target="ios")
