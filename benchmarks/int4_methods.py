@@ -52,6 +52,14 @@ VARIANTS = [
         ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64"),
     ),
     ("mixed sym b64", ("quantize.method=mixed", "quantize.symmetric=true", "quantize.block_size=64")),
+    (
+        "mixed b64 + rotation",
+        ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64", "quantize.rotation=hadamard"),
+    ),
+    (
+        "gptq b64 + rotation",
+        ("quantize.method=gptq", "quantize.symmetric=false", "quantize.block_size=64", "quantize.rotation=hadamard"),
+    ),
 ]
 
 

@@ -15,6 +15,7 @@ from .formats import format_of, format_of_target
 from .plan import doctor
 from .plan.catalog import choose_recipe
 from .plan.config import BuildPlan, resolve
+from .quantize import rotation
 from .source import checkpoint
 from .source.adapter import Adapter, merged
 from .source.checkpoint import SourceModel
@@ -41,6 +42,8 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
         )
     family.check_plan(src, plan)
     fmt.check_plan(src, plan)
+    if plan.quantize.rotation != "none":
+        rotation.check(src, plan.export.engine, plan.adapters.mode == "runtime")
     return plan
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..plan.config import OWN_METHODS, BuildPlan
-from ..quantize import choices
+from ..quantize import choices, rotation
 from ..source.checkpoint import SourceModel
 from . import builder, gguf, stream
 
@@ -20,6 +20,7 @@ def export_onnx(src: SourceModel, plan: BuildPlan, work: Path, log: Callable[[st
     builder; return the folder with model.onnx and genai_config.json."""
     work.mkdir(parents=True, exist_ok=True)
     q, precision = plan.quantize, plan.export.precision
+    src = rotation.for_export(src, q, work, lambda m: log(f"{step}{m}"))
     if plan.export.engine == "stream":
         how = (
             f"slmkit's calibrated {q.method}, one decoder layer at a time"
@@ -39,6 +40,7 @@ def export_gguf(src: SourceModel, plan: BuildPlan, work: Path, log: Callable[[st
     """Export and quantize per the plan into model.gguf; return its folder."""
     work.mkdir(parents=True, exist_ok=True)
     q, precision = plan.quantize, plan.export.precision
+    src = rotation.for_export(src, q, work, lambda m: log(f"{step}{m}"))
     how = f"slmkit's calibrated {q.method}" if q.method in OWN_METHODS else "llama.cpp's round-to-nearest"
     log(f"{step}GGUF export + {precision} quantization with {how}, one tensor at a time")
     return gguf.export_gguf(src.path, src.weight_files, src.config, plan.export, q, work, lambda m: log(f"      {m}"))

@@ -88,6 +88,9 @@ class QuantizeConfig:
     accuracy_level: int = _choice(0, 1, 2, 3, 4, default=4)
     symmetric: bool = True
     lm_head: str = _choice("int4", "int8", default="int4")
+    # "hadamard": the residual stream rotated by a Hadamard matrix with random signs, folded into the
+    # weights before anything is quantized (QuaRot's R1; toolkit/quantize/rotation.py).
+    rotation: str = _choice("none", "hadamard", default="none")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..families import family_of
+from ..families.decoder.graph import TIED_ROTATION
 from ..graphs.ops import Shape
 from ..plan.config import QuantizeConfig
 from ..source.tensors import CheckpointTensors
@@ -326,7 +327,12 @@ class Calibration:
             cost = self._cost("lm_head", None, None)
             int8 = int8_bytes(k, n, self.q.block_size)
             candidates.append(Candidate("/lm_head", cost, self.packs["lm_head"].nbytes, int8, k, n))
-        self.chosen, used, room = choose_promotions(candidates)
+        reserved = 0
+        if TIED_ROTATION in self.weights:  # its int8 MatMul after the final norm (rotation.py) counts too
+            h = self.shape.hidden
+            blocks = -(-h // self.q.block_size)
+            reserved = h * h + h * blocks * 4 + (0 if self.q.symmetric else h * blocks)
+        self.chosen, used, room = choose_promotions(candidates, reserved)
         self.log(
             f"mixed precision: {len(self.chosen)} of {len(candidates)} matrices in int8 ({used / 1e6:.2f} of "
             f"the {room / 1e6:.2f} MB the builder default would use more)"

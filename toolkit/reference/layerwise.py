@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import InputModelError
 from ..families import family_of
+from ..families.decoder.graph import TIED_ROTATION
 from ..source.checkpoint import read_config
 from ..source.tensors import WIDEN, CheckpointTensors
 
@@ -142,6 +143,10 @@ def layerwise_model(
     ):
         module.to_empty(device="cpu")
         reader.load(module, prefix)
+    if TIED_ROTATION in weights:  # a rotated checkpoint's tied table: its MatMul after the final norm
+        rotation = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False)
+        rotation.weight.data = torch.from_numpy(weights.float32(TIED_ROTATION))
+        inner.norm = torch.nn.Sequential(inner.norm, rotation)
     if getattr(config, "tie_word_embeddings", False) and "lm_head.weight" not in reader.weights:
         model.lm_head.weight = inner.embed_tokens.weight
     else:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ...graphs.ops import Shape
 from ...plan.config import SOCS, BuildPlan, ExportConfig
+from ...quantize import rotation
 from ...source.checkpoint import SourceModel
 from ...source.tensors import CheckpointTensors
 from ..stream import write_config_files
@@ -27,6 +28,7 @@ def export_qnn(src: SourceModel, plan: BuildPlan, work: Path, log: Callable[[str
     """model/: embeddings.onnx, positions.onnx, each part's context models and binaries,
     genai_config.json, the tokenizer files and npu.json; the QDQ graphs stay in work/qdq."""
     work.mkdir(parents=True, exist_ok=True)
+    src = rotation.for_export(src, plan.quantize, work, lambda m: log(f"{step}{m}"))
     npu, shape = plan.npu, Shape.of(src.config)
     soc, arch = SOCS[npu.soc]
     log(

@@ -16,6 +16,9 @@ from ...graphs.attention import attention, attention_inputs
 from ...graphs.ops import ELEM, INT64, MS, GraphWriter, Shape, gather_blocks
 from ...source.tensors import CheckpointTensors
 
+# A rotated checkpoint's tied table: Q^T diag(final norm) Q, a MatMul after the final norm
+# (toolkit/quantize/rotation.py).
+TIED_ROTATION = "model.norm.rotation"
 TIED_EMBEDDING = "/model/embed_tokens/output_0"  # the calibrated tied table's rows (written last)
 
 
@@ -87,7 +90,7 @@ def expected_tensors(shape: Shape, fused: bool) -> set[str]:
         else ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"]
     )
     names = {f"model.layers.{i}.{p}.weight" for i in range(shape.layers) for p in per_layer}
-    return names | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}
+    return names | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", TIED_ROTATION}
 
 
 def _qkv(weights: CheckpointTensors, hf: str) -> np.ndarray:
@@ -206,6 +209,12 @@ def write_decoder(
         shape.eps,
         last=True,
     )
+    if TIED_ROTATION in weights:
+        m, base = weights.float32(TIED_ROTATION), "/model/norm/rotation"
+        if g.precision in ("fp32", "fp16"):
+            h = g.matmul(base, h, m, float_weight=True)
+        else:
+            h = g.matmul(base, h, written=g.int8_rows(base, m))
     if deferred is not None:
         head = _calibrated_tied_embedding(g, shape, weights.float32(tied), deferred)
     if head is None:
