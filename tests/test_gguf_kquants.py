@@ -170,3 +170,26 @@ def test_a_mixed_gguf_bundle_fits_q4_k_m_and_passes_in_llama_cpp(request, varian
     with_stats = {n for n in matrices if n != "token_embd.weight" or "output.weight" not in planned}
     assert stats == with_stats
     assert set(imatrix["tensors"].values()) == {0}  # every one F32
+
+
+def test_a_byte_target_buys_wider_gguf_types(tiny_llama, tmp_path):
+    """quantize.target_mb instead of Q4_K_M's bytes: a larger target gives more 8-bit matrices and a
+    file within it; one below the smallest types is refused with their size."""
+    from toolkit.build import plan_build
+    from toolkit.errors import ConfigError
+    from toolkit.families import open_checkpoint
+    from toolkit.formats import format_of
+
+    src = open_checkpoint(str(tiny_llama))
+    sets = ("optimize.context_cap=2048", "quantize.method=mixed", "quantize.lm_head=int4")
+    eights, sizes = {}, {}
+    for target in (0.0, 0.3):
+        plan = plan_build(src, "smollm2/gguf", None, (*sets, f"quantize.target_mb={target}"))
+        folder = format_of(plan).export(src, plan, tmp_path / str(target), lambda _: None, "")
+        planned = json.loads((folder / "gguf.json").read_text())["tensors"]
+        eights[target] = sum(t["type"] == "Q8_0" for t in planned.values())
+        sizes[target] = (folder / "model.gguf").stat().st_size
+    assert eights[0.0] < eights[0.3] and sizes[0.0] < sizes[0.3]
+    plan = plan_build(src, "smollm2/gguf", None, (*sets, "quantize.target_mb=0.01"))
+    with pytest.raises(ConfigError, match=r"quantize.target_mb = 0.01 is below the 0\.\d MB of this model in its"):
+        format_of(plan).export(src, plan, tmp_path / "small", lambda _: None, "")

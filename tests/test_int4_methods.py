@@ -264,3 +264,44 @@ def test_calibration_memory_stays_flat_in_layers():
     assert calibration_memory_bytes(phi35) == calibration_memory_bytes(dict(phi35, num_hidden_layers=64))
     check = memory_check(3_820_000_000, phi35, "stream", "mixed")
     assert check.ok and "calibrated mixed int4 (one layer, its inputs' X^T X, the calibration states)" in check.detail
+
+
+def _weight_bytes(model_dir) -> int:
+    """The bytes of model.onnx's initializers but the rope caches (what quantize.target_mb counts)."""
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"), load_external_data=False).graph
+    return sum(
+        int(e.value) for i in graph.initializer if "cache" not in i.name for e in i.external_data if e.key == "length"
+    )
+
+
+def test_a_byte_target_spends_what_it_is_given(tmp_path, tiny_llama):
+    """quantize.target_mb instead of the builder's bytes: more bytes buy more int8 matrices, the
+    weights stay within the target, and a target below the int4 weights is refused with their size."""
+    from toolkit.build import plan_build
+    from toolkit.errors import ConfigError
+    from toolkit.families import open_checkpoint
+    from toolkit.formats import format_of
+
+    src = open_checkpoint(str(tiny_llama))
+    sets = ("optimize.context_cap=2048", "quantize.block_size=64")
+    sizes, logs = {}, {}
+    for target in (0.0, 0.3):
+        plan = plan_build(src, "smollm2/cpu", None, (*sets, f"quantize.target_mb={target}"))
+        logs[target] = []
+        sizes[target] = _weight_bytes(
+            format_of(plan).export(src, plan, tmp_path / str(target), logs[target].append, "")
+        )
+    promoted = {
+        t: [int(line.split("mixed precision: ")[1].split()[0]) for line in lines if " matrices in int8 (" in line]
+        for t, lines in logs.items()
+    }
+    assert promoted[0.0][0] < promoted[0.3][0] and sizes[0.0] < sizes[0.3] <= 0.3e6
+    assert any("that quantize.target_mb = 0.3 leaves over int4" in line for line in logs[0.3])
+    plan = plan_build(src, "smollm2/cpu", None, (*sets, "quantize.target_mb=0.01"))
+    with pytest.raises(ConfigError, match=r"quantize.target_mb = 0.01 is below the 0\.\d MB of this model's weights"):
+        format_of(plan).export(src, plan, tmp_path / "small", lambda _: None, "")
+    with pytest.raises(ConfigError) as e:
+        plan_build(src, "smollm2/cpu", None, (*sets, "quantize.target_mb=1", "quantize.method=gptq"))
+    assert str(e.value).startswith("quantize.target_mb = 1.0 is the byte budget of quantize.method 'mixed'")

@@ -42,6 +42,12 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
         )
     family.check_plan(src, plan)
     fmt.check_plan(src, plan)
+    if plan.quantize.target_mb and (plan.quantize.method != "mixed" or plan.export.engine not in ("stream", "gguf")):
+        raise ConfigError(
+            f"quantize.target_mb = {plan.quantize.target_mb} is the byte budget of quantize.method 'mixed' on the "
+            f"stream and gguf engines (this plan: method '{plan.quantize.method}', engine '{plan.export.engine}'). "
+            "Add --set quantize.method=mixed, or leave quantize.target_mb at 0."
+        )
     if plan.quantize.rotation != "none":
         rotation.check(src, plan.export.engine, plan.adapters.mode == "runtime")
     return plan

@@ -99,7 +99,7 @@ def export_gguf(
 
         calibration = KQuantCalibration(source, weight_files, config, q, weights, work / "calibration", log)
         try:
-            types = write_mixed(w, tensors, weights, calibration, shape.layers, out, log)
+            types = write_mixed(w, tensors, weights, calibration, shape.layers, out, log, q.target_mb)
         finally:
             calibration.close()
         _save(out, {"tensors": _plan(tensors, types)})

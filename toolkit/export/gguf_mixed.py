@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..progress import bar
 from ..quantize import kquants
 from ..quantize.kmix import KQuantCalibration, choose, llama_q4_k_m, quantize_on, row_bytes
@@ -32,9 +33,11 @@ def write_mixed(
     layers: int,
     out: Path,
     log: Callable[[str], None],
+    target_mb: float = 0.0,
 ) -> dict[str, str]:
     """Calibrate, choose and write every tensor of `tensors` with gguf-py's writer `w` (its keys
-    already added); returns each matrix's type."""
+    already added), the matrices within llama.cpp Q4_K_M's bytes or, with `target_mb`, within what
+    that leaves beside the float32 vectors; returns each matrix's type."""
     tied = not any(t.name == "output.weight" for t in tensors)
     llama = llama_q4_k_m(tensors, layers, tied)
     spill_path = out.parent / "candidates.bin"
@@ -60,10 +63,20 @@ def write_mixed(
                 spill.write(memoryview(np.ascontiguousarray(data)).cast("B"))
                 options.setdefault(t.name, []).append((kind, data.nbytes, cost))
     budget = sum(t.rows * row_bytes(t.k, llama[t.name]) for t in tensors if t.k)
+    if target_mb:
+        vectors = sum(4 * t.rows for t in tensors if not t.k)  # norms and rope factors, float32
+        budget = int(target_mb * 1e6) - vectors
+        least = sum(min(size for _, size, _ in kinds) for kinds in options.values())
+        if budget < least:
+            raise ConfigError(
+                f"quantize.target_mb = {target_mb} is below the {(least + vectors) / 1e6:.1f} MB of this model "
+                "in its smallest GGUF types. Raise it."
+            )
     types, used = choose(options, budget)
     counts = {k: sum(v == k for v in types.values()) for k in dict.fromkeys(sorted(types.values()))}
     log(
-        f"types by measured cost per byte: {used / 1e6:.1f} MB of matrices within llama.cpp Q4_K_M's "
+        f"types by measured cost per byte: {used / 1e6:.1f} MB of matrices within "
+        f"{f'quantize.target_mb = {target_mb}: ' if target_mb else 'llama.cpp Q4_K_M: '}"
         f"{budget / 1e6:.1f} MB: " + ", ".join(f"{n} {k}" for k, n in counts.items())
     )
     fallback = sum(t.k % kquants.SUPER != 0 for t in tensors if t.k)

@@ -91,6 +91,10 @@ class QuantizeConfig:
     # "hadamard": the residual stream rotated by a Hadamard matrix with random signs, folded into the
     # weights before anything is quantized (QuaRot's R1; toolkit/quantize/rotation.py).
     rotation: str = _choice("none", "hadamard", default="none")
+    # method "mixed": the weights' bytes in MB (matrices, token tables, norms; the rope caches come
+    # on top) that the promotions may fill, instead of the builder's default int4 (ONNX) or llama.cpp
+    # Q4_K_M's (GGUF). 0: those.
+    target_mb: float = _range(0.0, 1e6, default=0.0)
 
 
 @dataclass(frozen=True)

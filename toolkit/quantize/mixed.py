@@ -35,11 +35,15 @@ def int8_bytes(k: int, n: int, block: int) -> int:
     return n * blocks * (block + 4 + 1)
 
 
-def choose_promotions(candidates: list[Candidate], reserved: int = 0) -> tuple[set[str], int, int]:
+def choose_promotions(
+    candidates: list[Candidate], reserved: int = 0, room: int | None = None
+) -> tuple[set[str], int, int]:
     """The matrices to store in int8: the highest error per extra byte first, while all of them
     and `reserved` bytes (what the builder's graph does not have: a rotated tied table's MatMul)
-    stay within the builder default's bytes. Returns (names, extra bytes used, the room)."""
-    room = sum(builder_bytes(c.k, c.n) - c.int4_bytes for c in candidates) - reserved
+    stay within the builder default's bytes, or within `room` extra bytes where given. Returns
+    (names, extra bytes used, the room)."""
+    if room is None:
+        room = sum(builder_bytes(c.k, c.n) - c.int4_bytes for c in candidates) - reserved
     chosen, used = set(), 0
     for c in sorted(candidates, key=lambda c: c.error / (c.int8_bytes - c.int4_bytes), reverse=True):
         extra = c.int8_bytes - c.int4_bytes

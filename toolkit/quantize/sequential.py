@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ConfigError
 from ..families import family_of
 from ..families.decoder.graph import TIED_ROTATION
 from ..graphs.ops import Shape
@@ -75,6 +76,7 @@ class Calibration:
         self.chosen: set[str] = set()
         self.expert_packs: dict[tuple[str, int], tuple[Packed, Packed]] = {}  # a mixture's, layer by layer
         self.experts_seen = self.fallbacks = 0
+        self.fixed_bytes = 0  # what the promotions cannot change: an untied token table's blocks
         self.tokens = int(ids.numel())
         log(f"calibration: {self.tokens} tokens in {ids.shape[0]} sequences of {WINDOW}, on {self.device}")
         self.sensitivity: dict[str, np.ndarray] = {}  # mixed: each Linear output feature's E[(dL/dy)^2]
@@ -144,7 +146,9 @@ class Calibration:
 
     def table(self, base: str, table: np.ndarray) -> Packed:
         """A token table (rows: tokens): the per-block search, unweighted (no input to calibrate on)."""
-        return quantize(table.T, self.q.block_size, None, self.q.symmetric)
+        p = quantize(table.T, self.q.block_size, None, self.q.symmetric)
+        self.fixed_bytes += p.nbytes
+        return p
 
     def promoted(self) -> set[str]:
         return self.chosen
@@ -332,10 +336,29 @@ class Calibration:
             h = self.shape.hidden
             blocks = -(-h // self.q.block_size)
             reserved = h * h + h * blocks * 4 + (0 if self.q.symmetric else h * blocks)
-        self.chosen, used, room = choose_promotions(candidates, reserved)
+        if not self.q.target_mb:
+            self.chosen, used, room = choose_promotions(candidates, reserved)
+            self.log(
+                f"mixed precision: {len(self.chosen)} of {len(candidates)} matrices in int8 ({used / 1e6:.2f} of "
+                f"the {room / 1e6:.2f} MB the builder default would use more)"
+            )
+            return
+        h, n, k = self.shape.hidden, *head_shape
+        fixed = self.fixed_bytes + reserved + 4 * h * (2 * self.shape.layers + 1)  # + the norms, float32
+        if self.q.lm_head == "int8":
+            fixed += int8_bytes(k, n, self.q.block_size)
+        int4 = sum(c.int4_bytes for c in candidates)
+        target = int(self.q.target_mb * 1e6)
+        if target < fixed + int4:
+            raise ConfigError(
+                f"quantize.target_mb = {self.q.target_mb} is below the {(fixed + int4) / 1e6:.1f} MB of this "
+                f"model's weights in int4 blocks of {self.q.block_size}. Raise it, or use a larger "
+                "quantize.block_size."
+            )
+        self.chosen, used, room = choose_promotions(candidates, room=target - fixed - int4)
         self.log(
-            f"mixed precision: {len(self.chosen)} of {len(candidates)} matrices in int8 ({used / 1e6:.2f} of "
-            f"the {room / 1e6:.2f} MB the builder default would use more)"
+            f"mixed precision: {len(self.chosen)} of {len(candidates)} matrices in int8 ({used / 1e6:.2f} of the "
+            f"{room / 1e6:.2f} MB that quantize.target_mb = {self.q.target_mb} leaves over int4)"
         )
 
 
