@@ -109,7 +109,7 @@ def problems(src: SourceModel, engine: str, runtime_adapters: bool) -> list[str]
         )
     if runtime_adapters:
         found.append("runtime adapters (their A and B would need the rotation too; merged adapters take it)")
-    if src.config.get("tie_word_embeddings") and engine in ("gguf", "qnn"):
+    if src.config.get("tie_word_embeddings") and engine != "stream":
         found.append(
             f"a tied token table on export.engine '{engine}' (its graph has no MatMul after the final norm to keep "
             "the table tied, and untying adds a second table's bytes)"
