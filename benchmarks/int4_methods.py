@@ -47,19 +47,14 @@ VARIANTS = [
     ("awq b64", ("quantize.method=awq", "quantize.symmetric=false", "quantize.block_size=64")),
     ("gptq b64", ("quantize.method=gptq", "quantize.symmetric=false", "quantize.block_size=64")),
     ("gptq sym b32", ("quantize.method=gptq", "quantize.symmetric=true", "quantize.block_size=32")),
-    (
-        "mixed b64 (the recipes' default)",
-        ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64"),
-    ),
+    ("mixed b64", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64")),
     ("mixed sym b64", ("quantize.method=mixed", "quantize.symmetric=true", "quantize.block_size=64")),
-    (
-        "mixed b64 + rotation",
-        ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64", "quantize.rotation=hadamard"),
-    ),
-    (
-        "gptq b64 + rotation",
-        ("quantize.method=gptq", "quantize.symmetric=false", "quantize.block_size=64", "quantize.rotation=hadamard"),
-    ),
+]
+# ... and with the residual stream rotated (the recipes' default: "mixed b64 + rotation")
+VARIANTS = [(name, (*sets, "quantize.rotation=none")) for name, sets in VARIANTS] + [
+    (f"{name} + rotation", (*sets, "quantize.rotation=hadamard"))
+    for name, sets in VARIANTS
+    if name in ("gptq b64", "mixed b64")
 ]
 
 

@@ -48,6 +48,11 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
             f"stream and gguf engines (this plan: method '{plan.quantize.method}', engine '{plan.export.engine}'). "
             "Add --set quantize.method=mixed, or leave quantize.target_mb at 0."
         )
+    asked = any(o.split("=", 1)[0].strip() == "quantize.rotation" for o in overrides)
+    if plan.adapters.mode == "runtime" and plan.quantize.rotation != "none" and not asked:
+        # The recipe's rotation gives way to runtime adapters (their A and B are not rotated); the
+        # manifest's plan says so.
+        plan = dataclasses.replace(plan, quantize=dataclasses.replace(plan.quantize, rotation="none"))
     if plan.quantize.rotation != "none":
         rotation.check(src, plan.export.engine, plan.adapters.mode == "runtime")
     return plan
