@@ -20,9 +20,7 @@ written one tensor at a time (float32), so memory holds one tensor and Q."""
 
 from __future__ import annotations
 
-import json
 import math
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,15 +30,14 @@ from ..errors import ConfigError
 from ..families import family_of
 from ..families.decoder.graph import TIED_ROTATION
 from ..plan.config import QuantizeConfig
-from ..source.checkpoint import SourceModel, inspect_folder
-from ..source.tensors import CheckpointTensors
+from ..source.checkpoint import SourceModel
+from ..source.tensors import CheckpointTensors, write_derived
 
 READS_NORMED = {
     "input_layernorm": ("self_attn.qkv_proj", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
     "post_attention_layernorm": ("mlp.gate_up_proj", "mlp.gate_proj", "mlp.up_proj"),
 }
 WRITES_STREAM = ("self_attn.o_proj", "mlp.down_proj")
-CHUNK = 1 << 24
 
 
 def _is_prime(n: int) -> bool:
@@ -164,55 +161,25 @@ def rotated(src: SourceModel, dest: Path, log: Callable[[str], None] = lambda _:
     q = q.astype(np.float32)
     tied = bool(src.config.get("tie_word_embeddings"))  # a stored lm_head.weight is then not read
     log(f"rotation: {what} folded into the weights{'; the tied table stays tied' if tied else ''}")
+
+    def value(name: str) -> np.ndarray:
+        if name == TIED_ROTATION:
+            return (q.T * weights.float32("model.norm.weight")) @ q
+        role, norm = _role(name)
+        w = weights.float32(name)
+        if role == "norm":
+            return np.ones_like(w)
+        if role == "embed":
+            return _rows_times(w, q)
+        if role in ("reads", "head"):
+            return _rows_times(w * weights.float32(norm), q)
+        return w @ q if w.ndim == 1 else q.T @ w  # writes the stream: a bias, or the weight
+
     names = sorted(n for n in weights.entries if not (tied and n == "lm_head.weight"))
-    plan = []
-    for n in names:
-        e = weights.entries[n]
-        role = _role(n)[0]
-        dtype = e.dtype if role == "keep" else "F32"
-        plan.append((n, dtype, list(e.shape)))
+    tensors = [(n, weights.entries[n].shape, _role(n)[0] != "keep") for n in names]
     if tied:
-        plan.append((TIED_ROTATION, "F32", [hidden, hidden]))
-    header, offset = {}, 0
-    for n, dtype, shape in plan:
-        size = math.prod(shape) * (4 if dtype == "F32" else 2)
-        header[n] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    dest.mkdir(parents=True)
-    with open(dest / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for n, *_ in plan:
-            if n == TIED_ROTATION:
-                gamma = weights.float32("model.norm.weight")
-                f.write(np.ascontiguousarray((q.T * gamma) @ q, dtype=np.float32).tobytes())
-                continue
-            role, norm = _role(n)
-            if role == "keep":
-                e = weights.entries[n]
-                with open(e.file, "rb") as source:
-                    source.seek(e.start)
-                    for start in range(e.start, e.end, CHUNK):
-                        f.write(source.read(min(CHUNK, e.end - start)))
-                continue
-            w = weights.float32(n)
-            if role == "norm":
-                w = np.ones_like(w)
-            elif role == "embed":
-                w = _rows_times(w, q)
-            elif role in ("reads", "head"):
-                w = _rows_times(w * weights.float32(norm), q)
-            elif w.ndim == 1:  # a bias of a Linear that writes the stream
-                w = w @ q
-            else:
-                w = q.T @ w
-            f.write(np.ascontiguousarray(w, dtype=np.float32).tobytes())
-            del w
-    for p in src.path.iterdir():
-        if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
-            (dest / p.name).symlink_to(p.resolve())
-    return inspect_folder(dest, src.origin, src.revision)
+        tensors.append((TIED_ROTATION, (hidden, hidden), True))
+    return write_derived(src, dest, tensors, value)
 
 
 def _rows_times(w: np.ndarray, q: np.ndarray, rows: int = 8192) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputModelError
-from .checkpoint import SourceModel, inspect_folder, safetensors_header, sha256_file
+from .checkpoint import SourceModel, safetensors_header, sha256_file
 
 PREFIX = "base_model.model."  # PEFT's name of the wrapped model in its saved tensors
-CHUNK = 1 << 26  # bytes copied at a time from an untouched tensor
 
 
 @dataclass(frozen=True)
@@ -127,39 +125,16 @@ def check_against(adapter: Adapter, src: SourceModel) -> None:
 def merged(src: SourceModel, adapter: Adapter, dest: Path) -> SourceModel:
     """The checkpoint with the adapter merged, as a folder `dest` (model.safetensors: every target
     weight W + s B A in float32, the others as they are; links to the source's other files)."""
-    from .tensors import CheckpointTensors
+    from .tensors import CheckpointTensors, write_derived
 
     weights = CheckpointTensors(src.path, src.weight_files)
     lora = CheckpointTensors(adapter.path, ("adapter_model.safetensors",))
-    dest.mkdir(parents=True)
-    names = sorted(weights.entries)
     targets = {f"{m}.weight": m for m in adapter.scales}
-    plan = []
-    for n in names:
-        e = weights.entries[n]
-        dtype = "F32" if n in targets else e.dtype
-        plan.append((n, dtype, list(e.shape), math.prod(e.shape) * (4 if dtype == "F32" else 2)))
-    header, offset = {}, 0
-    for n, dtype, shape, size in plan:
-        header[n] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
-        offset += size
-    blob = json.dumps(header, separators=(",", ":")).encode()
-    blob += b" " * (-len(blob) % 8)
-    with open(dest / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for n, *_ in plan:
-            if n in targets:
-                m = targets[n]
-                a, b = lora.float32(f"{PREFIX}{m}.lora_A.weight"), lora.float32(f"{PREFIX}{m}.lora_B.weight")
-                w = weights.float32(n) + np.float32(adapter.scales[m]) * (b @ a)
-                f.write(np.ascontiguousarray(w, dtype=np.float32).tobytes())
-            else:
-                e = weights.entries[n]
-                with open(e.file, "rb") as src_file:
-                    src_file.seek(e.start)
-                    for start in range(e.start, e.end, CHUNK):
-                        f.write(src_file.read(min(CHUNK, e.end - start)))
-    for p in src.path.iterdir():
-        if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
-            (dest / p.name).symlink_to(p.resolve())
-    return inspect_folder(dest, src.origin, src.revision)
+
+    def value(name: str) -> np.ndarray:
+        m = targets[name]
+        a, b = lora.float32(f"{PREFIX}{m}.lora_A.weight"), lora.float32(f"{PREFIX}{m}.lora_B.weight")
+        return weights.float32(name) + np.float32(adapter.scales[m]) * (b @ a)
+
+    tensors = [(n, weights.entries[n].shape, n in targets) for n in sorted(weights.entries)]
+    return write_derived(src, dest, tensors, value)

@@ -4,7 +4,9 @@ memory is then set by the largest tensor, not by the size of the model."""
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputModelError
-from .checkpoint import safetensors_header
+from .checkpoint import SourceModel, inspect_folder, safetensors_header
 
 ITEM_BYTES = {"BF16": 2, "F16": 2, "F32": 4}
 WIDEN = 1 << 24  # elements read and widened at a time (32 MB of bf16): a table's float32 is its only copy
@@ -115,3 +117,42 @@ class CheckpointTensors:
         raw = np.empty(count, dtype={"F16": np.float16, "F32": np.float32}[e.dtype])
         self.read_into(e, memoryview(raw).cast("B"))
         return raw.astype(np.float32, copy=False).reshape(e.shape)
+
+
+COPY_CHUNK = 1 << 26  # bytes copied at a time from a tensor a derived checkpoint keeps as it is
+
+
+def write_derived(
+    src: SourceModel,
+    dest: Path,
+    tensors: list[tuple[str, tuple[int, ...], bool]],
+    value: Callable[[str], np.ndarray],
+) -> SourceModel:
+    """A checkpoint folder `dest` made from `src` one tensor at a time (model.safetensors and links
+    to the source's other files): of `tensors` (name, shape, computed), in order, the computed ones
+    written as float32 from value(name), the others copied byte for byte from the source."""
+    entries = CheckpointTensors(src.path, src.weight_files).entries
+    header, offset = {}, 0
+    for name, shape, computed in tensors:
+        size = math.prod(shape) * 4 if computed else entries[name].end - entries[name].start
+        dtype = "F32" if computed else entries[name].dtype
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    dest.mkdir(parents=True)
+    with open(dest / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(blob)) + blob)
+        for name, _, computed in tensors:
+            if computed:
+                f.write(np.ascontiguousarray(value(name), dtype=np.float32).tobytes())
+                continue
+            e = entries[name]
+            with open(e.file, "rb") as source:
+                source.seek(e.start)
+                for start in range(e.start, e.end, COPY_CHUNK):
+                    f.write(source.read(min(COPY_CHUNK, e.end - start)))
+    for p in src.path.iterdir():
+        if p.is_file() and not p.name.endswith(".safetensors") and p.name != "model.safetensors.index.json":
+            (dest / p.name).symlink_to(p.resolve())
+    return inspect_folder(dest, src.origin, src.revision)
