@@ -229,7 +229,7 @@ def test_cli_build_prints_where_and_what(tmp_path, tiny35):
         (
             ["--target", "cpu", "--set", "quantize.blocksize=64"],
             "Error: plan [quantize] (from phi-3.5-mini/cpu + cpu + --set): unknown key 'blocksize'. Valid keys: "
-            "accuracy_level, block_size, lm_head, method, symmetric. Did you mean 'block_size'?\n",
+            "accuracy_level, block_size, lm_head, method, rotation, symmetric, target_mb. Did you mean 'block_size'?\n",
         ),
         (
             ["--target", "cpu", "--set", "optimize.context_cap=262144"],

@@ -33,7 +33,8 @@ def test_unknown_key_lists_valid_keys_and_suggests():
         plan("quantize.blocksize=64")
     assert str(e.value) == (
         "plan [quantize] (from phi-3.5-mini/android + android + --set): unknown key 'blocksize'. "
-        "Valid keys: accuracy_level, block_size, lm_head, method, symmetric. Did you mean 'block_size'?"
+        "Valid keys: accuracy_level, block_size, lm_head, method, rotation, symmetric, target_mb. "
+        "Did you mean 'block_size'?"
     )
 
 
