@@ -226,22 +226,21 @@ class GraphWriter:
         if self.precision in ("fp32", "fp16"):
             return [self.weight(stem, torch.from_numpy(w_out_in).T.contiguous().numpy())], {}
         bits = 8 if self.precision == "int8" or (lm_head and self.q.lm_head == "int8") else 4
-        packed, scales, zero_points = blockwise_rows(w_out_in, self.dtype, bits, self.q.block_size, self.q.symmetric)
-        names = [self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
-        if not self.q.symmetric:
-            names.append(self.weight(f"{stem}_zero_points", zero_points))
-        return names, self._attributes(w_out_in.shape[1], w_out_in.shape[0], bits, self.q.block_size)
+        return self._rounded(stem, w_out_in, bits)
 
     def int8_rows(self, base: str, w_out_in: np.ndarray) -> tuple[list[str], dict[str, Any]]:
         """An HF Linear weight [out, in] in int8 blocks of quantize.block_size (zero points as
         quantize.symmetric says), whatever the graph's precision and quantizer: a small matrix that
         int4 would cost more than it saves."""
-        symmetric = self.q.symmetric
-        packed, scales, zero_points = blockwise_rows(w_out_in, self.dtype, 8, self.q.block_size, symmetric)
-        names = [self.weight(f"{_stem(base)}_Q8", packed), self.weight(f"{_stem(base)}_scales", scales)]
-        if not symmetric:
-            names.append(self.weight(f"{_stem(base)}_zero_points", zero_points))
-        return names, self._attributes(w_out_in.shape[1], w_out_in.shape[0], 8, self.q.block_size)
+        return self._rounded(_stem(base), w_out_in, 8)
+
+    def _rounded(self, stem: str, w_out_in: np.ndarray, bits: int) -> tuple[list[str], dict[str, Any]]:
+        """The onnxruntime kernel's round-to-nearest blocks of `bits` (the builder's default quantizer)."""
+        packed, scales, zero_points = blockwise_rows(w_out_in, self.dtype, bits, self.q.block_size, self.q.symmetric)
+        names = [self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
+        if not self.q.symmetric:
+            names.append(self.weight(f"{stem}_zero_points", zero_points))
+        return names, self._attributes(w_out_in.shape[1], w_out_in.shape[0], bits, self.q.block_size)
 
     def _blocks(self, stem: str, p: Any) -> list[str]:
         """The initializers of calibrated blocks (toolkit/quantize/blocks.py Packed)."""
