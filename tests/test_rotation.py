@@ -70,13 +70,24 @@ def test_the_layer_by_layer_model_that_calibrates_reads_the_rotation(tiny_llama,
     assert torch.allclose(out[0], out[1], atol=1e-4 * float(out[0].abs().max()))
 
 
-@pytest.mark.parametrize("variant, target", [("tiny_llama", "cpu"), ("tiny35", "gguf"), ("tiny35", "snapdragon")])
-def test_a_rotated_int4_bundle_passes_its_own_checks(request, tmp_path, variant, target):
-    """The ONNX cpu graph (a tied table: its MatMul after the final norm), llama.cpp's file, and the
-    NPU's per-channel int4 (what the rotation is for there) on the x86 HTP backend."""
+@pytest.mark.parametrize(
+    "variant, target, method",
+    [
+        ("tiny_llama", "cpu", "mixed"),
+        ("tiny_llama", "cpu", "gptq"),
+        ("tiny35", "gguf", None),
+        ("tiny35", "snapdragon", None),
+    ],
+)
+def test_a_rotated_int4_bundle_passes_its_own_checks(request, tmp_path, variant, target, method):
+    """The ONNX cpu graph (a tied table: its int8 MatMul after the final norm, beside int4 and int8
+    projections or int4 alone), llama.cpp's file, and the NPU's per-channel int4 (what the rotation is
+    for there) on the x86 HTP backend."""
     model = request.getfixturevalue(variant)
     out = tmp_path / "b"
     sets = ["--set", "quantize.rotation=hadamard"]
+    if method:
+        sets += ["--set", f"quantize.method={method}"]
     if variant == "tiny_llama":
         sets += ["--set", "optimize.context_cap=2048", "--set", "verify.chat_prompts=[]"]
     if target == "snapdragon":

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import StageError
 from ..families import family_for
+from ..families.decoder.graph import TIED_ROTATION_NODE
 from ..graphs import external
 from ..plan.config import BuildPlan, OptimizeConfig
 from ..quantize.choices import QUANTIZED_PRECISIONS, expected_bits
@@ -176,7 +177,9 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
             problems.append(f"precision {precision}: the graph has no MatMulNBits node")
         for node in nbits:
             attrs = _attributes(node)
-            bits = expected_bits(plan.quantize, precision, "lm_head" in node.name)
+            # a tied table's rotation after the final norm is int8 whatever the plan (rotation.py)
+            rotation = node.name.startswith(TIED_ROTATION_NODE)
+            bits = {8} if rotation else expected_bits(plan.quantize, precision, "lm_head" in node.name)
             if attrs.get("bits") not in bits:
                 problems.append(
                     f"{node.name}: bits = {attrs.get('bits')}, requested {' or '.join(map(str, sorted(bits)))}"

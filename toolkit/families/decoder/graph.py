@@ -19,6 +19,7 @@ from ...source.tensors import CheckpointTensors
 # A rotated checkpoint's tied table: Q^T diag(final norm) Q, a MatMul after the final norm
 # (toolkit/quantize/rotation.py).
 TIED_ROTATION = "model.norm.rotation"
+TIED_ROTATION_NODE = "/model/norm/rotation"  # its MatMul in the graph
 TIED_EMBEDDING = "/model/embed_tokens/output_0"  # the calibrated tied table's rows (written last)
 
 
@@ -210,7 +211,7 @@ def write_decoder(
         last=True,
     )
     if TIED_ROTATION in weights:
-        m, base = weights.float32(TIED_ROTATION), "/model/norm/rotation"
+        m, base = weights.float32(TIED_ROTATION), TIED_ROTATION_NODE
         if g.precision in ("fp32", "fp16"):
             h = g.matmul(base, h, m, float_weight=True)
         else:
