@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -110,3 +111,20 @@ def smollm2() -> Path:
 
     cache = Path(__file__).resolve().parent.parent / ".slmkit-cache" / "smollm2-135m-instruct-hf"
     return gguf_to_hf(smollm2_gguf(), cache)
+
+
+def _emulation_ready() -> bool:
+    from toolkit.errors import ToolchainError
+    from toolkit.verify.emulate import find_qemu
+
+    try:
+        find_qemu()
+    except ToolchainError:
+        return False
+    return shutil.which("mmdebstrap") is not None
+
+
+needs_emulator = pytest.mark.skipif(
+    not _emulation_ready() and not os.environ.get("SLMKIT_REQUIRE_EMULATION"),
+    reason="qemu-aarch64 >= 8 and mmdebstrap not installed (.ci/run installs them and sets SLMKIT_REQUIRE_EMULATION)",
+)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import needs_emulator
 from safetensors.numpy import load_file, save_file
 
 from toolkit.cli import main
@@ -226,6 +227,25 @@ def test_runtime_adapters_switch_over_one_base(request, tmp_path, variant, targe
         assert got == case["bundle_ids"]
         with pytest.raises(SystemExit, match="this bundle's adapters are one, two"):
             run.pick_adapter(handle, names, "three")
+
+
+@needs_emulator
+def test_runtime_adapters_switch_on_emulated_phone_cpus(tiny35, tmp_path):
+    """The android bundle's adapters on aarch64 onnxruntime-genai under qemu (KleidiAI's int4 base,
+    the LoRA branches' float MatMuls): the base's and each adapter's cases in one loaded model."""
+    adapters = {
+        "one": make_lora_adapter(tiny35, tmp_path / "one", PHI3),
+        "two": make_lora_adapter(tiny35, tmp_path / "two", ("self_attn.qkv_proj", "mlp.down_proj"), rank=8),
+    }
+    out = tmp_path / "runtime"
+    assert runtime_build(tiny35, out, adapters, target="android").exit_code == 0
+    result = CliRunner().invoke(main, ["verify", str(out), "--emulate", "arm64"])
+    assert result.exit_code == 0, result.output
+    for name in adapters:
+        assert f"PASS  adapter {name}: model/adapters/{name}.onnx_adapter loaded" in result.output
+    runs = json.loads((out / "manifest.json").read_text())["verification"]["emulated"]["arm64"]
+    assert [r["cpu"] for r in runs] == ["cortex-a55", "cortex-a76"]
+    assert all(r["failed"] == 0 and r["top1_agreement"] >= r["min_top1_agreement"] for r in runs)
 
 
 @pytest.mark.parametrize(

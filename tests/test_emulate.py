@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import needs_emulator
 
 from toolkit.cli import main
 from toolkit.formats.onnx import ARM_NOTE
@@ -169,23 +168,6 @@ def test_gpu_bundles_are_refused(bundles):
     result = CliRunner().invoke(main, ["verify", str(bundles("linux-cuda")), "--emulate", "arm64"])
     assert result.exit_code == 1
     assert "is for the cuda execution provider; an emulated ARM64 CPU runs CPU bundles only" in result.output
-
-
-def _emulation_ready() -> bool:
-    from toolkit.errors import ToolchainError
-    from toolkit.verify.emulate import find_qemu
-
-    try:
-        find_qemu()
-    except ToolchainError:
-        return False
-    return shutil.which("mmdebstrap") is not None
-
-
-needs_emulator = pytest.mark.skipif(
-    not _emulation_ready() and not os.environ.get("SLMKIT_REQUIRE_EMULATION"),
-    reason="qemu-aarch64 >= 8 and mmdebstrap not installed (.ci/run installs them and sets SLMKIT_REQUIRE_EMULATION)",
-)
 
 
 @needs_emulator
