@@ -54,7 +54,7 @@ def plan_build(src: SourceModel, recipe: str | None, target: str | None, overrid
         # manifest's plan says so.
         plan = dataclasses.replace(plan, quantize=dataclasses.replace(plan.quantize, rotation="none"))
     if plan.quantize.rotation != "none":
-        rotation.check(src, plan.export.engine, plan.adapters.mode == "runtime")
+        rotation.check(src, plan.quantize, plan.export.engine, plan.adapters.mode == "runtime")
     return plan
 
 

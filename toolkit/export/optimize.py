@@ -10,6 +10,7 @@ from ..errors import StageError
 from ..families import family_for
 from ..families.decoder.graph import TIED_ROTATION_NODE
 from ..graphs import external
+from ..graphs.hadamard import ONLINE_HADAMARD
 from ..plan.config import BuildPlan, OptimizeConfig
 from ..quantize.choices import QUANTIZED_PRECISIONS, expected_bits
 
@@ -209,7 +210,8 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
                 )
         # an initializer that is also an input is supplied at run time (a LoRA adapter's A and B)
         weights = {i.name for i in graph.initializer} - {i.name for i in graph.input}
-        kept_float = family_for(architecture).float_matmuls  # e.g. a router
+        # e.g. a router; the online Hadamard's small factors (quantize.rotation "hadamard+down")
+        kept_float = (*family_for(architecture).float_matmuls, ONLINE_HADAMARD)
         dense = [
             n.name
             for n in graph.node

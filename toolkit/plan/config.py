@@ -90,7 +90,7 @@ class QuantizeConfig:
     lm_head: str = _choice("int4", "int8", default="int4")
     # "hadamard": the residual stream rotated by a Hadamard matrix with random signs, folded into the
     # weights before anything is quantized (QuaRot's R1; toolkit/quantize/rotation.py).
-    rotation: str = _choice("none", "hadamard", default="none")
+    rotation: str = _choice("none", "hadamard", "hadamard+down", default="none")
     # method "mixed": the weights' bytes in MB (matrices, token tables, norms; the rope caches come
     # on top) that the promotions may fill, instead of the builder's default int4 (ONNX) or llama.cpp
     # Q4_K_M's (GGUF). 0: those.

@@ -20,6 +20,7 @@ written one tensor at a time (float32), so memory holds one tensor and Q."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +29,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..families import family_of
-from ..families.decoder.graph import TIED_ROTATION
+from ..families.decoder.graph import DOWN_HADAMARD, TIED_ROTATION
+from ..graphs import hadamard as online
+from ..graphs.hadamard import hadamard
 from ..plan.config import QuantizeConfig
 from ..source.checkpoint import SourceModel
 from ..source.tensors import CheckpointTensors, write_derived
@@ -38,50 +41,6 @@ READS_NORMED = {
     "post_attention_layernorm": ("mlp.gate_up_proj", "mlp.gate_proj", "mlp.up_proj"),
 }
 WRITES_STREAM = ("self_attn.o_proj", "mlp.down_proj")
-
-
-def _is_prime(n: int) -> bool:
-    return n > 1 and all(n % d for d in range(2, math.isqrt(n) + 1))
-
-
-def _jacobsthal(q: int) -> np.ndarray:
-    """Q[i, j] = the quadratic character of (j - i) mod the prime q."""
-    squares = {(x * x) % q for x in range(1, q)}
-    chi = np.array([0] + [1 if a in squares else -1 for a in range(1, q)])
-    idx = (np.arange(q)[None, :] - np.arange(q)[:, None]) % q
-    return chi[idx]
-
-
-def _paley(m: int) -> np.ndarray | None:
-    """A Hadamard matrix of order m from Paley's constructions, or None: order q + 1 for a prime
-    q = 3 mod 4 (I), order 2(q + 1) for a prime q = 1 mod 4 (II)."""
-    q = m - 1
-    if _is_prime(q) and q % 4 == 3:
-        s = np.zeros((m, m), dtype=np.int64)
-        s[0, 1:], s[1:, 0], s[1:, 1:] = 1, -1, _jacobsthal(q)
-        return s + np.eye(m, dtype=np.int64)
-    q = m // 2 - 1
-    if m % 2 == 0 and _is_prime(q) and q % 4 == 1:
-        c = np.zeros((q + 1, q + 1), dtype=np.int64)
-        c[0, 1:], c[1:, 0], c[1:, 1:] = 1, 1, _jacobsthal(q)
-        return np.kron(c, np.array([[1, 1], [1, -1]])) + np.kron(np.eye(q + 1, dtype=np.int64), [[1, -1], [-1, -1]])
-    return None
-
-
-def hadamard(n: int) -> np.ndarray | None:
-    """A Hadamard matrix of order n (entries +-1, H H^T = n I) as Sylvester's 2^k times Paley's m,
-    or None when n is not of that form."""
-    power = 1
-    while n % (2 * power) == 0:
-        power *= 2
-    for p in [power // 2**i for i in range(power.bit_length())]:
-        core = np.ones((1, 1), dtype=np.int64) if n // p == 1 else _paley(n // p)
-        if core is not None:
-            h = core
-            while h.shape[0] < n:
-                h = np.block([[h, h], [h, -h]])
-            return h
-    return None
 
 
 def rotation(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -96,9 +55,22 @@ def rotation(n: int, seed: int = 0) -> tuple[np.ndarray, str]:
     return h * signs / math.sqrt(n), f"Hadamard {n}x{n} with random signs"
 
 
-def problems(src: SourceModel, engine: str, runtime_adapters: bool) -> list[str]:
+def problems(src: SourceModel, q: QuantizeConfig, engine: str, runtime_adapters: bool) -> list[str]:
     """Why the plan's rotation cannot be built for this checkpoint (empty when it can)."""
     found = []
+    if q.rotation == "hadamard+down":
+        if engine != "stream":
+            found.append(
+                f"export.engine '{engine}' with an online Hadamard on the down_proj input (only slmkit's streamed "
+                "ONNX graph has a place for it; 'hadamard' alone rotates what llama.cpp and the NPU read)"
+            )
+        if q.method == "awq":
+            found.append("quantize.method 'awq' with an online Hadamard (awq folds down_proj's scales into up_proj)")
+        n = int(src.config.get("intermediate_size", 0))
+        if online.factor_orders(n) is None:
+            found.append(f"an MLP width of {n} (no Hadamard of that order is built for the online product)")
+        if src.config.get("mlp_bias"):
+            found.append("MLP biases (the online Hadamard's signs are folded into up_proj's rows only)")
     family = family_of(src.config)
     if family.name != "decoder":
         found.append(
@@ -114,11 +86,16 @@ def problems(src: SourceModel, engine: str, runtime_adapters: bool) -> list[str]
     return found
 
 
-def check(src: SourceModel, engine: str, runtime_adapters: bool = False) -> None:
-    found = problems(src, engine, runtime_adapters)
+def check(src: SourceModel, q: QuantizeConfig, engine: str, runtime_adapters: bool = False) -> None:
+    found = problems(src, q, engine, runtime_adapters)
     if found:
+        plain = q.rotation == "hadamard+down" and not problems(
+            src, dataclasses.replace(q, rotation="hadamard"), engine, runtime_adapters
+        )
         raise ConfigError(
-            "quantize.rotation 'hadamard' cannot be built for " + "; ".join(found) + ". Leave it at 'none'."
+            f"quantize.rotation '{q.rotation}' cannot be built for "
+            + "; ".join(found)
+            + (". Use 'hadamard' (no online product) or 'none'." if plain else ". Leave it at 'none'.")
         )
 
 
@@ -126,7 +103,7 @@ def for_export(src: SourceModel, q: QuantizeConfig, work: Path, log: Callable[[s
     """The checkpoint an export reads: `src`, or its rotated copy in work/rotated."""
     if q.rotation == "none":
         return src
-    return rotated(src, work / "rotated", log)
+    return rotated(src, work / "rotated", log, down=q.rotation == "hadamard+down")
 
 
 def _role(name: str) -> tuple[str, str | None]:
@@ -152,19 +129,31 @@ def _role(name: str) -> tuple[str, str | None]:
     return "keep", None
 
 
-def rotated(src: SourceModel, dest: Path, log: Callable[[str], None] = lambda _: None, seed: int = 0) -> SourceModel:
+def rotated(
+    src: SourceModel, dest: Path, log: Callable[[str], None] = lambda _: None, seed: int = 0, down: bool = False
+) -> SourceModel:
     """The checkpoint with its residual stream rotated, as a folder `dest` (model.safetensors, float32
-    for what turns; links to the source's other files)."""
+    for what turns; links to the source's other files). With `down`, each down_proj input is also
+    rotated online (QuaRot's R4): its graph multiplies the MLP's product by H = hadamard(n) / sqrt(n)
+    (the factors' orders stored as DOWN_HADAMARD), so down_proj W -> W D H, with random signs D
+    folded into up_proj's rows (silu(gate) * up D = (silu(gate) * up) D)."""
     weights = CheckpointTensors(src.path, src.weight_files)
-    hidden = int(src.config["hidden_size"])
+    hidden, width = int(src.config["hidden_size"]), int(src.config["intermediate_size"])
     q, what = rotation(hidden, seed)
     q = q.astype(np.float32)
     tied = bool(src.config.get("tie_word_embeddings"))  # a stored lm_head.weight is then not read
     log(f"rotation: {what} folded into the weights{'; the tied table stays tied' if tied else ''}")
+    orders = online.factor_orders(width) if down else None
+    if orders is not None:
+        mats = online.factors(orders)
+        signs = np.random.default_rng(seed + 1).choice([-1.0, 1.0], size=width).astype(np.float32)
+        log(f"rotation: online Hadamard {' x '.join(map(str, orders))} on every down_proj input")
 
     def value(name: str) -> np.ndarray:
         if name == TIED_ROTATION:
             return (q.T * weights.float32("model.norm.weight")) @ q
+        if name == DOWN_HADAMARD:
+            return np.array(orders, dtype=np.float32)
         role, norm = _role(name)
         w = weights.float32(name)
         if role == "norm":
@@ -172,13 +161,21 @@ def rotated(src: SourceModel, dest: Path, log: Callable[[str], None] = lambda _:
         if role == "embed":
             return _rows_times(w, q)
         if role in ("reads", "head"):
-            return _rows_times(w * weights.float32(norm), q)
-        return w @ q if w.ndim == 1 else q.T @ w  # writes the stream: a bias, or the weight
+            w = _rows_times(w * weights.float32(norm), q)
+            if orders is not None and name.endswith(("mlp.up_proj.weight", "mlp.gate_up_proj.weight")):
+                w[-width:] *= signs[:, None]  # up_proj's rows: the last `width` of gate_up_proj
+            return w
+        if w.ndim == 1:  # writes the stream: a bias ...
+            return w @ q
+        w = q.T @ w  # ... or the weight
+        return online.apply(w * signs, mats, np) if orders is not None and name.endswith("mlp.down_proj.weight") else w
 
     names = sorted(n for n in weights.entries if not (tied and n == "lm_head.weight"))
     tensors = [(n, weights.entries[n].shape, _role(n)[0] != "keep") for n in names]
     if tied:
         tensors.append((TIED_ROTATION, (hidden, hidden), True))
+    if orders is not None:
+        tensors.append((DOWN_HADAMARD, (len(orders),), True))
     return write_derived(src, dest, tensors, value)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ...graphs import hadamard
 from ...graphs.attention import attention, attention_inputs
 from ...graphs.ops import ELEM, INT64, MS, GraphWriter, Shape, gather_blocks
 from ...source.tensors import CheckpointTensors
@@ -20,6 +21,9 @@ from ...source.tensors import CheckpointTensors
 # (toolkit/quantize/rotation.py).
 TIED_ROTATION = "model.norm.rotation"
 TIED_ROTATION_NODE = "/model/norm/rotation"  # its MatMul in the graph
+# quantize.rotation "hadamard+down": the orders of the Kronecker factors of the online Hadamard on
+# every down_proj input (toolkit/graphs/hadamard.py), stored in the rotated checkpoint.
+DOWN_HADAMARD = "model.down_proj_online_hadamard"
 TIED_EMBEDDING = "/model/embed_tokens/output_0"  # the calibrated tied table's rows (written last)
 
 
@@ -91,7 +95,7 @@ def expected_tensors(shape: Shape, fused: bool) -> set[str]:
         else ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"]
     )
     names = {f"model.layers.{i}.{p}.weight" for i in range(shape.layers) for p in per_layer}
-    return names | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", TIED_ROTATION}
+    return names | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", TIED_ROTATION, DOWN_HADAMARD}
 
 
 def _qkv(weights: CheckpointTensors, hf: str) -> np.ndarray:
@@ -159,6 +163,7 @@ def write_decoder(
         embed = g.weight("model.embed_tokens.weight", weights.float32("model.embed_tokens.weight"))
         hidden = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
     skip, x = hidden, ""
+    online = [int(o) for o in weights.float32(DOWN_HADAMARD)] if DOWN_HADAMARD in weights else None
     for i in range(shape.layers):
         hf, onnx_layer = f"model.layers.{i}", f"/model/layers.{i}"
         g.layer(i)
@@ -194,11 +199,10 @@ def write_decoder(
         act = g.node(
             "Mul", f"{onnx_layer}/mlp/act_fn/Mul", [gate, g.node("Sigmoid", f"{onnx_layer}/mlp/act_fn/Sigmoid", [gate])]
         )
-        x = g.matmul(
-            f"{onnx_layer}/mlp/down_proj",
-            g.node("Mul", f"{onnx_layer}/mlp/Mul", [act, up]),
-            weights.float32(f"{hf}.mlp.down_proj.weight"),
-        )
+        down_in = g.node("Mul", f"{onnx_layer}/mlp/Mul", [act, up])
+        if online is not None:
+            down_in = hadamard.online(g, f"{onnx_layer}/mlp{hadamard.ONLINE_HADAMARD}", down_in, online)
+        x = g.matmul(f"{onnx_layer}/mlp/down_proj", down_in, weights.float32(f"{hf}.mlp.down_proj.weight"))
     g.layer(None)
     h, _ = _skip_norm(
         g,
