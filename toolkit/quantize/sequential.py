@@ -27,7 +27,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..families import family_of
-from ..families.decoder.graph import DOWN_HADAMARD, TIED_ROTATION
+from ..families.decoder.graph import TIED_ROTATION, down_hadamard_orders
 from ..graphs.ops import Shape
 from ..plan.config import QuantizeConfig
 from ..source.tensors import CheckpointTensors
@@ -336,8 +336,8 @@ class Calibration:
             h = self.shape.hidden
             blocks = -(-h // self.q.block_size)
             reserved = h * h + h * blocks * 4 + (0 if self.q.symmetric else h * blocks)
-        if DOWN_HADAMARD in self.weights:  # the online Hadamard's float factors, written once
-            reserved += 4 * sum(int(o) ** 2 for o in self.weights.float32(DOWN_HADAMARD))
+        # the online Hadamard's float factors, written once
+        reserved += 4 * sum(o * o for o in down_hadamard_orders(self.weights) or [])
         if not self.q.target_mb:
             self.chosen, used, room = choose_promotions(candidates, reserved)
             self.log(

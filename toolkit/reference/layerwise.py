@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import InputModelError
 from ..families import family_of
-from ..families.decoder.graph import DOWN_HADAMARD, TIED_ROTATION
+from ..families.decoder.graph import TIED_ROTATION, down_hadamard_orders
 from ..graphs import hadamard
 from ..source.checkpoint import read_config
 from ..source.tensors import WIDEN, CheckpointTensors
@@ -148,8 +148,8 @@ def layerwise_model(
         rotation = torch.nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         rotation.weight.data = torch.from_numpy(weights.float32(TIED_ROTATION))
         inner.norm = torch.nn.Sequential(inner.norm, rotation)
-    if DOWN_HADAMARD in weights:  # the online Hadamard on every down_proj input, as the graph has it
-        orders = [int(o) for o in weights.float32(DOWN_HADAMARD)]
+    orders = down_hadamard_orders(weights)
+    if orders is not None:  # the online Hadamard on every down_proj input, as the graph has it
         mats = [torch.from_numpy(m) for m in hadamard.factors(orders)]
         first.mlp.down_proj.register_forward_pre_hook(
             lambda _module, args: (hadamard.apply(args[0], [m.to(args[0]) for m in mats], torch),)

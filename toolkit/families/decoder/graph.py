@@ -27,6 +27,11 @@ DOWN_HADAMARD = "model.down_proj_online_hadamard"
 TIED_EMBEDDING = "/model/embed_tokens/output_0"  # the calibrated tied table's rows (written last)
 
 
+def down_hadamard_orders(weights: CheckpointTensors) -> list[int] | None:
+    """The online Hadamard's factor orders that a rotated checkpoint stores, or None without one."""
+    return [int(o) for o in weights.float32(DOWN_HADAMARD)] if DOWN_HADAMARD in weights else None
+
+
 def _tied_embedding(g: GraphWriter, shape: Shape, weight: np.ndarray) -> tuple[str, tuple[list[str], dict[str, Any]]]:
     """Tied embeddings, as the builder shares them: the lm_head's initializers are written first and
     the embedding reads them (float32: Transpose + Gather; int4: GatherBlockQuantized on the
@@ -163,7 +168,7 @@ def write_decoder(
         embed = g.weight("model.embed_tokens.weight", weights.float32("model.embed_tokens.weight"))
         hidden = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
     skip, x = hidden, ""
-    online = [int(o) for o in weights.float32(DOWN_HADAMARD)] if DOWN_HADAMARD in weights else None
+    online = down_hadamard_orders(weights)
     for i in range(shape.layers):
         hf, onnx_layer = f"model.layers.{i}", f"/model/layers.{i}"
         g.layer(i)
