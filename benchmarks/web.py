@@ -9,7 +9,11 @@ interleaved one round of each per round so that a slow spell of the machine hits
 - WASM: the bundle's chat page in headless Chromium, onnxruntime-web's WASM backend with SIMD and
   one thread per core (the page is cross-origin isolated by web/serve.py);
 - WebGPU: the same page on WebGPU. This machine has no GPU: Chromium's adapter is SwiftShader
-  (Vulkan on the CPU), a functional check, not a GPU speed.
+  (Vulkan on the CPU), a functional check, not a GPU speed;
+- wllama Q4_0, wllama Q8_0 (the anchor): llama.cpp's own WASM build (@wllama/wllama 3.8.1 from npm,
+  in its worker, the same threads) on GGUF files of the same checkpoint made by llama.cpp's converter
+  and quantizer (benchmarks/llama_peer.py), with the same prompt as text; its own timings.
+The page runs WASM on its WASM graph (model-wasm.onnx, per-channel int8) where the bundle has one.
 Each browser row runs in its own Chromium. Load: the page's Model.load, first visit (download from
 127.0.0.1, Cache Storage empty) and second visit (the files from Cache Storage); native: og.Model.
 Memory: the peak resident memory (VmHWM) of Chromium's renderer process (the tab: JS and the WASM
@@ -67,6 +71,42 @@ def web_bundle(name: str, work: Path) -> Path:
     return bundle
 
 
+WLLAMA = "3.8.1"
+WLLAMA_KINDS = ("Q4_0", "Q8_0")
+
+
+def wllama_root(name: str, work: Path) -> Path:
+    """A folder to serve: wllama's ES module and WASM (npm, once), benchmarks/web/wllama.html as
+    index.html, and the checkpoint's Q4_0 and Q8_0 GGUF files (llama.cpp's converter, then its quantizer)."""
+    import shutil
+    import subprocess
+
+    from llama_peer import convert, quantize
+
+    root = work / "wllama-page"
+    esm = root / "wllama" / "esm"
+    if not (esm / "index.js").is_file():
+        npm = work / "wllama-npm"
+        npm.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", f"@wllama/wllama@{WLLAMA}"],
+            cwd=npm,
+            check=True,
+            capture_output=True,
+        )
+        shutil.copytree(npm / "node_modules" / "@wllama" / "wllama" / "esm", esm, dirs_exist_ok=True)
+    shutil.copy2(Path(__file__).resolve().parent / "web" / "wllama.html", root / "index.html")
+    f16 = work / f"{name}-f16.gguf"
+    for kind in WLLAMA_KINDS:
+        out = root / f"{name}-{kind}.gguf"
+        if not out.is_file():
+            if not f16.is_file():
+                print(f"llama.cpp: converting {name} to GGUF", flush=True)
+                convert(checkpoint(name, work), f16, "f16")
+            quantize(f16, out, kind)
+    return root
+
+
 def descendants(root: int) -> list[int]:
     parent = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -122,9 +162,12 @@ class BrowserRow:
         started = [int(p.name) for p in set(Path("/proc").iterdir()) - before if p.name.isdigit()]
         self.root = next(p for p in started if _is_browser(_argv(p)))
         self.page = self.browser.new_page()
-        self.url = f"{base}/web/index.html?backend={backend}"
+        self.url = self.page_url(base, backend)
         self.load_first = self._load()
         self.load_cached = self._load()
+
+    def page_url(self, base: str, backend: str) -> str:
+        return f"{base}/web/index.html?backend={backend}"
 
     def _load(self) -> float:
         self.page.goto(self.url)
@@ -143,6 +186,30 @@ class BrowserRow:
         return peak_mb(pids, "renderer"), peak_mb(pids, "gpu-process")
 
 
+class WllamaRow(BrowserRow):
+    """wllama.html on one GGUF file (`backend`: its name), the prompt as text."""
+
+    def __init__(self, pw, base: str, gguf: str, prompt: str) -> None:
+        self.prompt = prompt
+        super().__init__(pw, base, gguf)
+
+    def page_url(self, base: str, gguf: str) -> str:
+        return f"{base}/index.html?file={gguf}&threads={os.cpu_count()}"
+
+    def _load(self) -> float:
+        self.page.goto(self.url)
+        self.page.wait_for_function("window.bench !== undefined", timeout=0)
+        error = self.page.evaluate("window.bench.error")
+        if error:
+            raise SystemExit(f"wllama failed: {error}")
+        return self.page.evaluate("window.bench.load")
+
+    def __call__(self, ids: list[int], new_tokens: int) -> tuple[float, float]:
+        r = self.page.evaluate("([p, n]) => window.bench.run(p, n)", [self.prompt, new_tokens])
+        self.prompt_tokens = r["prompt_n"]
+        return r["decode_tok_s"], r["prefill_tok_s"]
+
+
 def measure(name: str, args: argparse.Namespace, pw) -> None:
     from tokenizers import Tokenizer
 
@@ -152,11 +219,21 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
     bundle = web_bundle(name, args.work)
     model = bundle / "model"
     weights = sum(p.stat().st_size for p in model.glob("model.onnx*"))
-    text = Tokenizer.from_file(str(model / "tokenizer.json")).encode(default_text()[1]).ids
+    wasm_weights = sum(p.stat().st_size for p in model.glob("model-wasm.onnx*")) or weights
+    tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
+    text = tokenizer.encode(default_text()[1]).ids
     ids = (text * (args.prompt_tokens // len(text) + 1))[: args.prompt_tokens]
     httpd = server(root=bundle)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    anchors = {}
+    if args.wllama:
+        wroot = wllama_root(name, args.work)
+        whttpd = server(root=wroot)
+        threading.Thread(target=whttpd.serve_forever, daemon=True).start()
+        anchors = {
+            f"wllama {k}": (f"http://127.0.0.1:{whttpd.server_address[1]}", f"{name}-{k}.gguf") for k in WLLAMA_KINDS
+        }
     start = time.perf_counter()
     native = onnx_runner(model, ids, args.new_tokens, {"intra_op_num_threads": 0}, cpu=True)
     native_load = time.perf_counter() - start  # includes one warm-up generation
@@ -167,38 +244,57 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         row(ids, args.new_tokens)  # warm-up (shader compilation, first allocations), dropped
         rows[backend] = row
         loads[backend] = (row.load_first, row.load_cached)
+    for label, (wbase, gguf) in anchors.items():
+        row = WllamaRow(pw, wbase, gguf, tokenizer.decode(ids))
+        row(ids, args.new_tokens)  # warm-up, dropped
+        rows[label] = row
+        loads[label] = (row.load_first, row.load_cached)
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in rows}
     for _ in range(args.rounds):
         for label, once in rows.items():
             results[label].append(once(ids, args.new_tokens) if label != "native" else once())
     decode = {k: statistics.median(d for d, _ in r) for k, r in results.items()}
     prefill = {k: statistics.median(p for _, p in r) for k, r in results.items()}
+    wasm_files = "model-wasm.onnx" if (model / "model-wasm.onnx").is_file() else "model.onnx"
     print(
-        f"\n{name}: web bundle {weights / 1e6:.0f} MB of model files ({len(list(model.glob('model.onnx*')))} files); "
+        f"\n{name}: web bundle: WebGPU graph {weights / 1e6:.0f} MB, "
+        f"WASM graph ({wasm_files}) {wasm_weights / 1e6:.0f} MB; "
         f"{args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, greedy, median of {args.rounds} "
         f"interleaved rounds; {os.cpu_count()} cores"
     )
     print(
-        f"{'runtime':<34} {'decode tok/s':>12} {'prefill tok/s':>13} {'vs native':>17} "
+        f"{'runtime':<34} {'decode tok/s':>12} {'prefill tok/s':>13} {'vs native':>17} {'vs wllama':>17} "
         f"{'load s (first/cached)':>22} {'tab MB':>8} {'GPU proc MB':>11}"
     )
+    # the anchor: wllama's faster file (by decode) on the same weights
+    best = max((k for k in rows if k.startswith("wllama")), key=lambda k: decode[k], default=None)
     for label in rows:
         first, cached = loads[label]
         mem = rows[label].memory() if label != "native" else (None, None)
         ratio = f"{decode[label] / decode['native']:.2f}x, {prefill[label] / prefill['native']:.2f}x"
         load = f"{first:.1f}" + (f" / {cached:.1f}" if cached is not None else " (+1 warm-up run)")
-        tab = f"{mem[0]:.0f} ({mem[0] * 2**20 / weights:.1f}x)" if mem[0] else "-"
+        size = {"wasm": wasm_weights, "native": weights, "webgpu": weights}.get(label)
+        if size is None:
+            gguf_file = anchors[label][1]
+            size = (args.work / "wllama-page" / gguf_file).stat().st_size
+        tab = f"{mem[0]:.0f} ({mem[0] * 2**20 / size:.1f}x)" if mem[0] else "-"
         gpu = f"{mem[1]:.0f}" if mem[1] else "-"
         what = {
             "native": "onnxruntime-genai native (CPU)",
-            "wasm": "Chromium, WASM",
+            "wasm": f"Chromium, WASM ({wasm_files})",
             "webgpu": "Chromium, WebGPU (SwiftShader)",
-        }[label]
-        print(f"{what:<34} {decode[label]:12.1f} {prefill[label]:13.1f} {ratio:>17} {load:>22} {tab:>8} {gpu:>11}")
+        }.get(label, f"Chromium, {label} (WASM, {size / 1e6:.0f} MB)")
+        vs = f"{decode[label] / decode[best]:.2f}x, {prefill[label] / prefill[best]:.2f}x" if best else "-"
+        speeds = f"{decode[label]:12.1f} {prefill[label]:13.1f} {ratio:>17} {vs:>17}"
+        print(f"{what:<34} {speeds} {load:>22} {tab:>8} {gpu:>11}")
+    if anchors:
+        print(f"wllama's prompt: the same ids as text, {rows[best].prompt_tokens} tokens to llama.cpp's tokenizer")
     for label, row in rows.items():
         if label != "native":
             row.browser.close()
     httpd.shutdown()
+    if anchors:
+        whttpd.shutdown()
 
 
 def main() -> None:
@@ -209,6 +305,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--work", type=Path, default=WORK)
+    p.add_argument("--no-wllama", dest="wllama", action="store_false", help="leave out the wllama anchor rows")
     args = p.parse_args()
     args.backends = args.backends.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -218,7 +315,8 @@ def main() -> None:
         for name in args.models.split(","):
             measure(name, args, pw)
     print(
-        "vs native: decode, prefill. tab MB: peak resident memory of the renderer process (JS, WASM heap) and "
+        "vs native, vs wllama (its faster file): decode, prefill. tab MB: peak resident memory of the renderer "
+        "process (JS, WASM heap, workers) and "
         "its multiple of the model files; GPU proc MB: Chromium's GPU process (WebGPU buffers under SwiftShader)."
     )
 

@@ -29,8 +29,7 @@ def test_every_target_has_a_recipe_per_family_and_a_runner():
     assert target_names() == TARGETS
     expected = [f"{f}/{t}" for f in FAMILIES[:2] for t in TARGETS] + [f"phi-3.5-moe/{t}" for t in MOE_TARGETS]
     expected += [f"phi-3.5-vision/{t}" for t in VISION_TARGETS]  # tests/test_vision.py builds each
-    # every target but web, which refuses partial rotary (tests/test_phi4.py builds each, test_web.py the refusal)
-    expected += [f"phi-4-mini/{t}" for t in TARGETS if t != "web"]
+    expected += [f"phi-4-mini/{t}" for t in TARGETS]  # tests/test_phi4.py builds each, test_web.py the web one
     assert recipe_names() == expected + [f"smollm2/{t}" for t in TARGETS]
     for name in recipe_names():
         recipe = load_recipe(name)

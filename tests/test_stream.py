@@ -60,12 +60,12 @@ def nodes(folder: Path) -> dict[str, str]:
     return out
 
 
-def logits(folder: Path, ids: list[int]) -> np.ndarray:
+def logits(folder: Path, ids: list[int], graph: str = "model.onnx") -> np.ndarray:
     """Logits of one prefill on the CPU provider (GPU graphs too: the same ops in float16)."""
     import onnxruntime as ort
 
     config = json.loads((folder / "genai_config.json").read_text())["model"]["decoder"]
-    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(folder / graph), providers=["CPUExecutionProvider"])
     float16 = session.get_outputs()[0].type == "tensor(float16)"
     feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
     if "position_ids" in [i.name for i in session.get_inputs()]:  # DirectML's graph

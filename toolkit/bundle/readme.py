@@ -157,7 +157,25 @@ def write_readme(bundle: Path, lines: list[str]) -> None:
                 else []
             ),
         ]
+    if (bundle / "model" / "model-wasm.onnx").is_file():
+        lines = [*lines, *_web_graphs(bundle / "model")]
     (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def _web_graphs(model: Path) -> list[str]:
+    """A web bundle's two graphs and their bytes: the page downloads only the one it runs."""
+
+    def mb(graph: str) -> str:
+        return f"{sum(f.stat().st_size for f in model.glob(f'{graph}*')) / 1e6:.1f} MB"
+
+    return [
+        "",
+        "## Two graphs: the page downloads one",
+        f"- `model/model.onnx` (+ its .data files), {mb('model.onnx')}: int4 blocks (MatMulNBits), for WebGPU.",
+        f"- `model/model-wasm.onnx` (+ its .data files), {mb('model-wasm.onnx')}: per-channel int8 weights with "
+        "int8 activations (DynamicQuantizeMatMul), for the WASM backend, whose SIMD integer GEMM runs them "
+        "(onnxruntime-web has no WASM kernel for int4 blocks). Delete it to serve WASM the int4 graph too.",
+    ]
 
 
 def npu_readme(plan: BuildPlan, origin: str, version: str) -> list[str]:

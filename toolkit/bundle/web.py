@@ -15,7 +15,16 @@ from ..errors import ToolchainError
 from ..plan.doctor import NO_NPM, cache_root
 
 WEB = Path(__file__).resolve().parent / "runners" / "web"
-PAGE_FILES = ("index.html", "slmkit.mjs", "selftest.mjs", "serve.py", "serve.json", "package.json", "README.md")
+PAGE_FILES = (
+    "index.html",
+    "worker.mjs",
+    "slmkit.mjs",
+    "selftest.mjs",
+    "serve.py",
+    "serve.json",
+    "package.json",
+    "README.md",
+)
 # web/vendor/<name>: node_modules/<path>. ort.min.mjs runs the WebGPU (JSEP) and WASM backends from
 # one .wasm. The two LICENSE files travel with the files (onnxruntime-web ships none: MIT, package.json).
 VENDOR = {

@@ -13,10 +13,16 @@ from ..graphs import external
 from ..graphs.hadamard import ONLINE_HADAMARD
 from ..plan.config import BuildPlan, OptimizeConfig
 from ..quantize.choices import QUANTIZED_PRECISIONS, expected_bits
+from .stream import WASM_GRAPH
 
 ONNX_FLOAT, ONNX_FLOAT16 = 1, 10
 PROVIDER_KEYS = {"cpu": None, "cuda": "cuda", "dml": "dml", "webgpu": "webgpu"}
 MB = 1 << 20
+
+
+def graph_files(model_dir: Path) -> list[Path]:
+    """The decoder graphs of an exported folder: model.onnx, and the web target's WASM graph."""
+    return [p for p in (model_dir / "model.onnx", model_dir / WASM_GRAPH) if p.is_file()]
 
 
 def read_genai_config(model_dir: Path) -> dict[str, Any]:
@@ -92,10 +98,13 @@ def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
     positions, 48 MB for Phi-3.5-mini), and an If node that switches to the long pair once the
     sequence outgrows the original context. With a context cap within the short pair, the long pair
     is never read: the short pair's constants replace the If node (the same values at every
-    position the KV cache holds). Returns the bytes of model.onnx dropped."""
+    position the KV cache holds). Returns the bytes of the graphs dropped (model.onnx, and a WASM graph's)."""
+    return sum(_trim_rope_caches(path, cfg) for path in graph_files(model_dir))
+
+
+def _trim_rope_caches(path: Path, cfg: OptimizeConfig) -> int:
     import onnx
 
-    path = model_dir / "model.onnx"
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
     node = _rope_if(graph)
@@ -126,15 +135,16 @@ def trim_rope_caches(model_dir: Path, cfg: OptimizeConfig) -> int:
 def split_external_data(model_dir: Path, cfg: OptimizeConfig) -> list[str]:
     """model.onnx.data in files of at most optimize.external_data_chunk_mb (a browser holds each
     in one ArrayBuffer); returns their names, [] when the plan keeps one file."""
-    if cfg.external_data_chunk_mb == 0 or not (model_dir / "model.onnx.data").is_file():
+    if cfg.external_data_chunk_mb == 0:
         return []
-    return external.split(model_dir / "model.onnx", cfg.external_data_chunk_mb * MB)
+    graphs = [g for g in graph_files(model_dir) if g.with_name(f"{g.name}.data").is_file()]
+    return [name for g in graphs for name in external.split(g, cfg.external_data_chunk_mb * MB)]
 
 
 def _split_mismatches(model_dir: Path, cfg: OptimizeConfig) -> list[str]:
     """External data files that are missing, or hold more than the plan's chunk (one larger tensor
     alone in a file is allowed: a tensor is not split)."""
-    used = external.data_files(model_dir / "model.onnx")
+    used = {name: lengths for g in graph_files(model_dir) for name, lengths in external.data_files(g).items()}
     problems = [f"{name} is missing" for name in used if not (model_dir / name).is_file()]
     limit = cfg.external_data_chunk_mb * MB
     over = [name for name, lengths in used.items() if limit and len(lengths) > 1 and sum(lengths) > limit]
@@ -212,6 +222,8 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
         weights = {i.name for i in graph.initializer} - {i.name for i in graph.input}
         # e.g. a router; the online Hadamard's small factors (quantize.rotation "hadamard+down")
         kept_float = (*family_for(architecture).float_matmuls, ONLINE_HADAMARD)
+        if ep == "webgpu":  # no 8-bit WebGPU MatMulNBits: a tied table's rotation stays float
+            kept_float = (*kept_float, TIED_ROTATION_NODE)
         dense = [
             n.name
             for n in graph.node
@@ -232,7 +244,30 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
         problems.append(f"{ROPE_IF} still holds the long rope caches, which a context cap of {cap} never reads")
     if ep == "dml" and "position_ids" not in {i.name for i in graph.input}:
         problems.append("DirectML layout expects a position_ids input; the graph has none")
-    return problems + _split_mismatches(model_dir, plan.optimize)
+    return problems + _wasm_graph_mismatches(model_dir, plan) + _split_mismatches(model_dir, plan.optimize)
+
+
+def _wasm_graph_mismatches(model_dir: Path, plan: BuildPlan) -> list[str]:
+    """export.wasm_graph "int8": model-wasm.onnx is there, every weight MatMul but the online
+    Hadamard's factors a DynamicQuantizeMatMul."""
+    import onnx
+
+    path = model_dir / WASM_GRAPH
+    if plan.export.wasm_graph == "none":
+        return [f"{WASM_GRAPH} is there, but export.wasm_graph is 'none'"] if path.is_file() else []
+    if not path.is_file():
+        return [f"export.wasm_graph '{plan.export.wasm_graph}': {WASM_GRAPH} is missing"]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    problems = [f"{WASM_GRAPH}: {n.name} is MatMulNBits" for n in graph.node if n.op_type == "MatMulNBits"]
+    problems += [
+        f"{WASM_GRAPH}: MatMul {n.name} left in float"
+        for n in graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights and ONLINE_HADAMARD not in n.name
+    ]
+    if not any(n.op_type == "DynamicQuantizeMatMul" for n in graph.node):
+        problems.append(f"{WASM_GRAPH}: no DynamicQuantizeMatMul node")
+    return problems[:5]
 
 
 def _config_mismatches(

@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ConfigError, InputModelError
 from ..families import family_of
 from ..graphs.external import ExternalData, compact
-from ..graphs.ops import GraphWriter, Shape, save_graph
+from ..graphs.ops import DYNAMIC_INT8, GraphWriter, Shape, save_graph
 from ..plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ..progress import bar
 from ..source.checkpoint import SourceModel
@@ -47,6 +47,19 @@ def graph_provider(execution_provider: str) -> str:
     return GRAPH_OF.get(execution_provider, execution_provider)
 
 
+def attention_layout(execution_provider: str, shape: Shape) -> str:
+    """The provider whose attention layout the graph takes: its own, except a partial rotary on
+    the web. onnxruntime-web 1.30's WebGPU GroupQueryAttention runs its rotary (do_rotary) as a
+    RotaryEmbedding with rotary_embedding_dim 0, which takes each head's width from the cos cache
+    (2 x 48 = 96 for Phi-4-mini, whose heads are 128 wide): every head after the first is cut at the
+    wrong place, and the tokens are wrong. The DirectML layout (q, k and v apart, RotaryEmbedding
+    nodes with num_heads and rotary_embedding_dim, GroupQueryAttention without rotary, a
+    position_ids input) gives that kernel the heads' width; its float32 graph is the same model."""
+    if execution_provider == "webgpu" and shape.rotary != shape.head:
+        return "dml"
+    return graph_provider(execution_provider)
+
+
 METHODS = ("default", *OWN_METHODS)  # the builder's round-to-nearest, and slmkit's calibrated int4
 
 
@@ -72,6 +85,11 @@ def problems(src: SourceModel, export: ExportConfig, q: QuantizeConfig) -> list[
         )
     else:
         found += family.stream_problems(src.config, precision, export, q)
+    if export.wasm_graph != "none" and (ep != "webgpu" or family.name != "decoder"):
+        found.append(
+            f"export.wasm_graph '{export.wasm_graph}' for {src.architecture} on {ep} (a second graph for the "
+            "browser's WASM backend is written for the web target's Phi-3/Phi-4-mini and Llama decoders)"
+        )
     return found
 
 
@@ -151,25 +169,66 @@ def export_stream(
         try:
             with ExternalData(out / "model.onnx.data") as data:
                 g = GraphWriter(data, export.precision, q, dtype, calibration)
+                # onnxruntime-web's WebGPU MatMulNBits: 4 bits only, zero points in the 1-D form
+                g.int8_blocks = export.execution_provider != "webgpu"
+                g.flat_zero_points = export.execution_provider == "webgpu"
                 if lora_modules:
                     g.lora = lora.pieces_of(family, shape, weights, lora_modules)
-                family.write_decoder(g, weights, shape, config, ep)
+                family.write_decoder(g, weights, shape, config, attention_layout(export.execution_provider, shape))
         finally:
             if calibration is not None:
                 calibration.close()
         if g.alternatives:
             g.use_alternatives()
             compact(out / "model.onnx.data", g.initializers)
-        inputs, outputs = family.decoder_io(shape, dtype, ep)
+        layout = attention_layout(export.execution_provider, shape)
+        inputs, outputs = family.decoder_io(shape, dtype, layout)
         save_graph(g, inputs + g.lora_inputs, outputs, out / "model.onnx")
+        if layout != ep:  # onnxruntime-genai feeds the position ids that the graph asks for
+            path = out / "genai_config.json"
+            genai = json.loads(path.read_text(encoding="utf-8"))
+            genai["model"]["decoder"]["inputs"]["position_ids"] = "position_ids"
+            path.write_text(json.dumps(genai, indent=4), encoding="utf-8")
         if lora_modules:
             lora.write_slots(g.lora_slots, lora_modules, work / "lora_slots.json")
         if family.write_more_graphs is not None:
             family.write_more_graphs(weights, shape, export, q, dtype, out)
+    if export.wasm_graph == "int8":
+        write_wasm_graph(
+            weights, family, shape, config, q, out, log, attention_layout(export.execution_provider, shape)
+        )
     if calibration is not None:
         del g, calibration
         _give_back_memory()
     return out
+
+
+WASM_GRAPH = "model-wasm.onnx"
+
+
+def write_wasm_graph(
+    weights: CheckpointTensors,
+    family: Any,
+    shape: Shape,
+    config: dict[str, Any],
+    q: QuantizeConfig,
+    out: Path,
+    log: Callable[[str], None],
+    layout: str = "cpu",
+) -> None:
+    """out/model-wasm.onnx (+ .data): the CPU graph (in the attention `layout` of model.onnx) with
+    every MatMul as DynamicQuantizeMatMul on per-channel uint8 weights from the checkpoint's float
+    weights (graphs/ops.py DYNAMIC_INT8), for onnxruntime-web's WASM backend. The checkpoint is read
+    again, one tensor at a time."""
+    with bar("wasm graph", weights.nbytes(family.tensors(weights, shape, config)[0]), "bytes of weights") as progress:
+        weights.on_read = progress.advance
+        with ExternalData(out / f"{WASM_GRAPH}.data") as data:
+            g = GraphWriter(data, DYNAMIC_INT8, q)
+            family.write_decoder(g, weights, shape, config, layout)
+        inputs, outputs = family.decoder_io(shape, np.float32, layout)
+        save_graph(g, inputs, outputs, out / WASM_GRAPH)
+    mb = (out / f"{WASM_GRAPH}.data").stat().st_size / 2**20
+    log(f"wasm graph: {WASM_GRAPH}, {mb:.1f} MB of per-channel int8 weights")
 
 
 def _give_back_memory() -> None:

@@ -17,6 +17,11 @@ from .external import ExternalData
 
 MS = "com.microsoft"
 FLOAT, INT64, FLOAT16 = 1, 7, 10
+# The WASM graph's precision (export.wasm_graph = "int8"): every MatMul as DynamicQuantizeMatMul,
+# uint8 weights per output channel (zero point 128) times int8 activations quantized per call.
+# onnxruntime's WASM build has SIMD kernels for that integer GEMM and none for MatMulNBits, which
+# it dequantizes to float32 on every call.
+DYNAMIC_INT8 = "int8-dynamic"
 ELEM = {np.dtype(np.float32): FLOAT, np.dtype(np.float16): FLOAT16}
 
 
@@ -125,6 +130,16 @@ def blockwise_rows(
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
+def per_channel_u8(w_out_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes [N, K] uint8 with zero point 128, scales [N] float32) of an HF Linear weight [N, K]:
+    each output channel's absolute maximum at 127 steps, rounded to nearest."""
+    w = np.asarray(w_out_in, dtype=np.float32)
+    scales = np.abs(w).max(axis=1) / 127.0
+    scales[scales == 0] = 1.0
+    codes = np.clip(np.rint(w / scales[:, None]), -127, 127) + 128
+    return codes.astype(np.uint8), scales.astype(np.float32)
+
+
 def _stem(base: str) -> str:
     """The initializer name of a MatMul's weight, as the builder names it ("/model/x" -> "model.x.MatMul.weight")."""
     return base.lstrip("/").replace("/", ".") + ".MatMul.weight"
@@ -157,6 +172,13 @@ class GraphWriter:
     ):
         self.data, self.precision, self.q, self.dtype = data, precision, q, np.dtype(dtype)
         self.quantizer = quantizer
+        # False where the runtime has no 8-bit MatMulNBits (onnxruntime-web's WebGPU): a small
+        # matrix that would take int8 blocks (a tied table's rotation) stays float instead.
+        self.int8_blocks = True
+        # True for onnxruntime-web's WebGPU MatMulNBits, which reads zero points as uint32 words and
+        # refuses a 2-D [N, bytes] tensor whose rows are not whole words (SmolLM2: 9 bytes): they are
+        # written in the contrib op's 1-D form [N * bytes] (the same bytes; the CPU kernel takes both).
+        self.flat_zero_points = False
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self.constants: set[str] = set()
@@ -225,8 +247,30 @@ class GraphWriter:
             )
         if self.precision in ("fp32", "fp16"):
             return [self.weight(stem, torch.from_numpy(w_out_in).T.contiguous().numpy())], {}
+        if self.precision == DYNAMIC_INT8:
+            return self._per_channel(stem, w_out_in, transposed=True)
         bits = 8 if self.precision == "int8" or (lm_head and self.q.lm_head == "int8") else 4
         return self._rounded(stem, w_out_in, bits)
+
+    def _per_channel(self, stem: str, w_out_in: np.ndarray, transposed: bool) -> tuple[list[str], dict[str, Any]]:
+        """DynamicQuantizeMatMul's initializers of an HF Linear weight [N, K]: codes [K, N] (or, not
+        `transposed`, the rows [N, K] of a token table that a Transpose turns), scales and zero points [N]."""
+        import torch
+
+        codes, scales = per_channel_u8(w_out_in)
+        if transposed:
+            codes = torch.from_numpy(codes).T.contiguous().numpy()
+        names = [
+            self.weight(f"{stem}_U8", codes),
+            self.weight(f"{stem}_scales", scales, keep=True),
+            self.weight(f"{stem}_zero_points", np.full(len(scales), 128, dtype=np.uint8)),
+        ]
+        return names, {"op": "DynamicQuantizeMatMul", "K": w_out_in.shape[1], "N": w_out_in.shape[0]}
+
+    def int8_table(self, base: str, table: np.ndarray) -> tuple[list[str], dict[str, Any]]:
+        """A token table [rows, width] in per_channel_u8's rows: the embedding gathers its rows, and
+        a tied lm_head reads it through a Transpose (constant-folded when the session loads)."""
+        return self._per_channel(_stem(base), table, transposed=False)
 
     def int8_rows(self, base: str, w_out_in: np.ndarray) -> tuple[list[str], dict[str, Any]]:
         """An HF Linear weight [out, in] in int8 blocks of quantize.block_size (zero points as
@@ -239,15 +283,18 @@ class GraphWriter:
         packed, scales, zero_points = blockwise_rows(w_out_in, self.dtype, bits, self.q.block_size, self.q.symmetric)
         names = [self.weight(f"{stem}_Q{bits}", packed), self.weight(f"{stem}_scales", scales)]
         if not self.q.symmetric:
-            names.append(self.weight(f"{stem}_zero_points", zero_points))
+            names.append(self.weight(f"{stem}_zero_points", self._zero_point_layout(zero_points)))
         return names, self._attributes(w_out_in.shape[1], w_out_in.shape[0], bits, self.q.block_size)
 
     def _blocks(self, stem: str, p: Any) -> list[str]:
         """The initializers of calibrated blocks (toolkit/quantize/blocks.py Packed)."""
         names = [self.weight(f"{stem}_Q{p.bits}", p.codes), self.weight(f"{stem}_scales", p.scales)]
         if p.zero_points is not None:
-            names.append(self.weight(f"{stem}_zero_points", p.zero_points))
+            names.append(self.weight(f"{stem}_zero_points", self._zero_point_layout(p.zero_points)))
         return names
+
+    def _zero_point_layout(self, zero_points: np.ndarray) -> np.ndarray:
+        return zero_points.reshape(-1) if self.flat_zero_points else zero_points
 
     def _attributes(self, k: int, n: int, bits: int, block: int) -> dict[str, Any]:
         """MatMulNBits attributes of a [K, N] weight in blocks of `block` inputs."""
@@ -301,6 +348,8 @@ class GraphWriter:
         final, output = output, f"{base}/MatMul/base_output_0" if pieces else output
         if not attrs:
             out = self.node("MatMul", f"{base}/MatMul", [x, *names], [output])
+        elif attrs.get("op") == "DynamicQuantizeMatMul":
+            out = self.node("DynamicQuantizeMatMul", f"{base}/DynamicQuantizeMatMul", [x, *names], [output], MS)
         else:
             out = self.node("MatMulNBits", f"{base}/MatMul_Q{attrs['bits']}", [x, *names], [output], MS, **attrs)
         if not pieces:
@@ -355,6 +404,12 @@ def gather_blocks(
     block, bits = attrs["block_size"], attrs["bits"]
     padded = -(-width // block) * block
     codes = g.node("Reshape", f"{base}/Reshape", [names[0], const([rows, padded * bits // 8])])
+    if g.flat_zero_points and len(names) > 2:  # GatherBlockQuantized takes them [rows, bytes]
+        blocks = padded // block
+        zero_points = g.node(
+            "Reshape", f"{base}/Reshape_zero_points", [names[2], const([rows, -(-blocks * bits // 8)])]
+        )
+        names = [names[0], names[1], zero_points]
     last = output if output and padded == width else None
     out = g.node(
         "GatherBlockQuantized",
@@ -372,6 +427,16 @@ def gather_blocks(
             "Slice", f"{base}/Slice", [out, const([0]), const([width]), const([-1])], [output] if output else None
         )
     return out
+
+
+def gather_int8_rows(g: GraphWriter, base: str, names: list[str], ids: str, output: str | None = None) -> str:
+    """Rows `ids` of a table stored by GraphWriter.int8_table, in float32: (codes - 128) * scale."""
+    codes, scales, _ = names
+    rows = g.node("Cast", f"{base}/Cast", [g.node("Gather", f"{base}/Gather", [codes, ids])], to=FLOAT)
+    centred = g.node("Sub", f"{base}/Sub", [rows, g.weight(f"{codes}_centre", np.array(128.0, dtype=np.float32))])
+    scale = g.node("Gather", f"{base}/Gather_scales", [scales, ids])
+    scale = g.node("Unsqueeze", f"{base}/Unsqueeze", [scale, g.constant([-1])])
+    return g.node("Mul", f"{base}/Mul", [centred, scale], [output] if output else None)
 
 
 def save_graph(g: GraphWriter, inputs: list[Any], outputs: list[Any], path: Path, name: str = "main_graph") -> None:

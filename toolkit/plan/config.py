@@ -65,6 +65,11 @@ class ExportConfig:
     # type; "int4": GatherBlockQuantized with the plan's block size, as the builder stores a tied
     # int4 embedding).
     embedding_precision: str = _choice("float", "int4", default="float")
+    # Web only: a second graph, model-wasm.onnx, for onnxruntime-web's WASM backend ("int8": every
+    # MatMul as DynamicQuantizeMatMul with per-channel uint8 weights, which WASM's SIMD integer GEMM
+    # runs; its int4 MatMulNBits has no WASM kernel and dequantizes every call). "none": WASM runs
+    # the WebGPU graph. The page downloads only the graph of the backend it got.
+    wasm_graph: str = _choice("none", "int8", default="none")
 
 
 # quantize.method values slmkit calibrates itself in its streamed export (the builder does the rest).
@@ -394,12 +399,6 @@ def _check_web(plan: BuildPlan) -> None:
         raise ConfigError(
             f"{what} writes int8 MatMulNBits blocks; onnxruntime-web's WebGPU MatMulNBits runs 4-bit (and 2-bit) "
             "blocks only. Use --set quantize.method=gptq (calibrated int4) and --set quantize.lm_head=int4."
-        )
-    if not q.symmetric:
-        raise ConfigError(
-            "quantize.symmetric = false: onnxruntime-web 1.30's WebGPU MatMulNBits reads the zero points as "
-            "uint32 words and refuses rows of a size that does not divide into them (SmolLM2: 9 bytes per row, "
-            "'cannot convert shape'). Use --set quantize.symmetric=true."
         )
     if q.block_size != 32:
         raise ConfigError(

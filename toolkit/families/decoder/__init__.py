@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ConfigError
 from ...graphs.ops import Shape
 from ...plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ...source.tensors import CheckpointTensors
@@ -30,17 +29,6 @@ def _stream_problems(config: dict[str, Any], precision: str, _export: ExportConf
     return []
 
 
-def _refuse_target(src: Any, target: str | None) -> None:
-    factor = getattr(src, "partial_rotary_factor", 1.0)
-    if target == "web" and factor < 1.0:
-        raise ConfigError(
-            f"{src.architecture} with partial rotary (factor {factor}, Phi-4-mini) is not built for web: "
-            "onnxruntime-web 1.30's WebGPU backend gave wrong tokens for the tiny Phi-4-mini (top-1 agreement 0.63 "
-            "with the reference, where its WASM backend gave 0.98; SmolLM2 and Phi-3.5-mini, whose rotary covers "
-            "the whole head, agree on both). Build it with --target cpu or --target gguf."
-        )
-
-
 FAMILY = Family(
     name="decoder",
     architectures={
@@ -51,7 +39,6 @@ FAMILY = Family(
     write_decoder=write_decoder,
     decoder_io=graph_io,
     stream_problems=_stream_problems,
-    refuse_target=_refuse_target,
     hf_rows=hf_rows,
     gguf=GgufHooks(gguf.ARCHITECTURES, gguf.metadata, gguf.tensors),
     npu=NpuHooks(npu.write_layer, npu.write_head),

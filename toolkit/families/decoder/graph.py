@@ -14,7 +14,7 @@ import numpy as np
 
 from ...graphs import hadamard
 from ...graphs.attention import attention, attention_inputs
-from ...graphs.ops import ELEM, INT64, MS, GraphWriter, Shape, gather_blocks
+from ...graphs.ops import DYNAMIC_INT8, ELEM, INT64, MS, GraphWriter, Shape, gather_blocks, gather_int8_rows
 from ...source.tensors import CheckpointTensors
 
 # A rotated checkpoint's tied table: Q^T diag(final norm) Q, a MatMul after the final norm
@@ -37,6 +37,10 @@ def _tied_embedding(g: GraphWriter, shape: Shape, weight: np.ndarray) -> tuple[s
     the embedding reads them (float32: Transpose + Gather; int4: GatherBlockQuantized on the
     lm_head's codes, sliced back to the hidden size when the blocks pad it)."""
     base = "/model/embed_tokens"
+    if g.precision == DYNAMIC_INT8:  # one uint8 table: gathered, and read transposed by the lm_head
+        (codes, *rest), attrs = g.int8_table("/lm_head", weight)
+        transposed = g.node("Transpose", "/lm_head/Transpose", [codes], perm=[1, 0])
+        return gather_int8_rows(g, base, [codes, *rest], "input_ids"), ([transposed, *rest], attrs)
     names, attrs = written = g.linear("/lm_head", weight, lm_head=True)
     if not attrs:
         table = g.node("Transpose", f"{base}/Transpose", names, perm=[1, 0])
@@ -161,6 +165,9 @@ def write_decoder(
         hidden, deferred = TIED_EMBEDDING, len(g.nodes)
     elif config.get("tie_word_embeddings"):
         hidden, head = _tied_embedding(g, shape, weights.float32(tied))
+    elif g.precision == DYNAMIC_INT8:
+        written = g.int8_table("/model/embed_tokens", weights.float32("model.embed_tokens.weight"))
+        hidden = gather_int8_rows(g, "/model/embed_tokens", written[0], "input_ids")
     elif g.quantizer is not None:  # calibrated int4: the table in int4 blocks too
         written = g.table("/model/embed_tokens", weights.float32("model.embed_tokens.weight"))
         hidden = gather_blocks(g, "/model/embed_tokens", *written, "input_ids", shape.vocab, shape.hidden)
@@ -221,8 +228,10 @@ def write_decoder(
     )
     if TIED_ROTATION in weights:
         m, base = weights.float32(TIED_ROTATION), TIED_ROTATION_NODE
-        if g.precision in ("fp32", "fp16"):
+        if g.precision in ("fp32", "fp16") or not g.int8_blocks:
             h = g.matmul(base, h, m, float_weight=True)
+        elif g.precision == DYNAMIC_INT8:
+            h = g.matmul(base, h, m)
         else:
             h = g.matmul(base, h, written=g.int8_rows(base, m))
     if deferred is not None:

@@ -186,8 +186,9 @@ def case_sets(model, model_dir: Path, golden: dict, report: Report):
     return cases_with_adapters(golden, report, load, activate)
 
 
-def record(bundle: Path, provider: str, model_dir: Path | None = None) -> int:
-    """At build time: store this bundle's greedy tokens as the values devices are compared with."""
+def record(bundle: Path, provider: str, model_dir: Path | None = None, graph: str | None = None) -> int:
+    """At build time: store this bundle's greedy tokens as the values devices are compared with
+    (with `graph`: under each case's "graphs" -> graph, for a second graph of the bundle)."""
     model_dir = model_dir or bundle / "model"
     path = bundle / "tests" / "golden.json"
     golden = json.loads(path.read_text(encoding="utf-8"))
@@ -200,7 +201,11 @@ def record(bundle: Path, provider: str, model_dir: Path | None = None) -> int:
             _, inputs = case_inputs(model, tokenizer, bundle, case)
             ids = greedy(model, tokenizer, model_dir, case["prompt_ids"], len(case["expected_ids"]), inputs)
             rows = stepwise_logits(model, case["prompt_ids"], ids, inputs)
-            case["bundle_ids"], case["bundle_near"] = ids, near_ties(rows, ids, golden["tie_logit_margin"])
+            near = near_ties(rows, ids, golden["tie_logit_margin"])
+            if graph:
+                case.setdefault("graphs", {})[graph] = {"bundle_ids": ids, "bundle_near": near}
+            else:
+                case["bundle_ids"], case["bundle_near"] = ids, near
     if report.failed:
         print("\n".join(f"{c['name']}: {c['detail']}" for c in report.checks if not c["ok"]), file=sys.stderr)
         return 1

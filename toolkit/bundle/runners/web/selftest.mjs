@@ -10,6 +10,10 @@ const commonPrefix = (a, b) => {
 };
 const same = (a, b) => a.length === b.length && commonPrefix(a, b) === a.length;
 
+/** The tokens recorded at build for the graph this page runs (golden.json's "graphs" entry for a
+ * second graph, model-wasm.onnx, else the case's own). */
+const recordedFor = (c, graph) => c.graphs?.[graph] ?? c;
+
 function greedyCheck(out, c, golden) {
   const recorded = c.bundle_ids;
   const prefix = commonPrefix(out, recorded);
@@ -41,7 +45,7 @@ export async function selfTest(model, golden, promptFormat, log = () => {}) {
     checks.push({ name, ok, detail });
     log(`${ok ? "PASS" : "FAIL"}  ${name}: ${detail}`);
   };
-  const how = model.backend === "wasm" ? `wasm, ${model.threads} threads` : model.backend;
+  const how = model.backend === "wasm" ? `wasm, ${model.threads} threads, ${model.graph}` : `${model.backend}, ${model.graph}`;
   add("load", true, `model loaded (${how}, ${model.load.seconds.toFixed(1)} s)`);
   let hits = 0;
   let total = 0;
@@ -61,11 +65,12 @@ export async function selfTest(model, golden, promptFormat, log = () => {}) {
       const rendered = model.applyChat([{ role: "user", content }]);
       add(`chat template ${i}`, rendered === c.prompt, rendered === c.prompt ? "renders the reference's chat prompt" : `renders ${JSON.stringify(rendered)}`);
     }
+    const rec = { ...c, ...recordedFor(c, model.graph) };
     const top1 = await model.teacherForced(c.prompt_ids, c.expected_ids);
     const out = [];
-    for await (const id of model.generate(c.prompt_ids, { maxNewTokens: c.bundle_ids.length })) out.push(id);
+    for await (const id of model.generate(c.prompt_ids, { maxNewTokens: rec.bundle_ids.length })) out.push(id);
     const caseHits = top1.filter((t, k) => t === c.expected_ids[k]).length;
-    const [ok, detail, tie] = greedyCheck(out, c, golden);
+    const [ok, detail, tie] = greedyCheck(out, rec, golden);
     add(
       `greedy ${i}`,
       ok,
@@ -78,7 +83,7 @@ export async function selfTest(model, golden, promptFormat, log = () => {}) {
       prompt: c.prompt,
       top1_agreement: caseHits / c.expected_ids.length,
       greedy_prefix: commonPrefix(out, c.expected_ids),
-      bundle_prefix: commonPrefix(out, c.bundle_ids),
+      bundle_prefix: commonPrefix(out, rec.bundle_ids),
       tie,
       greedy_ids: out,
     });
@@ -87,5 +92,5 @@ export async function selfTest(model, golden, promptFormat, log = () => {}) {
   const need = golden.min_top1_agreement;
   add("agreement", rate >= need, `top-1 agreement ${rate.toFixed(3)} (need >= ${need}) over ${total} tokens`);
   const failed = checks.filter((c) => !c.ok).length;
-  return { checks, passed: checks.length - failed, failed, top1_agreement: rate, min_top1_agreement: need, cases };
+  return { checks, passed: checks.length - failed, failed, top1_agreement: rate, min_top1_agreement: need, cases, graph: model.graph };
 }

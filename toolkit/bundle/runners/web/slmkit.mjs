@@ -1,4 +1,5 @@
-// The bundle's model in a browser: onnxruntime-web (WebGPU, else WASM) runs ../model/model.onnx,
+// The bundle's model in a browser: onnxruntime-web (WebGPU, else WASM) runs ../model/model.onnx
+// (on WASM, ../model/model-wasm.onnx where the bundle has it),
 // the tokenizer and chat template run in JS, and this module keeps the KV cache between steps.
 // Files are fetched once with progress and kept in Cache Storage under their sha256 from
 // ../manifest.json, so a second visit reads them from disk.
@@ -108,8 +109,11 @@ export class Model {
       : tokenizerConfig.chat_template;
     if (backend === "auto") backend = (await webgpuAvailable()) ? "webgpu" : "wasm";
     ort.env.wasm.numThreads = threads ?? (globalThis.crossOriginIsolated ? navigator.hardwareConcurrency : 1);
+    // The graph of the backend: on WASM, model-wasm.onnx where the bundle has one (per-channel int8
+    // weights that WASM's SIMD integer GEMM runs); else model.onnx. Only that graph's files are fetched.
+    const graphName = backend === "wasm" && manifest.files["model/model-wasm.onnx"] ? "model-wasm.onnx" : "model.onnx";
     const names = Object.keys(manifest.files)
-      .filter((f) => /^model\/model\.onnx(\.data.*)?$/.test(f))
+      .filter((f) => f === `model/${graphName}` || f.startsWith(`model/${graphName}.data`))
       .sort();
     const total = names.reduce((s, f) => s + manifest.files[f].size, 0);
     const store = cache && globalThis.caches ? await caches.open(CACHE).catch(() => null) : null;
@@ -124,9 +128,9 @@ export class Model {
       files[name] = file.bytes;
       cached += file.cached ? file.bytes.length : 0;
     }
-    const graph = files["model/model.onnx"];
+    const graph = files[`model/${graphName}`];
     const externalData = names
-      .filter((f) => f !== "model/model.onnx")
+      .filter((f) => f !== `model/${graphName}`)
       .map((f) => ({ path: f.slice("model/".length), data: files[f] }));
     const decoder = config.model.decoder;
     const presentNames = [];
@@ -150,6 +154,7 @@ export class Model {
       template: templateSource ? new Template(templateSource) : null,
       config,
       backend,
+      graph: graphName,
       eos,
       threads: ort.env.wasm.numThreads,
       load: { seconds: (performance.now() - started) / 1000, bytes: total, cachedBytes: cached },

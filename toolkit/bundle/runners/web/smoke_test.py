@@ -178,6 +178,7 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
                 "passed": r["passed"],
                 "failed": r["failed"],
                 "top1_agreement": r["top1_agreement"],
+                "graph": r["graph"],
                 "chat_answer": r["chat_answer"]["reply"],
             }
             for k, r in backends.items()
@@ -185,9 +186,28 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     }
 
 
+WASM_GRAPH = "model-wasm.onnx"  # the WASM backend's graph, where the bundle has one
+
+
 def record(bundle: Path, provider: str) -> int:
-    """At build time: the greedy tokens of onnxruntime-genai (native, CPU) on the same graph."""
-    return native.record(bundle, "cpu")
+    """At build time: the greedy tokens of onnxruntime-genai (native, CPU) on the same graphs: the
+    WebGPU graph, and the WASM graph (its integer GEMM gives the same sums on every CPU) through a
+    view of model/ whose genai_config.json names it."""
+    rc = native.record(bundle, "cpu")
+    if rc or not (bundle / "model" / WASM_GRAPH).is_file():
+        return rc
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp)
+        for f in (bundle / "model").iterdir():
+            if f.name != "genai_config.json":
+                (view / f.name).symlink_to(f.resolve())
+        config = json.loads((bundle / "model" / "genai_config.json").read_text(encoding="utf-8"))
+        config["model"]["decoder"]["filename"] = WASM_GRAPH
+        (view / "genai_config.json").write_text(json.dumps(config, indent=4), encoding="utf-8")
+        return native.record(bundle, "cpu", view, graph=WASM_GRAPH)
 
 
 if __name__ == "__main__":
