@@ -130,14 +130,20 @@ def blockwise_rows(
     return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
-def per_channel_u8(w_out_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def per_channel_u8(w_out_in: np.ndarray, chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(codes [N, K] uint8 with zero point 128, scales [N] float32) of an HF Linear weight [N, K]:
-    each output channel's absolute maximum at 127 steps, rounded to nearest."""
-    w = np.asarray(w_out_in, dtype=np.float32)
-    scales = np.abs(w).max(axis=1) / 127.0
-    scales[scales == 0] = 1.0
-    codes = np.clip(np.rint(w / scales[:, None]), -127, 127) + 128
-    return codes.astype(np.uint8), scales.astype(np.float32)
+    each output channel's absolute maximum at 127 steps, rounded to nearest; `chunk` rows at a time
+    (a 200k-token table's float temporaries stay small)."""
+    n = w_out_in.shape[0]
+    codes = np.empty(w_out_in.shape, dtype=np.uint8)
+    scales = np.empty(n, dtype=np.float32)
+    for r0 in range(0, n, chunk):
+        w = np.asarray(w_out_in[r0 : r0 + chunk], dtype=np.float32)
+        s = np.abs(w).max(axis=1) / 127.0
+        s[s == 0] = 1.0
+        codes[r0 : r0 + chunk] = np.clip(np.rint(w / s[:, None]), -127, 127) + 128
+        scales[r0 : r0 + chunk] = s
+    return codes, scales
 
 
 def _stem(base: str) -> str:
