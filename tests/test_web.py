@@ -57,7 +57,7 @@ def test_web_bundle_passes_its_smoke_test_in_chromium(bundles):
     assert genai["search"]["max_length"] == 2048
     plan = plan_from_dict(manifest["plan"], "manifest")
     q = plan.quantize
-    assert (q.method, q.block_size, q.symmetric, q.lm_head) == ("gptq", 32, True, "int4")
+    assert (q.method, q.block_size, q.symmetric, q.lm_head) == ("gptq", 32, False, "int4")
     assert setting_mismatches(bundle / "model", plan, "Phi3ForCausalLM") == []
 
 
@@ -276,7 +276,7 @@ def test_the_wasm_graph_is_per_channel_int8_and_tracks_the_float_graph(model, re
     from toolkit.formats import format_of
 
     src = open_checkpoint(str(request.getfixturevalue(model)))
-    web = plan_build(src, None, "web", ("quantize.method=default", "quantize.rotation=none"))
+    web = plan_build(src, None, "web", ("quantize.method=default", "quantize.symmetric=true", "quantize.rotation=none"))
     folder = format_of(web).export(src, web, tmp_path / "web", lambda _: None, "")
     sets = ("export.engine=stream", "export.precision=fp32", "quantize.rotation=none", "optimize.context_cap=2048")
     fp32 = plan_build(src, None, "cpu", sets)
