@@ -78,19 +78,27 @@ def logits(folder: Path, ids: list[int], graph: str = "model.onnx") -> np.ndarra
     return session.run(["logits"], feeds)[0]
 
 
+GRAPHS = [
+    ("cpu", "int4"),
+    ("cpu", "fp32"),
+    ("cuda", "int4"),
+    ("cuda", "fp16"),
+    ("dml", "int4"),
+    ("dml", "fp16"),
+    ("webgpu", "int4"),  # the builder's WebGPU graph with float32 I/O (use_webgpu_fp32), as the web target asks
+]
+
+
 @pytest.mark.parametrize(
-    "ep, precision",
+    "variant, ep, precision",
+    # a partial rotary on the web takes the DirectML attention layout on purpose (next test)
     [
-        ("cpu", "int4"),
-        ("cpu", "fp32"),
-        ("cuda", "int4"),
-        ("cuda", "fp16"),
-        ("dml", "int4"),
-        ("dml", "fp16"),
-        ("webgpu", "int4"),  # the builder's WebGPU graph with float32 I/O (use_webgpu_fp32), as the web target asks
+        (v, ep, p)
+        for v in ("tiny35", "tiny3", "tiny_llama", "tiny4")
+        for ep, p in GRAPHS
+        if (v, ep) != ("tiny4", "webgpu")
     ],
 )
-@pytest.mark.parametrize("variant", ["tiny35", "tiny3", "tiny_llama", "tiny4"])
 def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precision):
     built, streamed = both_engines(request.getfixturevalue(variant), tmp_path, precision, QuantizeConfig(), ep)
     expected, got = initializers(built), initializers(streamed)
@@ -103,6 +111,21 @@ def test_stream_writes_the_builders_model(request, tmp_path, variant, ep, precis
         assert (streamed / name).read_bytes() == (built / name).read_bytes(), name
     ids = [1, 50, 60, 70, 80, 90, 100, 5, 7, 300, 310]
     assert np.array_equal(logits(streamed, ids), logits(built, ids))
+
+
+def test_a_partial_rotary_web_graph_is_the_builders_model_in_the_directml_layout(tiny4, tmp_path):
+    """Phi-4-mini on the web: q, k and v apart, RotaryEmbedding nodes with the rotated width, a
+    position_ids input (onnxruntime-web's WebGPU GroupQueryAttention cut the heads at the cos cache's
+    width); the same codes as the builder's graph, and its logits within float32 rounding."""
+    built, streamed = both_engines(tiny4, tmp_path, "int4", QuantizeConfig(), "webgpu")
+    ops = [n.op_type for n in onnx.load(str(streamed / "model.onnx"), load_external_data=False).graph.node]
+    assert (
+        "RotaryEmbedding" in ops
+        and "position_ids" in json.loads((streamed / "genai_config.json").read_text())["model"]["decoder"]["inputs"]
+    )
+    ids = [1, 50, 60, 70, 80, 90, 100, 5, 7, 300, 310]
+    want, got = logits(built, ids), logits(streamed, ids)
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
 
 
 @pytest.mark.parametrize(
