@@ -1,6 +1,7 @@
 """The web target in headless Chromium against onnxruntime-genai native, on the same graph, in one run.
 
-    python benchmarks/web.py [--models smollm2,phi-3.5-mini-8] [--prompt-tokens 64 --new-tokens 64 --rounds 3]
+    python benchmarks/web.py [--models smollm2,phi-3.5-mini-8] [--backends wasm,webgpu] [--no-wllama]
+                              [--prompt-tokens 64 --new-tokens 64 --rounds 3]
 
 Per model: the slmkit web bundle (the model's web recipe; built once under --work), then rows,
 interleaved one round of each per round so that a slow spell of the machine hits every row alike:
@@ -81,7 +82,7 @@ def wllama_root(name: str, work: Path) -> Path:
     import shutil
     import subprocess
 
-    from llama_peer import convert, quantize
+    from llama_peer import convert, quantize, sentencepiece_model
 
     root = work / "wllama-page"
     esm = root / "wllama" / "esm"
@@ -102,7 +103,10 @@ def wllama_root(name: str, work: Path) -> Path:
         if not out.is_file():
             if not f16.is_file():
                 print(f"llama.cpp: converting {name} to GGUF", flush=True)
-                convert(checkpoint(name, work), f16, "f16")
+                model = checkpoint(name, work)
+                if name != "smollm2" and not (model / "tokenizer.model").is_file():
+                    sentencepiece_model(model)  # llama.cpp's Phi-3 converter reads only that
+                convert(model, f16, "f16")
             quantize(f16, out, kind)
     return root
 
