@@ -142,6 +142,7 @@ def export_stream(
     shape = Shape.of(config)
     # The builder's GPU graphs compute in float16 (float32 only when that precision is asked for).
     ep = graph_provider(export.execution_provider)
+    layout = attention_layout(export.execution_provider, shape)
     dtype = np.float16 if ep != "cpu" and export.precision != "fp32" else np.float32
     weights = CheckpointTensors(source, weight_files)
     family.prepare_weights(weights)
@@ -174,14 +175,13 @@ def export_stream(
                 g.flat_zero_points = export.execution_provider == "webgpu"
                 if lora_modules:
                     g.lora = lora.pieces_of(family, shape, weights, lora_modules)
-                family.write_decoder(g, weights, shape, config, attention_layout(export.execution_provider, shape))
+                family.write_decoder(g, weights, shape, config, layout)
         finally:
             if calibration is not None:
                 calibration.close()
         if g.alternatives:
             g.use_alternatives()
             compact(out / "model.onnx.data", g.initializers)
-        layout = attention_layout(export.execution_provider, shape)
         inputs, outputs = family.decoder_io(shape, dtype, layout)
         save_graph(g, inputs + g.lora_inputs, outputs, out / "model.onnx")
         if layout != ep:  # onnxruntime-genai feeds the position ids that the graph asks for
@@ -194,9 +194,7 @@ def export_stream(
         if family.write_more_graphs is not None:
             family.write_more_graphs(weights, shape, export, q, dtype, out)
     if export.wasm_graph == "int8":
-        write_wasm_graph(
-            weights, family, shape, config, q, out, log, attention_layout(export.execution_provider, shape)
-        )
+        write_wasm_graph(weights, family, shape, config, q, out, log, layout)
     if calibration is not None:
         del g, calibration
         _give_back_memory()
@@ -214,7 +212,7 @@ def write_wasm_graph(
     q: QuantizeConfig,
     out: Path,
     log: Callable[[str], None],
-    layout: str = "cpu",
+    layout: str,
 ) -> None:
     """out/model-wasm.onnx (+ .data): the CPU graph (in the attention `layout` of model.onnx) with
     every MatMul as DynamicQuantizeMatMul on per-channel uint8 weights from the checkpoint's float
