@@ -225,7 +225,7 @@ def write_wasm_graph(
             family.write_decoder(g, weights, shape, config, layout)
         inputs, outputs = family.decoder_io(shape, np.float32, layout)
         save_graph(g, inputs, outputs, out / WASM_GRAPH)
-    mb = (out / f"{WASM_GRAPH}.data").stat().st_size / 2**20
+    mb = (out / f"{WASM_GRAPH}.data").stat().st_size / 1e6
     log(f"wasm graph: {WASM_GRAPH}, {mb:.1f} MB of per-channel int8 weights")
 
 
