@@ -162,6 +162,8 @@ def _print_result(out: Path, manifest: dict) -> None:
         f"Verified on this machine ({how}): {host['passed']} checks passed, "
         f"top-1 agreement with the reference {host['top1_agreement']:.3f}"
     )
+    for backend, why in (host.get("skipped") or {}).items():
+        click.echo(f"Skipped on this machine: {backend}: {why}")
     for item in manifest["verification"]["pending_on_device"]:
         click.echo(f"Needs the device: {item}")
 

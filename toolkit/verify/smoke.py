@@ -76,7 +76,11 @@ def summarize(result: dict[str, Any], provider: str, plan: BuildPlan, fmt: Forma
     return {
         "host": {
             "provider": ran_on,
-            **({k: result.get(k) for k in ("runtime", "backends", "webgpu_adapter")} if result.get("backends") else {}),
+            **(
+                {k: result.get(k) for k in ("runtime", "backends", "webgpu_adapter", "skipped")}
+                if result.get("backends")
+                else {}
+            ),
             "passed": result.get("passed", 0),
             "failed": result.get("failed", 1),
             "top1_agreement": result.get("top1_agreement"),

@@ -135,7 +135,7 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
     if find_browser() is None:
         report.add("browser", False, "no Chromium found: apt-get install chromium (or set SLMKIT_CHROMIUM)")
         return {}
-    backends, adapter = {}, None
+    backends, adapter, skipped = {}, None, {}
     with served(bundle) as base, chromium() as browser:
         for backend in ["wasm", "webgpu"] if provider == "bundle" else [provider]:
             if backend == "webgpu":
@@ -146,14 +146,16 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
                     continue
                 if skip:
                     print(f"SKIP  webgpu: {skip}", flush=True)
+                    skipped["webgpu"] = skip
                     continue
             software = backend == "webgpu" and adapter["software"] and provider == "bundle"
             bound = golden.get("software_adapter_s", TIMEOUT_S) if software else TIMEOUT_S
             result = run_page(browser, base, backend, bundle / "tests" / "output", bound)
             if software and result.get("timeout"):
-                print(f"SKIP  webgpu: the adapter is {adapter['name']}, WebGPU on the CPU, and the page's check did "
-                      f"not finish within {bound:.0f} s: a CPU's speed, not the kernels' result (a hardware "
-                      "adapter checks it on the device)", flush=True)
+                skipped["webgpu"] = (f"the adapter is {adapter['name']}, WebGPU on the CPU, and the page's check did "
+                                     f"not finish within {bound:.0f} s: a CPU's speed, not the kernels' result (a "
+                                     "hardware adapter checks it on the device)")
+                print(f"SKIP  webgpu: {skipped['webgpu']}", flush=True)
                 continue
             if "error" in result:
                 report.add(f"{backend}: page", False, result["error"])
@@ -173,6 +175,7 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
         "cases": worst["cases"],
         "runtime": f"onnxruntime-web in Chromium {version} ({', '.join(backends)})",
         "webgpu_adapter": adapter and adapter["name"],
+        "skipped": skipped,
         "backends": {
             k: {
                 "passed": r["passed"],
