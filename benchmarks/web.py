@@ -158,7 +158,14 @@ def peak_mb(pids: list[int], kind: str) -> float:
 
 
 class BrowserRow:
-    """One Chromium with the bundle's page loaded on one backend."""
+    """One Chromium with the bundle's page loaded on one backend. The page's globals: READY (true
+    once it loaded or failed), ERROR (its failure), LOAD (its load seconds), RUN (a function of the
+    prompt and the new tokens that returns decode_tok_s and prefill_tok_s)."""
+
+    READY = "window.slmkit !== undefined || window.slmkitResult !== undefined"
+    ERROR = "window.slmkitResult && window.slmkitResult.error"
+    LOAD = "window.slmkit.model.load.seconds"
+    RUN = "([prompt, n]) => window.slmkit.run(prompt, n)"
 
     def __init__(self, pw, base: str, backend: str) -> None:
         before = set(Path("/proc").iterdir())
@@ -175,15 +182,19 @@ class BrowserRow:
 
     def _load(self) -> float:
         self.page.goto(self.url)
-        self.page.wait_for_function("window.slmkit !== undefined || window.slmkitResult !== undefined", timeout=0)
-        error = self.page.evaluate("window.slmkitResult && window.slmkitResult.error")
+        self.page.wait_for_function(self.READY, timeout=0)
+        error = self.page.evaluate(self.ERROR)
         if error:
-            raise SystemExit(f"the page failed: {error}")
-        return self.page.evaluate("window.slmkit.model.load.seconds")
+            raise SystemExit(f"the page failed ({self.url}): {error}")
+        return self.page.evaluate(self.LOAD)
+
+    def prompt(self, ids: list[int]) -> object:
+        """What the page's RUN takes as the prompt: the token ids."""
+        return ids
 
     def __call__(self, ids: list[int], new_tokens: int) -> tuple[float, float]:
-        r = self.page.evaluate("([ids, n]) => window.slmkit.run(ids, n)", [ids, new_tokens])
-        return r["decode_tok_s"], r["prefill_tok_s"]
+        self.last = self.page.evaluate(self.RUN, [self.prompt(ids), new_tokens])
+        return self.last["decode_tok_s"], self.last["prefill_tok_s"]
 
     def memory(self) -> tuple[float, float]:
         pids = descendants(self.root)
@@ -191,27 +202,23 @@ class BrowserRow:
 
 
 class WllamaRow(BrowserRow):
-    """wllama.html on one GGUF file (`backend`: its name), the prompt as text."""
+    """wllama.html on one GGUF file (`backend`: its name), the prompt as text (`last` holds
+    llama.cpp's own count of its tokens, prompt_n)."""
 
-    def __init__(self, pw, base: str, gguf: str, prompt: str) -> None:
-        self.prompt = prompt
+    READY = "window.bench !== undefined"
+    ERROR = "window.bench.error"
+    LOAD = "window.bench.load"
+    RUN = "([prompt, n]) => window.bench.run(prompt, n)"
+
+    def __init__(self, pw, base: str, gguf: str, text: str) -> None:
+        self.text = text
         super().__init__(pw, base, gguf)
 
     def page_url(self, base: str, gguf: str) -> str:
         return f"{base}/index.html?file={gguf}&threads={os.cpu_count()}"
 
-    def _load(self) -> float:
-        self.page.goto(self.url)
-        self.page.wait_for_function("window.bench !== undefined", timeout=0)
-        error = self.page.evaluate("window.bench.error")
-        if error:
-            raise SystemExit(f"wllama failed: {error}")
-        return self.page.evaluate("window.bench.load")
-
-    def __call__(self, ids: list[int], new_tokens: int) -> tuple[float, float]:
-        r = self.page.evaluate("([p, n]) => window.bench.run(p, n)", [self.prompt, new_tokens])
-        self.prompt_tokens = r["prompt_n"]
-        return r["decode_tok_s"], r["prefill_tok_s"]
+    def prompt(self, ids: list[int]) -> object:
+        return self.text
 
 
 def measure(name: str, args: argparse.Namespace, pw) -> None:
@@ -292,7 +299,7 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         speeds = f"{decode[label]:12.1f} {prefill[label]:13.1f} {ratio:>17} {vs:>17}"
         print(f"{what:<34} {speeds} {load:>22} {tab:>8} {gpu:>11}")
     if anchors:
-        print(f"wllama's prompt: the same ids as text, {rows[best].prompt_tokens} tokens to llama.cpp's tokenizer")
+        print(f"wllama's prompt: the same ids as text, {rows[best].last['prompt_n']} tokens to llama.cpp's tokenizer")
     for label, row in rows.items():
         if label != "native":
             row.browser.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import __version__
+from ..graphs.ops import WASM_GRAPH
 from ..plan.config import BuildPlan
 
 _INSTALL = {
@@ -157,7 +158,7 @@ def write_readme(bundle: Path, lines: list[str]) -> None:
                 else []
             ),
         ]
-    if (bundle / "model" / "model-wasm.onnx").is_file():
+    if (bundle / "model" / WASM_GRAPH).is_file():
         lines = [*lines, *_web_graphs(bundle / "model")]
     (bundle / "README.md").write_text("\n".join(lines), encoding="utf-8")
 
@@ -172,7 +173,7 @@ def _web_graphs(model: Path) -> list[str]:
         "",
         "## Two graphs: the page downloads one",
         f"- `model/model.onnx` (+ its .data files), {mb('model.onnx')}: int4 blocks (MatMulNBits), for WebGPU.",
-        f"- `model/model-wasm.onnx` (+ its .data files), {mb('model-wasm.onnx')}: per-channel int8 weights with "
+        f"- `model/{WASM_GRAPH}` (+ its .data files), {mb(WASM_GRAPH)}: per-channel int8 weights with "
         "int8 activations (DynamicQuantizeMatMul), for the WASM backend, whose SIMD integer GEMM runs them "
         "(onnxruntime-web has no WASM kernel for int4 blocks). Delete it to serve WASM the int4 graph too.",
     ]

@@ -11,9 +11,9 @@ from ..families import family_for
 from ..families.decoder.graph import TIED_ROTATION_NODE
 from ..graphs import external
 from ..graphs.hadamard import ONLINE_HADAMARD
+from ..graphs.ops import WASM_GRAPH
 from ..plan.config import BuildPlan, OptimizeConfig
 from ..quantize.choices import QUANTIZED_PRECISIONS, expected_bits
-from .stream import WASM_GRAPH
 
 ONNX_FLOAT, ONNX_FLOAT16 = 1, 10
 PROVIDER_KEYS = {"cpu": None, "cuda": "cuda", "dml": "dml", "webgpu": "webgpu"}
@@ -224,11 +224,7 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
         kept_float = (*family_for(architecture).float_matmuls, ONLINE_HADAMARD)
         if ep == "webgpu":  # no 8-bit WebGPU MatMulNBits: a tied table's rotation stays float
             kept_float = (*kept_float, TIED_ROTATION_NODE)
-        dense = [
-            n.name
-            for n in graph.node
-            if n.op_type == "MatMul" and n.input[1] in weights and not any(part in n.name for part in kept_float)
-        ]
+        dense = _float_matmuls(graph, weights, kept_float)
         if dense:
             problems.append(f"precision {precision}: MatMul nodes left unquantized: {', '.join(dense[:5])}")
     elif nbits:
@@ -247,6 +243,15 @@ def _graph_mismatches(model_dir: Path, plan: BuildPlan, architecture: str) -> li
     return problems + _wasm_graph_mismatches(model_dir, plan) + _split_mismatches(model_dir, plan.optimize)
 
 
+def _float_matmuls(graph: Any, weights: set[str], kept_float: tuple[str, ...]) -> list[str]:
+    """The float MatMul nodes on a weight of `weights`, but those whose name has a part of `kept_float`."""
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and n.input[1] in weights and not any(part in n.name for part in kept_float)
+    ]
+
+
 def _wasm_graph_mismatches(model_dir: Path, plan: BuildPlan) -> list[str]:
     """export.wasm_graph "int8": model-wasm.onnx is there, every weight MatMul but the online
     Hadamard's factors a DynamicQuantizeMatMul."""
@@ -261,9 +266,7 @@ def _wasm_graph_mismatches(model_dir: Path, plan: BuildPlan) -> list[str]:
     weights = {i.name for i in graph.initializer}
     problems = [f"{WASM_GRAPH}: {n.name} is MatMulNBits" for n in graph.node if n.op_type == "MatMulNBits"]
     problems += [
-        f"{WASM_GRAPH}: MatMul {n.name} left in float"
-        for n in graph.node
-        if n.op_type == "MatMul" and n.input[1] in weights and ONLINE_HADAMARD not in n.name
+        f"{WASM_GRAPH}: MatMul {name} left in float" for name in _float_matmuls(graph, weights, (ONLINE_HADAMARD,))
     ]
     if not any(n.op_type == "DynamicQuantizeMatMul" for n in graph.node):
         problems.append(f"{WASM_GRAPH}: no DynamicQuantizeMatMul node")

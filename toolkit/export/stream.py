@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ConfigError, InputModelError
 from ..families import family_of
 from ..graphs.external import ExternalData, compact
-from ..graphs.ops import DYNAMIC_INT8, GraphWriter, Shape, save_graph
+from ..graphs.ops import DYNAMIC_INT8, WASM_GRAPH, GraphWriter, Shape, save_graph
 from ..plan.config import OWN_METHODS, ExportConfig, QuantizeConfig
 from ..progress import bar
 from ..source.checkpoint import SourceModel
@@ -199,9 +199,6 @@ def export_stream(
         del g, calibration
         _give_back_memory()
     return out
-
-
-WASM_GRAPH = "model-wasm.onnx"
 
 
 def write_wasm_graph(

@@ -22,6 +22,7 @@ FLOAT, INT64, FLOAT16 = 1, 7, 10
 # onnxruntime's WASM build has SIMD kernels for that integer GEMM and none for MatMulNBits, which
 # it dequantizes to float32 on every call.
 DYNAMIC_INT8 = "int8-dynamic"
+WASM_GRAPH = "model-wasm.onnx"  # the file of that graph, beside model.onnx in a web bundle's model/
 ELEM = {np.dtype(np.float32): FLOAT, np.dtype(np.float16): FLOAT16}
 
 
