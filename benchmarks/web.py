@@ -1,7 +1,7 @@
 """The web target in headless Chromium against onnxruntime-genai native, on the same graph, in one run.
 
     python benchmarks/web.py [--models smollm2,phi-3.5-mini-8] [--backends wasm,webgpu] [--no-wllama]
-                              [--prompt-tokens 64 --new-tokens 64 --rounds 3]
+                              [--no-transformers-js] [--prompt-tokens 64 --new-tokens 64 --rounds 3]
 
 Per model: the slmkit web bundle (the model's web recipe; built once under --work), then rows,
 interleaved one round of each per round so that a slow spell of the machine hits every row alike:
@@ -13,7 +13,12 @@ interleaved one round of each per round so that a slow spell of the machine hits
   (Vulkan on the CPU), a functional check, not a GPU speed;
 - wllama Q4_0, wllama Q8_0 (the anchor): llama.cpp's own WASM build (@wllama/wllama 3.8.1 from npm,
   in its worker, the same threads) on GGUF files of the same checkpoint made by llama.cpp's converter
-  and quantizer (benchmarks/llama_peer.py), with the same prompt as text; its own timings.
+  and quantizer (benchmarks/llama_peer.py), with the same prompt as text; its own timings;
+- transformers.js q8: @huggingface/transformers 4.3.1 from npm (its own onnxruntime-web, WASM, the
+  same threads, generate() on the page's thread as its users call it) on its `q8` graph of the same
+  checkpoint: optimum's export (in a venv of its own: it needs transformers<4.58) quantized with
+  transformers.js's q8 settings; the same prompt ids, timed like the slmkit page. An anchor that
+  cannot load or run a model prints why and has no row.
 The page runs WASM on its WASM graph (model-wasm.onnx, per-channel int8) where the bundle has one.
 Each browser row runs in its own Chromium. Load: the page's Model.load, first visit (download from
 127.0.0.1, Cache Storage empty) and second visit (the files from Cache Storage); native: og.Model.
@@ -27,14 +32,18 @@ Phi-3.5-mini shape with 8 layers and random bf16 weights, made as benchmarks/dec
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 from decode import CACHE, onnx_runner
+from playwright.sync_api import Error as PlaywrightError
 
 from toolkit.build import build, plan_build
 from toolkit.families import open_checkpoint
@@ -72,6 +81,14 @@ def web_bundle(name: str, work: Path) -> Path:
     return bundle
 
 
+def npm_install(spec: str, folder: Path) -> Path:
+    """`npm install spec` (no install scripts) in folder; its node_modules."""
+    folder.mkdir(parents=True, exist_ok=True)
+    npm = ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", spec]
+    subprocess.run(npm, cwd=folder, check=True, capture_output=True)
+    return folder / "node_modules"
+
+
 WLLAMA = "3.8.1"
 WLLAMA_KINDS = ("Q4_0", "Q8_0")
 
@@ -79,23 +96,13 @@ WLLAMA_KINDS = ("Q4_0", "Q8_0")
 def wllama_root(name: str, work: Path) -> Path:
     """A folder to serve: wllama's ES module and WASM (npm, once), benchmarks/web/wllama.html as
     index.html, and the checkpoint's Q4_0 and Q8_0 GGUF files (llama.cpp's converter, then its quantizer)."""
-    import shutil
-    import subprocess
-
     from llama_peer import convert, quantize, sentencepiece_model
 
     root = work / "wllama-page"
     esm = root / "wllama" / "esm"
     if not (esm / "index.js").is_file():
-        npm = work / "wllama-npm"
-        npm.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", f"@wllama/wllama@{WLLAMA}"],
-            cwd=npm,
-            check=True,
-            capture_output=True,
-        )
-        shutil.copytree(npm / "node_modules" / "@wllama" / "wllama" / "esm", esm, dirs_exist_ok=True)
+        modules = npm_install(f"@wllama/wllama@{WLLAMA}", work / "wllama-npm")
+        shutil.copytree(modules / "@wllama" / "wllama" / "esm", esm, dirs_exist_ok=True)
     shutil.copy2(Path(__file__).resolve().parent / "web" / "wllama.html", root / "index.html")
     f16 = work / f"{name}-f16.gguf"
     for kind in WLLAMA_KINDS:
@@ -108,6 +115,86 @@ def wllama_root(name: str, work: Path) -> Path:
                     sentencepiece_model(model)  # llama.cpp's Phi-3 converter reads only that
                 convert(model, f16, "f16")
             quantize(f16, out, kind)
+    return root
+
+
+TRANSFORMERS_JS = "4.3.1"
+# optimum's ONNX export, as transformers.js's own conversion script runs it; it needs transformers<4.58,
+# which cannot share slmkit's environment (builder >= 0.16 takes transformers 5): a venv of its own
+OPTIMUM = ("optimum-onnx==0.1.0", "transformers==4.57.6", "torch==2.13.0", "onnxruntime")
+
+
+def v4_config(config: dict) -> dict:
+    """A transformers 5 config.json as transformers 4.57 reads it (its rope fields, its dtype key)."""
+    config = dict(config)
+    rope = config.pop("rope_parameters", None)
+    if rope is not None:
+        config["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if "dtype" in config:
+        config["torch_dtype"] = config.pop("dtype")
+    return config
+
+
+def transformers_js_root(name: str, work: Path) -> Path:
+    """A folder to serve: transformers.js's browser bundle and onnxruntime-web's WASM files (npm,
+    once), benchmarks/web/transformers.html as index.html, and models/NAME as transformers.js loads a
+    model: the checkpoint exported by optimum (text-generation-with-past) and quantized with the
+    settings of transformers.js's `q8` (its scripts/quantize.py: onnxruntime's dynamic quantizer,
+    int8 weights per tensor, the MatMul input quantized at run time, MatMulConstBOnly)."""
+    root = work / "transformers-js-page"
+    bundle = root / "transformers" / "transformers.js"
+    if not bundle.is_file():
+        modules = npm_install(f"@huggingface/transformers@{TRANSFORMERS_JS}", work / "transformers-js-npm")
+        (root / "ort").mkdir(parents=True, exist_ok=True)
+        for f in (modules / "onnxruntime-web" / "dist").glob("ort-wasm-simd-threaded.*"):
+            shutil.copy2(f, root / "ort" / f.name)
+        shutil.copytree(modules / "@huggingface" / "transformers" / "dist", bundle.parent, dirs_exist_ok=True)
+    shutil.copy2(Path(__file__).resolve().parent / "web" / "transformers.html", root / "index.html")
+    model_dir = root / "models" / name
+    q8 = model_dir / "onnx" / "model_quantized.onnx"
+    if q8.is_file():
+        return root
+    venv = work / "optimum-venv"
+    if not (venv / "bin" / "optimum-cli").is_file():
+        print("transformers.js: making optimum's environment (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *OPTIMUM], check=True)
+    model = checkpoint(name, work)
+    src, out = work / "optimum-export" / f"{name}-src", work / "optimum-export" / f"{name}-onnx"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
+    src.mkdir(parents=True)
+    for f in model.iterdir():
+        if f.name != "config.json":
+            (src / f.name).symlink_to(f.resolve())
+    (src / "config.json").write_text(json.dumps(v4_config(json.loads((model / "config.json").read_text())), indent=2))
+    print(f"transformers.js: exporting {name} with optimum", flush=True)
+    cli = [str(venv / "bin" / "optimum-cli"), "export", "onnx", "--model", str(src)]
+    subprocess.run([*cli, "--task", "text-generation-with-past", str(out)], check=True, capture_output=True)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.registry import IntegerOpsRegistry
+
+    print(f"transformers.js: q8 of {name}", flush=True)
+    q8.parent.mkdir(parents=True, exist_ok=True)
+    partial = q8.with_name("partial.onnx")
+    quantize_dynamic(
+        out / "model.onnx",
+        partial,
+        per_channel=False,
+        reduce_range=False,
+        weight_type=QuantType.QInt8,  # the graph has no GroupQueryAttention: transformers.js's signed choice
+        op_types_to_quantize=list(IntegerOpsRegistry),
+        extra_options={"EnableSubgraph": True, "MatMulConstBOnly": True},
+    )
+    for f in ("config.json", "generation_config.json"):
+        if (out / f).is_file():
+            shutil.copy2(out / f, model_dir / f)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy2(model / f, model_dir / f)
+    partial.rename(q8)
+    shutil.rmtree(out)
     return root
 
 
@@ -157,6 +244,10 @@ def peak_mb(pids: list[int], kind: str) -> float:
     return best / 1024
 
 
+class PageFailed(Exception):
+    """A page that reported its own failure at load."""
+
+
 class BrowserRow:
     """One Chromium with the bundle's page loaded on one backend. The page's globals: READY (true
     once it loaded or failed), ERROR (its failure), LOAD (its load seconds), RUN (a function of the
@@ -185,7 +276,8 @@ class BrowserRow:
         self.page.wait_for_function(self.READY, timeout=0)
         error = self.page.evaluate(self.ERROR)
         if error:
-            raise SystemExit(f"the page failed ({self.url}): {error}")
+            self.browser.close()
+            raise PageFailed(f"the page failed ({self.url}): {error}")
         return self.page.evaluate(self.LOAD)
 
     def prompt(self, ids: list[int]) -> object:
@@ -201,14 +293,18 @@ class BrowserRow:
         return peak_mb(pids, "renderer"), peak_mb(pids, "gpu-process")
 
 
-class WllamaRow(BrowserRow):
-    """wllama.html on one GGUF file (`backend`: its name), the prompt as text (`last` holds
-    llama.cpp's own count of its tokens, prompt_n)."""
+class AnchorRow(BrowserRow):
+    """An anchor's page under benchmarks/web/: its global `bench` = {load, run(prompt, n)} or {error}."""
 
     READY = "window.bench !== undefined"
     ERROR = "window.bench.error"
     LOAD = "window.bench.load"
     RUN = "([prompt, n]) => window.bench.run(prompt, n)"
+
+
+class WllamaRow(AnchorRow):
+    """wllama.html on one GGUF file (`backend`: its name), the prompt as text (`last` holds
+    llama.cpp's own count of its tokens, prompt_n)."""
 
     def __init__(self, pw, base: str, gguf: str, text: str) -> None:
         self.text = text
@@ -219,6 +315,13 @@ class WllamaRow(BrowserRow):
 
     def prompt(self, ids: list[int]) -> object:
         return self.text
+
+
+class TransformersJsRow(AnchorRow):
+    """transformers.html on the model's q8 graph (`backend`: the model's name), the prompt as ids."""
+
+    def page_url(self, base: str, name: str) -> str:
+        return f"{base}/index.html?model={name}&threads={os.cpu_count()}"
 
 
 def measure(name: str, args: argparse.Namespace, pw) -> None:
@@ -237,14 +340,26 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
     httpd = server(root=bundle)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    anchors = {}
+    servers = [httpd]
+    anchors = {}  # label: (its row, once the native and slmkit rows exist; its model's bytes)
     if args.wllama:
         wroot = wllama_root(name, args.work)
-        whttpd = server(root=wroot)
-        threading.Thread(target=whttpd.serve_forever, daemon=True).start()
-        anchors = {
-            f"wllama {k}": (f"http://127.0.0.1:{whttpd.server_address[1]}", f"{name}-{k}.gguf") for k in WLLAMA_KINDS
-        }
+        servers.append(server(root=wroot))
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+        wbase = f"http://127.0.0.1:{servers[-1].server_address[1]}"
+        for k in WLLAMA_KINDS:
+            gguf = f"{name}-{k}.gguf"
+            anchors[f"wllama {k}"] = (
+                lambda gguf=gguf: WllamaRow(pw, wbase, gguf, tokenizer.decode(ids)),
+                (wroot / gguf).stat().st_size,
+            )
+    if args.transformers_js:
+        troot = transformers_js_root(name, args.work)
+        servers.append(server(root=troot))
+        threading.Thread(target=servers[-1].serve_forever, daemon=True).start()
+        tbase = f"http://127.0.0.1:{servers[-1].server_address[1]}"
+        q8 = sum(p.stat().st_size for p in (troot / "models" / name / "onnx").glob("model_quantized.onnx*"))
+        anchors["transformers.js q8"] = (lambda: TransformersJsRow(pw, tbase, name), q8)
     start = time.perf_counter()
     native = onnx_runner(model, ids, args.new_tokens, {"intra_op_num_threads": 0}, cpu=True)
     native_load = time.perf_counter() - start  # includes one warm-up generation
@@ -255,9 +370,16 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         row(ids, args.new_tokens)  # warm-up (shader compilation, first allocations), dropped
         rows[backend] = row
         loads[backend] = (row.load_first, row.load_cached)
-    for label, (wbase, gguf) in anchors.items():
-        row = WllamaRow(pw, wbase, gguf, tokenizer.decode(ids))
-        row(ids, args.new_tokens)  # warm-up, dropped
+    for label, (make, _) in anchors.items():
+        row = None
+        try:
+            row = make()
+            row(ids, args.new_tokens)  # warm-up, dropped
+        except (PageFailed, PlaywrightError) as e:  # an anchor that cannot run this model: a line, no row
+            print(f"{label}: left out, {str(e).splitlines()[0]}", flush=True)
+            if row is not None:
+                row.browser.close()
+            continue
         rows[label] = row
         loads[label] = (row.load_first, row.load_cached)
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in rows}
@@ -274,7 +396,7 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         f"interleaved rounds; {os.cpu_count()} cores"
     )
     print(
-        f"{'runtime':<34} {'decode tok/s':>12} {'prefill tok/s':>13} {'vs native':>17} {'vs wllama':>17} "
+        f"{'runtime':<40} {'decode tok/s':>12} {'prefill tok/s':>13} {'vs native':>17} {'vs wllama':>17} "
         f"{'load s (first/cached)':>22} {'tab MB':>8} {'GPU proc MB':>11}"
     )
     # the anchor: wllama's faster file (by decode) on the same weights
@@ -284,10 +406,7 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         mem = rows[label].memory() if label != "native" else (None, None)
         ratio = f"{decode[label] / decode['native']:.2f}x, {prefill[label] / prefill['native']:.2f}x"
         load = f"{first:.1f}" + (f" / {cached:.1f}" if cached is not None else " (+1 warm-up run)")
-        size = {"wasm": wasm_weights, "native": weights, "webgpu": weights}.get(label)
-        if size is None:
-            gguf_file = anchors[label][1]
-            size = (args.work / "wllama-page" / gguf_file).stat().st_size
+        size = {"wasm": wasm_weights, "native": weights, "webgpu": weights}.get(label) or anchors[label][1]
         tab = f"{mem[0]:.0f} ({mem[0] * 2**20 / size:.1f}x)" if mem[0] else "-"
         gpu = f"{mem[1]:.0f}" if mem[1] else "-"
         what = {
@@ -297,15 +416,14 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         }.get(label, f"Chromium, {label} (WASM, {size / 1e6:.0f} MB)")
         vs = f"{decode[label] / decode[best]:.2f}x, {prefill[label] / prefill[best]:.2f}x" if best else "-"
         speeds = f"{decode[label]:12.1f} {prefill[label]:13.1f} {ratio:>17} {vs:>17}"
-        print(f"{what:<34} {speeds} {load:>22} {tab:>8} {gpu:>11}")
-    if anchors:
+        print(f"{what:<40} {speeds} {load:>22} {tab:>8} {gpu:>11}")
+    if best:
         print(f"wllama's prompt: the same ids as text, {rows[best].last['prompt_n']} tokens to llama.cpp's tokenizer")
     for label, row in rows.items():
         if label != "native":
             row.browser.close()
-    httpd.shutdown()
-    if anchors:
-        whttpd.shutdown()
+    for httpd in servers:
+        httpd.shutdown()
 
 
 def main() -> None:
@@ -317,6 +435,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--work", type=Path, default=WORK)
     p.add_argument("--no-wllama", dest="wllama", action="store_false", help="leave out the wllama anchor rows")
+    p.add_argument(
+        "--no-transformers-js",
+        dest="transformers_js",
+        action="store_false",
+        help="leave out the transformers.js q8 anchor row",
+    )
     args = p.parse_args()
     args.backends = args.backends.split(",")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -324,7 +448,10 @@ def main() -> None:
 
     with sync_playwright() as pw:
         for name in args.models.split(","):
-            measure(name, args, pw)
+            try:
+                measure(name, args, pw)
+            except PageFailed as e:
+                raise SystemExit(str(e)) from None
     print(
         "vs native, vs wllama (its faster file): decode, prefill. tab MB: peak resident memory of the renderer "
         "process (JS, WASM heap, workers) and "
