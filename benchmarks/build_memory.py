@@ -22,6 +22,7 @@ builds of that version run first, as the anchor of the ratio columns.
     python benchmarks/build_memory.py [--layers 8,32] [--targets cpu,linux-cuda] [--methods recipe,default]
                                       [--shape phi-3.5-mini|phi-4-mini] [--adapter-rank 16]
                                       [--baseline DIR] [--work DIR] [--keep] [--skip-exports]
+                                      [--set quantize.rotation=hadamard+down ...]
 """
 
 from __future__ import annotations
@@ -192,6 +193,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / ".slmkit-cache" / "build-memory")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints and exports")
     ap.add_argument("--adapter-rank", type=int, help="whole builds: again with a merged rank-R LoRA adapter")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="whole builds: a recipe override for every build, e.g. quantize.rotation=hadamard+down",
+    )
     args = ap.parse_args()
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     builder_limit = int(total * 0.9)
@@ -239,6 +248,7 @@ def main() -> None:
                         shutil.rmtree(out, ignore_errors=True)
                         extra = () if method == "recipe" else ("--set", f"quantize.method={method}")
                         extra += ("--adapter", str(lora)) if lora else ()
+                        extra += tuple(a for o in args.overrides for a in ("--set", o))
                         status, peak, wall = whole_build(model, target, out, root, extra)
                         whole.append([layers, params, target, f"{version}, {name}", status, peak, wall])
                         print(
@@ -276,7 +286,8 @@ def main() -> None:
     if whole:
         print("\nwhole `slmkit build` (every stage; the peak includes the smoke test's child process); the anchor")
         print("of the ratios: the same build without the adapter, else the baseline checkout's same build, else")
-        print("this checkout's round-to-nearest build\n")
+        sets = "".join(f"; every build --set {o}" for o in args.overrides)
+        print(f"this checkout's round-to-nearest build{sets}\n")
         print(
             "| layers | params | target | slmkit, quantize.method | result | peak RSS GB | wall s | peak vs anchor "
             "| wall vs anchor |"
