@@ -49,13 +49,14 @@ VARIANTS = [
     ("gptq sym b32", ("quantize.method=gptq", "quantize.symmetric=true", "quantize.block_size=32")),
     ("mixed b64", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=64")),
     ("mixed sym b64", ("quantize.method=mixed", "quantize.symmetric=true", "quantize.block_size=64")),
+    ("mixed b32", ("quantize.method=mixed", "quantize.symmetric=false", "quantize.block_size=32")),
 ]
 # ... and with the residual stream rotated (the recipes' default: "mixed b64 + rotation"), and with
 # the online Hadamard on every down_proj input as well
 VARIANTS = [(name, (*sets, "quantize.rotation=none")) for name, sets in VARIANTS] + [
     (f"{name} + {label}", (*sets, f"quantize.rotation={how}"))
     for name, sets in VARIANTS
-    if name in ("gptq b64", "mixed b64")
+    if name in ("gptq b64", "mixed b64", "mixed b32")
     for label, how in (("rotation", "hadamard"), ("rotation + online down", "hadamard+down"))
 ]
 
