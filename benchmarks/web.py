@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from decode import CACHE, onnx_runner
@@ -426,6 +427,83 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
         httpd.shutdown()
 
 
+def onnx_logits(path: Path, kv_shape: tuple[int, int], steps: bool = False, first_alone: bool = False):
+    """logits_of(window ids) of a decoder graph with HF input names (slmkit's, optimum's), with
+    native onnxruntime on its CPU kernels (kv_shape: key/value heads, head size): one prefill from
+    an empty cache (with `first_alone` the first token in a run of its own, as slmkit's page runs
+    its WASM graph), or with `steps` one token a run on the cache, as generation runs it (a dynamic
+    int8 graph then quantizes each token's activations alone)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    pasts = [i.name for i in session.get_inputs() if i.name.startswith("past_key_values")]
+    positions = "position_ids" in [i.name for i in session.get_inputs()]
+    outputs = ["logits"] + [name.replace("past_key_values", "present") for name in pasts]
+
+    def run(ids: list[int], start: int, cache: list) -> list:
+        total = start + len(ids)
+        feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, total), np.int64)}
+        if positions:
+            feeds["position_ids"] = np.arange(start, total, dtype=np.int64)[None]
+        feeds.update(zip(pasts, cache, strict=True))
+        return session.run(outputs, feeds)
+
+    def logits_of(ids: list[int]) -> np.ndarray:
+        cache = [np.zeros((1, kv_shape[0], 0, kv_shape[1]), np.float32)] * len(pasts)
+        if first_alone and not steps:
+            head, *cache = run(ids[:1], 0, cache)
+            return np.concatenate([head[0], run(ids[1:], 1, cache)[0][0]])
+        if not steps:
+            return run(ids, 0, cache)[0][0]
+        rows = []
+        for k, token in enumerate(ids):
+            logits, *cache = run([token], k, cache)
+            rows.append(logits[0, -1])
+        return np.stack(rows)
+
+    return logits_of
+
+
+def quality(name: str, args: argparse.Namespace) -> None:
+    """--quality: each browser graph's perplexity, top-1 and KL against the float32 model on the
+    evaluation text, natively (onnxruntime's and llama.cpp's CPU kernels for the same graphs and
+    files; the browser's WASM kernels are the same code at other rounding)."""
+    from llama_cpp import Llama
+
+    from toolkit.verify.quality import Reference, gguf_logits, score, table
+
+    text_name, text = default_text()
+    ref = Reference(checkpoint(name, args.work), text, text_name, max_tokens=args.quality_tokens)
+    model = web_bundle(name, args.work) / "model"
+    # (label, graph, how its runtime feeds a prompt: all at once, or the first token alone)
+    graphs = [("slmkit WebGPU graph (model.onnx)", model / "model.onnx", False)]
+    graphs += [("slmkit WASM graph (model-wasm.onnx)", model / "model-wasm.onnx", True)]
+    if args.transformers_js:
+        q8 = transformers_js_root(name, args.work) / "models" / name / "onnx" / "model_quantized.onnx"
+        graphs.append(("transformers.js q8", q8, False))
+    config = json.loads((checkpoint(name, args.work) / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    kv_shape = (config.get("num_key_value_heads", heads), config.get("head_dim", config["hidden_size"] // heads))
+    rows = []
+    for label, path, first_alone in graphs:
+        size = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*"))
+        modes = [(False, False, "each window in one prefill")]
+        modes += [(False, True, "the first token alone, then the window (the page)")] if first_alone else []
+        modes += [(True, False, "one token a run, as it generates")]
+        for steps, alone, how in modes:
+            rows.append((label, size, score(ref, onnx_logits(path, kv_shape, steps, alone)), how))
+    if args.wllama:
+        root, longest = wllama_root(name, args.work), max(len(w) for w in ref.windows)
+        for kind in WLLAMA_KINDS:
+            gguf = root / f"{name}-{kind}.gguf"
+            llm = Llama(model_path=str(gguf), n_ctx=longest + 8, logits_all=True, verbose=False)
+            q = score(ref, partial(gguf_logits, llm))
+            rows.append((f"llama.cpp {kind} (wllama's file)", gguf.stat().st_size, q, "each window in one prefill"))
+    print(f"\n{name}: against the float32 model, {ref.tokens} tokens of {text_name}")
+    print(table(rows))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="smollm2,phi-3.5-mini-8")
@@ -441,8 +519,21 @@ def main() -> None:
         action="store_false",
         help="leave out the transformers.js q8 anchor row",
     )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="score each graph against the float32 model (natively) instead of timing the browser",
+    )
+    p.add_argument("--quality-tokens", type=int, default=2048, help="--quality: tokens of the evaluation text")
     args = p.parse_args()
     args.backends = args.backends.split(",")
+    if args.quality:
+        for name in args.models.split(","):
+            if name != "smollm2":  # random weights: nothing to agree with
+                print(f"{name}: left out of --quality (random weights)")
+                continue
+            quality(name, args)
+        return
     args.work.mkdir(parents=True, exist_ok=True)
     from playwright.sync_api import sync_playwright
 
