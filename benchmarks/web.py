@@ -430,9 +430,9 @@ def measure(name: str, args: argparse.Namespace, pw) -> None:
 def onnx_logits(path: Path, kv_shape: tuple[int, int], steps: bool = False, first_alone: bool = False):
     """logits_of(window ids) of a decoder graph with HF input names (slmkit's, optimum's), with
     native onnxruntime on its CPU kernels (kv_shape: key/value heads, head size): one prefill from
-    an empty cache (with `first_alone` the first token in a run of its own, as slmkit's page runs
-    its WASM graph), or with `steps` one token a run on the cache, as generation runs it (a dynamic
-    int8 graph then quantizes each token's activations alone)."""
+    an empty cache (with `first_alone`, the first token in a run of its own before it), or with
+    `steps` one token a run on the cache, as generation runs it (a dynamic int8 graph then
+    quantizes each token's activations alone)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -476,7 +476,8 @@ def quality(name: str, args: argparse.Namespace) -> None:
     text_name, text = default_text()
     ref = Reference(checkpoint(name, args.work), text, text_name, max_tokens=args.quality_tokens)
     model = web_bundle(name, args.work) / "model"
-    # (label, graph, how its runtime feeds a prompt: all at once, or the first token alone)
+    # (label, graph, also score its prompt pass with the first token in a run of its own: the WASM
+    # graph's dynamic int8 input has one scale a run, which the first position's outliers set)
     graphs = [("slmkit WebGPU graph (model.onnx)", model / "model.onnx", False)]
     graphs += [("slmkit WASM graph (model-wasm.onnx)", model / "model-wasm.onnx", True)]
     if args.transformers_js:
@@ -489,7 +490,7 @@ def quality(name: str, args: argparse.Namespace) -> None:
     for label, path, first_alone in graphs:
         size = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*"))
         modes = [(False, False, "each window in one prefill")]
-        modes += [(False, True, "the first token alone, then the window (the page)")] if first_alone else []
+        modes += [(False, True, "the first token alone, then the window")] if first_alone else []
         modes += [(True, False, "one token a run, as it generates")]
         for steps, alone, how in modes:
             rows.append((label, size, score(ref, onnx_logits(path, kv_shape, steps, alone)), how))
