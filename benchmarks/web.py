@@ -43,6 +43,7 @@ import time
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 from decode import CACHE, onnx_runner
 from playwright.sync_api import Error as PlaywrightError
 
@@ -433,7 +434,6 @@ def onnx_logits(path: Path, kv_shape: tuple[int, int], steps: bool = False, firs
     an empty cache (with `first_alone`, the first token in a run of its own before it), or with
     `steps` one token a run on the cache, as generation runs it (a dynamic int8 graph then
     quantizes each token's activations alone)."""
-    import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -449,20 +449,93 @@ def onnx_logits(path: Path, kv_shape: tuple[int, int], steps: bool = False, firs
         feeds.update(zip(pasts, cache, strict=True))
         return session.run(outputs, feeds)
 
-    def logits_of(ids: list[int]) -> np.ndarray:
+    def logits_of(ids: list[int], prompt: int | None = None) -> np.ndarray:
+        """[len(ids), vocab]: the first `prompt` ids (all of them, none with `steps`) in the prompt's
+        pass, the rest one token a run."""
+        prompt = (0 if steps else len(ids)) if prompt is None else prompt
         cache = [np.zeros((1, kv_shape[0], 0, kv_shape[1]), np.float32)] * len(pasts)
-        if first_alone and not steps:
-            head, *cache = run(ids[:1], 0, cache)
-            return np.concatenate([head[0], run(ids[1:], 1, cache)[0][0]])
-        if not steps:
-            return run(ids, 0, cache)[0][0]
-        rows = []
-        for k, token in enumerate(ids):
-            logits, *cache = run([token], k, cache)
-            rows.append(logits[0, -1])
-        return np.stack(rows)
+        rows, done = [], 0
+        ends = ([1] if first_alone and prompt > 1 else []) + ([prompt] if prompt else [])
+        for end in ends + list(range(prompt + 1, len(ids) + 1)):  # each run's last position
+            if end > done:
+                logits, *cache = run(ids[done:end], done, cache)
+                rows.append(logits[0])
+                done = end
+        return np.concatenate(rows)
 
     return logits_of
+
+
+def kv_shape_of(model: Path) -> tuple[int, int]:
+    """(key/value heads, head size) of a checkpoint's config.json."""
+    config = json.loads((model / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    return config.get("num_key_value_heads", heads), config.get("head_dim", config["hidden_size"] // heads)
+
+
+def log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+CHAT = (
+    "What is the capital of France?",
+    "Write a haiku about the sea.",
+    "How many legs does a spider have?",
+    "Explain what a CPU does in one sentence.",
+    "Give me three tips for sleeping better.",
+    "What is 12 times 7?",
+    "Translate 'good morning' into Spanish.",
+    "Who wrote Romeo and Juliet?",
+    "What causes rain?",
+    "Name a primary color.",
+    "Summarize the plot of Cinderella in two sentences.",
+    "What is Python used for?",
+    "Why is the sky blue?",
+    "List three fruits that are red.",
+    "How do I boil an egg?",
+    "What is the largest planet?",
+    "Write a short greeting for a birthday card.",
+    "What does DNA stand for?",
+    "Suggest a name for a cat.",
+    "What is photosynthesis?",
+)
+
+
+def chat_quality(name: str, args: argparse.Namespace, answer_tokens: int = 32) -> None:
+    """--quality: the WASM graph on chat prompts as the page generates: each question's prompt (the
+    checkpoint's chat template) in one run, or its first token alone and then one run, then the
+    float32 model's greedy answer one token a run; KL and top-1 against float32 at the answer's
+    positions."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = checkpoint(name, args.work)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    graph = web_bundle(name, args.work) / "model" / "model-wasm.onnx"
+    modes = {"one run": False, "the first token alone, then one run": True}
+    runs = {how: onnx_logits(graph, kv_shape_of(model), first_alone=alone) for how, alone in modes.items()}
+    kl, top1 = {how: [] for how in modes}, {how: [] for how in modes}
+    for question in CHAT:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            answer = hf.generate(torch.tensor([ids]), max_new_tokens=answer_tokens, do_sample=False)[0, len(ids) :]
+            answer = answer.tolist()
+            ref = log_softmax(hf(torch.tensor([ids + answer])).logits[0, len(ids) - 1 : -1].numpy())
+        for how, logits_of in runs.items():
+            got = log_softmax(logits_of(ids + answer[:-1], prompt=len(ids))[len(ids) - 1 :])
+            kl[how].append(float((np.exp(ref) * (ref - got)).sum(-1).mean()))
+            top1[how].append(float((ref.argmax(-1) == got.argmax(-1)).mean()))
+    base = kl["one run"]
+    print(f"\n{name}: WASM graph on {len(CHAT)} chat prompts, the float32 model's {answer_tokens}-token answers")
+    print(f"{'prompt pass':<40} {'mean KL':>8} {'top-1':>6}  lower KL than one run")
+    for how in modes:
+        wins = sum(a < b for a, b in zip(kl[how], base, strict=True))
+        print(f"{how:<40} {np.mean(kl[how]):8.4f} {np.mean(top1[how]):6.3f}  {wins} of {len(CHAT)}")
 
 
 def quality(name: str, args: argparse.Namespace) -> None:
@@ -483,9 +556,7 @@ def quality(name: str, args: argparse.Namespace) -> None:
     if args.transformers_js:
         q8 = transformers_js_root(name, args.work) / "models" / name / "onnx" / "model_quantized.onnx"
         graphs.append(("transformers.js q8", q8, False))
-    config = json.loads((checkpoint(name, args.work) / "config.json").read_text())
-    heads = config["num_attention_heads"]
-    kv_shape = (config.get("num_key_value_heads", heads), config.get("head_dim", config["hidden_size"] // heads))
+    kv_shape = kv_shape_of(checkpoint(name, args.work))
     rows = []
     for label, path, first_alone in graphs:
         size = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*"))
@@ -503,6 +574,7 @@ def quality(name: str, args: argparse.Namespace) -> None:
             rows.append((f"llama.cpp {kind} (wllama's file)", gguf.stat().st_size, q, "each window in one prefill"))
     print(f"\n{name}: against the float32 model, {ref.tokens} tokens of {text_name}")
     print(table(rows))
+    chat_quality(name, args)
 
 
 def main() -> None:
