@@ -180,10 +180,10 @@ def transformers_js_root(name: str, work: Path) -> Path:
 
     print(f"transformers.js: q8 of {name}", flush=True)
     q8.parent.mkdir(parents=True, exist_ok=True)
-    partial = q8.with_name("partial.onnx")
+    staging = q8.with_name("partial.onnx")
     quantize_dynamic(
         out / "model.onnx",
-        partial,
+        staging,
         per_channel=False,
         reduce_range=False,
         weight_type=QuantType.QInt8,  # the graph has no GroupQueryAttention: transformers.js's signed choice
@@ -195,7 +195,7 @@ def transformers_js_root(name: str, work: Path) -> Path:
             shutil.copy2(out / f, model_dir / f)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(model / f, model_dir / f)
-    partial.rename(q8)
+    staging.rename(q8)
     shutil.rmtree(out)
     return root
 
@@ -503,8 +503,8 @@ CHAT = (
 
 
 def chat_quality(name: str, args: argparse.Namespace, answer_tokens: int = 32) -> None:
-    """--quality: the WASM graph on chat prompts as the page generates: each question's prompt (the
-    checkpoint's chat template) in one run, or its first token alone and then one run, then the
+    """--quality: the WASM graph on chat prompts as the page would generate: each question's prompt
+    (the checkpoint's chat template) in one run (the page) or its first token alone and then one run, then the
     float32 model's greedy answer one token a run; KL and top-1 against float32 at the answer's
     positions."""
     import torch
@@ -547,7 +547,8 @@ def quality(name: str, args: argparse.Namespace) -> None:
     from toolkit.verify.quality import Reference, gguf_logits, score, table
 
     text_name, text = default_text()
-    ref = Reference(checkpoint(name, args.work), text, text_name, max_tokens=args.quality_tokens)
+    source = checkpoint(name, args.work)
+    ref = Reference(source, text, text_name, max_tokens=args.quality_tokens)
     model = web_bundle(name, args.work) / "model"
     # (label, graph, also score its prompt pass with the first token in a run of its own: the WASM
     # graph's dynamic int8 input has one scale a run, which the first position's outliers set)
@@ -556,7 +557,7 @@ def quality(name: str, args: argparse.Namespace) -> None:
     if args.transformers_js:
         q8 = transformers_js_root(name, args.work) / "models" / name / "onnx" / "model_quantized.onnx"
         graphs.append(("transformers.js q8", q8, False))
-    kv_shape = kv_shape_of(checkpoint(name, args.work))
+    kv_shape = kv_shape_of(source)
     rows = []
     for label, path, first_alone in graphs:
         size = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*"))
