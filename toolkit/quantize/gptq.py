@@ -3,7 +3,8 @@ columns not yet rounded through the inputs' second moments (Frantar et al. 2022)
 blocks of blocks.py. Columns go in decreasing order of their input's mean square ("act order"),
 with static groups: every group's scale (and zero point) is chosen first, on the weights as they
 are. Measured on SmolLM2-135M (block 64, float-trained checkpoint, an earlier run): +12.7%
-perplexity on the evaluation text with act order, +17.9% without.
+perplexity on the evaluation text with act order, +17.9% without. Once the codes are chosen, each
+group's scale is refit to them (refit_scales; docs/quality.md measures it).
 
 Rows are independent: quantizing q, k and v apart with one input's X^T X gives the rows of
 quantizing them stacked. Runs with torch on the calibration's device, on W transposed (a column
@@ -19,6 +20,7 @@ import numpy as np
 from .blocks import Packed, _pack_nibbles, quantize
 
 CHUNK_ROWS = 4096
+REFIT_COLUMNS = 512  # refit_scales: columns whose error gradient one product makes
 # The static groups' scale candidates (fractions of the range, each refit by least squares with its
 # codes fixed). SmolLM2-135M, block 64, float-trained: mean KL 0.247 with these six, 0.258 with
 # (0.8, 0.9, 1.0), and 0.279 with the range alone.
@@ -35,6 +37,8 @@ def gptq(w: Any, gram: Any, block: int, symmetric: bool = False, damp: float = 0
     if gram is None:
         return quantize(np.asarray(torch.as_tensor(w).cpu().numpy(), dtype=np.float32).T, block, None, symmetric)
     codes, s, z = gptq_codes(w, gram, block, symmetric, damp, snap)
+    if snap is None:  # a snapped scale stays on its grid
+        s = refit_scales(w, gram, codes, s, z, block)
     n, k0 = codes.shape
     k = -(-k0 // block) * block
     padded = np.zeros((n, k), dtype=np.uint8)
@@ -88,6 +92,45 @@ def gptq_codes(
         wt[b1:].addmm_(u[b0:b1, b1:].T, err, alpha=-1.0)
     codes = codes[torch.argsort(perm)].T.contiguous()[:, :k0]
     return codes.cpu().numpy(), s.cpu().numpy(), z.cpu().numpy()
+
+
+def refit_scales(w: Any, gram: Any, codes: np.ndarray, s: np.ndarray, z: np.ndarray, block: int) -> np.ndarray:
+    """The groups' scales [groups, out] refit to GPTQ's codes. GPTQ chooses each group's scale
+    before its codes, on the weights as they were; its error feedback then moves the codes. With
+    every code and zero point fixed, each group's scale in turn (one sweep) takes the value of least
+    output error on the calibration states, (W - S (Q - Z)) H (W - S (Q - Z))^T with H = X^T X over
+    all inputs. A scale that would turn negative stays. As GPTQ batches its columns, the error's
+    gradient is made for REFIT_COLUMNS columns at a time (one large product) and kept current
+    within them; CHUNK_ROWS rows at a time (rows are independent)."""
+    import torch
+
+    w = torch.as_tensor(w).float()
+    h = torch.as_tensor(gram, device=w.device).float()
+    k0 = codes.shape[1]
+    out = np.array(s, dtype=np.float32, copy=True)
+    per_batch = max(1, REFIT_COLUMNS // block)
+    for r0 in range(0, codes.shape[0], CHUNK_ROWS):
+        rows = slice(r0, r0 + CHUNK_ROWS)
+        scales = torch.from_numpy(out[:, rows]).to(w.device)  # [groups, rows]
+        zeros = torch.from_numpy(np.ascontiguousarray(z[:, rows], dtype=np.float32)).to(w.device)
+        d = torch.from_numpy(codes[rows]).to(w.device).float() - zeros.T.repeat_interleave(block, 1)[:, :k0]
+        residual = w[rows] - scales.T.repeat_interleave(block, 1)[:, :k0] * d
+        for g0 in range(0, scales.shape[0], per_batch):
+            b0, b1 = g0 * block, min((g0 + per_batch) * block, k0)
+            grad = residual @ h[:, b0:b1]  # half the gradient of the error on these columns, R H
+            for g in range(g0, min(g0 + per_batch, scales.shape[0])):
+                c0, c1 = g * block, min((g + 1) * block, k0)
+                dg = d[:, c0:c1]
+                hd = dg @ h[c0:c1, b0:b1]
+                den = (hd[:, c0 - b0 : c1 - b0] * dg).sum(1)
+                num = (dg * grad[:, c0 - b0 : c1 - b0]).sum(1)
+                step = torch.where(den > 0, num / torch.clamp(den, min=1e-30), torch.zeros_like(den))
+                step = torch.where(scales[g] + step > 0, step, torch.zeros_like(step))
+                scales[g] += step
+                residual[:, c0:c1] -= step[:, None] * dg
+                grad -= step[:, None] * hd
+        out[:, rows] = scales.cpu().numpy()
+    return out
 
 
 def group_scales(wt: Any, importance: Any, block: int, symmetric: bool, bits: int = 4) -> tuple[Any, Any]:
