@@ -193,7 +193,9 @@ def test_bundles_build_verify_and_generate(moe, tmp_path, target, layout):
     out = tmp_path / target
     result = CliRunner().invoke(main, ["build", "--model", str(moe[layout]), "--target", target, "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
-    assert "11 checks passed, top-1 agreement with the reference 1.000" in result.output
+    # 11 checks, the recipe's top-1 minimum (0.85) among them; not a figure: the tiny model routes
+    # some tokens on near-ties, where another CPU's kernels pick the other expert
+    assert "11 checks passed, top-1 agreement with the reference" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["plan"]["recipe"] == f"phi-3.5-moe/{target}"
     assert manifest["plan"]["quantize"]["method"] == "gptq"  # calibrated experts, symmetric as QMoE takes them
@@ -203,7 +205,10 @@ def test_bundles_build_verify_and_generate(moe, tmp_path, target, layout):
         and genai["model"]["eos_token_id"] == manifest["source"]["eos_token_id"]["stops_on"]
     )
     golden = json.loads((out / "tests" / "golden.json").read_text())
-    assert all(c["bundle_ids"][:8] == c["expected_ids"][:8] for c in golden["cases"])
+    for case in golden["cases"]:  # greedy follows the reference for 8 tokens or up to a tie
+        got, want = case["bundle_ids"], case["expected_ids"]
+        step = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b), len(want))
+        assert step >= min(8, len(want)) or (step < len(got) and want[step] in case["bundle_near"][step]), case
     import onnx
 
     graph = onnx.load(str(out / "model" / "model.onnx"), load_external_data=False).graph

@@ -275,7 +275,7 @@ def test_a_software_adapter_past_the_plans_time_bound_is_skipped_not_failed(tiny
 def test_the_wasm_graph_is_per_channel_int8_and_tracks_the_float_graph(model, request, tmp_path):
     """export.wasm_graph = "int8" (the web target's): model-wasm.onnx has every weight MatMul as
     DynamicQuantizeMatMul on uint8 weights (a tied table once, gathered and read transposed), and
-    its logits follow the float32 graph's closer than the int4 graph's do."""
+    its logits follow the float32 graph's closer than the int4 graph's do, at every position."""
     import onnx
 
     from toolkit.build import plan_build
@@ -297,9 +297,14 @@ def test_the_wasm_graph_is_per_channel_int8_and_tracks_the_float_graph(model, re
         assert len([i for i in codes if "lm_head" in i.name or "embed" in i.name]) == 1
     ids = list(range(3, 60, 3))
     want = logits(reference, ids)
-    err = {g: float(np.sqrt(np.mean((logits(folder, ids, g) - want) ** 2))) for g in ("model.onnx", "model-wasm.onnx")}
+    got = {g: logits(folder, ids, g) for g in ("model.onnx", "model-wasm.onnx")}
+    err = {g: float(np.sqrt(np.mean((x - want) ** 2))) for g, x in got.items()}
     assert err["model-wasm.onnx"] < err["model.onnx"], err
-    assert (logits(folder, ids, "model-wasm.onnx").argmax(-1) == want.argmax(-1)).mean() >= 0.9
+    # Every position within 6% of its logit range (measured on 4 seeds of each tiny model: at most
+    # 3.5%; the int4 graph's worst position 8-24%). Not a top-1 rate: where the float graph's top two
+    # are closer than that error, another CPU's kernels flip the token (0.84 to 1.00 seen).
+    worst = (np.abs(got["model-wasm.onnx"] - want).max(-1) / (want.max(-1) - want.min(-1))).max()
+    assert worst < 0.06, worst
 
 
 def test_web_zero_points_are_one_dimensional_with_the_same_logits(tiny_llama, tmp_path):
