@@ -183,6 +183,10 @@ def check_model(bundle: Path, golden: dict, provider: str, report: Report) -> di
                 "top1_agreement": r["top1_agreement"],
                 "graph": r["graph"],
                 "chat_answer": r["chat_answer"]["reply"],
+                # per prompt: how far greedy followed the reference and the recorded tokens, and
+                # the step where it left them at a tie (each backend's kernels break ties their way)
+                "cases": [{k: c.get(k) for k in ("prompt", "greedy_prefix", "bundle_prefix", "tie")}
+                          for c in r["cases"]],
             }
             for k, r in backends.items()
         },
