@@ -234,9 +234,19 @@ def test_smollm2_web_bundle_answers_in_chromium(smollm2, tmp_path):
         summary = host["backends"][backend]
         assert summary["failed"] == 0 and summary["top1_agreement"] >= 0.7
         # The float32 model's own first token is a near-tie here ("The" 25.33, "L" 25.24 logits: its
-        # answer is "The capital of France is Paris."); a backend whose kernels break it the other way
-        # answers otherwise, which its self-test records as a tie at that step, not a defect.
-        assert "Paris" in summary["chat_answer"] or summary["cases"][chat]["tie"] is not None, summary
+        # answer is "The capital of France is Paris."); a graph or kernels that break it the other
+        # way answer otherwise, which is a tie, not a defect: the page left the tokens recorded at
+        # build at a tie, or it follows them and they left the float32 model's at one (its token
+        # within the tie margin of the recorded one on the build host).
+        case, page = golden["cases"][chat], summary["cases"][chat]
+        recorded = case.get("graphs", {}).get(summary["graph"], case)
+        step = page["greedy_prefix"]
+        tied = page["tie"] is not None or (
+            step < len(case["expected_ids"])
+            and page["bundle_prefix"] > step
+            and case["expected_ids"][step] in recorded["bundle_near"][step]
+        )
+        assert "Paris" in summary["chat_answer"] or tied, (summary, recorded)
         assert (out / "tests" / "output" / f"chat-{backend}.png").is_file()
     assert sorted(p.name for p in (out / "model").glob("model*.onnx*")) == [
         "model-wasm.onnx",

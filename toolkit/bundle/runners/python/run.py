@@ -174,11 +174,12 @@ def image_inputs(model, text: str, images):
 
 def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, on_token=None,
-             inputs=None, window: int = 0, adapter=None):
+             inputs=None, window: int = 0, adapter=None, first_alone: bool = False):
     """Greedy when temperature is 0. Stops at any EOS id, after max_new_tokens, or at the cap.
     `inputs` (from image_inputs) replace prompt_ids for a prompt with images. `window`: the prompt
     goes through in steps of this many tokens, the last one padded (an NPU bundle). `adapter`:
-    (Adapters, name) from pick_adapter, active for this generation."""
+    (Adapters, name) from pick_adapter, active for this generation. `first_alone`: the prompt's
+    first token in a run of its own (a web bundle's WASM graph, as its page runs it)."""
     import numpy as np
     import onnxruntime_genai as og
 
@@ -206,6 +207,9 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
         generator.set_active_adapter(*adapter)
     if inputs is not None:
         generator.set_inputs(inputs)
+    elif first_alone and len(prompt_ids) > 1:
+        generator.append_tokens(np.asarray(prompt_ids[:1], dtype=np.int32))
+        generator.append_tokens(np.asarray(prompt_ids[1:], dtype=np.int32))
     else:
         generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
     out = []

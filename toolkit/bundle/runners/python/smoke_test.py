@@ -32,6 +32,9 @@ from checks import case_sets as cases_with_adapters  # noqa: E402
 
 WINDOW = [0]  # an NPU bundle's prompt window (set by open_model): its prompt fills whole windows
 ACTIVE = [None]  # (Adapters, name) of the runtime LoRA adapter the cases run with, or None
+# a new sequence's first token goes through a run of its own (a web bundle's WASM graph, as its page
+# runs it: one activation scale a run, which the first position's outliers would set for the prompt)
+FIRST_ALONE = [False]
 
 
 def start(model, prompt_ids: list[int], more: int, inputs=None):
@@ -47,6 +50,9 @@ def start(model, prompt_ids: list[int], more: int, inputs=None):
         generator.set_active_adapter(*ACTIVE[0])
     if inputs is not None:
         generator.set_inputs(inputs)
+    elif FIRST_ALONE[0] and len(prompt_ids) > 1:
+        generator.append_tokens(np.asarray(prompt_ids[:1], dtype=np.int32))
+        generator.append_tokens(np.asarray(prompt_ids[1:], dtype=np.int32))
     else:
         generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
     return generator
@@ -60,9 +66,10 @@ def teacher_forced(model, prompt_ids: list[int], expected: list[int], inputs=Non
     if WINDOW[0]:
         return windowed_top1(model, prompt_ids, expected)
     if inputs is None:
-        generator = start(model, prompt_ids + expected[:-1], 1)
+        seq = prompt_ids + expected[:-1]
+        generator = start(model, seq, 1)
         logits = np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
-        begin = len(prompt_ids) - 1
+        begin = len(prompt_ids) - 1 - (1 if FIRST_ALONE[0] and len(seq) > 1 else 0)  # the last run's rows
         return [int(t) for t in logits[begin : begin + len(expected)].argmax(axis=-1)]
     generator = start(model, prompt_ids, len(expected), inputs)
     first = np.asarray(generator.get_output("logits"), dtype=np.float32)[0, -1]
@@ -131,7 +138,7 @@ def greedy(model, tokenizer, model_dir: Path, prompt_ids: list[int], n: int, inp
 
     cap = genai_config(model_dir)["search"]["max_length"]
     return generate(model, tokenizer, prompt_ids, cap, [], max_new_tokens=n, inputs=inputs, window=WINDOW[0],
-                    adapter=ACTIVE[0])
+                    adapter=ACTIVE[0], first_alone=FIRST_ALONE[0])
 
 
 def case_inputs(model, tokenizer, bundle: Path, case: dict):
@@ -186,9 +193,13 @@ def case_sets(model, model_dir: Path, golden: dict, report: Report):
     return cases_with_adapters(golden, report, load, activate)
 
 
-def record(bundle: Path, provider: str, model_dir: Path | None = None, graph: str | None = None) -> int:
+def record(
+    bundle: Path, provider: str, model_dir: Path | None = None, graph: str | None = None, first_alone: bool = False
+) -> int:
     """At build time: store this bundle's greedy tokens as the values devices are compared with
-    (with `graph`: under each case's "graphs" -> graph, for a second graph of the bundle)."""
+    (with `graph`: under each case's "graphs" -> graph, for a second graph of the bundle; with
+    `first_alone`: each prompt's first token in a run of its own, as that graph's runner does)."""
+    FIRST_ALONE[0] = first_alone
     model_dir = model_dir or bundle / "model"
     path = bundle / "tests" / "golden.json"
     golden = json.loads(path.read_text(encoding="utf-8"))
