@@ -57,6 +57,11 @@ def require_device(path: Path, execution_provider: str, package: str, version: s
     return device
 
 
+# What manifest.json keeps of each prompt's run: how many greedy tokens followed the reference's and
+# the recorded ones, and the step where greedy left the recorded tokens at a tie (None: it did not)
+CASE_KEYS = ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")
+
+
 def run_record(result: dict[str, Any]) -> dict[str, Any]:
     """What manifest.json keeps of one smoke-test run on a device (emulated or real): checks,
     top-1 agreement and, per prompt, the greedy prefixes and the tie if there was one."""
@@ -65,10 +70,7 @@ def run_record(result: dict[str, Any]) -> dict[str, Any]:
         "failed": result.get("failed", 1),
         "top1_agreement": result.get("top1_agreement"),
         "min_top1_agreement": result.get("min_top1_agreement"),
-        "cases": [
-            {k: c.get(k) for k in ("prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")}
-            for c in result.get("cases", [])
-        ],
+        "cases": [{k: c.get(k) for k in CASE_KEYS} for c in result.get("cases", [])],
         **({"error": result["error"]} if "error" in result else {}),
     }
 

@@ -15,7 +15,7 @@ from ..formats import format_of
 from ..formats.format import Format
 from ..plan.config import BuildPlan
 from ..progress import waiting
-from .device import on_device, record_device, require_device
+from .device import CASE_KEYS, on_device, record_device, require_device
 
 
 def _model_args(model_dir: Path | None) -> list[str]:
@@ -67,11 +67,6 @@ def run_smoke_test(
         return json.loads(result_path.read_text(encoding="utf-8")), output
 
 
-# What manifest.json keeps of each prompt's run: the tie is the step where greedy left the tokens
-# recorded at build at a tie (None: it did not)
-CASE_KEYS = ("adapter", "prompt", "top1_agreement", "greedy_prefix", "bundle_prefix", "tie")
-
-
 def summarize(result: dict[str, Any], provider: str, plan: BuildPlan, fmt: Format) -> dict[str, Any]:
     """The verification section of manifest.json."""
     execution_provider = plan.export.execution_provider
@@ -90,7 +85,7 @@ def summarize(result: dict[str, Any], provider: str, plan: BuildPlan, fmt: Forma
             "failed": result.get("failed", 1),
             "top1_agreement": result.get("top1_agreement"),
             "min_top1_agreement": result.get("min_top1_agreement"),
-            "cases": [{k: c[k] for k in CASE_KEYS if k in c} for c in result.get("cases", [])],
+            "cases": [{k: c[k] for k in ("adapter", *CASE_KEYS) if k in c} for c in result.get("cases", [])],
         },
         "pending_on_device": fmt.pending_on_device(plan),
     }

@@ -172,6 +172,17 @@ def image_inputs(model, text: str, images):
         raise SystemExit(f"--image: the image decoder cannot read the picture ({e}). Is the file complete?") from None
 
 
+def append_prompt(generator, prompt_ids, first_alone: bool = False) -> None:
+    """The prompt's ids into the generator; with `first_alone`, its first token in a run of its own
+    (a web bundle's WASM graph, as its page runs it)."""
+    import numpy as np
+
+    if first_alone and len(prompt_ids) > 1:
+        generator.append_tokens(np.asarray(prompt_ids[:1], dtype=np.int32))
+        prompt_ids = prompt_ids[1:]
+    generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+
+
 def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max_new_tokens: int = 256,
              temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, on_token=None,
              inputs=None, window: int = 0, adapter=None, first_alone: bool = False):
@@ -180,7 +191,6 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
     goes through in steps of this many tokens, the last one padded (an NPU bundle). `adapter`:
     (Adapters, name) from pick_adapter, active for this generation. `first_alone`: the prompt's
     first token in a run of its own (a web bundle's WASM graph, as its page runs it)."""
-    import numpy as np
     import onnxruntime_genai as og
 
     if inputs is not None:
@@ -207,11 +217,8 @@ def generate(model, tokenizer, prompt_ids, cap: int, stop_ids: list[int], *, max
         generator.set_active_adapter(*adapter)
     if inputs is not None:
         generator.set_inputs(inputs)
-    elif first_alone and len(prompt_ids) > 1:
-        generator.append_tokens(np.asarray(prompt_ids[:1], dtype=np.int32))
-        generator.append_tokens(np.asarray(prompt_ids[1:], dtype=np.int32))
     else:
-        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        append_prompt(generator, prompt_ids, first_alone)
     out = []
     while not generator.is_done():
         generator.generate_next_token()

@@ -39,8 +39,8 @@ FIRST_ALONE = [False]
 
 def start(model, prompt_ids: list[int], more: int, inputs=None):
     """A greedy generator fed the prompt (or, for a prompt with images, the processor's inputs)."""
-    import numpy as np
     import onnxruntime_genai as og
+    from run import append_prompt
 
     params = og.GeneratorParams(model)
     pad = -len(prompt_ids) % WINDOW[0] if WINDOW[0] else 0
@@ -50,11 +50,8 @@ def start(model, prompt_ids: list[int], more: int, inputs=None):
         generator.set_active_adapter(*ACTIVE[0])
     if inputs is not None:
         generator.set_inputs(inputs)
-    elif FIRST_ALONE[0] and len(prompt_ids) > 1:
-        generator.append_tokens(np.asarray(prompt_ids[:1], dtype=np.int32))
-        generator.append_tokens(np.asarray(prompt_ids[1:], dtype=np.int32))
     else:
-        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
+        append_prompt(generator, prompt_ids, FIRST_ALONE[0])
     return generator
 
 
